@@ -20,5 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod fuzzing;
 pub mod ids;
 pub mod link_spec;
