@@ -16,10 +16,12 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`hs_msg`]: onion-service relay message bodies (ESTABLISH_INTRO … RENDEZVOUS2).
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod fuzzing;
+pub mod hs_msg;
 pub mod ids;
 pub mod link_spec;
