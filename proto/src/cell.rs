@@ -261,6 +261,21 @@ impl<'a> RawCell<'a> {
     /// bytes of `buf` it used. Framing cannot fail: every command byte is a valid cell, and a
     /// variable-length body is bounded by its two-byte length field ([`VAR_BODY_LEN_MAX`]),
     /// so a caller buffering until `Some` never holds more than one such cell.
+    ///
+    /// ```
+    /// use proto::cell::{ChanCmd, CircIdLen, RawCell};
+    ///
+    /// // A peer's VERSIONS cell followed by the first 3 bytes of its next cell.
+    /// let received = [0x00, 0x00, 0x07, 0x00, 0x04, 0x00, 0x04, 0x00, 0x05, 0x00, 0x00, 0x00];
+    /// let mut buf = &received[..];
+    /// let mut cmds = Vec::new();
+    /// while let Some((cell, used)) = RawCell::decode(buf, CircIdLen::BEFORE_NEGOTIATION) {
+    ///     cmds.push(cell.cmd);
+    ///     buf = &buf[used..];
+    /// }
+    /// assert_eq!(cmds, [ChanCmd::VERSIONS]);
+    /// assert_eq!(buf.len(), 3); // kept until more bytes arrive
+    /// ```
     pub fn decode(buf: &'a [u8], circ_id_len: CircIdLen) -> Option<(RawCell<'a>, usize)> {
         let id_len = circ_id_len.bytes();
         let (circ_id, rest) = match circ_id_len {
