@@ -17,11 +17,17 @@
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
 //! - [`hs_msg`]: onion-service relay message bodies (ESTABLISH_INTRO … RENDEZVOUS2).
+//! - [`cell`]: channel cell framing (fixed- and variable-length cells, circuit id widths).
+//! - [`chan_msg`]: the bodies of channel cells (VERSIONS, CERTS, NETINFO, CREATE2, DESTROY, ...).
+//! - [`link_version`]: link protocol versions and their negotiation.
 
 #![forbid(unsafe_code)]
 
+pub mod cell;
+pub mod chan_msg;
 pub mod codec;
 pub mod fuzzing;
 pub mod hs_msg;
 pub mod ids;
 pub mod link_spec;
+pub mod link_version;
