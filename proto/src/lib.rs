@@ -16,9 +16,13 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`relay_cell`]: the tor1 relay cell layout, [`relay_cell::RelayCmd`] and the stream-id rules.
+//! - [`relay_msg`]: relay message bodies (BEGIN, DATA, END, SENDME, EXTEND2, ...).
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod ids;
 pub mod link_spec;
+pub mod relay_cell;
+pub mod relay_msg;
