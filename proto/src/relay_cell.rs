@@ -70,8 +70,23 @@ pub enum StreamIdRule {
     Any,
 }
 
+/// Which way a relay command may travel, relative to the circuit's originator (tor-spec §6.1).
+///
+/// On a rendezvous circuit the onion service is the originator of its own half, so stream
+/// commands from the client arrive at the service travelling backward; callers apply this
+/// only where one party originated the whole circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Only from the originator ("forward").
+    Forward,
+    /// Only towards the originator ("backward").
+    Backward,
+    /// Either way, and commands we do not know.
+    Either,
+}
+
 macro_rules! relay_cmds {
-    ($( $(#[$doc:meta])* $name:ident = $val:expr, $rule:ident; )*) => {
+    ($( $(#[$doc:meta])* $name:ident = $val:expr, $rule:ident, $dir:ident; )*) => {
         impl RelayCmd {
             $( $(#[$doc])* pub const $name: RelayCmd = RelayCmd($val); )*
 
@@ -90,78 +105,86 @@ macro_rules! relay_cmds {
                     _ => StreamIdRule::Any,
                 }
             }
+
+            /// Which way this command may travel.
+            pub fn direction(self) -> Direction {
+                match self {
+                    $( RelayCmd::$name => Direction::$dir, )*
+                    _ => Direction::Either,
+                }
+            }
         }
     };
 }
 
 relay_cmds! {
     /// Open a stream to an exit or onion service (forward).
-    BEGIN = 1, NonZero;
+BEGIN = 1, NonZero, Forward;
     /// Stream data (either direction).
-    DATA = 2, NonZero;
+DATA = 2, NonZero, Either;
     /// Close a stream (either direction).
-    END = 3, NonZero;
+END = 3, NonZero, Either;
     /// A BEGIN or BEGIN_DIR succeeded (backward).
-    CONNECTED = 4, NonZero;
+CONNECTED = 4, NonZero, Backward;
     /// Flow-control acknowledgement; circuit-level with stream 0, stream-level otherwise.
-    SENDME = 5, Any;
+SENDME = 5, Any, Either;
     /// Legacy TAP extend (forward); chive treats it as unrecognized.
-    EXTEND = 6, Zero;
+EXTEND = 6, Zero, Forward;
     /// Legacy TAP extended (backward); chive treats it as unrecognized.
-    EXTENDED = 7, Zero;
+EXTENDED = 7, Zero, Backward;
     /// Tear down the circuit after this hop (forward).
-    TRUNCATE = 8, Zero;
+TRUNCATE = 8, Zero, Forward;
     /// The circuit was truncated after the sending hop (backward).
-    TRUNCATED = 9, Zero;
+TRUNCATED = 9, Zero, Backward;
     /// Long-range padding, dropped by its recipient (either direction).
-    DROP = 10, Zero;
+DROP = 10, Zero, Either;
     /// Resolve a hostname without opening a stream (forward).
-    RESOLVE = 11, NonZero;
+RESOLVE = 11, NonZero, Forward;
     /// Answers to a RESOLVE (backward).
-    RESOLVED = 12, NonZero;
+RESOLVED = 12, NonZero, Backward;
     /// Open a stream to the relay's directory service (forward).
-    BEGIN_DIR = 13, NonZero;
+BEGIN_DIR = 13, NonZero, Forward;
     /// Extend the circuit by one hop (forward).
-    EXTEND2 = 14, Zero;
+EXTEND2 = 14, Zero, Forward;
     /// The circuit was extended (backward).
-    EXTENDED2 = 15, Zero;
+EXTENDED2 = 15, Zero, Backward;
     /// Conflux: link this circuit into a set (proposal 329).
-    CONFLUX_LINK = 19, Zero;
+CONFLUX_LINK = 19, Zero, Forward;
     /// Conflux: the exit accepted a LINK (proposal 329).
-    CONFLUX_LINKED = 20, Zero;
+CONFLUX_LINKED = 20, Zero, Backward;
     /// Conflux: the client acknowledges LINKED (proposal 329).
-    CONFLUX_LINKED_ACK = 21, Zero;
+CONFLUX_LINKED_ACK = 21, Zero, Forward;
     /// Conflux: switch sending to this leg (proposal 329).
-    CONFLUX_SWITCH = 22, Zero;
+CONFLUX_SWITCH = 22, Zero, Either;
     /// Onion service asks a relay to be an introduction point (rend-spec-v3 §3.1).
-    ESTABLISH_INTRO = 32, Zero;
+ESTABLISH_INTRO = 32, Zero, Forward;
     /// Client asks a relay to be a rendezvous point (rend-spec-v3 §3.4).
-    ESTABLISH_RENDEZVOUS = 33, Zero;
+ESTABLISH_RENDEZVOUS = 33, Zero, Forward;
     /// Client's introduction request to an introduction point (rend-spec-v3 §3.2).
-    INTRODUCE1 = 34, Zero;
+INTRODUCE1 = 34, Zero, Forward;
     /// Introduction point forwards INTRODUCE1 to the service (rend-spec-v3 §3.2).
-    INTRODUCE2 = 35, Zero;
+INTRODUCE2 = 35, Zero, Backward;
     /// Service's reply, sent to the rendezvous point (rend-spec-v3 §3.4).
-    RENDEZVOUS1 = 36, Zero;
+RENDEZVOUS1 = 36, Zero, Forward;
     /// Rendezvous point forwards RENDEZVOUS1 to the client (rend-spec-v3 §3.4).
-    RENDEZVOUS2 = 37, Zero;
+RENDEZVOUS2 = 37, Zero, Backward;
     /// Introduction point accepted ESTABLISH_INTRO (rend-spec-v3 §3.1).
-    INTRO_ESTABLISHED = 38, Zero;
+INTRO_ESTABLISHED = 38, Zero, Backward;
     /// Rendezvous point accepted ESTABLISH_RENDEZVOUS (rend-spec-v3 §3.4).
-    RENDEZVOUS_ESTABLISHED = 39, Zero;
+RENDEZVOUS_ESTABLISHED = 39, Zero, Backward;
     /// Introduction point's answer to INTRODUCE1 (rend-spec-v3 §3.2).
-    INTRODUCE_ACK = 40, Zero;
+INTRODUCE_ACK = 40, Zero, Backward;
     /// Circuit padding machine negotiation (padding-spec §3).
-    PADDING_NEGOTIATE = 41, Zero;
+PADDING_NEGOTIATE = 41, Zero, Forward;
     /// Answer to PADDING_NEGOTIATE (padding-spec §3).
-    PADDING_NEGOTIATED = 42, Zero;
+PADDING_NEGOTIATED = 42, Zero, Backward;
     /// Congestion control: stop sending on this stream (proposal 324 §4).
     ///
     /// The tor-spec.txt table lists 43 as XON and 44 as XOFF; C tor and the current spec use
     /// 43 for XOFF and 44 for XON, and the wire is what counts.
-    XOFF = 43, NonZero;
+XOFF = 43, NonZero, Either;
     /// Congestion control: resume sending on this stream, with an advisory rate (proposal 324).
-    XON = 44, NonZero;
+XON = 44, NonZero, Either;
 }
 
 impl RelayCmd {
@@ -480,6 +503,27 @@ mod tests {
             v.check_stream_id(),
             Err(RelayCellError::StreamIdRequired(RelayCmd::BEGIN))
         );
+    }
+
+    #[test]
+    fn directions() {
+        use Direction::*;
+        for (cmd, d) in [
+            (RelayCmd::BEGIN, Forward),
+            (RelayCmd::DATA, Either),
+            (RelayCmd::CONNECTED, Backward),
+            (RelayCmd::EXTEND2, Forward),
+            (RelayCmd::EXTENDED2, Backward),
+            (RelayCmd::TRUNCATE, Forward),
+            (RelayCmd::TRUNCATED, Backward),
+            (RelayCmd::RESOLVED, Backward),
+            (RelayCmd::INTRODUCE1, Forward),
+            (RelayCmd::INTRODUCE2, Backward),
+            (RelayCmd::XON, Either),
+            (RelayCmd(99), Either),
+        ] {
+            assert_eq!(cmd.direction(), d, "{cmd}");
+        }
     }
 
     #[test]
