@@ -46,7 +46,7 @@ pub const DIGEST_LEN: usize = 4;
 
 const STREAM_ID_OFFSET: usize = 3;
 const LENGTH_OFFSET: usize = 9;
-/// Zero bytes that start the padding (tor-spec §6.1; proposal 289 §4).
+/// Zero bytes that start the padding (tor-spec §6.1; why the rest is random: proposal 289 §3.3).
 const PADDING_ZERO_PREFIX: usize = 4;
 
 const _: () = assert!(RELAY_HEADER_LEN_V0 == 1 + 2 + 2 + DIGEST_LEN + 2);

@@ -1728,6 +1728,29 @@ mod tests {
             fuzz_decode_cell(&body);
         }
 
+        /// Near-valid input reaches deeper than random bytes: mutate a valid encoding.
+        #[test]
+        fn mutated_messages_decode_canonically(
+            msg in arb_msg(),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            xor in any::<u8>(),
+            extra in arb_bytes(8),
+        ) {
+            let mut out = vec![msg.cmd().0];
+            msg.encode(&mut out).expect("encodes");
+            fuzz_decode(&out);
+            let mut flipped = out.clone();
+            let i = flip.index(flipped.len());
+            if i > 0 {
+                flipped[i] ^= xor;
+            }
+            fuzz_decode(&flipped);
+            fuzz_decode(&out[..cut.index(out.len()) + 1]);
+            out.extend_from_slice(&extra);
+            fuzz_decode(&out);
+        }
+
         #[test]
         fn encode_decode_identity(msg in arb_msg()) {
             let mut out = Vec::new();
