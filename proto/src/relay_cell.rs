@@ -59,12 +59,12 @@ const _: () = assert!(RELAY_DATA_MAX_V0 <= u16::MAX as usize);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelayCmd(pub u8);
 
-/// Which stream ids a relay command may carry (tor-spec §6.1, "[control]" cells; §7.3.1).
+/// Which stream ids a relay command may carry (tor-spec §6.1, "\[control\]" cells; §7.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamIdRule {
     /// Stream-level: the stream id must be nonzero.
     NonZero,
-    /// Circuit-level ("[control]"): the stream id must be zero.
+    /// Circuit-level ("\[control\]"): the stream id must be zero.
     Zero,
     /// Either: SENDME (circuit- or stream-level), and commands we do not know.
     Any,
