@@ -20,6 +20,8 @@
 //! - [`cell`]: channel cell framing (fixed- and variable-length cells, circuit id widths).
 //! - [`chan_msg`]: the bodies of channel cells (VERSIONS, CERTS, NETINFO, CREATE2, DESTROY, ...).
 //! - [`link_version`]: link protocol versions and their negotiation.
+//! - [`relay_cell`]: the tor1 relay cell layout, [`relay_cell::RelayCmd`] and the stream-id rules.
+//! - [`relay_msg`]: relay message bodies (BEGIN, DATA, END, SENDME, EXTEND2, ...).
 
 #![forbid(unsafe_code)]
 
@@ -31,3 +33,5 @@ pub mod hs_msg;
 pub mod ids;
 pub mod link_spec;
 pub mod link_version;
+pub mod relay_cell;
+pub mod relay_msg;
