@@ -16,9 +16,20 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`kdf`]: KDF-TOR, KDF-RFC5869, SHAKE-256; the [`kdf::KeyGenerator`] every handshake returns
+//!   and the shared [`kdf::HandshakeError`].
+//! - [`create_fast`]: the CREATE_FAST handshake.
+//! - [`ntor`]: the ntor handshake (CREATE2 type 2).
+//! - [`ntor_v3`]: the ntor v3 handshake (CREATE2 type 3) and its extension messages.
+//! - [`hs_ntor`]: the onion service hs-ntor handshake (INTRODUCE1 encryption, RENDEZVOUS1).
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod create_fast;
+pub mod hs_ntor;
 pub mod ids;
+pub mod kdf;
 pub mod link_spec;
+pub mod ntor;
+pub mod ntor_v3;

@@ -1,0 +1,1 @@
+//! hs-ntor (in progress).
