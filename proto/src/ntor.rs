@@ -353,6 +353,59 @@ mod tests {
         assert_eq!(&ckeys.expand(92).unwrap()[..], &expected[..]);
     }
 
+    // Test vector as recorded in Arti's ntor tests (crates/tor-proto/src/crypto/handshake/
+    // ntor.rs, `testvec`): fixed b, x, y and identity, with the expected onionskin, reply and
+    // 72 bytes of key material.
+    #[test]
+    fn fixed_vector() {
+        let hx = |s: &str| hex::decode(s).unwrap();
+        let hx32 = |s: &str| -> [u8; 32] { hx(s).try_into().unwrap() };
+        let b = StaticSecret::from(hx32(
+            "4820544f4c4420594f5520444f474954204b454550532048415050454e494e47",
+        ));
+        let x = StaticSecret::from(hx32(
+            "706f6461792069207075742e2e2e2e2e2e2e2e4a454c4c59206f6e2074686973",
+        ));
+        let y = StaticSecret::from(hx32(
+            "70686520737175697272656c2e2e2e2e2e2e2e2e686173206869732067616d65",
+        ));
+        let id = RsaIdentity::from_bytes(
+            hx("69546f6c64596f7541626f75745374616972732e")
+                .try_into()
+                .unwrap(),
+        );
+        let keys = NtorServerKeys {
+            id,
+            current: NtorKeypair::new(b),
+            previous: None,
+        };
+        assert_eq!(
+            keys.current.public().as_bytes().to_vec(),
+            hx("ccbc8541904d18af08753eae967874749e6149f873de937f57f8fd903a21c471")
+        );
+        let public = NtorPublicKey {
+            id,
+            pk: *keys.current.public(),
+        };
+        let (state, onionskin) = client1_with_secret(x, &public);
+        assert_eq!(
+            onionskin.to_vec(),
+            hx("69546f6c64596f7541626f75745374616972732eccbc8541904d18af08753eae967874749e6149f873de937f57f8fd903a21c471e65dfdbef8b2635837fe2cebc086a8096eae3213e6830dc407516083d412b078")
+        );
+        let (reply, skeys) = server_with_secret(y, &keys, &onionskin).unwrap();
+        assert_eq!(
+            reply.to_vec(),
+            hx("390480a14362761d6aec1fea840f6e9e928fb2adb7b25c670be1045e35133a371cbdf68b89923e1f85e8e18ee6e805ea333fe4849c790ffd2670bd80fec95cc8")
+        );
+        let expected = hx("0c62dee7f48893370d0ef896758d35729867beef1a5121df80e00f79ed349af39b51cae125719182f19d932a667dae1afbf2e336e6910e7822223e763afad0a13342157969dc6b79");
+        let ckeys = client2(state, &reply).unwrap();
+        assert_eq!(&skeys.expand(72).unwrap()[..], &expected[..]);
+        assert_eq!(&ckeys.expand(72).unwrap()[..], &expected[..]);
+        let mut re = Vec::new();
+        parse_client_handshake(&onionskin).unwrap().encode(&mut re);
+        assert_eq!(re, onionskin.to_vec());
+    }
+
     #[test]
     fn server_refuses_wrong_node_unknown_key_bad_length_and_zero_point() {
         let (mut rng, keys, public) = setup(2);

@@ -472,7 +472,9 @@ pub enum NtorV3Extension {
         /// The relay's `cc_sendme_inc`.
         sendme_inc: u8,
     },
-    /// Sent by the client: enable these subprotocol capabilities on the circuit.
+    /// Sent by the client: enable these subprotocol capabilities on the circuit. The list must be
+    /// strictly ascending (sorted by protocol, then version; no duplicates): decoding refuses
+    /// anything else and encoding fails on it.
     SubprotocolRequest(Vec<SubprotocolCap>),
     /// Any other type, kept so it round-trips; receivers ignore it.
     Unrecognized {
@@ -494,11 +496,14 @@ impl NtorV3Extension {
         }
     }
 
-    fn encode_body(&self, out: &mut Vec<u8>) {
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
             Self::CcRequest => {}
             Self::CcResponse { sendme_inc } => out.put_u8(*sendme_inc),
             Self::SubprotocolRequest(caps) => {
+                if !is_strictly_ascending(caps) {
+                    return Err(CodecError::BadValue("subprotocol request order"));
+                }
                 for c in caps {
                     out.put_u8(c.protocol);
                     out.put_u8(c.version);
@@ -506,6 +511,7 @@ impl NtorV3Extension {
             }
             Self::Unrecognized { body, .. } => out.put(body),
         }
+        Ok(())
     }
 
     fn decode_body(ext_type: NtorV3ExtType, body: &[u8]) -> Result<Self, CodecError> {
@@ -526,6 +532,9 @@ impl NtorV3Extension {
                         version: r.u8()?,
                     });
                 }
+                if !is_strictly_ascending(&caps) {
+                    return Err(CodecError::BadValue("subprotocol request order"));
+                }
                 Self::SubprotocolRequest(caps)
             }
             _ => {
@@ -538,6 +547,11 @@ impl NtorV3Extension {
         r.should_be_exhausted()?;
         Ok(ext)
     }
+}
+
+/// The spec requires a subprotocol request to list each capability once, in ascending order.
+fn is_strictly_ascending(caps: &[SubprotocolCap]) -> bool {
+    caps.windows(2).all(|w| matches!(w, [a, b] if a < b))
 }
 
 /// Decodes a CM or SM: `N_EXTENSIONS (1) | N x (EXT_FIELD_TYPE (1) | EXT_FIELD_LEN (1) |
@@ -573,7 +587,7 @@ pub fn encode_extensions(exts: &[NtorV3Extension], out: &mut Vec<u8>) -> Result<
     let mut body = Vec::new();
     for e in exts {
         body.clear();
-        e.encode_body(&mut body);
+        e.encode_body(&mut body)?;
         out.put_u8(e.ext_type().0);
         out.put_u8_prefixed(&body, "ntor v3 extension body")?;
     }
@@ -887,13 +901,36 @@ mod tests {
             decode_extensions(&[1, 3, 1, 7]),
             Err(CodecError::BadValue("subprotocol request length"))
         );
+        // Duplicate and unsorted capabilities.
+        for body in [[0u8, 4, 0, 4], [2, 4, 0, 4], [2, 5, 2, 4]] {
+            let mut msg = vec![1, 3, 4];
+            msg.extend_from_slice(&body);
+            assert_eq!(
+                decode_extensions(&msg),
+                Err(CodecError::BadValue("subprotocol request order"))
+            );
+        }
+        let unsorted = NtorV3Extension::SubprotocolRequest(vec![
+            SubprotocolCap {
+                protocol: 2,
+                version: 5,
+            },
+            SubprotocolCap {
+                protocol: 0,
+                version: 4,
+            },
+        ]);
+        assert_eq!(
+            encode_extensions(&[unsorted], &mut Vec::new()),
+            Err(CodecError::BadValue("subprotocol request order"))
+        );
     }
 
     fn arb_ext() -> impl Strategy<Value = NtorV3Extension> {
         prop_oneof![
             Just(NtorV3Extension::CcRequest),
             any::<u8>().prop_map(|sendme_inc| NtorV3Extension::CcResponse { sendme_inc }),
-            proptest::collection::vec(any::<(u8, u8)>(), 0..100).prop_map(|v| {
+            proptest::collection::btree_set(any::<(u8, u8)>(), 0..100).prop_map(|v| {
                 NtorV3Extension::SubprotocolRequest(
                     v.into_iter()
                         .map(|(protocol, version)| SubprotocolCap { protocol, version })
