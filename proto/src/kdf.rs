@@ -36,7 +36,7 @@
 //! generator yields `Df | Db | Kf | Kb` first (see [`Tor1Keys`]).
 //!
 //! The hs-ntor end-to-end circuit (rend-spec-v3 §4.2.1) uses `Df (32) | Db (32) | Kf (32) |
-//! Kb (32)`: SHA3-256 digests and AES-256 keys (see [`HS_KEY_MATERIAL_LEN`]).
+//! Kb (32)`: SHA3-256 digests and AES-256 keys (see [`HsKeys`]).
 
 use digest::{ExtendableOutput, Update, XofReader};
 use hmac::{Hmac, Mac};
@@ -186,12 +186,55 @@ impl KeyGenerator {
         }
         Ok(keys)
     }
+
+    /// The hs-ntor end-to-end keys (`Df | Db | Kf | Kb`, 32 bytes each; rend-spec-v3 §4.2.1).
+    pub fn hs_keys(&self) -> Result<HsKeys, HandshakeError> {
+        let k = self.expand(HS_KEY_MATERIAL_LEN)?;
+        let mut keys = HsKeys {
+            df: [0; 32],
+            db: [0; 32],
+            kf: [0; 32],
+            kb: [0; 32],
+        };
+        for (i, field) in [&mut keys.df, &mut keys.db, &mut keys.kf, &mut keys.kb]
+            .into_iter()
+            .enumerate()
+        {
+            field.copy_from_slice(
+                k.get(i * 32..(i + 1) * 32)
+                    .ok_or(HandshakeError::KdfTooLong)?,
+            );
+        }
+        Ok(keys)
+    }
 }
 
 impl std::fmt::Debug for KeyGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the seed.
         f.debug_struct("KeyGenerator").finish_non_exhaustive()
+    }
+}
+
+/// The end-to-end key material of an onion service circuit (rend-spec-v3 §4.2.1), wiped on drop.
+///
+/// `df`/`db` seed SHA3-256 running digests, `kf`/`kb` are AES-256-CTR keys. The client sends with
+/// `kf`/`df`; the service sends with `kb`/`db` (its "forward" is the client's backward).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct HsKeys {
+    /// Forward (client to service) digest seed.
+    pub df: [u8; 32],
+    /// Backward digest seed.
+    pub db: [u8; 32],
+    /// Forward AES-256 key.
+    pub kf: [u8; 32],
+    /// Backward AES-256 key.
+    pub kb: [u8; 32],
+}
+
+impl std::fmt::Debug for HsKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsKeys").finish_non_exhaustive()
     }
 }
 
@@ -424,5 +467,11 @@ mod tests {
         let s = KeyGenerator::shake256(b"seed".to_vec(), 32);
         assert_eq!(&s.expand(10).unwrap()[..], &shake256(&[b"seed"], 42)[32..]);
         assert_eq!(format!("{s:?}"), "KeyGenerator { .. }");
+        let hs = s.hs_keys().unwrap();
+        let raw = shake256(&[b"seed"], 32 + 128);
+        assert_eq!(&hs.df[..], &raw[32..64]);
+        assert_eq!(&hs.db[..], &raw[64..96]);
+        assert_eq!(&hs.kf[..], &raw[96..128]);
+        assert_eq!(&hs.kb[..], &raw[128..160]);
     }
 }
