@@ -22,6 +22,12 @@
 //! - [`link_version`]: link protocol versions and their negotiation.
 //! - [`relay_cell`]: the tor1 relay cell layout, [`relay_cell::RelayCmd`] and the stream-id rules.
 //! - [`relay_msg`]: relay message bodies (BEGIN, DATA, END, SENDME, EXTEND2, ...).
+//! - [`kdf`]: KDF-TOR, KDF-RFC5869, SHAKE-256; the [`kdf::KeyGenerator`] every handshake returns
+//!   and the shared [`kdf::HandshakeError`].
+//! - [`create_fast`]: the CREATE_FAST handshake.
+//! - [`ntor`]: the ntor handshake (CREATE2 type 2).
+//! - [`ntor_v3`]: the ntor v3 handshake (CREATE2 type 3) and its extension messages.
+//! - [`hs_ntor`]: the onion service hs-ntor handshake (INTRODUCE1 encryption, RENDEZVOUS1).
 
 #![forbid(unsafe_code)]
 
@@ -30,8 +36,13 @@ pub mod chan_msg;
 pub mod codec;
 pub mod fuzzing;
 pub mod hs_msg;
+pub mod create_fast;
+pub mod hs_ntor;
 pub mod ids;
+pub mod kdf;
 pub mod link_spec;
 pub mod link_version;
 pub mod relay_cell;
 pub mod relay_msg;
+pub mod ntor;
+pub mod ntor_v3;
