@@ -16,9 +16,18 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`cert`]: ed25519 certificates (cert-spec) and the certificate error types.
+//! - [`rsa_crosscert`]: the RSA-to-ed25519 cross-certificate (CERTS type 7).
+//! - [`x509`]: the self-signed RSA-1024 identity certificate (CERTS type 2).
+//! - [`certs_cell`]: validating a peer's CERTS cell and building ours.
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod ids;
 pub mod link_spec;
+
+pub mod cert;
+pub mod certs_cell;
+pub mod rsa_crosscert;
+pub mod x509;
