@@ -7,7 +7,7 @@
 //! dates". DER parsing and encoding are done by the RustCrypto `x509-cert` crate.
 //!
 //! C tor signs its identity certificate with sha256WithRSAEncryption and names issuer and
-//! subject with a random `CN=www.<random>.net`-style host name; it looks at neither name, only
+//! subject with a random `CN=www.<random>.com` host name; it looks at neither name, only
 //! at the key, the signature and the validity period, which it accepts with some clock skew
 //! ([`PAST_SLOP_SECS`], [`FUTURE_SLOP_SECS`]). We do the same.
 //!
@@ -87,7 +87,7 @@ pub fn build_rsa_identity_cert(
     rng.fill_bytes(&mut serial);
     // A DER INTEGER serial must be positive and minimally encoded.
     serial[0] = (serial[0] & 0x7f) | 0x01;
-    let name = Name::from_str(&format!("CN=www.{}.net", random_host(rng))).map_err(bad)?;
+    let name = Name::from_str(&format!("CN=www.{}.com", random_host(rng))).map_err(bad)?;
     let spki_der = key
         .to_public_key()
         .to_public_key_der()

@@ -17,7 +17,9 @@ use std::process::Command;
 use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
 use ed25519_dalek::{Signature, SignatureError, Signer, VerifyingKey};
 use proto::cert::{CertKeyType, CertType, Ed25519Cert};
-use proto::certs_cell::{check_initiator_certs, check_responder_certs, CertLifetimes, IdentityCerts};
+use proto::certs_cell::{
+    check_initiator_certs, check_responder_certs, CertLifetimes, IdentityCerts,
+};
 use proto::ids::{Ed25519Identity, RsaIdentity};
 use proto::rsa_crosscert::RsaCrosscert;
 use proto::x509::{tls_cert_digest, RsaIdCert};
@@ -76,7 +78,8 @@ fn ctor_key_files() {
         println!("NOTICE: `tor` is not installed; skipping the C tor key-file interop test");
         return;
     }
-    let dir: PathBuf = std::env::temp_dir().join(format!("chive-ctor-certs-{}", std::process::id()));
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("chive-ctor-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new("tor")
@@ -87,12 +90,17 @@ fn ctor_key_files() {
         .args(["--ORPort", "127.0.0.1:auto", "--SocksPort", "0"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let keys = dir.join("keys");
 
-    let master_pub: [u8; 32] = read_tagged(&keys.join("ed25519_master_id_public_key"), "public: type0")
-        .try_into()
-        .unwrap();
+    let master_pub: [u8; 32] =
+        read_tagged(&keys.join("ed25519_master_id_public_key"), "public: type0")
+            .try_into()
+            .unwrap();
     let master_vk = VerifyingKey::from_bytes(&master_pub).unwrap();
     let cert_bytes = read_tagged(&keys.join("ed25519_signing_cert"), "cert: type4");
 
@@ -112,7 +120,11 @@ fn ctor_key_files() {
     assert!(unchecked.check_signature(None).is_ok());
 
     // Our encoder gives back tor's bytes, signature included (ed25519 is deterministic).
-    let master = expanded(&keys.join("ed25519_master_id_secret_key"), "secret: type0", master_vk);
+    let master = expanded(
+        &keys.join("ed25519_master_id_secret_key"),
+        "secret: type0",
+        master_vk,
+    );
     let mut ours = Vec::new();
     body.sign_and_encode(&master, &mut ours).unwrap();
     assert_eq!(ours, cert_bytes);
@@ -167,7 +179,9 @@ fn ctor_key_files() {
     let peer = check_responder_certs(&entries, &tls, now).unwrap();
     assert_eq!(peer.rsa_identity, rsa_id);
     assert_eq!(peer.ed25519_identity.as_bytes(), &master_pub);
-    let init = ids.initiator_certs(&signing, &[3; 32], now + 86400).unwrap();
+    let init = ids
+        .initiator_certs(&signing, &[3; 32], now + 86400)
+        .unwrap();
     let entries: Vec<(u8, &[u8])> = init.entries().collect();
     assert_eq!(check_initiator_certs(&entries, now).unwrap().peer, peer);
 
@@ -215,7 +229,10 @@ fn ctor_captured_certs_cell() {
         .unwrap();
     assert_eq!(peer.rsa_identity, id_cert.identity());
     let expected_fp = std::fs::read_to_string(data.join("ctor-0.4.9-fingerprint.txt")).unwrap();
-    assert_eq!(peer.rsa_identity.hex(), expected_fp.split_whitespace().nth(1).unwrap());
+    assert_eq!(
+        peer.rsa_identity.hex(),
+        expected_fp.split_whitespace().nth(1).unwrap()
+    );
     let cross = RsaCrosscert::decode(entries[4].1).unwrap();
     assert_eq!(cross.peek().ed25519_key, peer.ed25519_identity);
 
@@ -233,4 +250,54 @@ fn ctor_captured_certs_cell() {
 
 fn tls_digest(der: &[u8]) -> [u8; 32] {
     tls_cert_digest(der)
+}
+
+/// OpenSSL, which C tor uses to check X.509 certificates, parses our identity certificate and
+/// verifies its self-signature.
+#[test]
+fn openssl_accepts_our_identity_cert() {
+    let available = Command::new("openssl")
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !available {
+        println!("NOTICE: `openssl` is not installed; skipping the X.509 interop test");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(99);
+    let key = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
+    let now = unix_now();
+    let der = proto::x509::build_rsa_identity_cert(&key, now - 86400, now + 365 * 86400, &mut rng)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("chive-openssl-x509-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let der_path = dir.join("id.der");
+    let pem_path = dir.join("id.pem");
+    std::fs::write(&der_path, &der).unwrap();
+    let conv = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-in"])
+        .arg(&der_path)
+        .arg("-out")
+        .arg(&pem_path)
+        .output()
+        .unwrap();
+    assert!(
+        conv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&conv.stderr)
+    );
+    let verify = Command::new("openssl")
+        .args(["verify", "-no-CApath", "-CAfile"])
+        .arg(&pem_path)
+        .arg(&pem_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && stdout.contains("OK"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
