@@ -22,7 +22,7 @@
 
 use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use rand_core::CryptoRngCore;
-use rsa::RsaPrivateKey;
+use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::cert::{Cert, CertBuildError, CertError, CertKeyType, CertType, Ed25519Cert};
 use crate::ids::{Ed25519Identity, RsaIdentity};
@@ -34,6 +34,8 @@ use crate::x509::{self, RsaIdCert};
 pub struct PeerIdentity {
     /// The legacy identity: SHA-1 of the RSA identity key.
     pub rsa_identity: RsaIdentity,
+    /// The RSA identity key itself: AUTHENTICATE cells hash it (tor-spec §4.4, CID and SID).
+    pub rsa_identity_key: RsaPublicKey,
     /// The ed25519 identity.
     pub ed25519_identity: Ed25519Identity,
     /// The ed25519 signing key certified by the identity (cert type 4).
@@ -61,12 +63,10 @@ impl<'a> Sorted<'a> {
     fn new(entries: &[(u8, &'a [u8])]) -> Result<Self, CertError> {
         let mut s = Sorted::default();
         for &(t, body) in entries {
-            let Some(slot) = s.by_type.get_mut(usize::from(t)) else {
+            // Type 0 is unassigned and types above 7 are unknown: ignored, like C tor does.
+            let Some(slot) = s.by_type.get_mut(usize::from(t)).filter(|_| t != 0) else {
                 continue;
             };
-            if t == 0 {
-                continue;
-            }
             if slot.is_some() {
                 return Err(CertError::DuplicateCert(CertType(t)));
             }
@@ -111,11 +111,9 @@ fn check_identity(s: &Sorted<'_>, now: u64) -> Result<PeerIdentity, CertError> {
     let rsa = RsaIdCert::decode(s.require(CertType::RSA_ID_X509)?)?
         .check_signature()?
         .check_expiry(now)?;
+    // With no key given, the check uses the signed-with-ed25519-key extension and fails with
+    // MissingSigningKey without it: the identity is the key that extension names.
     let id_signing = s.ed_cert(CertType::IDENTITY_V_SIGNING, None, now)?;
-    // The identity is whatever key signed type 4, and C tor insists that key be included.
-    if id_signing.cert().signing_key_ext().is_none() {
-        return Err(CertError::MissingSigningKey(CertType::IDENTITY_V_SIGNING));
-    }
     let ed25519_identity = Ed25519Identity::from_bytes(id_signing.signed_by().to_bytes());
     let signing_key = id_signing.certified_ed25519_key()?;
     let cross = RsaCrosscert::decode(s.require(CertType::RSA_ID_V_IDENTITY)?)?
@@ -126,6 +124,7 @@ fn check_identity(s: &Sorted<'_>, now: u64) -> Result<PeerIdentity, CertError> {
     }
     Ok(PeerIdentity {
         rsa_identity: rsa.identity(),
+        rsa_identity_key: rsa.key().clone(),
         ed25519_identity,
         signing_key,
     })
@@ -389,6 +388,7 @@ mod tests {
         let k = keys();
         PeerIdentity {
             rsa_identity: RsaIdentity::from_rsa_public_key(&rsa_key(0).to_public_key()),
+            rsa_identity_key: rsa_key(0).to_public_key(),
             ed25519_identity: Ed25519Identity::from_bytes(k.master.verifying_key().to_bytes()),
             signing_key: k.signing.verifying_key(),
         }

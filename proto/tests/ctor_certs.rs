@@ -243,6 +243,17 @@ fn ctor_captured_certs_cell() {
     link.peek().encode_unsigned(&mut again).unwrap();
     assert_eq!(&again[..], &entries[3].1[..entries[3].1.len() - 64]);
 
+    // A flipped bit in any signature C tor made is caught.
+    for i in [1, 2, 3, 4] {
+        let mut owned: Vec<(u8, Vec<u8>)> = entries.iter().map(|(t, b)| (*t, b.to_vec())).collect();
+        *owned[i].1.last_mut().unwrap() ^= 1;
+        let refs: Vec<(u8, &[u8])> = owned.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+        assert_eq!(
+            check_responder_certs(&refs, &tls_digest(&tls_cert), now).unwrap_err(),
+            proto::cert::CertError::BadSignature(CertType(entries[i].0)),
+        );
+    }
+
     // Any other TLS certificate, or a later time, is refused.
     assert!(check_responder_certs(&entries, &[0; 32], now).is_err());
     assert!(check_responder_certs(&entries, &tls_digest(&tls_cert), now + 400 * 86400).is_err());
