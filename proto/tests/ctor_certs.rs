@@ -8,7 +8,8 @@
 //!
 //! `ctor_captured_certs_cell` needs no tor: it validates a CERTS cell captured from a C tor
 //! 0.4.9 relay (`tests/data/ctor-0.4.9-certs-cell.bin`, with the relay's TLS certificate and
-//! the capture time beside it; see `tests/data/README.md`).
+//! the capture time beside it; see `tests/data/README.md`), and re-creates its type-5 and
+//! type-7 certificates byte for byte from the relay's keys.
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
 use std::path::{Path, PathBuf};
@@ -242,6 +243,29 @@ fn ctor_captured_certs_cell() {
     let mut again = Vec::new();
     link.peek().encode_unsigned(&mut again).unwrap();
     assert_eq!(&again[..], &entries[3].1[..entries[3].1.len() - 64]);
+
+    // With the relay's own keys, our encoders re-create its type-5 and type-7 certificates
+    // byte for byte: the same layout, and deterministic ed25519 and PKCS#1 v1.5 signatures.
+    let pem = std::fs::read_to_string(data.join("ctor-0.4.9-secret_id_key")).unwrap();
+    let rsa = rsa::RsaPrivateKey::from_pkcs1_pem(pem.trim_end_matches('\0')).unwrap();
+    assert_eq!(
+        RsaIdentity::from_rsa_public_key(&rsa.to_public_key()),
+        peer.rsa_identity
+    );
+    let mut cc = Vec::new();
+    cross
+        .peek()
+        .sign_and_encode(&rsa, &mut StdRng::seed_from_u64(2), &mut cc)
+        .unwrap();
+    assert_eq!(cc, entries[4].1);
+    let signing = expanded(
+        &data.join("ctor-0.4.9-ed25519_signing_secret_key"),
+        "secret: type4",
+        peer.signing_key,
+    );
+    let mut c5 = Vec::new();
+    link.peek().sign_and_encode(&signing, &mut c5).unwrap();
+    assert_eq!(c5, entries[3].1);
 
     // A flipped bit in any signature C tor made is caught.
     for i in [1, 2, 3, 4] {
