@@ -10,6 +10,9 @@
 //! 0.4.9 relay (`tests/data/ctor-0.4.9-certs-cell.bin`, with the relay's TLS certificate and
 //! the capture time beside it; see `tests/data/README.md`), and re-creates its type-5 and
 //! type-7 certificates byte for byte from the relay's keys.
+//!
+//! `openssl_accepts_our_identity_cert` has OpenSSL (which C tor uses for X.509) parse our
+//! identity certificate and verify its self-signature; skipped where `openssl` is missing.
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
 use std::path::{Path, PathBuf};
