@@ -28,6 +28,10 @@
 //! - [`ntor`]: the ntor handshake (CREATE2 type 2).
 //! - [`ntor_v3`]: the ntor v3 handshake (CREATE2 type 3) and its extension messages.
 //! - [`hs_ntor`]: the onion service hs-ntor handshake (INTRODUCE1 encryption, RENDEZVOUS1).
+//! - [`cert`]: ed25519 certificates (cert-spec) and the certificate error types.
+//! - [`rsa_crosscert`]: the RSA-to-ed25519 cross-certificate (CERTS type 7).
+//! - [`x509`]: the self-signed RSA-1024 identity certificate (CERTS type 2).
+//! - [`certs_cell`]: validating a peer's CERTS cell and building ours.
 
 #![forbid(unsafe_code)]
 
@@ -46,3 +50,8 @@ pub mod relay_cell;
 pub mod relay_msg;
 pub mod ntor;
 pub mod ntor_v3;
+
+pub mod cert;
+pub mod certs_cell;
+pub mod rsa_crosscert;
+pub mod x509;
