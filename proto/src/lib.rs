@@ -16,9 +16,13 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`keys`]: a relay's identity, signing and onion keys.
+//! - [`key_file`]: C tor's data-directory key files (the one module here that does file I/O).
 
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod ids;
+pub mod key_file;
+pub mod keys;
 pub mod link_spec;
