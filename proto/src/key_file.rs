@@ -7,7 +7,7 @@
 //!
 //! | file | contents |
 //! |------|----------|
-//! | `keys/secret_id_key` | PEM `RSA PRIVATE KEY` (PKCS#1 DER), 64-column base64, LF |
+//! | `keys/secret_id_key` | PEM `RSA PRIVATE KEY` (PKCS#1 DER), 64-column base64, LF, then a NUL |
 //! | `keys/ed25519_master_id_secret_key` | header `== ed25519v1-secret: type0 ==`, 64-byte expanded key |
 //! | `keys/ed25519_master_id_public_key` | header `== ed25519v1-public: type0 ==`, 32-byte key |
 //! | `keys/ed25519_signing_secret_key` | header `== ed25519v1-secret: type4 ==`, 64-byte expanded key |
@@ -276,18 +276,22 @@ pub fn encode_ntor_secret_key(key: &NtorOnionKeypair, out: &mut Vec<u8>) {
 
 /// Parses `secret_id_key`: a PEM `RSA PRIVATE KEY` holding a 1024-bit key with e = 65537.
 pub fn parse_rsa_secret_key(bytes: &[u8]) -> Result<RsaIdentityKeypair, KeyFileError> {
+    // C tor writes the PEM text with its terminating NUL; a file without one is fine too.
+    let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|_| KeyFileError::BadPem)?;
     let key = RsaPrivateKey::from_pkcs1_pem(text).map_err(|_| KeyFileError::BadPem)?;
     RsaIdentityKeypair::from_private_key(key).map_err(KeyFileError::Rsa)
 }
 
-/// Encodes `secret_id_key` as OpenSSL's `PEM_write_RSAPrivateKey` does (which is what C tor
-/// uses): PKCS#1 DER, base64 in 64-column lines, LF line ends.
+/// Encodes `secret_id_key` as C tor writes it: PKCS#1 DER in PEM (`RSA PRIVATE KEY`, base64
+/// in 64-column lines, LF line ends) followed by one NUL byte, because C tor writes the PEM
+/// string together with its C terminator.
 pub fn encode_rsa_secret_key(key: &RsaIdentityKeypair, out: &mut Vec<u8>) {
     // Encoding a key we hold cannot fail: the rsa crate only errors on multi-prime keys, which
     // `RsaIdentityKeypair` never holds. Should it ever fail, an empty file fails to load loudly.
     if let Ok(pem) = key.private_key().to_pkcs1_pem(LineEnding::LF) {
         out.extend_from_slice(pem.as_bytes());
+        out.push(0);
     }
 }
 
@@ -717,7 +721,7 @@ I6WC5W759vVgjOME4WpJ6aRHQBuxfEbXZwyJ/LrJF/jxajtI2QAyUyJLgtjaETG0
 1qn1yMBsIyEn7nog98DpAkAqoavaR2gYBR1R8oxs650BQlEe+pYoA7uyVF4BjMe4
 dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
 -----END RSA PRIVATE KEY-----
-";
+\0";
     const CTOR_FINGERPRINT: &str = "4A34F02C7496C38097B6244AF4F0316C291051FE";
     const CTOR_ED25519_ID: &str = "mslLyX3I3L8tFHFgXiBd5HN0zJktTmwDO3NIZo3lMUg";
     const CTOR_MASTER_SECRET: &str = "00af46a91f8c150a347e1b8a4d194724ea940feaf46bfc215a3c1eb786055e67\
@@ -794,6 +798,10 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         let mut out = Vec::new();
         encode_rsa_secret_key(&k, &mut out);
         assert_eq!(out, CTOR_SECRET_ID_KEY.as_bytes());
+        // Without the trailing NUL the key still loads.
+        let no_nul = CTOR_SECRET_ID_KEY.strip_suffix('\0').unwrap();
+        let k2 = parse_rsa_secret_key(no_nul.as_bytes()).unwrap();
+        assert_eq!(k2.identity(), k.identity());
     }
 
     #[test]
