@@ -547,19 +547,19 @@ impl RelayKeys {
     /// Loads the keys in `data_dir`, generating and writing whichever are missing, as C tor does
     /// at start-up.
     ///
-    /// A missing signing key or certificate gives a new signing key and a certificate from
-    /// `build_signing_cert(master, signing_public)`. If the master public key exists without
-    /// its secret key this fails with [`KeyStoreError::MasterSecretMissing`] rather than
-    /// replace the relay's identity. A missing master public key file is rewritten from the
-    /// secret key.
-    pub fn load_or_generate<F>(
+    /// The signing key is replaced by a new one, certified by `make_cert(master,
+    /// signing_public)`, when it or its certificate is missing, when the master key is new, or
+    /// when `keep_cert(cert, master_public, signing_public)` says the stored certificate may no
+    /// longer be used (expired, about to expire, for another key, malformed: the certificate
+    /// code's call; `|_, _, _| true` keeps any). If the master public key exists without its secret key this
+    /// fails with [`KeyStoreError::MasterSecretMissing`] rather than replace the relay's
+    /// identity. A missing master public key file is rewritten from the secret key.
+    pub fn load_or_generate(
         data_dir: &Path,
         rng: &mut impl CryptoRngCore,
-        build_signing_cert: F,
-    ) -> Result<RelayKeys, KeyStoreError>
-    where
-        F: FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
-    {
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+        keep_cert: impl FnOnce(&[u8], &VerifyingKey, &VerifyingKey) -> bool,
+    ) -> Result<RelayKeys, KeyStoreError> {
         ensure_private_dir(data_dir)?;
         let p = Paths::new(data_dir);
         ensure_private_dir(&p.keys)?;
@@ -574,34 +574,36 @@ impl RelayKeys {
             }
         };
 
-        let master = match load_master(&p)? {
-            Some(k) => k,
+        let (master, master_is_new) = match load_master(&p)? {
+            Some(k) => (k, false),
             None => {
                 let k = Ed25519Keypair::generate(rng);
                 store(&p.key(ED25519_MASTER_ID_SECRET_KEY), |out| {
                     encode_ed25519_secret_key(&k, TAG_MASTER, out)
                 })?;
-                k
+                (k, true)
             }
         };
         let public_path = p.key(ED25519_MASTER_ID_PUBLIC_KEY);
-        if read_file(&public_path)?.is_none() {
+        if master_is_new || read_file(&public_path)?.is_none() {
             store(&public_path, |out| {
                 encode_ed25519_public_key(master.public(), TAG_MASTER, out)
             })?;
         }
 
-        let signing_path = p.key(ED25519_SIGNING_SECRET_KEY);
-        let cert_path = p.key(ED25519_SIGNING_CERT);
-        let signing = load(&signing_path, |b| parse_ed25519_secret_key(b, TAG_SIGNING))?;
-        let cert = load(&cert_path, |b| {
+        let signing = load(&p.key(ED25519_SIGNING_SECRET_KEY), |b| {
+            parse_ed25519_secret_key(b, TAG_SIGNING)
+        })?;
+        let cert = load(&p.key(ED25519_SIGNING_CERT), |b| {
             parse_ed25519_cert_file(b, TAG_SIGNING).map(<[u8]>::to_vec)
         })?;
         let (signing, cert) = match (signing, cert) {
-            (Some(s), Some(c)) => (s, c),
+            (Some(s), Some(c)) if !master_is_new && keep_cert(&c, master.public(), s.public()) => {
+                (s, c)
+            }
             _ => {
                 let s = Ed25519Keypair::generate(rng);
-                let c = build_signing_cert(&master, s.public());
+                let c = make_cert(&master, s.public());
                 write_signing(&p, &s, &c)?;
                 (s, c)
             }
@@ -639,19 +641,16 @@ impl RelayKeys {
         })
     }
 
-    /// Replaces the signing key with a fresh one certified by `build_signing_cert`, and writes
-    /// both to `data_dir`. For when the certificate nears expiry.
-    pub fn rotate_signing_key<F>(
+    /// Replaces the signing key with a fresh one certified by `make_cert(master,
+    /// signing_public)`, and writes both to `data_dir`. For when the certificate nears expiry.
+    pub fn rotate_signing_key(
         &mut self,
         data_dir: &Path,
         rng: &mut impl CryptoRngCore,
-        build_signing_cert: F,
-    ) -> Result<(), KeyStoreError>
-    where
-        F: FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
-    {
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+    ) -> Result<(), KeyStoreError> {
         let signing = Ed25519Keypair::generate(rng);
-        let cert = build_signing_cert(self.ed25519_master(), signing.public());
+        let cert = make_cert(self.ed25519_master(), signing.public());
         write_signing(&Paths::new(data_dir), &signing, &cert)?;
         self.set_signing_key(signing, cert);
         Ok(())
@@ -773,6 +772,10 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         let mut c = signing.to_bytes().to_vec();
         c.extend_from_slice(&master.sign(signing.as_bytes()).to_bytes());
         c
+    }
+
+    fn keep_any(_: &[u8], _: &VerifyingKey, _: &VerifyingKey) -> bool {
+        true
     }
 
     /// A fresh, empty directory under the system temp dir, removed on drop.
@@ -962,7 +965,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         );
         // A master public key file that is not the secret key's: refused on load.
         let d = TempDir::new("mismatch");
-        let keys = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert).unwrap();
+        let keys = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
         let other = Ed25519Keypair::generate(&mut rng());
         let path = d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY);
         store(&path, |out| {
@@ -977,7 +980,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             e => panic!("unexpected {e}"),
         }
         assert!(matches!(
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert),
+            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any),
             Err(KeyStoreError::Format {
                 error: KeyFileError::PublicKeyMismatch,
                 ..
@@ -986,7 +989,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         // A public key without its secret is refused rather than replaced.
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_SECRET_KEY)).unwrap();
         assert!(matches!(
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert),
+            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any),
             Err(KeyStoreError::MasterSecretMissing(_))
         ));
         drop(keys);
@@ -1081,9 +1084,16 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         assert_eq!(k.ed25519_identity().base64(), CTOR_ED25519_ID);
         assert_eq!(hex::encode(k.signing_cert()), CTOR_SIGNING_CERT);
         // load_or_generate finds everything and changes nothing.
-        let again = RelayKeys::load_or_generate(&d.0, &mut rng(), |_, _| {
-            panic!("must not generate a signing key")
-        })
+        let again = RelayKeys::load_or_generate(
+            &d.0,
+            &mut rng(),
+            |_, _| panic!("must not generate a signing key"),
+            |cert, master, signing| {
+                // What the certificate code will check, by hand: certified key and signer.
+                cert.get(7..39) == Some(&signing.as_bytes()[..])
+                    && cert.get(44..76) == Some(&master.as_bytes()[..])
+            },
+        )
         .unwrap();
         assert_eq!(again.fingerprint(), k.fingerprint());
         assert_eq!(
@@ -1099,7 +1109,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
     #[test]
     fn generate_save_load_round_trip() {
         let d = TempDir::new("gen");
-        let a = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert).unwrap();
+        let a = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -1127,7 +1137,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         // Missing pieces are regenerated, the rest kept.
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_SIGNING_CERT)).unwrap();
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY)).unwrap();
-        let c = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert).unwrap();
+        let c = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
         assert_eq!(c.fingerprint(), a.fingerprint());
         assert_eq!(c.ed25519_identity(), a.ed25519_identity());
         assert_ne!(c.ed25519_signing().public(), a.ed25519_signing().public());
@@ -1167,6 +1177,39 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
     }
 
     #[test]
+    fn unusable_or_orphaned_signing_keys_are_replaced() {
+        let d = TempDir::new("replace");
+        let a = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+        // The certificate code rejects the stored certificate: a new signing key is made.
+        let mut r = rand::rngs::StdRng::seed_from_u64(1);
+        let b = RelayKeys::load_or_generate(&d.0, &mut r, fake_cert, |cert, master, signing| {
+            assert_eq!(cert, a.signing_cert());
+            assert_eq!(master, a.ed25519_master().public());
+            assert_eq!(signing, a.ed25519_signing().public());
+            false
+        })
+        .unwrap();
+        assert_eq!(b.ed25519_identity(), a.ed25519_identity());
+        assert_ne!(b.ed25519_signing().public(), a.ed25519_signing().public());
+        assert_eq!(
+            RelayKeys::load(&d.0).unwrap().signing_cert(),
+            b.signing_cert()
+        );
+        // A new master key orphans the old signing key: it is replaced even if "usable".
+        fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_SECRET_KEY)).unwrap();
+        fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY)).unwrap();
+        let mut r = rand::rngs::StdRng::seed_from_u64(2);
+        let c = RelayKeys::load_or_generate(&d.0, &mut r, fake_cert, keep_any).unwrap();
+        assert_ne!(c.ed25519_identity(), b.ed25519_identity());
+        assert_ne!(c.ed25519_signing().public(), b.ed25519_signing().public());
+        assert_eq!(
+            c.signing_cert(),
+            fake_cert(c.ed25519_master(), c.ed25519_signing().public())
+        );
+        assert_eq!(c.fingerprint(), a.fingerprint());
+    }
+
+    #[test]
     fn loose_permissions_are_tightened() {
         #[cfg(unix)]
         {
@@ -1175,7 +1218,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             fs::create_dir_all(d.0.join(KEYS_DIR)).unwrap();
             fs::set_permissions(&d.0, fs::Permissions::from_mode(0o755)).unwrap();
             fs::set_permissions(d.0.join(KEYS_DIR), fs::Permissions::from_mode(0o777)).unwrap();
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert).unwrap();
+            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
             let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&d.0), 0o700);
             assert_eq!(mode(&d.0.join(KEYS_DIR)), 0o700);

@@ -285,19 +285,16 @@ impl RelayKeys {
         }
     }
 
-    /// Generates a complete new key set. `build_signing_cert(master, signing_public)` must
-    /// return the encoded certificate for the new signing key, signed by `master`.
-    pub fn generate<F>(
+    /// Generates a complete new key set. `make_cert(master, signing_public)` returns the
+    /// encoded certificate of the new signing key, signed by `master` (cert-spec §2.1).
+    pub fn generate(
         rng: &mut impl CryptoRngCore,
-        build_signing_cert: F,
-    ) -> Result<Self, KeyError>
-    where
-        F: FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
-    {
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+    ) -> Result<Self, KeyError> {
         let rsa_identity = RsaIdentityKeypair::generate(rng)?;
         let ed25519_master = Ed25519Keypair::generate(rng);
         let ed25519_signing = Ed25519Keypair::generate(rng);
-        let signing_cert = build_signing_cert(&ed25519_master, ed25519_signing.public());
+        let signing_cert = make_cert(&ed25519_master, ed25519_signing.public());
         let ntor_onion = NtorOnionKeypair::generate(rng);
         Ok(Self::from_parts(
             rsa_identity,

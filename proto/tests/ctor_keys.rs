@@ -171,7 +171,9 @@ fn chive_loads_keys_written_by_ctor() {
 fn ctor_accepts_keys_written_by_chive() {
     let scratch = TempDir::new("from-chive");
     let data = scratch.0.join("data");
-    let keys = RelayKeys::load_or_generate(&data, &mut rand::rngs::OsRng, signing_cert).unwrap();
+    let keys =
+        RelayKeys::load_or_generate(&data, &mut rand::rngs::OsRng, signing_cert, |_, _, _| true)
+            .unwrap();
     keys.write_fingerprint_files(&data, NICK).unwrap();
     let ours = read_keys_dir(&data);
     let fp_files = [
