@@ -61,7 +61,8 @@ pub const FINGERPRINT_ED25519: &str = "fingerprint-ed25519";
 
 /// Tag of the master identity key files: the key certifies with cert type 0 (none).
 pub const TAG_MASTER: &str = "type0";
-/// Tag of the signing key and certificate files: certificate type 4, `CERTTYPE_ID_SIGNING`.
+/// Tag of the signing key and certificate files: certificate type 4, "ed25519 signing key with
+/// an identity key" (cert-spec appendix A.1).
 pub const TAG_SIGNING: &str = "type4";
 
 const TYPE_ED25519_SECRET: &str = "ed25519v1-secret";
@@ -86,6 +87,9 @@ pub enum KeyFileError {
     /// Shorter than the 32-byte header.
     #[error("file shorter than its header")]
     TooShort,
+    /// Far longer than any key file.
+    #[error("file too long for a key file")]
+    TooLong,
     /// The header is not `== TYPE: TAG ==` followed by NULs.
     #[error("malformed file header")]
     BadHeader,
@@ -416,9 +420,16 @@ fn read_file(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, KeyStoreError> {
         Err(e) => return Err(io_err(path)(e)),
     };
     let mut buf = Zeroizing::new(Vec::new());
-    file.take(MAX_FILE_LEN)
+    // One byte more than allowed, to tell "too long" from "exactly at the limit".
+    file.take(MAX_FILE_LEN + 1)
         .read_to_end(&mut buf)
         .map_err(io_err(path))?;
+    if buf.len() as u64 > MAX_FILE_LEN {
+        return Err(KeyStoreError::Format {
+            path: path.to_path_buf(),
+            error: KeyFileError::TooLong,
+        });
+    }
     Ok(Some(buf))
 }
 
@@ -1223,6 +1234,35 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             assert_eq!(mode(&d.0), 0o700);
             assert_eq!(mode(&d.0.join(KEYS_DIR)), 0o700);
         }
+    }
+
+    #[test]
+    fn oversized_file_is_refused() {
+        let d = TempDir::new("big");
+        let keys = d.0.join(KEYS_DIR);
+        fs::create_dir_all(&keys).unwrap();
+        let mut big = cert_file();
+        big.resize(MAX_FILE_LEN as usize + 1, 0);
+        fs::write(keys.join(ED25519_SIGNING_CERT), &big).unwrap();
+        let err = load(&keys.join(ED25519_SIGNING_CERT), |b| {
+            parse_ed25519_cert_file(b, TAG_SIGNING).map(<[u8]>::to_vec)
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            KeyStoreError::Format {
+                error: KeyFileError::TooLong,
+                ..
+            }
+        ));
+        big.truncate(MAX_FILE_LEN as usize);
+        fs::write(keys.join(ED25519_SIGNING_CERT), &big).unwrap();
+        let cert = load(&keys.join(ED25519_SIGNING_CERT), |b| {
+            parse_ed25519_cert_file(b, TAG_SIGNING).map(<[u8]>::to_vec)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(cert.len(), MAX_FILE_LEN as usize - 32);
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum KeyError {
     /// Tor identity keys are exactly 1024 bits (tor-spec §1.1); the key had this many.
     #[error("RSA identity key must be 1024 bits, found {0}")]
     RsaWrongSize(usize),
-    /// Tor identity keys use the public exponent 65537 (tor-spec §0.3).
+    /// Tor RSA keys use the public exponent 65537 (tor-spec §0.3).
     #[error("RSA identity key exponent must be 65537")]
     RsaWrongExponent,
     /// The data to sign does not fit in one PKCS#1 v1.5 block.
@@ -96,8 +96,9 @@ impl RsaIdentityKeypair {
     }
 
     /// Signs `digest` the way Tor does: PKCS#1 v1.5 type-1 padding around the raw digest, with
-    /// no `DigestInfo` prefix (tor-spec §0.3: "we use PKCS#1 padding ... without the
-    /// DigestInfo"). Returns the 128-byte signature.
+    /// no ASN.1 `DigestInfo` prefix. This is dir-spec §2.1.1's "signature of the PKCS1-padded
+    /// hash" (`router-signature`), and the RSA half of the CERTS cell's RSA->ed25519
+    /// cross-certificate (cert-spec §2.3). Returns the 128-byte signature.
     pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.secret
             .sign(Pkcs1v15Sign::new_unprefixed(), digest)
