@@ -54,6 +54,10 @@ pub const ED25519_SIGNING_SECRET_KEY: &str = "ed25519_signing_secret_key";
 pub const ED25519_SIGNING_CERT: &str = "ed25519_signing_cert";
 /// ntor onion key file name.
 pub const SECRET_ONION_KEY_NTOR: &str = "secret_onion_key_ntor";
+/// Legacy TAP onion key file name: an RSA-1024 key in the same format as [`SECRET_ID_KEY`]
+/// ([`parse_rsa_secret_key`], [`encode_rsa_secret_key`]). C tor 0.4.9 still creates it;
+/// [`RelayKeys`] does not manage it.
+pub const SECRET_ONION_KEY: &str = "secret_onion_key";
 /// RSA fingerprint file name (in the data directory itself).
 pub const FINGERPRINT: &str = "fingerprint";
 /// ed25519 fingerprint file name (in the data directory itself).
@@ -278,7 +282,8 @@ pub fn encode_ntor_secret_key(key: &NtorOnionKeypair, out: &mut Vec<u8>) {
     encode_tagged(TYPE_CURVE25519, TAG_ONION, body.as_ref(), out);
 }
 
-/// Parses `secret_id_key`: a PEM `RSA PRIVATE KEY` holding a 1024-bit key with e = 65537.
+/// Parses `secret_id_key` (or the TAP `secret_onion_key`): a PEM `RSA PRIVATE KEY` holding a
+/// 1024-bit key with e = 65537.
 pub fn parse_rsa_secret_key(bytes: &[u8]) -> Result<RsaIdentityKeypair, KeyFileError> {
     // C tor writes the PEM text with its terminating NUL; a file without one is fine too.
     let bytes = bytes.strip_suffix(b"\0").unwrap_or(bytes);

@@ -160,6 +160,13 @@ fn chive_loads_keys_written_by_ctor() {
         .verify(body, &Signature::from_slice(sig).unwrap())
         .unwrap();
 
+    // The legacy TAP onion key has the identity key's format.
+    let tap = fs::read(data.join(KEYS_DIR).join(key_file::SECRET_ONION_KEY)).unwrap();
+    let tap_key = key_file::parse_rsa_secret_key(&tap).unwrap();
+    let mut out = Vec::new();
+    key_file::encode_rsa_secret_key(&tap_key, &mut out);
+    assert_eq!(out, tap);
+
     // Re-encoding what we loaded gives C tor's files byte for byte.
     let before = read_keys_dir(&data);
     let copy = scratch.0.join("copy");
