@@ -32,6 +32,8 @@
 //! - [`rsa_crosscert`]: the RSA-to-ed25519 cross-certificate (CERTS type 7).
 //! - [`x509`]: the self-signed RSA-1024 identity certificate (CERTS type 2).
 //! - [`certs_cell`]: validating a peer's CERTS cell and building ours.
+//! - [`keys`]: a relay's identity, signing and onion keys.
+//! - [`key_file`]: C tor's data-directory key files (the one module here that does file I/O).
 
 #![forbid(unsafe_code)]
 
@@ -44,6 +46,8 @@ pub mod create_fast;
 pub mod hs_ntor;
 pub mod ids;
 pub mod kdf;
+pub mod key_file;
+pub mod keys;
 pub mod link_spec;
 pub mod link_version;
 pub mod relay_cell;

@@ -1,0 +1,491 @@
+//! The long-term and medium-term keys a relay holds.
+//!
+//! Spec: [tor-spec §1.1 "Keys and names"](https://spec.torproject.org/tor-spec/relay-keys.html):
+//! a relay has an RSA-1024 identity key (`KP_relayid_rsa`, e = 65537), an ed25519 master
+//! identity key (`KP_relayid_ed`), an ed25519 medium-term signing key (`KP_relaysign_ed`)
+//! certified by the master key, and a curve25519 circuit extension ("ntor onion") key
+//! (`KP_ntor`).
+//!
+//! Secrets are zeroized when dropped and never appear in `Debug` output. The ed25519 keys are kept
+//! in the 64-byte *expanded* form (clamped scalar, then hash prefix) because that is what C tor
+//! stores on disk; a key loaded from a C tor data directory therefore signs exactly as C tor would.
+//!
+//! Reading and writing these keys to a data directory lives in [`crate::key_file`].
+
+use std::fmt;
+
+use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+use ed25519_dalek::{Signature, SignatureError, Signer, VerifyingKey};
+use rand_core::CryptoRngCore;
+use rsa::traits::PublicKeyParts as _;
+use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
+use sha2::Digest as _;
+use thiserror::Error;
+use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::ids::{Ed25519Identity, RsaIdentity};
+
+/// Why a key could not be made or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The RSA library failed to generate a key (it only fails on RNG trouble).
+    #[error("RSA key generation failed")]
+    RsaGeneration,
+    /// Tor identity keys are exactly 1024 bits (tor-spec §1.1); the key had this many.
+    #[error("RSA identity key must be 1024 bits, found {0}")]
+    RsaWrongSize(usize),
+    /// Tor RSA keys use the public exponent 65537 (tor-spec §0.3).
+    #[error("RSA identity key exponent must be 65537")]
+    RsaWrongExponent,
+    /// The data to sign does not fit in one PKCS#1 v1.5 block.
+    #[error("data too long for an RSA-1024 signature")]
+    RsaSignTooLong,
+}
+
+/// A relay's RSA-1024 identity key (`KS_relayid_rsa`), e = 65537.
+///
+/// The secret key is zeroized on drop by the `rsa` crate.
+#[derive(Clone)]
+pub struct RsaIdentityKeypair {
+    secret: RsaPrivateKey,
+}
+
+impl RsaIdentityKeypair {
+    /// Modulus size of every Tor RSA key.
+    pub const BITS: usize = 1024;
+    /// The public exponent every Tor RSA key uses.
+    pub const EXPONENT: u32 = 65537;
+
+    /// Generates a fresh identity key.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Result<Self, KeyError> {
+        let e = BigUint::from(Self::EXPONENT);
+        let secret = RsaPrivateKey::new_with_exp(rng, Self::BITS, &e)
+            .map_err(|_| KeyError::RsaGeneration)?;
+        Self::from_private_key(secret)
+    }
+
+    /// Wraps an existing private key, refusing any that is not 1024 bits with e = 65537.
+    ///
+    /// `RsaPrivateKey` values are already consistency-checked by the `rsa` crate when built.
+    pub fn from_private_key(secret: RsaPrivateKey) -> Result<Self, KeyError> {
+        let bits = secret.n().bits();
+        if bits != Self::BITS {
+            return Err(KeyError::RsaWrongSize(bits));
+        }
+        if *secret.e() != BigUint::from(Self::EXPONENT) {
+            return Err(KeyError::RsaWrongExponent);
+        }
+        Ok(RsaIdentityKeypair { secret })
+    }
+
+    /// The private key, for encoding into a key file.
+    pub(crate) fn private_key(&self) -> &RsaPrivateKey {
+        &self.secret
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> RsaPublicKey {
+        self.secret.to_public_key()
+    }
+
+    /// The relay's legacy identity ("fingerprint"): SHA-1 of the DER public key.
+    pub fn identity(&self) -> RsaIdentity {
+        RsaIdentity::from_rsa_public_key(&self.public_key())
+    }
+
+    /// Signs `digest` the way Tor does: PKCS#1 v1.5 type-1 padding around the raw digest, with
+    /// no ASN.1 `DigestInfo` prefix. This is dir-spec §2.1.1's "signature of the PKCS1-padded
+    /// hash" (`router-signature`), and the RSA half of the CERTS cell's RSA->ed25519
+    /// cross-certificate (cert-spec §2.3). Returns the 128-byte signature.
+    pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.secret
+            .sign(Pkcs1v15Sign::new_unprefixed(), digest)
+            .map_err(|_| KeyError::RsaSignTooLong)
+    }
+}
+
+impl fmt::Debug for RsaIdentityKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RsaIdentityKeypair")
+            .field("identity", &self.identity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 64 expanded-secret bytes exactly as read or generated, kept so that writing a loaded key
+/// back gives the same file.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+struct ExpandedBytes([u8; 64]);
+
+/// An ed25519 keypair kept in expanded form: the master identity key or the signing key.
+///
+/// Implements [`Signer`], so `keypair.sign(msg)` gives a standard ed25519 signature.
+pub struct Ed25519Keypair {
+    bytes: ExpandedBytes,
+    expanded: ExpandedSecretKey,
+    public: VerifyingKey,
+}
+
+impl Ed25519Keypair {
+    /// Length of the expanded secret key.
+    pub const EXPANDED_LEN: usize = 64;
+
+    /// Generates a keypair from a random 32-byte seed, expanded as RFC 8032 §5.1.5 does:
+    /// SHA-512 of the seed, first half clamped.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        Self::from_seed(&seed)
+    }
+
+    /// Expands a 32-byte RFC 8032 secret seed.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let mut h = Zeroizing::new([0u8; 64]);
+        h.copy_from_slice(&sha2::Sha512::digest(seed));
+        h[0] &= 248;
+        h[31] &= 127;
+        h[31] |= 64;
+        Self::from_expanded_bytes(&h)
+    }
+
+    /// Uses 64 expanded-secret bytes (scalar, then hash prefix) as they are.
+    ///
+    /// Unlike `ExpandedSecretKey::from_bytes`, the scalar is not clamped again: C tor signs with
+    /// the stored scalar as it is, and so must we to give the same public key for any file.
+    pub fn from_expanded_bytes(bytes: &[u8; 64]) -> Self {
+        let mut scalar = Zeroizing::new([0u8; 32]);
+        let mut hash_prefix = [0u8; 32];
+        scalar.copy_from_slice(&bytes[..32]);
+        hash_prefix.copy_from_slice(&bytes[32..]);
+        let expanded = ExpandedSecretKey {
+            scalar: curve25519_dalek::Scalar::from_bytes_mod_order(*scalar),
+            hash_prefix,
+        };
+        hash_prefix.zeroize();
+        let public = VerifyingKey::from(&expanded);
+        Ed25519Keypair {
+            bytes: ExpandedBytes(*bytes),
+            expanded,
+            public,
+        }
+    }
+
+    /// The expanded secret bytes, for writing a key file.
+    pub(crate) fn expanded_bytes(&self) -> &[u8; 64] {
+        &self.bytes.0
+    }
+
+    /// The public key.
+    pub fn public(&self) -> &VerifyingKey {
+        &self.public
+    }
+
+    /// The public key as an identity.
+    pub fn identity(&self) -> Ed25519Identity {
+        Ed25519Identity::from_bytes(self.public.to_bytes())
+    }
+}
+
+impl Clone for Ed25519Keypair {
+    fn clone(&self) -> Self {
+        Self::from_expanded_bytes(&self.bytes.0)
+    }
+}
+
+impl Signer<Signature> for Ed25519Keypair {
+    fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignatureError> {
+        Ok(raw_sign::<sha2::Sha512>(&self.expanded, msg, &self.public))
+    }
+}
+
+impl fmt::Debug for Ed25519Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ed25519Keypair")
+            .field("public", &self.identity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A relay's curve25519 circuit extension key for the ntor handshakes (`KP_ntor`).
+#[derive(Clone)]
+pub struct NtorOnionKeypair {
+    secret: StaticSecret,
+    public: X25519Public,
+}
+
+impl NtorOnionKeypair {
+    /// Generates a keypair. The secret is stored clamped, as C tor stores it, so the key file
+    /// we write looks like one C tor writes.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut b = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(b.as_mut());
+        b[0] &= 248;
+        b[31] &= 127;
+        b[31] |= 64;
+        Self::from_secret_bytes(*b)
+    }
+
+    /// Uses 32 secret bytes as they are (X25519 clamps when it multiplies).
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(bytes);
+        let public = X25519Public::from(&secret);
+        NtorOnionKeypair { secret, public }
+    }
+
+    /// The secret key, for the server side of the handshake.
+    pub fn secret(&self) -> &StaticSecret {
+        &self.secret
+    }
+
+    /// The public key, as published in descriptors (`ntor-onion-key`).
+    pub fn public(&self) -> &X25519Public {
+        &self.public
+    }
+}
+
+impl fmt::Debug for NtorOnionKeypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NtorOnionKeypair")
+            .field("public", &hex::encode(self.public.as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys a relay holds while it runs.
+///
+/// The signing certificate (a type-4 ed25519 cert, `KP_relaysign_ed` signed by
+/// `KP_relayid_ed`, cert-spec §2.1) is kept as opaque bytes; building and parsing it is
+/// `cert.rs`'s job.
+#[derive(Debug, Clone)]
+pub struct RelayKeys {
+    rsa_identity: RsaIdentityKeypair,
+    ed25519_master: Ed25519Keypair,
+    ed25519_signing: Ed25519Keypair,
+    signing_cert: Vec<u8>,
+    ntor_onion: NtorOnionKeypair,
+}
+
+impl RelayKeys {
+    /// Assembles a key set from its parts. Whether `signing_cert` really certifies
+    /// `ed25519_signing` under `ed25519_master` is the caller's to check.
+    pub fn from_parts(
+        rsa_identity: RsaIdentityKeypair,
+        ed25519_master: Ed25519Keypair,
+        ed25519_signing: Ed25519Keypair,
+        signing_cert: Vec<u8>,
+        ntor_onion: NtorOnionKeypair,
+    ) -> Self {
+        RelayKeys {
+            rsa_identity,
+            ed25519_master,
+            ed25519_signing,
+            signing_cert,
+            ntor_onion,
+        }
+    }
+
+    /// Generates a complete new key set. `make_cert(master, signing_public)` returns the
+    /// encoded certificate of the new signing key, signed by `master` (cert-spec §2.1).
+    pub fn generate(
+        rng: &mut impl CryptoRngCore,
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+    ) -> Result<Self, KeyError> {
+        let rsa_identity = RsaIdentityKeypair::generate(rng)?;
+        let ed25519_master = Ed25519Keypair::generate(rng);
+        let ed25519_signing = Ed25519Keypair::generate(rng);
+        let signing_cert = make_cert(&ed25519_master, ed25519_signing.public());
+        let ntor_onion = NtorOnionKeypair::generate(rng);
+        Ok(Self::from_parts(
+            rsa_identity,
+            ed25519_master,
+            ed25519_signing,
+            signing_cert,
+            ntor_onion,
+        ))
+    }
+
+    /// The RSA identity fingerprint.
+    pub fn fingerprint(&self) -> RsaIdentity {
+        self.rsa_identity.identity()
+    }
+
+    /// The ed25519 identity (the master public key).
+    pub fn ed25519_identity(&self) -> Ed25519Identity {
+        self.ed25519_master.identity()
+    }
+
+    /// The RSA identity key.
+    pub fn rsa_identity(&self) -> &RsaIdentityKeypair {
+        &self.rsa_identity
+    }
+
+    /// The ed25519 master identity key.
+    pub fn ed25519_master(&self) -> &Ed25519Keypair {
+        &self.ed25519_master
+    }
+
+    /// The ed25519 medium-term signing key.
+    pub fn ed25519_signing(&self) -> &Ed25519Keypair {
+        &self.ed25519_signing
+    }
+
+    /// The encoded certificate of the signing key.
+    pub fn signing_cert(&self) -> &[u8] {
+        &self.signing_cert
+    }
+
+    /// The ntor onion key.
+    pub fn ntor_onion(&self) -> &NtorOnionKeypair {
+        &self.ntor_onion
+    }
+
+    /// Replaces the signing key and its certificate (when the old certificate nears expiry).
+    pub fn set_signing_key(&mut self, signing: Ed25519Keypair, cert: Vec<u8>) {
+        self.ed25519_signing = signing;
+        self.signing_cert = cert;
+    }
+
+    /// Replaces the ntor onion key (on rotation).
+    pub fn set_ntor_onion(&mut self, ntor: NtorOnionKeypair) {
+        self.ntor_onion = ntor;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md)
+mod tests {
+    use super::*;
+    use ed25519_dalek::Verifier as _;
+    use rand::SeedableRng as _;
+    use rsa::traits::PrivateKeyParts as _;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    /// RFC 8032 §7.1 TEST 2: secret seed, public key, message 0x72, signature.
+    #[test]
+    fn ed25519_rfc8032_vector_via_expanded_form() {
+        let seed: [u8; 32] =
+            hex::decode("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+                .unwrap()
+                .try_into()
+                .unwrap();
+        let kp = Ed25519Keypair::from_seed(&seed);
+        assert_eq!(
+            hex::encode(kp.public().as_bytes()),
+            "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"
+        );
+        let sig = kp.sign(&[0x72]);
+        assert_eq!(
+            hex::encode(sig.to_bytes()),
+            "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da\
+             085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
+        );
+        // Reloading the expanded bytes signs identically.
+        let again = Ed25519Keypair::from_expanded_bytes(kp.expanded_bytes());
+        assert_eq!(again.sign(&[0x72]), sig);
+        assert_eq!(kp.clone().identity(), kp.identity());
+    }
+
+    /// The scalar is used as stored: an expanded key whose scalar is not clamped still matches
+    /// its own public key (C tor does not clamp on load either).
+    #[test]
+    fn ed25519_unclamped_scalar_is_used_as_is() {
+        let mut b = [0x11u8; 64];
+        b[31] = 0x05; // high bits clear, bit 254 clear: clamping would change the scalar
+        let kp = Ed25519Keypair::from_expanded_bytes(&b);
+        let clamped = ExpandedSecretKey::from_bytes(&b);
+        assert_ne!(*kp.public(), VerifyingKey::from(&clamped));
+        let sig = kp.sign(b"msg");
+        assert!(kp.public().verify(b"msg", &sig).is_ok());
+        assert_eq!(kp.expanded_bytes(), &b);
+    }
+
+    #[test]
+    fn rsa_identity_signs_without_digestinfo() {
+        let kp = RsaIdentityKeypair::generate(&mut rng()).unwrap();
+        let digest = [0xabu8; 20];
+        let sig = kp.sign_digest(&digest).unwrap();
+        assert_eq!(sig.len(), 128);
+        kp.public_key()
+            .verify(Pkcs1v15Sign::new_unprefixed(), &digest, &sig)
+            .unwrap();
+        // Recover the padded block with the public exponent: 00 01 FF.. 00 digest.
+        let m = BigUint::from_bytes_be(&sig).modpow(kp.public_key().e(), kp.public_key().n());
+        let block = m.to_bytes_be();
+        assert_eq!(block.len(), 127); // leading zero byte dropped
+        assert_eq!(block[0], 1);
+        assert!(block[1..106].iter().all(|b| *b == 0xff));
+        assert_eq!(block[106], 0);
+        assert_eq!(&block[107..], &digest);
+        assert_eq!(kp.sign_digest(&[0u8; 118]), Err(KeyError::RsaSignTooLong));
+        assert_eq!(
+            kp.identity(),
+            RsaIdentity::from_rsa_public_key(&kp.public_key())
+        );
+    }
+
+    #[test]
+    fn rsa_identity_rejects_other_sizes_and_exponents() {
+        let mut r = rng();
+        let small = RsaPrivateKey::new(&mut r, 512).unwrap();
+        assert_eq!(
+            RsaIdentityKeypair::from_private_key(small).unwrap_err(),
+            KeyError::RsaWrongSize(512)
+        );
+        let e3 = RsaPrivateKey::new_with_exp(&mut r, 1024, &BigUint::from(3u32)).unwrap();
+        assert_eq!(
+            RsaIdentityKeypair::from_private_key(e3).unwrap_err(),
+            KeyError::RsaWrongExponent
+        );
+    }
+
+    #[test]
+    fn ntor_generation_is_clamped_and_consistent() {
+        let kp = NtorOnionKeypair::generate(&mut rng());
+        let s = kp.secret().to_bytes();
+        assert_eq!(s[0] & 7, 0);
+        assert_eq!(s[31] & 0xc0, 0x40);
+        assert_eq!(X25519Public::from(kp.secret()), *kp.public());
+        let other = NtorOnionKeypair::generate(&mut rng());
+        assert_eq!(
+            kp.secret().diffie_hellman(other.public()).as_bytes(),
+            other.secret().diffie_hellman(kp.public()).as_bytes()
+        );
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let mut r = rng();
+        let keys = RelayKeys::generate(&mut r, |master, signing| {
+            let mut c = signing.to_bytes().to_vec();
+            c.extend_from_slice(&master.sign(signing.as_bytes()).to_bytes());
+            c
+        })
+        .unwrap();
+        let dbg = format!("{keys:?}");
+        let secrets = [
+            hex::encode(&keys.ed25519_master().expanded_bytes()[..32]),
+            hex::encode(&keys.ed25519_signing().expanded_bytes()[..32]),
+            hex::encode(keys.ntor_onion().secret().to_bytes()),
+        ];
+        for s in secrets {
+            assert!(!dbg.to_lowercase().contains(&s), "secret in Debug output");
+        }
+        assert!(!dbg.contains(&keys.rsa_identity().private_key().d().to_string()));
+        assert!(dbg.contains(&keys.fingerprint().hex()));
+        assert_eq!(keys.ed25519_identity(), keys.ed25519_master().identity());
+        assert_eq!(keys.signing_cert().len(), 96);
+        assert!(keys
+            .ed25519_master()
+            .public()
+            .verify(
+                keys.ed25519_signing().public().as_bytes(),
+                &Signature::from_slice(&keys.signing_cert()[32..]).unwrap()
+            )
+            .is_ok());
+    }
+}
