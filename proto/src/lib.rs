@@ -38,11 +38,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cell;
+pub mod cert;
+pub mod certs_cell;
 pub mod chan_msg;
 pub mod codec;
+pub mod create_fast;
 pub mod fuzzing;
 pub mod hs_msg;
-pub mod create_fast;
 pub mod hs_ntor;
 pub mod ids;
 pub mod kdf;
@@ -50,12 +52,9 @@ pub mod key_file;
 pub mod keys;
 pub mod link_spec;
 pub mod link_version;
-pub mod relay_cell;
-pub mod relay_msg;
 pub mod ntor;
 pub mod ntor_v3;
-
-pub mod cert;
-pub mod certs_cell;
+pub mod relay_cell;
+pub mod relay_msg;
 pub mod rsa_crosscert;
 pub mod x509;
