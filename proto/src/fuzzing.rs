@@ -19,8 +19,11 @@ pub fn link_spec(data: &[u8]) {
     }
 }
 
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as `cargo fuzz` knows them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[("link_spec", link_spec)];
+pub const TARGETS: &[(&str, Target)] = &[("link_spec", link_spec)];
 
 #[cfg(test)]
 mod tests {
