@@ -250,7 +250,7 @@ pub fn encode_ed25519_public_key(key: &VerifyingKey, tag: &str, out: &mut Vec<u8
 }
 
 /// Parses an ed25519 certificate file (`ed25519_signing_cert`, tag [`TAG_SIGNING`]),
-/// returning the encoded certificate; its contents are for `cert.rs` to check.
+/// returning the encoded certificate; [`signing_cert_is_usable`] checks its contents.
 pub fn parse_ed25519_cert_file<'a>(bytes: &'a [u8], tag: &str) -> Result<&'a [u8], KeyFileError> {
     let (found, body) = parse_tagged(bytes, TYPE_ED25519_CERT)?;
     if found != tag {
@@ -540,7 +540,8 @@ impl RelayKeys {
     ///
     /// Every key file must be present; the master public key file, if present, must match the
     /// master secret key. The signing certificate is returned as found: checking that it is
-    /// valid, unexpired and certifies the signing key under the master key is `cert.rs`'s job.
+    /// valid, unexpired and certifies the signing key under the master key is
+    /// [`RelayKeys::signing_cert_is_usable`]'s job.
     pub fn load(data_dir: &Path) -> Result<RelayKeys, KeyStoreError> {
         let p = Paths::new(data_dir);
         let missing = |name: &str| KeyStoreError::Io {

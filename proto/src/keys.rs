@@ -10,7 +10,12 @@
 //! in the 64-byte *expanded* form (clamped scalar, then hash prefix) because that is what C tor
 //! stores on disk; a key loaded from a C tor data directory therefore signs exactly as C tor would.
 //!
-//! Reading and writing these keys to a data directory lives in [`crate::key_file`].
+//! [`RelayKeys`] ties the keys to what is made from them: the signing key's certificate
+//! ([`make_signing_cert`], [`signing_cert_is_usable`], with C tor's lifetimes), the server keys
+//! of the ntor and ntor v3 handshakes ([`RelayKeys::ntor_server_keys`],
+//! [`RelayKeys::ntor_v3_server_keys`]) and the identity certificates of our CERTS cells
+//! ([`RelayKeys::identity_certs`]). Reading and writing the keys to a data directory lives in
+//! [`crate::key_file`].
 
 use std::fmt;
 
@@ -411,7 +416,8 @@ impl RelayKeys {
     /// The certificates we send in every CERTS cell (types 2, 4 and 7), made at `now`.
     ///
     /// The type-4 certificate is the stored signing certificate, byte for byte, as C tor sends
-    /// its `ed25519_signing_cert`. The X.509 identity certificate starts at the beginning of the
+    /// its `ed25519_signing_cert`; keep it usable ([`RelayKeys::signing_cert_is_usable`],
+    /// `rotate_signing_key`), since this does not check it. The X.509 identity certificate starts at the beginning of the
     /// previous UTC day and lasts [`IDENTITY_CERT_LIFETIME_SECS`] (C tor also back-dates it, so
     /// a peer whose clock is a little behind still accepts it); the RSA cross-certificate lasts
     /// [`RSA_CROSSCERT_LIFETIME_SECS`].
