@@ -36,7 +36,8 @@ use zeroize::Zeroizing;
 use crate::codec::{Reader, Writer};
 use crate::ids::Ed25519Identity;
 use crate::kdf::{encap_len, sha3_256, shake256, HandshakeError, KeyGenerator};
-use crate::ntor::{checked_dh, NtorKeypair};
+use crate::keys::NtorOnionKeypair;
+use crate::ntor::checked_dh;
 use crate::ntor_v3::aes256_ctr;
 
 const PROTOID: &[u8] = b"tor-hs-ntor-curve25519-sha3-256-1";
@@ -70,7 +71,7 @@ pub struct HsNtorServiceKeys {
     /// AUTH_KEY of this introduction point.
     pub auth_key: Ed25519Identity,
     /// (b, B): the introduction encryption keypair.
-    pub enc_keypair: NtorKeypair,
+    pub enc_keypair: NtorOnionKeypair,
 }
 
 /// The parsed ENCRYPTED section of an INTRODUCE1/INTRODUCE2 body.
@@ -445,7 +446,7 @@ mod tests {
         );
         let key_seed = hx32("4D0C72FE8AFF35559D95ECC18EB5A36883402B28CDFD48C8A530A5A3D7D578DB");
 
-        let keypair = NtorKeypair::new(StaticSecret::from(b_sk));
+        let keypair = NtorOnionKeypair::from_secret(StaticSecret::from(b_sk));
         assert_eq!(keypair.public().as_bytes(), &b_pk);
         let service = HsNtorServiceInfo {
             auth_key,
@@ -499,7 +500,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let keys = HsNtorServiceKeys {
             auth_key: Ed25519Identity::from_bytes([3; 32]),
-            enc_keypair: NtorKeypair::generate(&mut rng),
+            enc_keypair: NtorOnionKeypair::generate(&mut rng),
         };
         let info = HsNtorServiceInfo {
             auth_key: keys.auth_key,

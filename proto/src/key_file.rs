@@ -38,7 +38,10 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::ids::{Ed25519Identity, RsaIdentity};
-use crate::keys::{Ed25519Keypair, KeyError, NtorOnionKeypair, RelayKeys, RsaIdentityKeypair};
+use crate::keys::{
+    make_signing_cert, signing_cert_is_usable, Ed25519Keypair, KeyError, NtorOnionKeypair,
+    RelayKeys, RsaIdentityKeypair, SIGNING_KEY_LIFETIME_SECS,
+};
 
 /// Subdirectory of the data directory that holds the keys.
 pub const KEYS_DIR: &str = "keys";
@@ -247,7 +250,7 @@ pub fn encode_ed25519_public_key(key: &VerifyingKey, tag: &str, out: &mut Vec<u8
 }
 
 /// Parses an ed25519 certificate file (`ed25519_signing_cert`, tag [`TAG_SIGNING`]),
-/// returning the encoded certificate; its contents are for `cert.rs` to check.
+/// returning the encoded certificate; [`signing_cert_is_usable`] checks its contents.
 pub fn parse_ed25519_cert_file<'a>(bytes: &'a [u8], tag: &str) -> Result<&'a [u8], KeyFileError> {
     let (found, body) = parse_tagged(bytes, TYPE_ED25519_CERT)?;
     if found != tag {
@@ -537,7 +540,8 @@ impl RelayKeys {
     ///
     /// Every key file must be present; the master public key file, if present, must match the
     /// master secret key. The signing certificate is returned as found: checking that it is
-    /// valid, unexpired and certifies the signing key under the master key is `cert.rs`'s job.
+    /// valid, unexpired and certifies the signing key under the master key is
+    /// [`RelayKeys::signing_cert_is_usable`]'s job.
     pub fn load(data_dir: &Path) -> Result<RelayKeys, KeyStoreError> {
         let p = Paths::new(data_dir);
         let missing = |name: &str| KeyStoreError::Io {
@@ -561,19 +565,34 @@ impl RelayKeys {
     }
 
     /// Loads the keys in `data_dir`, generating and writing whichever are missing, as C tor does
-    /// at start-up.
+    /// at start-up; `now` is UNIX seconds.
     ///
-    /// The signing key is replaced by a new one, certified by `make_cert(master,
-    /// signing_public)`, when it or its certificate is missing, when the master key is new, or
-    /// when `keep_cert(cert, master_public, signing_public)` says the stored certificate may no
-    /// longer be used (expired, about to expire, for another key, malformed: the certificate
-    /// code's call; `|_, _, _| true` keeps any). If the master public key exists without its secret key this
+    /// The signing key is replaced by a new one, certified for [`SIGNING_KEY_LIFETIME_SECS`],
+    /// when it or its certificate is missing, when the master key is new, or when the stored
+    /// certificate fails [`signing_cert_is_usable`] (malformed, for another key, badly signed,
+    /// or expiring within a day). If the master public key exists without its secret key this
     /// fails with [`KeyStoreError::MasterSecretMissing`] rather than replace the relay's
     /// identity. A missing master public key file is rewritten from the secret key.
     pub fn load_or_generate(
         data_dir: &Path,
+        now: u64,
         rng: &mut impl CryptoRngCore,
-        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+    ) -> Result<RelayKeys, KeyStoreError> {
+        Self::load_or_generate_with(
+            data_dir,
+            rng,
+            |master, signing| make_signing_cert(master, signing, now, SIGNING_KEY_LIFETIME_SECS),
+            |cert, master, signing| signing_cert_is_usable(cert, master, signing, now),
+        )
+    }
+
+    /// [`RelayKeys::load_or_generate`] with the certificate policy as hooks: `make_cert(master,
+    /// signing_public)` certifies a new signing key, and `keep_cert(cert, master_public,
+    /// signing_public)` says whether a stored certificate may still be used.
+    pub(crate) fn load_or_generate_with(
+        data_dir: &Path,
+        rng: &mut impl CryptoRngCore,
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Result<Vec<u8>, KeyError>,
         keep_cert: impl FnOnce(&[u8], &VerifyingKey, &VerifyingKey) -> bool,
     ) -> Result<RelayKeys, KeyStoreError> {
         ensure_private_dir(data_dir)?;
@@ -619,7 +638,7 @@ impl RelayKeys {
             }
             _ => {
                 let s = Ed25519Keypair::generate(rng);
-                let c = make_cert(&master, s.public());
+                let c = make_cert(&master, s.public())?;
                 write_signing(&p, &s, &c)?;
                 (s, c)
             }
@@ -657,16 +676,30 @@ impl RelayKeys {
         })
     }
 
-    /// Replaces the signing key with a fresh one certified by `make_cert(master,
-    /// signing_public)`, and writes both to `data_dir`. For when the certificate nears expiry.
+    /// Replaces the signing key with a fresh one certified at `now` for
+    /// [`SIGNING_KEY_LIFETIME_SECS`], and writes both to `data_dir`. For when
+    /// [`RelayKeys::signing_cert_is_usable`] turns false.
     pub fn rotate_signing_key(
         &mut self,
         data_dir: &Path,
+        now: u64,
         rng: &mut impl CryptoRngCore,
-        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
+    ) -> Result<(), KeyStoreError> {
+        self.rotate_signing_key_with(data_dir, rng, |master, signing| {
+            make_signing_cert(master, signing, now, SIGNING_KEY_LIFETIME_SECS)
+        })
+    }
+
+    /// [`RelayKeys::rotate_signing_key`] with `make_cert(master, signing_public)` making the
+    /// certificate.
+    pub(crate) fn rotate_signing_key_with(
+        &mut self,
+        data_dir: &Path,
+        rng: &mut impl CryptoRngCore,
+        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Result<Vec<u8>, KeyError>,
     ) -> Result<(), KeyStoreError> {
         let signing = Ed25519Keypair::generate(rng);
-        let cert = make_cert(self.ed25519_master(), signing.public());
+        let cert = make_cert(self.ed25519_master(), signing.public())?;
         write_signing(&Paths::new(data_dir), &signing, &cert)?;
         self.set_signing_key(signing, cert);
         Ok(())
@@ -788,6 +821,10 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         let mut c = signing.to_bytes().to_vec();
         c.extend_from_slice(&master.sign(signing.as_bytes()).to_bytes());
         c
+    }
+
+    fn fake_cert_ok(master: &Ed25519Keypair, signing: &VerifyingKey) -> Result<Vec<u8>, KeyError> {
+        Ok(fake_cert(master, signing))
     }
 
     fn keep_any(_: &[u8], _: &VerifyingKey, _: &VerifyingKey) -> bool {
@@ -981,7 +1018,8 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         );
         // A master public key file that is not the secret key's: refused on load.
         let d = TempDir::new("mismatch");
-        let keys = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+        let keys =
+            RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any).unwrap();
         let other = Ed25519Keypair::generate(&mut rng());
         let path = d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY);
         store(&path, |out| {
@@ -996,7 +1034,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             e => panic!("unexpected {e}"),
         }
         assert!(matches!(
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any),
+            RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any),
             Err(KeyStoreError::Format {
                 error: KeyFileError::PublicKeyMismatch,
                 ..
@@ -1005,7 +1043,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         // A public key without its secret is refused rather than replaced.
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_SECRET_KEY)).unwrap();
         assert!(matches!(
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any),
+            RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any),
             Err(KeyStoreError::MasterSecretMissing(_))
         ));
         drop(keys);
@@ -1100,14 +1138,23 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         assert_eq!(k.ed25519_identity().base64(), CTOR_ED25519_ID);
         assert_eq!(hex::encode(k.signing_cert()), CTOR_SIGNING_CERT);
         // load_or_generate finds everything and changes nothing.
-        let again = RelayKeys::load_or_generate(
+        let again = RelayKeys::load_or_generate_with(
             &d.0,
             &mut rng(),
             |_, _| panic!("must not generate a signing key"),
             |cert, master, signing| {
-                // What the certificate code will check, by hand: certified key and signer.
-                cert.get(7..39) == Some(&signing.as_bytes()[..])
-                    && cert.get(44..76) == Some(&master.as_bytes()[..])
+                // C tor's certificate passes the real check ten days before it expires (hour
+                // 0x79f1f of its EXPIRATION_DATE)...
+                let before_expiry = 0x79f1f * 3600 - 10 * 86400;
+                assert!(signing_cert_is_usable(cert, master, signing, before_expiry));
+                // ...but is due for replacement within a day of expiry.
+                assert!(!signing_cert_is_usable(
+                    cert,
+                    master,
+                    signing,
+                    0x79f1f * 3600 - 3600
+                ));
+                true
             },
         )
         .unwrap();
@@ -1125,7 +1172,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
     #[test]
     fn generate_save_load_round_trip() {
         let d = TempDir::new("gen");
-        let a = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+        let a = RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -1153,7 +1200,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         // Missing pieces are regenerated, the rest kept.
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_SIGNING_CERT)).unwrap();
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY)).unwrap();
-        let c = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+        let c = RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any).unwrap();
         assert_eq!(c.fingerprint(), a.fingerprint());
         assert_eq!(c.ed25519_identity(), a.ed25519_identity());
         assert_ne!(c.ed25519_signing().public(), a.ed25519_signing().public());
@@ -1172,8 +1219,12 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
 
         let mut c = c;
         let old = *c.ed25519_signing().public();
-        c.rotate_signing_key(&d.0, &mut rand::rngs::StdRng::seed_from_u64(9), fake_cert)
-            .unwrap();
+        c.rotate_signing_key_with(
+            &d.0,
+            &mut rand::rngs::StdRng::seed_from_u64(9),
+            fake_cert_ok,
+        )
+        .unwrap();
         assert_ne!(*c.ed25519_signing().public(), old);
         let e = RelayKeys::load(&d.0).unwrap();
         assert_eq!(e.ed25519_signing().public(), c.ed25519_signing().public());
@@ -1195,15 +1246,20 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
     #[test]
     fn unusable_or_orphaned_signing_keys_are_replaced() {
         let d = TempDir::new("replace");
-        let a = RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+        let a = RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any).unwrap();
         // The certificate code rejects the stored certificate: a new signing key is made.
         let mut r = rand::rngs::StdRng::seed_from_u64(1);
-        let b = RelayKeys::load_or_generate(&d.0, &mut r, fake_cert, |cert, master, signing| {
-            assert_eq!(cert, a.signing_cert());
-            assert_eq!(master, a.ed25519_master().public());
-            assert_eq!(signing, a.ed25519_signing().public());
-            false
-        })
+        let b = RelayKeys::load_or_generate_with(
+            &d.0,
+            &mut r,
+            fake_cert_ok,
+            |cert, master, signing| {
+                assert_eq!(cert, a.signing_cert());
+                assert_eq!(master, a.ed25519_master().public());
+                assert_eq!(signing, a.ed25519_signing().public());
+                false
+            },
+        )
         .unwrap();
         assert_eq!(b.ed25519_identity(), a.ed25519_identity());
         assert_ne!(b.ed25519_signing().public(), a.ed25519_signing().public());
@@ -1215,7 +1271,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_SECRET_KEY)).unwrap();
         fs::remove_file(d.0.join(KEYS_DIR).join(ED25519_MASTER_ID_PUBLIC_KEY)).unwrap();
         let mut r = rand::rngs::StdRng::seed_from_u64(2);
-        let c = RelayKeys::load_or_generate(&d.0, &mut r, fake_cert, keep_any).unwrap();
+        let c = RelayKeys::load_or_generate_with(&d.0, &mut r, fake_cert_ok, keep_any).unwrap();
         assert_ne!(c.ed25519_identity(), b.ed25519_identity());
         assert_ne!(c.ed25519_signing().public(), b.ed25519_signing().public());
         assert_eq!(
@@ -1223,6 +1279,61 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             fake_cert(c.ed25519_master(), c.ed25519_signing().public())
         );
         assert_eq!(c.fingerprint(), a.fingerprint());
+    }
+
+    /// The real certificate policy: certificates made at `now` are kept while usable and
+    /// replaced, with the key they certify, once within a day of expiry or damaged.
+    #[test]
+    fn signing_key_replaced_when_its_cert_is_unusable() {
+        const NOW: u64 = 1_750_000_000;
+        let d = TempDir::new("policy");
+        let a = RelayKeys::load_or_generate(&d.0, NOW, &mut rng()).unwrap();
+        assert!(a.signing_cert_is_usable(NOW));
+        let cert_path = d.0.join(KEYS_DIR).join(ED25519_SIGNING_CERT);
+        let cert_file = fs::read(&cert_path).unwrap();
+        assert_eq!(
+            parse_ed25519_cert_file(&cert_file, TAG_SIGNING).unwrap(),
+            a.signing_cert()
+        );
+
+        // 28 days on: same keys, files untouched.
+        let later = NOW + 28 * 86400;
+        let b = RelayKeys::load_or_generate(&d.0, later, &mut rng()).unwrap();
+        assert_eq!(b.ed25519_signing().public(), a.ed25519_signing().public());
+        assert_eq!(fs::read(&cert_path).unwrap(), cert_file);
+
+        // 29.5 days on, within a day of expiry: a new signing key, same identities.
+        let later = NOW + 29 * 86400 + 43200;
+        let c = RelayKeys::load_or_generate(&d.0, later, &mut rng()).unwrap();
+        assert_ne!(c.ed25519_signing().public(), a.ed25519_signing().public());
+        assert_eq!(c.ed25519_identity(), a.ed25519_identity());
+        assert_eq!(c.fingerprint(), a.fingerprint());
+        assert!(c.signing_cert_is_usable(later + 28 * 86400));
+        assert_eq!(
+            RelayKeys::load(&d.0).unwrap().signing_cert(),
+            c.signing_cert()
+        );
+
+        // A damaged certificate is replaced too.
+        let mut damaged = fs::read(&cert_path).unwrap();
+        *damaged.last_mut().unwrap() ^= 1;
+        fs::write(&cert_path, &damaged).unwrap();
+        let e = RelayKeys::load_or_generate(&d.0, later, &mut rand::rngs::StdRng::seed_from_u64(3))
+            .unwrap();
+        assert_ne!(e.ed25519_signing().public(), c.ed25519_signing().public());
+        assert!(e.signing_cert_is_usable(later));
+
+        // Rotation by hand.
+        let mut e = e;
+        let old = *e.ed25519_signing().public();
+        e.rotate_signing_key(&d.0, later, &mut rand::rngs::StdRng::seed_from_u64(5))
+            .unwrap();
+        assert_ne!(*e.ed25519_signing().public(), old);
+        assert!(e.signing_cert_is_usable(later));
+        assert_eq!(
+            RelayKeys::load(&d.0).unwrap().signing_cert(),
+            e.signing_cert()
+        );
     }
 
     #[test]
@@ -1234,7 +1345,7 @@ dT1sPpDT4q8jXUPmq1tg8e/6cOkr97dH73rHYQc8tMQh
             fs::create_dir_all(d.0.join(KEYS_DIR)).unwrap();
             fs::set_permissions(&d.0, fs::Permissions::from_mode(0o755)).unwrap();
             fs::set_permissions(d.0.join(KEYS_DIR), fs::Permissions::from_mode(0o777)).unwrap();
-            RelayKeys::load_or_generate(&d.0, &mut rng(), fake_cert, keep_any).unwrap();
+            RelayKeys::load_or_generate_with(&d.0, &mut rng(), fake_cert_ok, keep_any).unwrap();
             let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(&d.0), 0o700);
             assert_eq!(mode(&d.0.join(KEYS_DIR)), 0o700);

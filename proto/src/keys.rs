@@ -10,7 +10,12 @@
 //! in the 64-byte *expanded* form (clamped scalar, then hash prefix) because that is what C tor
 //! stores on disk; a key loaded from a C tor data directory therefore signs exactly as C tor would.
 //!
-//! Reading and writing these keys to a data directory lives in [`crate::key_file`].
+//! [`RelayKeys`] ties the keys to what is made from them: the signing key's certificate
+//! ([`make_signing_cert`], [`signing_cert_is_usable`], with C tor's lifetimes), the server keys
+//! of the ntor and ntor v3 handshakes ([`RelayKeys::ntor_server_keys`],
+//! [`RelayKeys::ntor_v3_server_keys`]) and the identity certificates of our CERTS cells
+//! ([`RelayKeys::identity_certs`]). Reading and writing the keys to a data directory lives in
+//! [`crate::key_file`].
 
 use std::fmt;
 
@@ -21,10 +26,15 @@ use rsa::traits::PublicKeyParts as _;
 use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha2::Digest as _;
 use thiserror::Error;
-use x25519_dalek::{PublicKey as X25519Public, StaticSecret};
+use x25519_dalek::{PublicKey as X25519Public, SharedSecret, StaticSecret};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::cert::{CertBuildError, CertKeyType, CertType, Ed25519Cert};
+use crate::certs_cell::{CertLifetimes, IdentityCerts};
 use crate::ids::{Ed25519Identity, RsaIdentity};
+use crate::kdf::HandshakeError;
+use crate::ntor::NtorServerKeys;
+use crate::ntor_v3::NtorV3ServerKeys;
 
 /// Why a key could not be made or used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -42,6 +52,9 @@ pub enum KeyError {
     /// The data to sign does not fit in one PKCS#1 v1.5 block.
     #[error("data too long for an RSA-1024 signature")]
     RsaSignTooLong,
+    /// The signing key's certificate could not be made.
+    #[error("could not make the signing certificate: {0}")]
+    SigningCert(CertBuildError),
 }
 
 /// A relay's RSA-1024 identity key (`KS_relayid_rsa`), e = 65537.
@@ -208,7 +221,11 @@ impl fmt::Debug for Ed25519Keypair {
     }
 }
 
-/// A relay's curve25519 circuit extension key for the ntor handshakes (`KP_ntor`).
+/// A curve25519 keypair used as a Diffie-Hellman "onion" key: a relay's circuit extension key
+/// for the ntor and ntor v3 handshakes (`KP_ntor`), and also an onion service's introduction
+/// encryption key (`KP_hss_ntor`) in the hs-ntor handshake.
+///
+/// The servers of [`crate::ntor`], [`crate::ntor_v3`] and [`crate::hs_ntor`] all take this type.
 #[derive(Clone)]
 pub struct NtorOnionKeypair {
     secret: StaticSecret,
@@ -227,9 +244,14 @@ impl NtorOnionKeypair {
         Self::from_secret_bytes(*b)
     }
 
-    /// Uses 32 secret bytes as they are (X25519 clamps when it multiplies).
+    /// Uses 32 secret bytes as they are (X25519 clamps when it multiplies), so a key file or
+    /// test vector written unclamped keeps its exact bytes.
     pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(bytes);
+        Self::from_secret(StaticSecret::from(bytes))
+    }
+
+    /// Wraps a secret key, deriving its public half.
+    pub fn from_secret(secret: StaticSecret) -> Self {
         let public = X25519Public::from(&secret);
         NtorOnionKeypair { secret, public }
     }
@@ -242,6 +264,11 @@ impl NtorOnionKeypair {
     /// The public key, as published in descriptors (`ntor-onion-key`).
     pub fn public(&self) -> &X25519Public {
         &self.public
+    }
+
+    /// EXP(pk, b) with this key, refusing the all-zero output of a small-order point.
+    pub(crate) fn dh(&self, pk: &X25519Public) -> Result<SharedSecret, HandshakeError> {
+        crate::ntor::checked_dh(&self.secret, pk)
     }
 }
 
@@ -256,8 +283,9 @@ impl fmt::Debug for NtorOnionKeypair {
 /// The keys a relay holds while it runs.
 ///
 /// The signing certificate (a type-4 ed25519 cert, `KP_relaysign_ed` signed by
-/// `KP_relayid_ed`, cert-spec §2.1) is kept as opaque bytes; building and parsing it is
-/// `cert.rs`'s job.
+/// `KP_relayid_ed`, cert-spec §2.1) is kept as the encoded bytes, exactly as stored in
+/// `ed25519_signing_cert` and sent in CERTS cells; [`make_signing_cert`] makes one and
+/// [`signing_cert_is_usable`] checks one.
 #[derive(Debug, Clone)]
 pub struct RelayKeys {
     rsa_identity: RsaIdentityKeypair,
@@ -286,16 +314,18 @@ impl RelayKeys {
         }
     }
 
-    /// Generates a complete new key set. `make_cert(master, signing_public)` returns the
-    /// encoded certificate of the new signing key, signed by `master` (cert-spec §2.1).
-    pub fn generate(
-        rng: &mut impl CryptoRngCore,
-        make_cert: impl FnOnce(&Ed25519Keypair, &VerifyingKey) -> Vec<u8>,
-    ) -> Result<Self, KeyError> {
+    /// Generates a complete new key set at `now` (UNIX seconds), with a signing key certified
+    /// for [`SIGNING_KEY_LIFETIME_SECS`] by [`make_signing_cert`].
+    pub fn generate(now: u64, rng: &mut impl CryptoRngCore) -> Result<Self, KeyError> {
         let rsa_identity = RsaIdentityKeypair::generate(rng)?;
         let ed25519_master = Ed25519Keypair::generate(rng);
         let ed25519_signing = Ed25519Keypair::generate(rng);
-        let signing_cert = make_cert(&ed25519_master, ed25519_signing.public());
+        let signing_cert = make_signing_cert(
+            &ed25519_master,
+            ed25519_signing.public(),
+            now,
+            SIGNING_KEY_LIFETIME_SECS,
+        )?;
         let ntor_onion = NtorOnionKeypair::generate(rng);
         Ok(Self::from_parts(
             rsa_identity,
@@ -351,6 +381,137 @@ impl RelayKeys {
     pub fn set_ntor_onion(&mut self, ntor: NtorOnionKeypair) {
         self.ntor_onion = ntor;
     }
+
+    /// Whether the signing certificate may still be used at `now`: see
+    /// [`signing_cert_is_usable`]. When it is not, the relay should rotate its signing key.
+    pub fn signing_cert_is_usable(&self, now: u64) -> bool {
+        signing_cert_is_usable(
+            &self.signing_cert,
+            self.ed25519_master.public(),
+            self.ed25519_signing.public(),
+            now,
+        )
+    }
+
+    /// The ntor (CREATE2 type 2) server keys: our RSA identity and current onion key, plus
+    /// `previous`, the onion key we rotated away from, while clients may still use it.
+    pub fn ntor_server_keys(&self, previous: Option<NtorOnionKeypair>) -> NtorServerKeys {
+        NtorServerKeys {
+            id: self.fingerprint(),
+            current: self.ntor_onion.clone(),
+            previous,
+        }
+    }
+
+    /// The ntor v3 (CREATE2 type 3) server keys: our ed25519 identity and the same onion keys
+    /// as [`RelayKeys::ntor_server_keys`].
+    pub fn ntor_v3_server_keys(&self, previous: Option<NtorOnionKeypair>) -> NtorV3ServerKeys {
+        NtorV3ServerKeys {
+            id: self.ed25519_identity(),
+            current: self.ntor_onion.clone(),
+            previous,
+        }
+    }
+
+    /// The certificates we send in every CERTS cell (types 2, 4 and 7), made at `now`.
+    ///
+    /// The type-4 certificate is the stored signing certificate, byte for byte, as C tor sends
+    /// its `ed25519_signing_cert`; keep it usable ([`RelayKeys::signing_cert_is_usable`],
+    /// `rotate_signing_key`), since this does not check it. The X.509 identity certificate starts at the beginning of the
+    /// previous UTC day and lasts [`IDENTITY_CERT_LIFETIME_SECS`] (C tor also back-dates it, so
+    /// a peer whose clock is a little behind still accepts it); the RSA cross-certificate lasts
+    /// [`RSA_CROSSCERT_LIFETIME_SECS`].
+    pub fn identity_certs(
+        &self,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IdentityCerts, CertBuildError> {
+        const DAY: u64 = 24 * 3600;
+        let not_before = (now / DAY).saturating_sub(1).saturating_mul(DAY);
+        let id_signing_expiry = Ed25519Cert::decode(&self.signing_cert)
+            .map(|c| c.peek().expiry_secs())
+            .unwrap_or(now);
+        let mut certs = IdentityCerts::build(
+            self.rsa_identity.private_key(),
+            &self.ed25519_master,
+            &self.ed25519_identity(),
+            &self.ed25519_signing.identity(),
+            &CertLifetimes {
+                x509_not_before: not_before,
+                x509_not_after: not_before.saturating_add(IDENTITY_CERT_LIFETIME_SECS),
+                id_signing_expiry,
+                crosscert_expiry: now.saturating_add(RSA_CROSSCERT_LIFETIME_SECS),
+            },
+            rng,
+        )?;
+        certs.id_signing.clone_from(&self.signing_cert);
+        Ok(certs)
+    }
+}
+
+/// How long a new signing key is certified for: C tor's default `SigningKeyLifetime`, 30 days.
+pub const SIGNING_KEY_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+
+/// How long before its certificate expires a signing key is replaced: C tor's default
+/// `TestingSigningKeySlop`, one day.
+pub const SIGNING_KEY_SLOP_SECS: u64 = 24 * 3600;
+
+/// Lifetime of the RSA-to-ed25519 cross-certificate (CERTS type 7): six 30-day months, as
+/// C tor makes it (a captured C tor 0.4.9 CERTS cell shows 180 days).
+pub const RSA_CROSSCERT_LIFETIME_SECS: u64 = 180 * 24 * 3600;
+
+/// Lifetime of the self-signed X.509 RSA identity certificate (CERTS type 2): one year, as
+/// C tor's.
+pub const IDENTITY_CERT_LIFETIME_SECS: u64 = 365 * 24 * 3600;
+
+/// Makes the certificate of a signing key (cert-spec §2.1, type IDENTITY_V_SIGNING) valid from
+/// `now` for `lifetime_secs`, signed by `master` and naming it in the
+/// signed-with-ed25519-key extension, which C tor requires on this certificate.
+///
+/// The expiry is rounded *up* to the next whole hour, as C tor rounds it (its certificates
+/// expire just after `now + lifetime`), so a certificate never ends before the time asked for.
+pub fn make_signing_cert(
+    master: &Ed25519Keypair,
+    signing: &VerifyingKey,
+    now: u64,
+    lifetime_secs: u64,
+) -> Result<Vec<u8>, KeyError> {
+    let expiry = now.saturating_add(lifetime_secs);
+    let hours = u32::try_from(expiry.div_ceil(3600)).unwrap_or(u32::MAX);
+    let mut out = Vec::new();
+    Ed25519Cert::new(
+        CertType::IDENTITY_V_SIGNING,
+        hours,
+        CertKeyType::ED25519_KEY,
+        signing.to_bytes(),
+    )
+    .with_signing_key(master.public().to_bytes())
+    .sign_and_encode(master, &mut out)
+    .map_err(KeyError::SigningCert)?;
+    Ok(out)
+}
+
+/// Whether `cert` is a signing certificate we may keep using at `now`: a well-formed
+/// IDENTITY_V_SIGNING certificate that certifies `signing`, carries a good signature by
+/// `master`, and does not expire within [`SIGNING_KEY_SLOP_SECS`] of `now`. C tor replaces its
+/// signing key under the same conditions at start-up.
+pub fn signing_cert_is_usable(
+    cert: &[u8],
+    master: &VerifyingKey,
+    signing: &VerifyingKey,
+    now: u64,
+) -> bool {
+    let Ok(unchecked) = Ed25519Cert::decode(cert) else {
+        return false;
+    };
+    let body = unchecked.peek();
+    if body.cert_type != CertType::IDENTITY_V_SIGNING || body.certified_key != signing.to_bytes() {
+        return false;
+    }
+    unchecked
+        .check_signature(Some(master))
+        .and_then(|t| t.check_expiry(now.saturating_add(SIGNING_KEY_SLOP_SECS)))
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -457,15 +618,13 @@ mod tests {
         );
     }
 
+    /// A fixed "now": 2025-06-15 15:06:40 UTC, not on an hour boundary.
+    const NOW: u64 = 1_750_000_000;
+
     #[test]
     fn debug_output_has_no_secrets() {
         let mut r = rng();
-        let keys = RelayKeys::generate(&mut r, |master, signing| {
-            let mut c = signing.to_bytes().to_vec();
-            c.extend_from_slice(&master.sign(signing.as_bytes()).to_bytes());
-            c
-        })
-        .unwrap();
+        let keys = RelayKeys::generate(NOW, &mut r).unwrap();
         let dbg = format!("{keys:?}");
         let secrets = [
             hex::encode(&keys.ed25519_master().expanded_bytes()[..32]),
@@ -478,14 +637,144 @@ mod tests {
         assert!(!dbg.contains(&keys.rsa_identity().private_key().d().to_string()));
         assert!(dbg.contains(&keys.fingerprint().hex()));
         assert_eq!(keys.ed25519_identity(), keys.ed25519_master().identity());
-        assert_eq!(keys.signing_cert().len(), 96);
-        assert!(keys
-            .ed25519_master()
+    }
+
+    /// The generated signing certificate has C tor's layout (cert-spec §2.1 with one
+    /// signed-with-ed25519-key extension), C tor's rounding of the expiry, and checks out.
+    #[test]
+    fn generated_signing_cert_layout_and_lifetime() {
+        let keys = RelayKeys::generate(NOW, &mut rng()).unwrap();
+        let cert = keys.signing_cert();
+        let master = keys.ed25519_master().public().to_bytes();
+        let signing = keys.ed25519_signing().public().to_bytes();
+        assert_eq!(cert.len(), 1 + 1 + 4 + 1 + 32 + 1 + (2 + 1 + 1 + 32) + 64);
+        assert_eq!(&cert[..2], &[1, 4]);
+        // NOW + 30 days is not on an hour: the expiry is the next whole hour.
+        let hours = u32::from_be_bytes(cert[2..6].try_into().unwrap());
+        assert_eq!(u64::from(hours), (NOW + 30 * 86400) / 3600 + 1);
+        assert_eq!(cert[6], 1);
+        assert_eq!(&cert[7..39], &signing);
+        assert_eq!(&cert[39..44], &[1, 0, 32, 4, 0]);
+        assert_eq!(&cert[44..76], &master);
+        let sig = Signature::from_slice(&cert[76..]).unwrap();
+        keys.ed25519_master()
             .public()
-            .verify(
-                keys.ed25519_signing().public().as_bytes(),
-                &Signature::from_slice(&keys.signing_cert()[32..]).unwrap()
-            )
-            .is_ok());
+            .verify_strict(&cert[..76], &sig)
+            .unwrap();
+        // An expiry exactly on an hour is kept as it is.
+        let on_hour = 1_749_996_000;
+        let c = make_signing_cert(
+            keys.ed25519_master(),
+            keys.ed25519_signing().public(),
+            on_hour,
+            3600,
+        )
+        .unwrap();
+        assert_eq!(u32::from_be_bytes(c[2..6].try_into().unwrap()), 486_111);
+    }
+
+    #[test]
+    fn signing_cert_usability() {
+        let keys = RelayKeys::generate(NOW, &mut rng()).unwrap();
+        let master = keys.ed25519_master().public();
+        let signing = keys.ed25519_signing().public();
+        let cert = keys.signing_cert();
+        assert!(keys.signing_cert_is_usable(NOW));
+        // Usable until one day (the slop) before it expires.
+        let expiry = ((NOW + SIGNING_KEY_LIFETIME_SECS) / 3600 + 1) * 3600;
+        assert!(keys.signing_cert_is_usable(expiry - SIGNING_KEY_SLOP_SECS));
+        assert!(!keys.signing_cert_is_usable(expiry - SIGNING_KEY_SLOP_SECS + 1));
+        // For another key, signed by another key, tampered, truncated, or of another type.
+        let other = Ed25519Keypair::generate(&mut rng());
+        assert!(!signing_cert_is_usable(cert, master, other.public(), NOW));
+        assert!(!signing_cert_is_usable(cert, other.public(), signing, NOW));
+        let mut bad = cert.to_vec();
+        bad[80] ^= 1;
+        assert!(!signing_cert_is_usable(&bad, master, signing, NOW));
+        assert!(!signing_cert_is_usable(&cert[..100], master, signing, NOW));
+        let mut wrong_type = Vec::new();
+        Ed25519Cert::new(
+            CertType::SIGNING_V_LINK_AUTH,
+            u32::MAX,
+            CertKeyType::ED25519_KEY,
+            signing.to_bytes(),
+        )
+        .sign_and_encode(keys.ed25519_master(), &mut wrong_type)
+        .unwrap();
+        assert!(!signing_cert_is_usable(&wrong_type, master, signing, NOW));
+    }
+
+    /// The server keys made from a `RelayKeys` complete handshakes with clients that know only
+    /// the relay's public identities and onion key.
+    #[test]
+    fn handshake_server_keys_from_relay_keys() {
+        let mut r = rng();
+        let keys = RelayKeys::generate(NOW, &mut r).unwrap();
+        let old = NtorOnionKeypair::generate(&mut r);
+
+        let ntor_keys = keys.ntor_server_keys(Some(old.clone()));
+        for pk in [*keys.ntor_onion().public(), *old.public()] {
+            let relay = crate::ntor::NtorPublicKey {
+                id: keys.fingerprint(),
+                pk,
+            };
+            let (state, onionskin) = crate::ntor::client1(&mut r, &relay);
+            let (reply, skeys) = crate::ntor::server(&mut r, &ntor_keys, &onionskin).unwrap();
+            let ckeys = crate::ntor::client2(state, &reply).unwrap();
+            assert_eq!(
+                &ckeys.expand(72).unwrap()[..],
+                &skeys.expand(72).unwrap()[..]
+            );
+        }
+
+        let v3_keys = keys.ntor_v3_server_keys(None);
+        let relay = crate::ntor_v3::NtorV3PublicKey {
+            id: keys.ed25519_identity(),
+            pk: *keys.ntor_onion().public(),
+        };
+        let ver = crate::ntor_v3::CIRCUIT_EXTEND_VERIFICATION;
+        let mut onionskin = Vec::new();
+        let state = crate::ntor_v3::client1(&mut r, &relay, ver, b"hi", &mut onionskin).unwrap();
+        let mut reply = Vec::new();
+        let (skeys, msg) = crate::ntor_v3::server(
+            &mut r,
+            &v3_keys,
+            ver,
+            &onionskin,
+            |_| Some(Vec::new()),
+            &mut reply,
+        )
+        .unwrap();
+        assert_eq!(&msg[..], b"hi");
+        let (_, ckeys) = crate::ntor_v3::client2(state, &reply).unwrap();
+        assert_eq!(
+            &ckeys.expand(72).unwrap()[..],
+            &skeys.expand(72).unwrap()[..]
+        );
+    }
+
+    /// Our identity certificates, with a link certificate added, pass our own CERTS-cell
+    /// checks in both roles and name our identities.
+    #[test]
+    fn identity_certs_validate() {
+        let mut r = rng();
+        let keys = RelayKeys::generate(NOW, &mut r).unwrap();
+        let ids = keys.identity_certs(NOW, &mut r).unwrap();
+        assert_eq!(ids.id_signing, keys.signing_cert());
+        let tls = [7u8; 32];
+        let resp = ids
+            .responder_certs(keys.ed25519_signing(), &tls, NOW + 2 * 86400)
+            .unwrap();
+        let entries: Vec<(u8, &[u8])> = resp.entries().collect();
+        let peer = crate::certs_cell::check_responder_certs(&entries, &tls, NOW).unwrap();
+        assert_eq!(peer.rsa_identity, keys.fingerprint());
+        assert_eq!(peer.ed25519_identity, keys.ed25519_identity());
+        assert_eq!(&peer.signing_key, keys.ed25519_signing().public());
+        let init = ids
+            .initiator_certs(keys.ed25519_signing(), &[9; 32], NOW + 2 * 86400)
+            .unwrap();
+        let entries: Vec<(u8, &[u8])> = init.entries().collect();
+        let who = crate::certs_cell::check_initiator_certs(&entries, NOW).unwrap();
+        assert_eq!(who.peer, peer);
     }
 }

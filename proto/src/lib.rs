@@ -32,7 +32,8 @@
 //! - [`rsa_crosscert`]: the RSA-to-ed25519 cross-certificate (CERTS type 7).
 //! - [`x509`]: the self-signed RSA-1024 identity certificate (CERTS type 2).
 //! - [`certs_cell`]: validating a peer's CERTS cell and building ours.
-//! - [`keys`]: a relay's identity, signing and onion keys.
+//! - [`keys`]: a relay's identity, signing and onion keys, and the signing certificate,
+//!   handshake server keys and CERTS identity certificates made from them.
 //! - [`key_file`]: C tor's data-directory key files (the one module here that does file I/O).
 
 #![forbid(unsafe_code)]

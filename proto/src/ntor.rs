@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use crate::codec::Reader;
 use crate::ids::RsaIdentity;
 use crate::kdf::{hmac_sha256, HandshakeError, KeyGenerator};
+use crate::keys::NtorOnionKeypair;
 
 const PROTOID: &[u8] = b"ntor-curve25519-sha256-1";
 const T_MAC: &[u8] = b"ntor-curve25519-sha256-1:mac";
@@ -45,44 +46,6 @@ pub struct NtorPublicKey {
     pub pk: PublicKey,
 }
 
-/// One of a relay's ntor onion keypairs (b, B).
-#[derive(Clone)]
-pub struct NtorKeypair {
-    sk: StaticSecret,
-    pk: PublicKey,
-}
-
-impl NtorKeypair {
-    /// Wraps a secret onion key, deriving its public half.
-    pub fn new(sk: StaticSecret) -> Self {
-        let pk = PublicKey::from(&sk);
-        NtorKeypair { sk, pk }
-    }
-
-    /// Generates a fresh onion keypair.
-    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
-        Self::new(StaticSecret::random_from_rng(rng))
-    }
-
-    /// The public onion key B.
-    pub fn public(&self) -> &PublicKey {
-        &self.pk
-    }
-
-    /// EXP(pk, b) with this onion key, refusing degenerate outputs.
-    pub(crate) fn dh(&self, pk: &PublicKey) -> Result<SharedSecret, HandshakeError> {
-        checked_dh(&self.sk, pk)
-    }
-}
-
-impl std::fmt::Debug for NtorKeypair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NtorKeypair")
-            .field("pk", &self.pk)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A relay's ntor secrets: its identity, the current onion key and, during rotation, the
 /// previous one (clients may still use it from an older descriptor).
 #[derive(Debug, Clone)]
@@ -90,17 +53,17 @@ pub struct NtorServerKeys {
     /// Our RSA identity digest.
     pub id: RsaIdentity,
     /// The onion key in our current descriptor.
-    pub current: NtorKeypair,
+    pub current: NtorOnionKeypair,
     /// The onion key we rotated away from, still accepted for a grace period.
-    pub previous: Option<NtorKeypair>,
+    pub previous: Option<NtorOnionKeypair>,
 }
 
 impl NtorServerKeys {
     /// The keypair whose public key is `key_id`, if we hold it.
-    fn find(&self, key_id: &[u8; 32]) -> Option<&NtorKeypair> {
+    fn find(&self, key_id: &[u8; 32]) -> Option<&NtorOnionKeypair> {
         std::iter::once(&self.current)
             .chain(self.previous.as_ref())
-            .find(|k| k.pk.as_bytes() == key_id)
+            .find(|k| k.public().as_bytes() == key_id)
     }
 }
 
@@ -203,7 +166,7 @@ fn server_with_secret(
     let big_y = PublicKey::from(&y);
     let xy = checked_dh(&y, &big_x)?;
     let xb = kp.dh(&big_x)?;
-    let (key_seed, auth) = derive(&xy, &xb, &keys.id, &kp.pk, &big_x, &big_y);
+    let (key_seed, auth) = derive(&xy, &xb, &keys.id, kp.public(), &big_x, &big_y);
     let mut reply = [0u8; SERVER_HANDSHAKE_LEN];
     reply[..32].copy_from_slice(big_y.as_bytes());
     reply[32..].copy_from_slice(&auth);
@@ -295,8 +258,8 @@ mod tests {
         let id = RsaIdentity::from_bytes([7u8; 20]);
         let keys = NtorServerKeys {
             id,
-            current: NtorKeypair::generate(&mut rng),
-            previous: Some(NtorKeypair::generate(&mut rng)),
+            current: NtorOnionKeypair::generate(&mut rng),
+            previous: Some(NtorOnionKeypair::generate(&mut rng)),
         };
         let public = NtorPublicKey {
             id,
@@ -330,7 +293,7 @@ mod tests {
         let id = RsaIdentity::from_bytes([9u8; 20]);
         let keys = NtorServerKeys {
             id,
-            current: NtorKeypair::new(b.clone()),
+            current: NtorOnionKeypair::from_secret(b.clone()),
             previous: None,
         };
         let big_b = PublicKey::from(&b);
@@ -376,7 +339,7 @@ mod tests {
         );
         let keys = NtorServerKeys {
             id,
-            current: NtorKeypair::new(b),
+            current: NtorOnionKeypair::from_secret(b),
             previous: None,
         };
         assert_eq!(

@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use crate::codec::{CodecError, Reader, Writer};
 use crate::ids::Ed25519Identity;
 use crate::kdf::{encap_len, sha3_256, shake256, HandshakeError, KeyGenerator};
+use crate::keys::NtorOnionKeypair;
 use crate::ntor::checked_dh;
 
 const PROTOID: &[u8] = b"ntor3-curve25519-sha3_256-1";
@@ -70,13 +71,13 @@ pub struct NtorV3ServerKeys {
     /// Our Ed25519 identity.
     pub id: Ed25519Identity,
     /// The onion key in our current descriptor.
-    pub current: crate::ntor::NtorKeypair,
+    pub current: NtorOnionKeypair,
     /// The onion key we rotated away from, still accepted for a grace period.
-    pub previous: Option<crate::ntor::NtorKeypair>,
+    pub previous: Option<NtorOnionKeypair>,
 }
 
 impl NtorV3ServerKeys {
-    fn find(&self, key_id: &[u8; 32]) -> Option<&crate::ntor::NtorKeypair> {
+    fn find(&self, key_id: &[u8; 32]) -> Option<&NtorOnionKeypair> {
         std::iter::once(&self.current)
             .chain(self.previous.as_ref())
             .find(|k| k.public().as_bytes() == key_id)
@@ -598,7 +599,6 @@ pub fn encode_extensions(exts: &[NtorV3Extension], out: &mut Vec<u8>) -> Result<
 #[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-    use crate::ntor::NtorKeypair;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -633,7 +633,7 @@ mod tests {
     const KEYSTREAM: &str = "9c19b631fd94ed86a817e01f6c80b0743a43f5faebd39cfaa8b00fa8bcc65c3bfeaa403d91acbd68a821bf6ee8504602b094a254392a07737d5662768c7a9fb1b2814bb34780eaee6e867c773e28c212ead563e98a1cd5d5b4576f5ee61c59bde025ff2851bb19b721421694f263818e3531e43a9e4e3e2c661e2ad547d8984caa28ebecd3e4525452299be26b9185a20a90ce1eac20a91f2832d731b54502b09749b5a2a2949292f8cfcbeffb790c7790ed935a9d251e7e336148ea83b063a5618fcff674a44581585fd22077ca0e52c59a24347a38d1a1ceebddbf238541f226b8f88d0fb9c07a1bcd2ea764bbbb5dacdaf5312a14c0b9e4f06309b0333b4a";
 
     fn vector_keys() -> (NtorV3ServerKeys, NtorV3PublicKey) {
-        let kp = NtorKeypair::new(StaticSecret::from(hx32(B_SK)));
+        let kp = NtorOnionKeypair::from_secret(StaticSecret::from(hx32(B_SK)));
         assert_eq!(kp.public().as_bytes(), &hx32(B_PK));
         let id = Ed25519Identity::from_bytes(hx32(ID));
         let public = NtorV3PublicKey {
@@ -713,8 +713,8 @@ mod tests {
         let id = Ed25519Identity::from_bytes([5u8; 32]);
         let keys = NtorV3ServerKeys {
             id,
-            current: NtorKeypair::generate(&mut rng),
-            previous: Some(NtorKeypair::generate(&mut rng)),
+            current: NtorOnionKeypair::generate(&mut rng),
+            previous: Some(NtorOnionKeypair::generate(&mut rng)),
         };
         let public = NtorV3PublicKey {
             id,

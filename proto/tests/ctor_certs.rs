@@ -1,80 +1,37 @@
 //! Interoperability of our certificate code with C tor's.
 //!
 //! `ctor_key_files` runs the installed C tor (`tor --list-fingerprint`) to make a fresh set of
-//! relay keys, then checks that we parse and verify its `keys/ed25519_signing_cert` against
-//! `keys/ed25519_master_id_public_key`, re-create that certificate byte for byte with our
-//! encoder and tor's own master key, and compute the same RSA and ed25519 fingerprints. It is
-//! skipped, with a notice, where `tor` is not installed.
+//! relay keys, loads them with [`RelayKeys::load`], then checks that we parse and verify its
+//! `keys/ed25519_signing_cert` against its master key, re-create that certificate byte for byte
+//! with our encoder and tor's own master key, compute the same RSA and ed25519 fingerprints,
+//! and build a CERTS set from its keys that validates. It is skipped, with a notice, where
+//! `tor` is not installed. (`ctor_keys.rs` covers the key files themselves.)
 //!
 //! `ctor_captured_certs_cell` needs no tor: it validates a CERTS cell captured from a C tor
 //! 0.4.9 relay (`tests/data/ctor-0.4.9-certs-cell.bin`, with the relay's TLS certificate and
 //! the capture time beside it; see `tests/data/README.md`), and re-creates its type-5 and
 //! type-7 certificates byte for byte from the relay's keys.
 //!
-//! `openssl_accepts_our_identity_cert` has OpenSSL (which C tor uses for X.509) parse our
-//! identity certificate and verify its self-signature; skipped where `openssl` is missing.
+//! `openssl_accepts_our_identity_cert` has OpenSSL (which C tor uses for X.509) parse the
+//! identity certificate [`RelayKeys::identity_certs`] makes and verify its self-signature;
+//! skipped where `openssl` is missing.
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
-use ed25519_dalek::{Signature, SignatureError, Signer, VerifyingKey};
+use common::{tor_available, tor_list_fingerprint, unix_now, TempDir};
 use proto::cert::{CertKeyType, CertType, Ed25519Cert};
-use proto::certs_cell::{
-    check_initiator_certs, check_responder_certs, CertLifetimes, IdentityCerts,
-};
-use proto::ids::{Ed25519Identity, RsaIdentity};
+use proto::certs_cell::{check_initiator_certs, check_responder_certs};
+use proto::ids::RsaIdentity;
+use proto::key_file::{self, TAG_SIGNING};
+use proto::keys::RelayKeys;
 use proto::rsa_crosscert::RsaCrosscert;
 use proto::x509::{tls_cert_digest, RsaIdCert};
 use rand::{rngs::StdRng, SeedableRng};
 use rsa::pkcs1::DecodeRsaPrivateKey;
-
-/// A signer over a C tor expanded secret key (the 64-byte form tor stores on disk).
-struct Expanded {
-    esk: ExpandedSecretKey,
-    public: VerifyingKey,
-}
-
-impl Signer<Signature> for Expanded {
-    fn try_sign(&self, msg: &[u8]) -> Result<Signature, SignatureError> {
-        Ok(raw_sign::<sha2::Sha512>(&self.esk, msg, &self.public))
-    }
-}
-
-/// Reads a tor key file: a 32-byte NUL-padded `== ed25519v1-...: typeN ==` header, then the
-/// body.
-fn read_tagged(path: &Path, tag: &str) -> Vec<u8> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut header = format!("== ed25519v1-{tag} ==").into_bytes();
-    header.resize(32, 0);
-    assert_eq!(&bytes[..32], &header[..], "{}", path.display());
-    bytes[32..].to_vec()
-}
-
-/// `tag` is `secret: type0` for the master key and `secret: type4` for the signing key.
-fn expanded(path: &Path, tag: &str, public: VerifyingKey) -> Expanded {
-    let body: [u8; 64] = read_tagged(path, tag).try_into().unwrap();
-    Expanded {
-        esk: ExpandedSecretKey::from_bytes(&body),
-        public,
-    }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn tor_available() -> bool {
-    Command::new("tor")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
 
 #[test]
 fn ctor_key_files() {
@@ -82,31 +39,13 @@ fn ctor_key_files() {
         println!("NOTICE: `tor` is not installed; skipping the C tor key-file interop test");
         return;
     }
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("chive-ctor-certs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new("tor")
-        .args(["--list-fingerprint", "--ignore-missing-torrc"])
-        .args(["-f", "/dev/null", "--defaults-torrc", "/dev/null"])
-        .arg("--DataDirectory")
-        .arg(&dir)
-        .args(["--ORPort", "127.0.0.1:auto", "--SocksPort", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let keys = dir.join("keys");
-
-    let master_pub: [u8; 32] =
-        read_tagged(&keys.join("ed25519_master_id_public_key"), "public: type0")
-            .try_into()
-            .unwrap();
-    let master_vk = VerifyingKey::from_bytes(&master_pub).unwrap();
-    let cert_bytes = read_tagged(&keys.join("ed25519_signing_cert"), "cert: type4");
+    let scratch = TempDir::new("certs-key-files");
+    let dir = scratch.path().join("data");
+    let printed_rsa = tor_list_fingerprint(&dir, "chivecerts", "rsa");
+    let keys = RelayKeys::load(&dir).unwrap();
+    let master_vk = *keys.ed25519_master().public();
+    let master_pub = master_vk.to_bytes();
+    let cert_bytes = keys.signing_cert().to_vec();
 
     // Parse and verify, both with the key given and with the key from the extension.
     let unchecked = Ed25519Cert::decode(&cert_bytes).unwrap();
@@ -124,13 +63,9 @@ fn ctor_key_files() {
     assert!(unchecked.check_signature(None).is_ok());
 
     // Our encoder gives back tor's bytes, signature included (ed25519 is deterministic).
-    let master = expanded(
-        &keys.join("ed25519_master_id_secret_key"),
-        "secret: type0",
-        master_vk,
-    );
     let mut ours = Vec::new();
-    body.sign_and_encode(&master, &mut ours).unwrap();
+    body.sign_and_encode(keys.ed25519_master(), &mut ours)
+        .unwrap();
     assert_eq!(ours, cert_bytes);
 
     // A flipped signature bit fails.
@@ -142,54 +77,33 @@ fn ctor_key_files() {
         .is_err());
 
     // Fingerprints as tor computes them.
-    // Tor writes the PEM with a trailing NUL.
-    let pem = std::fs::read_to_string(keys.join("secret_id_key")).unwrap();
-    let rsa = rsa::RsaPrivateKey::from_pkcs1_pem(pem.trim_end_matches('\0')).unwrap();
-    let rsa_id = RsaIdentity::from_rsa_public_key(&rsa.to_public_key());
-    let fp = std::fs::read_to_string(dir.join("fingerprint")).unwrap();
-    assert_eq!(fp.split_whitespace().nth(1).unwrap(), rsa_id.hex());
-    let fp_ed = std::fs::read_to_string(dir.join("fingerprint-ed25519")).unwrap();
+    assert_eq!(keys.fingerprint().spaced_hex(), printed_rsa);
+    let fp = std::fs::read(dir.join(key_file::FINGERPRINT)).unwrap();
     assert_eq!(
-        fp_ed.split_whitespace().nth(1).unwrap(),
-        Ed25519Identity::from_bytes(master_pub).base64()
+        key_file::parse_fingerprint_file(&fp).unwrap().1,
+        keys.fingerprint()
+    );
+    let fp_ed = std::fs::read(dir.join(key_file::FINGERPRINT_ED25519)).unwrap();
+    assert_eq!(
+        key_file::parse_fingerprint_ed25519_file(&fp_ed).unwrap().1,
+        keys.ed25519_identity()
     );
 
     // A full CERTS set made from tor's keys validates in both roles.
-    let signing_pub = *cert.certified_key();
-    let signing = expanded(
-        &keys.join("ed25519_signing_secret_key"),
-        "secret: type4",
-        VerifyingKey::from_bytes(&signing_pub).unwrap(),
-    );
-    let ids = IdentityCerts::build(
-        &rsa,
-        &master,
-        &Ed25519Identity::from_bytes(master_pub),
-        &Ed25519Identity::from_bytes(signing_pub),
-        &CertLifetimes {
-            x509_not_before: now - 86400,
-            x509_not_after: now + 365 * 86400,
-            id_signing_expiry: body.expiry_secs(),
-            crosscert_expiry: now + 365 * 86400,
-        },
-        &mut StdRng::seed_from_u64(1),
-    )
-    .unwrap();
-    // Same contents and key, so the same type-4 bytes as tor's file.
+    let ids = keys
+        .identity_certs(now, &mut StdRng::seed_from_u64(1))
+        .unwrap();
     assert_eq!(ids.id_signing, cert_bytes);
+    let signing = keys.ed25519_signing();
     let tls = [0x5a; 32];
-    let resp = ids.responder_certs(&signing, &tls, now + 86400).unwrap();
+    let resp = ids.responder_certs(signing, &tls, now + 86400).unwrap();
     let entries: Vec<(u8, &[u8])> = resp.entries().collect();
     let peer = check_responder_certs(&entries, &tls, now).unwrap();
-    assert_eq!(peer.rsa_identity, rsa_id);
-    assert_eq!(peer.ed25519_identity.as_bytes(), &master_pub);
-    let init = ids
-        .initiator_certs(&signing, &[3; 32], now + 86400)
-        .unwrap();
+    assert_eq!(peer.rsa_identity, keys.fingerprint());
+    assert_eq!(peer.ed25519_identity, keys.ed25519_identity());
+    let init = ids.initiator_certs(signing, &[3; 32], now + 86400).unwrap();
     let entries: Vec<(u8, &[u8])> = init.entries().collect();
     assert_eq!(check_initiator_certs(&entries, now).unwrap().peer, peer);
-
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Splits a CERTS cell body into its entries (tor-spec §4.2).
@@ -261,11 +175,12 @@ fn ctor_captured_certs_cell() {
         .sign_and_encode(&rsa, &mut StdRng::seed_from_u64(2), &mut cc)
         .unwrap();
     assert_eq!(cc, entries[4].1);
-    let signing = expanded(
-        &data.join("ctor-0.4.9-ed25519_signing_secret_key"),
-        "secret: type4",
-        peer.signing_key,
-    );
+    let signing = key_file::parse_ed25519_secret_key(
+        &std::fs::read(data.join("ctor-0.4.9-ed25519_signing_secret_key")).unwrap(),
+        TAG_SIGNING,
+    )
+    .unwrap();
+    assert_eq!(signing.public(), &peer.signing_key);
     let mut c5 = Vec::new();
     link.peek().sign_and_encode(&signing, &mut c5).unwrap();
     assert_eq!(c5, entries[3].1);
@@ -303,13 +218,13 @@ fn openssl_accepts_our_identity_cert() {
         println!("NOTICE: `openssl` is not installed; skipping the X.509 interop test");
         return;
     }
+    // The certificate `RelayKeys` makes for our CERTS cells, lifetimes and all.
     let mut rng = StdRng::seed_from_u64(99);
-    let key = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
     let now = unix_now();
-    let der = proto::x509::build_rsa_identity_cert(&key, now - 86400, now + 365 * 86400, &mut rng)
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("chive-openssl-x509-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let keys = RelayKeys::generate(now, &mut rng).unwrap();
+    let der = keys.identity_certs(now, &mut rng).unwrap().rsa_id_x509;
+    let scratch = TempDir::new("openssl-x509");
+    let dir = scratch.path();
     let der_path = dir.join("id.der");
     let pem_path = dir.join("id.pem");
     std::fs::write(&der_path, &der).unwrap();
@@ -337,5 +252,4 @@ fn openssl_accepts_our_identity_cert() {
         "{stdout}{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,101 +10,18 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (STYLE.md)
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+mod common;
 
-use ed25519_dalek::{Signature, Signer as _, Verifier as _, VerifyingKey};
+use std::fs;
+use std::path::Path;
+
+use common::{tor_list_fingerprint, unix_now, TempDir};
+use ed25519_dalek::{Signer as _, Verifier as _};
+use proto::cert::{CertType, Ed25519Cert};
 use proto::key_file::{self, KEYS_DIR};
-use proto::keys::{Ed25519Keypair, RelayKeys};
+use proto::keys::{self, RelayKeys};
 
 const NICK: &str = "chivetest";
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("chive-ctor-keys-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Runs `tor --list-fingerprint [kind]` on `data_dir` and returns the identity it prints for
-/// our nickname (the spaced hex RSA fingerprint, or the base64 ed25519 identity).
-fn tor_list_fingerprint(scratch: &Path, data_dir: &Path, kind: &str) -> String {
-    // An empty torrc: /etc/tor/torrc must not leak into the test.
-    let torrc = scratch.join("torrc");
-    fs::write(&torrc, "").unwrap();
-    let out = Command::new("tor")
-        .arg("-f")
-        .arg(&torrc)
-        .arg("--defaults-torrc")
-        .arg(&torrc)
-        .args(["--list-fingerprint", kind])
-        .arg("--DataDirectory")
-        .arg(data_dir)
-        .args(["--ORPort", "127.0.0.1:9999", "--Nickname", NICK])
-        .args(["--Log", "err stderr"])
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "this test needs C tor on PATH (`tor`, version 0.4.9): install it with \
-             `apt-get install tor`"
-        ),
-        Err(e) => panic!("could not run tor: {e}"),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "tor --list-fingerprint failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Start-up notices also go to stdout before the Log option is applied; the answer is the
-    // line that starts with the nickname.
-    let prefix = format!("{NICK} ");
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no fingerprint line in tor's output:\n{stdout}"))
-        .to_string()
-}
-
-/// A type-4 (signing key) certificate per cert-spec §2.1, with the signed-with-ed25519-key
-/// extension (type 4) tor requires, valid for 30 days. Built here because the certificate
-/// builder lives in another module.
-fn signing_cert(master: &Ed25519Keypair, signing: &VerifyingKey) -> Vec<u8> {
-    let hours = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 3600;
-    let expiry = u32::try_from(hours + 30 * 24).unwrap();
-    let mut c = vec![1, 4];
-    c.extend_from_slice(&expiry.to_be_bytes());
-    c.push(1); // CERT_KEY_TYPE: ed25519
-    c.extend_from_slice(signing.as_bytes());
-    c.push(1); // one extension
-    c.extend_from_slice(&32u16.to_be_bytes());
-    c.push(4); // signed-with-ed25519-key
-    c.push(0); // flags
-    c.extend_from_slice(master.public().as_bytes());
-    let sig = master.sign(&c);
-    c.extend_from_slice(&sig.to_bytes());
-    c
-}
 
 fn read_keys_dir(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
     [
@@ -126,10 +43,10 @@ fn read_keys_dir(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn chive_loads_keys_written_by_ctor() {
-    let scratch = TempDir::new("from-ctor");
-    let data = scratch.0.join("data");
-    let rsa_printed = tor_list_fingerprint(&scratch.0, &data, "rsa");
-    let ed_printed = tor_list_fingerprint(&scratch.0, &data, "ed25519");
+    let scratch = TempDir::new("keys-from-ctor");
+    let data = scratch.path().join("data");
+    let rsa_printed = tor_list_fingerprint(&data, NICK, "rsa");
+    let ed_printed = tor_list_fingerprint(&data, NICK, "ed25519");
 
     let keys = RelayKeys::load(&data).unwrap();
     assert_eq!(keys.fingerprint().spaced_hex(), rsa_printed);
@@ -151,14 +68,36 @@ fn chive_loads_keys_written_by_ctor() {
         let sig = kp.sign(b"chive key test");
         kp.public().verify(b"chive key test", &sig).unwrap();
     }
-    // C tor's signing certificate certifies our loaded signing key under our loaded master key.
-    let cert = keys.signing_cert();
-    assert_eq!(&cert[7..39], keys.ed25519_signing().public().as_bytes());
-    let (body, sig) = cert.split_at(cert.len() - 64);
-    keys.ed25519_master()
-        .public()
-        .verify(body, &Signature::from_slice(sig).unwrap())
+    // C tor's signing certificate certifies our loaded signing key under our loaded master key,
+    // and passes the check that decides whether we keep it.
+    let now = unix_now();
+    assert!(keys.signing_cert_is_usable(now));
+    let cert = Ed25519Cert::decode(keys.signing_cert())
+        .unwrap()
+        .check_signature(Some(keys.ed25519_master().public()))
+        .unwrap()
+        .check_expiry(now)
         .unwrap();
+    assert_eq!(cert.cert().cert_type, CertType::IDENTITY_V_SIGNING);
+    assert_eq!(
+        cert.certified_key(),
+        keys.ed25519_signing().public().as_bytes()
+    );
+    // Our builder, given the same key and expiry, makes tor's certificate byte for byte.
+    let expiry = u64::from(
+        Ed25519Cert::decode(keys.signing_cert())
+            .unwrap()
+            .peek()
+            .expiration_hours,
+    ) * 3600;
+    let ours = keys::make_signing_cert(
+        keys.ed25519_master(),
+        keys.ed25519_signing().public(),
+        expiry - keys::SIGNING_KEY_LIFETIME_SECS,
+        keys::SIGNING_KEY_LIFETIME_SECS,
+    )
+    .unwrap();
+    assert_eq!(ours, keys.signing_cert());
 
     // The legacy TAP onion key has the identity key's format.
     let tap = fs::read(data.join(KEYS_DIR).join(key_file::SECRET_ONION_KEY)).unwrap();
@@ -169,18 +108,17 @@ fn chive_loads_keys_written_by_ctor() {
 
     // Re-encoding what we loaded gives C tor's files byte for byte.
     let before = read_keys_dir(&data);
-    let copy = scratch.0.join("copy");
+    let copy = scratch.path().join("copy");
     keys.save(&copy).unwrap();
     assert_eq!(read_keys_dir(&copy), before);
 }
 
 #[test]
 fn ctor_accepts_keys_written_by_chive() {
-    let scratch = TempDir::new("from-chive");
-    let data = scratch.0.join("data");
-    let keys =
-        RelayKeys::load_or_generate(&data, &mut rand::rngs::OsRng, signing_cert, |_, _, _| true)
-            .unwrap();
+    let scratch = TempDir::new("keys-from-chive");
+    let data = scratch.path().join("data");
+    // The signing certificate comes from `cert.rs`'s builder, valid for 30 days from now.
+    let keys = RelayKeys::load_or_generate(&data, unix_now(), &mut rand::rngs::OsRng).unwrap();
     keys.write_fingerprint_files(&data, NICK).unwrap();
     let ours = read_keys_dir(&data);
     let fp_files = [
@@ -189,11 +127,11 @@ fn ctor_accepts_keys_written_by_chive() {
     ];
 
     assert_eq!(
-        tor_list_fingerprint(&scratch.0, &data, "rsa"),
+        tor_list_fingerprint(&data, NICK, "rsa"),
         keys.fingerprint().spaced_hex()
     );
     assert_eq!(
-        tor_list_fingerprint(&scratch.0, &data, "ed25519"),
+        tor_list_fingerprint(&data, NICK, "ed25519"),
         keys.ed25519_identity().base64()
     );
     // tor kept every key we wrote (had it disliked the signing key or its certificate, it would
