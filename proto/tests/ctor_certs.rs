@@ -4,7 +4,7 @@
 //! relay keys, loads them with [`RelayKeys::load`], then checks that we parse and verify its
 //! `keys/ed25519_signing_cert` against its master key, re-create that certificate byte for byte
 //! with our encoder and tor's own master key, compute the same RSA and ed25519 fingerprints,
-//! and build a CERTS set from its keys that validates. It is skipped, with a notice, where
+//! and build a CERTS set from its keys that validates. It fails, saying how to install it, where
 //! `tor` is not installed. (`ctor_keys.rs` covers the key files themselves.)
 //!
 //! `ctor_captured_certs_cell` needs no tor: it validates a CERTS cell captured from a C tor
@@ -14,7 +14,7 @@
 //!
 //! `openssl_accepts_our_identity_cert` has OpenSSL (which C tor uses for X.509) parse the
 //! identity certificate [`RelayKeys::identity_certs`] makes and verify its self-signature;
-//! skipped where `openssl` is missing.
+//! fails where `openssl` is missing.
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 
 mod common;
@@ -35,10 +35,10 @@ use rsa::pkcs1::DecodeRsaPrivateKey;
 
 #[test]
 fn ctor_key_files() {
-    if !tor_available() {
-        println!("NOTICE: `tor` is not installed; skipping the C tor key-file interop test");
-        return;
-    }
+    assert!(
+        tor_available(),
+        "C tor is required for this interop test: apt-get install -y tor"
+    );
     let scratch = TempDir::new("certs-key-files");
     let dir = scratch.path().join("data");
     let printed_rsa = tor_list_fingerprint(&dir, "chivecerts", "rsa");
@@ -214,10 +214,10 @@ fn openssl_accepts_our_identity_cert() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !available {
-        println!("NOTICE: `openssl` is not installed; skipping the X.509 interop test");
-        return;
-    }
+    assert!(
+        available,
+        "the openssl command is required for this interop test: apt-get install -y openssl"
+    );
     // The certificate `RelayKeys` makes for our CERTS cells, lifetimes and all.
     let mut rng = StdRng::seed_from_u64(99);
     let now = unix_now();
