@@ -1,1 +1,575 @@
-//! placeholder
+//! Batched tor1 relay-cell crypto: the per-hop AES-128-CTR layers and SHA-1 running digests of
+//! tor-spec §5.2.1 ("KDF-TOR", <https://spec.torproject.org/tor-spec/setting-circuit-keys.html>),
+//! §5.5 ("Routing relay cells", <https://spec.torproject.org/tor-spec/routing-relay-cells.html>)
+//! and §6.1 ("Relay cells", <https://spec.torproject.org/tor-spec/relay-cells.html>).
+//!
+//! Each hop of a circuit has, per direction, an AES-128-CTR keystream (IV zero, 128-bit
+//! big-endian counter from zero, one continuous stream across all cells of that direction) and a
+//! SHA-1 running digest seeded with `Df` or `Db`. [`Tor1Hop`] holds both directions of one hop,
+//! built from the 72 KDF bytes `Df | Db | Kf | Kb`.
+//!
+//! The data path calls [`Engine::process_batch`] once per batch of received cells, which may
+//! belong to many circuits: each [`Job`] names a hop state, a cell and an [`Op`], and the result
+//! of each job lands in a caller-owned [`Outcome`] slot. Nothing is allocated per call.
+//!
+//! Backends ([`Backend`]) are ranked best-first and detected once; [`Engine::from_env`] honours
+//! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
+//! [`reference`] is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
+//!
+//! `unsafe` lives only in the x86-64 kernel module.
+#![deny(unsafe_code)]
+
+mod digest;
+mod keys;
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86;
+
+use aes::cipher::{BlockEncrypt, KeyInit};
+use sha1::{Digest, Sha1};
+
+use keys::RoundKeys;
+
+/// Length of a relay cell body (the part every tor1 layer encrypts).
+pub const CELL_BODY_LEN: usize = 509;
+/// Length of the KDF output a hop is built from: `Df(20) | Db(20) | Kf(16) | Kb(16)`.
+pub const KDF_LEN: usize = 72;
+/// Environment variable naming the backend to force (see [`Backend::name`]).
+pub const BACKEND_ENV: &str = "CHIVE_CRYPTO_BACKEND";
+
+/// A relay cell body.
+pub type CellBody = [u8; CELL_BODY_LEN];
+/// A full 20-byte running digest, as authenticated SENDME (v1) echoes it.
+pub type RelayDigest = [u8; 20];
+
+const _: () = assert!(KDF_LEN == 20 + 20 + 16 + 16);
+
+/// An implementation of the AES-128-CTR keystream, ranked best-first in [`Backend::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// VAES on 512-bit registers (AVX-512F + VAES): a cell in 8-9 zmm registers.
+    Vaes512,
+    /// VAES on 256-bit registers (AVX2 + VAES): a cell in 16-17 ymm registers.
+    Vaes256,
+    /// AES-NI, eight independent blocks at a time.
+    AesNi8,
+    /// The `aes` crate on counter blocks; works everywhere.
+    Portable,
+}
+
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_aesni, "aes", "sse2", "ssse3");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx2_aes, "avx2", "aes");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
+
+impl Backend {
+    /// Every backend, best first.
+    pub const ALL: [Backend; 4] = [
+        Backend::Vaes512,
+        Backend::Vaes256,
+        Backend::AesNi8,
+        Backend::Portable,
+    ];
+
+    /// The name used by [`BACKEND_ENV`] and in benchmark output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Vaes512 => "vaes512",
+            Backend::Vaes256 => "vaes256",
+            Backend::AesNi8 => "aesni8",
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// Parses a [`Backend::name`].
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::AesNi8 => cpuid_aesni::get(),
+            // cpufeatures 0.2 reports "vaes" only with AVX-512 register state enabled, which
+            // would hide VAES-256 on Zen 3; std's detection checks CPUID and AVX state only.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes256 => {
+                cpuid_avx2_aes::get() && std::arch::is_x86_feature_detected!("vaes")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes512 => cpuid_avx512_vaes::get(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The backends this CPU supports, best first.
+    pub fn supported() -> impl Iterator<Item = Backend> {
+        Backend::ALL.into_iter().filter(|b| b.is_supported())
+    }
+
+    /// The best backend this CPU supports.
+    pub fn best() -> Backend {
+        Backend::supported().next().unwrap_or(Backend::Portable)
+    }
+}
+
+impl core::fmt::Display for Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an [`Engine`] could not be made with the requested backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// `CHIVE_CRYPTO_BACKEND` names no backend.
+    #[error("CHIVE_CRYPTO_BACKEND names no known backend")]
+    UnknownBackend,
+    /// The CPU lacks the instructions the backend needs.
+    #[error("crypto backend {0} is not supported by this CPU")]
+    Unsupported(Backend),
+}
+
+/// API misuse in a batch: nothing was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// `out` is shorter than `jobs`.
+    #[error("outcome slice shorter than the job slice")]
+    OutTooShort,
+    /// A job names a hop index outside `hops`.
+    #[error("job {job} names a hop outside the hop slice")]
+    HopOutOfRange {
+        /// Index of the job.
+        job: usize,
+    },
+    /// A job names a cell index outside `cells`.
+    #[error("job {job} names a cell outside the cell slice")]
+    CellOutOfRange {
+        /// Index of the job.
+        job: usize,
+    },
+}
+
+/// One direction of one hop: AES key (in both forms the backends use), stream position and the
+/// running digest.
+#[derive(Clone)]
+struct Layer {
+    /// Round keys for the hand-written kernels (zeroized on drop).
+    rk: RoundKeys,
+    /// The portable backend's cipher (the `aes` crate zeroizes it on drop).
+    aes: aes::Aes128,
+    /// Bytes of keystream used so far in this direction.
+    pos: u64,
+    /// SHA-1 running digest, seeded with `Df` or `Db`.
+    digest: Sha1,
+}
+
+impl Layer {
+    fn new(seed: &[u8], key: &[u8; 16]) -> Self {
+        let mut digest = Sha1::new();
+        digest.update(seed);
+        Layer {
+            rk: RoundKeys::expand(key),
+            aes: aes::Aes128::new(key.into()),
+            pos: 0,
+            digest,
+        }
+    }
+
+    #[inline(always)]
+    fn crypt<K: Kernel>(&mut self, k: K, cell: &mut CellBody) {
+        k.xor_cell(self, cell);
+        // Wrapping only after 2^64 bytes on one circuit, which no circuit lives to see.
+        self.pos = self.pos.wrapping_add(CELL_BODY_LEN as u64);
+    }
+}
+
+/// The tor1 state of one hop of a circuit, as seen from the relay or from the origin.
+#[derive(Clone)]
+pub struct Tor1Hop {
+    /// Origin to relay: `Kf`, `Df`.
+    fwd: Layer,
+    /// Relay to origin: `Kb`, `Db`.
+    bwd: Layer,
+}
+
+impl Tor1Hop {
+    /// Builds the state from the KDF output `Df(20) | Db(20) | Kf(16) | Kb(16)`
+    /// (tor-spec §5.2.1, the bytes after `KH`).
+    pub fn from_kdf(kdf: &[u8; KDF_LEN]) -> Self {
+        let (df, rest) = kdf.split_at(20);
+        let (db, rest) = rest.split_at(20);
+        let (kf, kb) = rest.split_at(16);
+        let mut kf_arr = [0u8; 16];
+        let mut kb_arr = [0u8; 16];
+        kf_arr.copy_from_slice(kf);
+        kb_arr.copy_from_slice(kb);
+        let hop = Tor1Hop {
+            fwd: Layer::new(df, &kf_arr),
+            bwd: Layer::new(db, &kb_arr),
+        };
+        zeroize::Zeroize::zeroize(&mut kf_arr);
+        zeroize::Zeroize::zeroize(&mut kb_arr);
+        hop
+    }
+}
+
+impl core::fmt::Debug for Tor1Hop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tor1Hop")
+            .field("fwd_pos", &self.fwd.pos)
+            .field("bwd_pos", &self.bwd.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Job`] does to its cell with its hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Relay, cell from the origin side: remove this hop's `Kf` layer, then check `recognized`
+    /// and the `Df` digest. [`Outcome::Recognized`] or [`Outcome::NotRecognized`] (forward it).
+    RelayRecvForward,
+    /// Relay, cell from farther away heading to the origin: add this hop's `Kb` layer.
+    /// [`Outcome::Done`].
+    RelayPassBackward,
+    /// Relay, cell this hop originates: set `recognized` and the `Db` digest, add the `Kb` layer.
+    /// [`Outcome::Sealed`].
+    RelaySendBackward,
+    /// Origin, cell for this hop: set `recognized` and the `Df` digest, add the `Kf` layer
+    /// (then add the layers of the hops before it with [`Op::OriginCryptForward`]).
+    /// [`Outcome::Sealed`].
+    OriginSealForward,
+    /// Origin: add this hop's `Kf` layer only. [`Outcome::Done`].
+    OriginCryptForward,
+    /// Origin, cell from the circuit: remove this hop's `Kb` layer and check the `Db` digest.
+    /// [`Outcome::Recognized`] or [`Outcome::NotRecognized`] (peel the next hop).
+    OriginRecvBackward,
+}
+
+/// One unit of work in a batch: apply `op` to `cells[cell]` with `hops[hop]`.
+///
+/// Jobs run in slice order, so consecutive cells of one circuit direction may share a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Index into the batch's hop slice.
+    pub hop: u32,
+    /// Index into the batch's cell slice.
+    pub cell: u32,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Result of one [`Job`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Keystream applied; nothing to check.
+    #[default]
+    Done,
+    /// Decrypted but not addressed to this hop.
+    NotRecognized,
+    /// Decrypted and addressed to this hop; the cell's full digest (for SENDME v1).
+    Recognized(RelayDigest),
+    /// Digest set and encrypted; the cell's full digest (to match a later SENDME v1).
+    Sealed(RelayDigest),
+}
+
+/// A chosen backend; cheap to copy, and the only way into the batch path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Engine {
+    backend: Backend,
+}
+
+impl Engine {
+    /// An engine on `backend`, if the CPU supports it.
+    pub fn new(backend: Backend) -> Result<Self, EngineError> {
+        if backend.is_supported() {
+            Ok(Engine { backend })
+        } else {
+            Err(EngineError::Unsupported(backend))
+        }
+    }
+
+    /// An engine on the best supported backend.
+    pub fn best() -> Self {
+        Engine {
+            backend: Backend::best(),
+        }
+    }
+
+    /// An engine on the backend named by `CHIVE_CRYPTO_BACKEND`, or the best one if it is unset.
+    pub fn from_env() -> Result<Self, EngineError> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(name) if !name.is_empty() => {
+                Engine::new(Backend::from_name(&name).ok_or(EngineError::UnknownBackend)?)
+            }
+            _ => Ok(Engine::best()),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `jobs` in order, writing each job's result to the same index of `out`.
+    ///
+    /// All indices are checked before anything is touched, so an error leaves every hop and cell
+    /// as it was. The backend is dispatched once for the whole batch.
+    pub fn process_batch(
+        &self,
+        hops: &mut [Tor1Hop],
+        cells: &mut [CellBody],
+        jobs: &[Job],
+        out: &mut [Outcome],
+    ) -> Result<(), BatchError> {
+        if out.len() < jobs.len() {
+            return Err(BatchError::OutTooShort);
+        }
+        for (i, j) in jobs.iter().enumerate() {
+            if j.hop as usize >= hops.len() {
+                return Err(BatchError::HopOutOfRange { job: i });
+            }
+            if j.cell as usize >= cells.len() {
+                return Err(BatchError::CellOutOfRange { job: i });
+            }
+        }
+        match self.kernel() {
+            AnyKernel::Portable(k) => run_batch(k, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => run_batch(k, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => run_batch(k, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => run_batch(k, hops, cells, jobs, out),
+        }
+        Ok(())
+    }
+
+    /// Runs one op on one cell (the unbatched path, e.g. for control cells).
+    pub fn process_one(&self, hop: &mut Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
+        match self.kernel() {
+            AnyKernel::Portable(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => run_op(k, hop, cell, op),
+        }
+    }
+
+    /// Origin side: seals `cell` for `hops[target]` and adds the forward layers of hops
+    /// `target, ..., 0`. Returns the cell's full digest, or `None` if `target` is out of range.
+    pub fn origin_send(
+        &self,
+        hops: &mut [Tor1Hop],
+        target: usize,
+        cell: &mut CellBody,
+    ) -> Option<RelayDigest> {
+        let (inner, _) = hops.split_at_mut(target.checked_add(1)?.min(hops.len()));
+        let (last, outer) = inner.split_last_mut()?;
+        if outer.len() != target {
+            return None;
+        }
+        let Outcome::Sealed(full) = self.process_one(last, cell, Op::OriginSealForward) else {
+            return None;
+        };
+        for hop in outer.iter_mut().rev() {
+            self.process_one(hop, cell, Op::OriginCryptForward);
+        }
+        Some(full)
+    }
+
+    /// Origin side: peels backward layers from hop 0 outwards until one recognizes the cell;
+    /// returns its index and the cell's full digest, or `None` if none did (the circuit must be
+    /// closed: tor-spec §5.5).
+    pub fn origin_recv(
+        &self,
+        hops: &mut [Tor1Hop],
+        cell: &mut CellBody,
+    ) -> Option<(usize, RelayDigest)> {
+        for (i, hop) in hops.iter_mut().enumerate() {
+            if let Outcome::Recognized(d) = self.process_one(hop, cell, Op::OriginRecvBackward) {
+                return Some((i, d));
+            }
+        }
+        None
+    }
+
+    /// A proof of CPU support for this engine's backend, re-checked (an atomic load) per call
+    /// so the kernels' safety never rests on how the `Engine` was made.
+    fn kernel(&self) -> AnyKernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k = match self.backend {
+                Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
+                Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
+                Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
+                Backend::Portable => None,
+            };
+            if let Some(k) = k {
+                return k;
+            }
+        }
+        AnyKernel::Portable(Portable)
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::best()
+    }
+}
+
+/// A keystream kernel: XORs the next 509 bytes of `layer`'s keystream into `cell`.
+trait Kernel: Copy {
+    fn xor_cell(self, layer: &Layer, cell: &mut CellBody);
+}
+
+#[derive(Clone, Copy)]
+enum AnyKernel {
+    Portable(Portable),
+    #[cfg(target_arch = "x86_64")]
+    AesNi(x86k::AesNi),
+    #[cfg(target_arch = "x86_64")]
+    Vaes256(x86k::Vaes256),
+    #[cfg(target_arch = "x86_64")]
+    Vaes512(x86k::Vaes512),
+}
+
+/// The `aes` crate on explicit counter blocks.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Kernel for Portable {
+    fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        const BLOCKS: usize = (15 + CELL_BODY_LEN).div_ceil(16);
+        let first = u128::from(layer.pos >> 4);
+        let off = (layer.pos & 15) as usize;
+        let mut ks = [aes::Block::default(); BLOCKS];
+        for (n, b) in (first..).zip(ks.iter_mut()) {
+            b.copy_from_slice(&n.to_be_bytes());
+        }
+        layer.aes.encrypt_blocks(&mut ks);
+        for (c, k) in cell.iter_mut().zip(ks.iter().flatten().skip(off)) {
+            *c ^= k;
+        }
+    }
+}
+
+/// Tokens that exist only once the CPU is known to support a kernel's instructions.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86k {
+    use super::{cpuid_aesni, cpuid_avx2_aes, cpuid_avx512_vaes, CellBody, Kernel, Layer};
+
+    #[derive(Clone, Copy)]
+    pub(super) struct AesNi(());
+    #[derive(Clone, Copy)]
+    pub(super) struct Vaes256(());
+    #[derive(Clone, Copy)]
+    pub(super) struct Vaes512(());
+
+    impl AesNi {
+        pub(super) fn detect() -> Option<Self> {
+            cpuid_aesni::get().then_some(AesNi(()))
+        }
+    }
+    impl Vaes256 {
+        pub(super) fn detect() -> Option<Self> {
+            (cpuid_avx2_aes::get() && std::arch::is_x86_feature_detected!("vaes"))
+                .then_some(Vaes256(()))
+        }
+    }
+    impl Vaes512 {
+        pub(super) fn detect() -> Option<Self> {
+            cpuid_avx512_vaes::get().then_some(Vaes512(()))
+        }
+    }
+
+    impl Kernel for AesNi {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: an `AesNi` token exists only after `detect` saw AES-NI, SSE2 and SSSE3.
+            unsafe { crate::x86::aesni_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+    impl Kernel for Vaes256 {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: a `Vaes256` token exists only after `detect` saw VAES, AVX2 and AES-NI.
+            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+    impl Kernel for Vaes512 {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: a `Vaes512` token exists only after `detect` saw AVX-512F, VAES, AVX2 and
+            // AES-NI.
+            unsafe { crate::x86::vaes512_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+}
+
+#[inline(always)]
+fn run_op<K: Kernel>(k: K, hop: &mut Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
+    match op {
+        Op::RelayRecvForward => {
+            hop.fwd.crypt(k, cell);
+            open_outcome(digest::open(&mut hop.fwd.digest, cell))
+        }
+        Op::OriginRecvBackward => {
+            hop.bwd.crypt(k, cell);
+            open_outcome(digest::open(&mut hop.bwd.digest, cell))
+        }
+        Op::RelayPassBackward => {
+            hop.bwd.crypt(k, cell);
+            Outcome::Done
+        }
+        Op::OriginCryptForward => {
+            hop.fwd.crypt(k, cell);
+            Outcome::Done
+        }
+        Op::RelaySendBackward => {
+            let d = digest::seal(&mut hop.bwd.digest, cell);
+            hop.bwd.crypt(k, cell);
+            Outcome::Sealed(d)
+        }
+        Op::OriginSealForward => {
+            let d = digest::seal(&mut hop.fwd.digest, cell);
+            hop.fwd.crypt(k, cell);
+            Outcome::Sealed(d)
+        }
+    }
+}
+
+fn open_outcome(d: Option<RelayDigest>) -> Outcome {
+    match d {
+        Some(d) => Outcome::Recognized(d),
+        None => Outcome::NotRecognized,
+    }
+}
+
+/// The batch loop for one kernel; indices were checked by the caller.
+fn run_batch<K: Kernel>(
+    k: K,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    for (job, slot) in jobs.iter().zip(out.iter_mut()) {
+        if let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) {
+            *slot = run_op(k, hop, cell, job.op);
+        }
+    }
+}

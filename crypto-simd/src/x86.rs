@@ -1,0 +1,194 @@
+//! Hand-written x86-64 AES-128-CTR keystream kernels for one 509-byte cell.
+//!
+//! A cell at stream byte position `pos` needs counter blocks `pos / 16 ..` and starts `pos % 16`
+//! bytes into the first one, so it spans 32 blocks (`pos % 16 <= 3`) or 33. Every kernel writes
+//! the keystream for all those blocks into a stack buffer (a few blocks past the end are computed
+//! and thrown away so each group has a fixed width), then XORs the 509 bytes at that offset.
+//!
+//! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
+//! `n` big-endian. Stream positions stay far below 2^64 bytes, so the high half never carries.
+//!
+//! Register budget: the round keys take 11 vector registers if kept live, so groups are sized to
+//! keep 8-9 independent AES chains in flight (enough to cover `aesenc` latency with two AES
+//! units); what does not fit is reloaded from the stack by the compiler, which Zen's three load
+//! ports absorb.
+
+use core::arch::x86_64::*;
+
+use crate::keys::RoundKeys;
+use crate::{CellBody, CELL_BODY_LEN};
+
+/// Keystream buffer: enough whole blocks for the widest group layout below (36 blocks).
+type Keystream = [[u8; 16]; 36];
+
+/// Blocks a cell at byte offset `off` (0..16) within its first block spans.
+fn blocks_for(off: usize) -> usize {
+    (off + CELL_BODY_LEN).div_ceil(16)
+}
+
+/// XORs the keystream starting `off` bytes into `ks` over `cell`.
+#[inline(always)]
+fn xor_cell(cell: &mut CellBody, ks: &Keystream, off: usize) {
+    let flat = ks.as_flattened();
+    if let Some(ks) = flat
+        .get(off..off + CELL_BODY_LEN)
+        .and_then(|s| <&[u8; CELL_BODY_LEN]>::try_from(s).ok())
+    {
+        for (c, k) in cell.iter_mut().zip(ks) {
+            *c ^= k;
+        }
+    }
+}
+
+/// Counter block `n` as an xmm value (see module doc for the layout).
+#[target_feature(enable = "sse2")]
+fn ctr128(n: u64) -> __m128i {
+    _mm_set_epi64x(n.swap_bytes() as i64, 0)
+}
+
+#[target_feature(enable = "aes,sse2")]
+fn load_keys128(rk: &RoundKeys) -> [__m128i; 11] {
+    // SAFETY: each round key is 16 readable bytes; `loadu` has no alignment requirement.
+    rk.0.map(|k| unsafe { _mm_loadu_si128(k.as_ptr().cast()) })
+}
+
+/// `N` consecutive counter blocks from `ctr`, encrypted, written to the first `N` of `out`.
+#[target_feature(enable = "aes,sse2")]
+fn aesni_group<const N: usize>(keys: &[__m128i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m128i; N] = core::array::from_fn(|i| ctr128(ctr + i as u64));
+    for x in s.iter_mut() {
+        *x = _mm_xor_si128(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm_aesenc_si128(*x, *k);
+        }
+    }
+    for (o, x) in out.iter_mut().zip(s) {
+        let x = _mm_aesenclast_si128(x, keys[10]);
+        // SAFETY: `o` is 16 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), x) };
+    }
+}
+
+/// 8-way AES-NI: groups of 8 blocks, the last one widened to 9 when the cell spans 33 blocks.
+///
+/// # Safety
+/// The CPU must support AES-NI and SSE2.
+#[target_feature(enable = "aes,sse2,ssse3")]
+pub(crate) unsafe fn aesni_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk);
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    let (a, rest) = ks.split_at_mut(8);
+    let (b, rest) = rest.split_at_mut(8);
+    let (c, d) = rest.split_at_mut(8);
+    aesni_group::<8>(&keys, first, a);
+    aesni_group::<8>(&keys, first + 8, b);
+    aesni_group::<8>(&keys, first + 16, c);
+    if blocks_for(off) > 32 {
+        aesni_group::<9>(&keys, first + 24, d);
+    } else {
+        aesni_group::<8>(&keys, first + 24, d);
+    }
+    xor_cell(cell, &ks, off);
+}
+
+/// Counter blocks `n` and `n + 1` as a ymm value.
+#[target_feature(enable = "avx2")]
+fn ctr256(n: u64) -> __m256i {
+    _mm256_set_epi64x((n + 1).swap_bytes() as i64, 0, n.swap_bytes() as i64, 0)
+}
+
+/// `2 * N` consecutive counter blocks from `ctr`, encrypted with VAES on ymm registers.
+#[target_feature(enable = "vaes,avx2,aes")]
+fn vaes256_group<const N: usize>(keys: &[__m256i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m256i; N] = core::array::from_fn(|i| ctr256(ctr + 2 * i as u64));
+    for x in s.iter_mut() {
+        *x = _mm256_xor_si256(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm256_aesenc_epi128(*x, *k);
+        }
+    }
+    for (o, x) in out.chunks_exact_mut(2).zip(s) {
+        let x = _mm256_aesenclast_epi128(x, keys[10]);
+        // SAFETY: `o` is two adjacent 16-byte arrays, 32 writable bytes; `storeu` is unaligned.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), x) };
+    }
+}
+
+/// VAES on 256-bit registers: 16 blocks in 8 ymm, then 16 or 18 blocks in 8 or 9 ymm.
+///
+/// # Safety
+/// The CPU must support VAES, AVX2 and AES-NI.
+#[target_feature(enable = "vaes,avx2,aes")]
+pub(crate) unsafe fn vaes256_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk).map(|k| _mm256_broadcastsi128_si256(k));
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    let (a, b) = ks.split_at_mut(16);
+    vaes256_group::<8>(&keys, first, a);
+    if blocks_for(off) > 32 {
+        vaes256_group::<9>(&keys, first + 16, b);
+    } else {
+        vaes256_group::<8>(&keys, first + 16, b);
+    }
+    xor_cell(cell, &ks, off);
+}
+
+/// Counter blocks `n .. n + 4` as a zmm value.
+#[target_feature(enable = "avx512f")]
+fn ctr512(n: u64) -> __m512i {
+    _mm512_set_epi64(
+        (n + 3).swap_bytes() as i64,
+        0,
+        (n + 2).swap_bytes() as i64,
+        0,
+        (n + 1).swap_bytes() as i64,
+        0,
+        n.swap_bytes() as i64,
+        0,
+    )
+}
+
+/// VAES on 512-bit registers: the whole cell in 8 zmm (32 blocks) or 9 zmm (36 blocks).
+///
+/// Untested on the development machine (no AVX-512); only compiled there.
+///
+/// # Safety
+/// The CPU must support AVX-512F, VAES and AES-NI.
+#[target_feature(enable = "vaes,avx512f,avx2,aes")]
+pub(crate) unsafe fn vaes512_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk).map(|k| _mm512_broadcast_i32x4(k));
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    if blocks_for(off) > 32 {
+        vaes512_group::<9>(&keys, first, &mut ks);
+    } else {
+        vaes512_group::<8>(&keys, first, &mut ks);
+    }
+    xor_cell(cell, &ks, off);
+}
+
+#[target_feature(enable = "vaes,avx512f,avx2,aes")]
+fn vaes512_group<const N: usize>(keys: &[__m512i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m512i; N] = core::array::from_fn(|i| ctr512(ctr + 4 * i as u64));
+    for x in s.iter_mut() {
+        *x = _mm512_xor_si512(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm512_aesenc_epi128(*x, *k);
+        }
+    }
+    for (o, x) in out.chunks_exact_mut(4).zip(s) {
+        let x = _mm512_aesenclast_epi128(x, keys[10]);
+        // SAFETY: `o` is four adjacent 16-byte arrays, 64 writable bytes; `storeu` is unaligned.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), x) };
+    }
+}
