@@ -18,6 +18,7 @@
 //!
 //! `unsafe` lives only in the x86-64 kernel module.
 #![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod digest;
 mod keys;
