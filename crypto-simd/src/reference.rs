@@ -75,6 +75,19 @@ impl Tor1Hop {
         full
     }
 
+    /// Origin side: sets the digest of a cell for this hop from `Df`, then adds its `Kf` layer.
+    pub fn origin_seal_forward(&mut self, body: &mut CellBody) -> RelayDigest {
+        let full = digest::seal(&mut self.fwd.digest, body);
+        self.fwd.cipher.apply_keystream(body);
+        full
+    }
+
+    /// Origin side: removes this hop's `Kb` layer and checks the `Db` digest.
+    pub fn origin_recv_backward(&mut self, body: &mut CellBody) -> Option<RelayDigest> {
+        self.bwd.cipher.apply_keystream(body);
+        digest::open(&mut self.bwd.digest, body)
+    }
+
     /// Origin side: applies only the forward keystream (a layer for a hop that is not the target).
     pub fn crypt_forward(&mut self, body: &mut CellBody) {
         self.fwd.cipher.apply_keystream(body);
