@@ -660,8 +660,8 @@ mod tests {
             let mut senders = Vec::new();
             let mut receivers = Vec::new();
             let mut sealed = Vec::new();
-            for m in 0..msgs {
-                cells[m] = random_cell(&mut rng);
+            for (m, slot) in cells.iter_mut().enumerate().take(msgs) {
+                *slot = random_cell(&mut rng);
                 let c = rng.gen_range(0..n_circ) as u32;
                 let r = n_circ as u32 + c;
                 let seal = rng.gen_bool(0.5);
