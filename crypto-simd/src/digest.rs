@@ -5,10 +5,35 @@
 //! The digest field holds the first four bytes of a SHA-1 running digest over every body sent to
 //! or from this hop (padding included), seeded with `Df`/`Db`, taken with the digest field zeroed.
 
-use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
+use crate::sha1state::Sha1State;
 use crate::{CellBody, RelayDigest};
+
+/// A SHA-1 running digest: the `sha1` crate's (for the reference) or this crate's own.
+pub(crate) trait Running: Clone {
+    fn update(&mut self, data: &[u8]);
+    /// The digest so far, without disturbing the running state.
+    fn peek(&self) -> RelayDigest;
+}
+
+impl Running for sha1::Sha1 {
+    fn update(&mut self, data: &[u8]) {
+        sha1::Digest::update(self, data);
+    }
+    fn peek(&self) -> RelayDigest {
+        sha1::Digest::finalize(self.clone()).into()
+    }
+}
+
+impl Running for Sha1State {
+    fn update(&mut self, data: &[u8]) {
+        Sha1State::update(self, data);
+    }
+    fn peek(&self) -> RelayDigest {
+        Sha1State::peek(self)
+    }
+}
 
 /// Offset of the `recognized` field.
 const RECOGNIZED: core::ops::Range<usize> = 1..3;
@@ -16,11 +41,11 @@ const RECOGNIZED: core::ops::Range<usize> = 1..3;
 const DIGEST: core::ops::Range<usize> = 5..9;
 
 /// Feeds `body` with its digest field read as zero into `d`.
-fn update_zeroed(d: &mut Sha1, body: &CellBody) {
+fn update_zeroed<D: Running>(d: &mut D, body: &CellBody) {
     let (head, rest) = body.split_at(DIGEST.start);
     let tail = rest.get(DIGEST.len()..).unwrap_or_default();
     d.update(head);
-    d.update([0u8; 4]);
+    d.update(&[0u8; 4]);
     d.update(tail);
 }
 
@@ -29,13 +54,13 @@ fn update_zeroed(d: &mut Sha1, body: &CellBody) {
 /// Returns the full 20-byte digest (for authenticated SENDME) and commits it into `d` only on a
 /// match: a body that merely has `recognized == 0` by chance (P = 2^-16) is forwarded, and the
 /// spec says it must not touch this hop's running digest.
-pub(crate) fn open(d: &mut Sha1, body: &CellBody) -> Option<RelayDigest> {
+pub(crate) fn open<D: Running>(d: &mut D, body: &CellBody) -> Option<RelayDigest> {
     if body.get(RECOGNIZED) != Some(&[0, 0][..]) {
         return None;
     }
     let mut trial = d.clone();
     update_zeroed(&mut trial, body);
-    let full: RelayDigest = trial.clone().finalize().into();
+    let full = trial.peek();
     let claimed = body.get(DIGEST)?;
     let ours = full.get(..4)?;
     if bool::from(ours.ct_eq(claimed)) {
@@ -48,11 +73,11 @@ pub(crate) fn open(d: &mut Sha1, body: &CellBody) -> Option<RelayDigest> {
 
 /// Prepares a plaintext `body` originated at (or destined for) the hop owning `d`: zeroes
 /// `recognized`, writes the digest field, and returns the full 20-byte digest.
-pub(crate) fn seal(d: &mut Sha1, body: &mut CellBody) -> RelayDigest {
+pub(crate) fn seal<D: Running>(d: &mut D, body: &mut CellBody) -> RelayDigest {
     body[1] = 0;
     body[2] = 0;
     update_zeroed(d, body);
-    let full: RelayDigest = d.clone().finalize().into();
+    let full = d.peek();
     body[5..9].copy_from_slice(&full[..4]);
     full
 }
@@ -60,10 +85,11 @@ pub(crate) fn seal(d: &mut Sha1, body: &mut CellBody) -> RelayDigest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha1::{Digest, Sha1};
 
     fn seeded() -> Sha1 {
         let mut d = Sha1::new();
-        d.update([0x42u8; 20]);
+        Digest::update(&mut d, [0x42u8; 20]);
         d
     }
 

@@ -23,14 +23,15 @@
 mod digest;
 mod keys;
 pub mod reference;
+mod sha1state;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod x86;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
-use sha1::{Digest, Sha1};
 
 use keys::RoundKeys;
+use sha1state::Sha1State;
 
 /// Length of a relay cell body (the part every tor1 layer encrypts).
 pub const CELL_BODY_LEN: usize = 509;
@@ -167,13 +168,13 @@ struct Layer {
     aes: aes::Aes128,
     /// Bytes of keystream used so far in this direction.
     pos: u64,
-    /// SHA-1 running digest, seeded with `Df` or `Db`.
-    digest: Sha1,
+    /// SHA-1 running digest, seeded with `Df` or `Db` (zeroized on drop).
+    digest: Sha1State,
 }
 
 impl Layer {
     fn new(seed: &[u8], key: &[u8; 16]) -> Self {
-        let mut digest = Sha1::new();
+        let mut digest = Sha1State::new();
         digest.update(seed);
         Layer {
             rk: RoundKeys::expand(key),
