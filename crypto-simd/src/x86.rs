@@ -189,3 +189,131 @@ fn vaes512_group<const N: usize>(keys: &[__m512i; 11], ctr: u64, out: &mut [[u8;
         unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), x) };
     }
 }
+
+/// Rotate each 32-bit lane left by `$n`.
+macro_rules! rotl {
+    ($x:expr, $n:literal) => {
+        _mm256_or_si256(
+            _mm256_slli_epi32::<$n>($x),
+            _mm256_srli_epi32::<{ 32 - $n }>($x),
+        )
+    };
+}
+
+/// Eight independent SHA-1 compressions (FIPS 180-4 §6.1.2), one per 32-bit AVX2 lane: lane `i`
+/// compresses `blocks[i]` into `h[i]`. Lanes with `active[i] == false` are computed on whatever
+/// they hold and not written back.
+#[target_feature(enable = "avx2")]
+pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], active: [bool; 8]) {
+    let mut w = [_mm256_setzero_si256(); 16];
+    for (t, wt) in w.iter_mut().enumerate() {
+        let mut lanes = [0i32; 8];
+        for (l, b) in lanes.iter_mut().zip(blocks) {
+            let mut word = [0u8; 4];
+            word.copy_from_slice(&b[4 * t..4 * t + 4]);
+            *l = u32::from_be_bytes(word) as i32;
+        }
+        *wt = _mm256_set_epi32(
+            lanes[7], lanes[6], lanes[5], lanes[4], lanes[3], lanes[2], lanes[1], lanes[0],
+        );
+    }
+    let mut v = [_mm256_setzero_si256(); 5];
+    for (j, vj) in v.iter_mut().enumerate() {
+        *vj = _mm256_set_epi32(
+            h[7][j] as i32,
+            h[6][j] as i32,
+            h[5][j] as i32,
+            h[4][j] as i32,
+            h[3][j] as i32,
+            h[2][j] as i32,
+            h[1][j] as i32,
+            h[0][j] as i32,
+        );
+    }
+    let [mut a, mut b, mut c, mut d, mut e] = v;
+    let k = [
+        _mm256_set1_epi32(0x5a82_7999),
+        _mm256_set1_epi32(0x6ed9_eba1),
+        _mm256_set1_epi32(0x8f1b_bcdcu32 as i32),
+        _mm256_set1_epi32(0xca62_c1d6u32 as i32),
+    ];
+    for t in 0..80 {
+        let wt = if t < 16 {
+            w[t]
+        } else {
+            let x = _mm256_xor_si256(
+                _mm256_xor_si256(w[(t - 3) & 15], w[(t - 8) & 15]),
+                _mm256_xor_si256(w[(t - 14) & 15], w[t & 15]),
+            );
+            let x = rotl!(x, 1);
+            w[t & 15] = x;
+            x
+        };
+        let (f, kt) = if t < 20 {
+            (
+                _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
+                k[0],
+            )
+        } else if t < 40 {
+            (_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[1])
+        } else if t < 60 {
+            (
+                _mm256_or_si256(
+                    _mm256_and_si256(b, c),
+                    _mm256_and_si256(d, _mm256_or_si256(b, c)),
+                ),
+                k[2],
+            )
+        } else {
+            (_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[3])
+        };
+        let tmp = _mm256_add_epi32(
+            _mm256_add_epi32(rotl!(a, 5), f),
+            _mm256_add_epi32(_mm256_add_epi32(e, kt), wt),
+        );
+        e = d;
+        d = c;
+        c = rotl!(b, 30);
+        b = a;
+        a = tmp;
+    }
+    let out = [a, b, c, d, e];
+    for (j, (x, x0)) in out.into_iter().zip(v).enumerate() {
+        let mut lanes = [0u32; 8];
+        // SAFETY: `lanes` is 32 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi32(x, x0)) };
+        for ((hi, l), on) in h.iter_mut().zip(lanes).zip(active) {
+            if on {
+                hi[j] = l;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sha1state::compress1;
+
+    #[test]
+    fn sha1x8_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut h: [[u32; 5]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0101_0101 + j * 77) as u32));
+        let blocks: [[u8; 64]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 31 + j * 5) as u8));
+        let active = [true, false, true, true, true, true, false, true];
+        let mut want = h;
+        for ((w, b), on) in want.iter_mut().zip(&blocks).zip(active) {
+            if on {
+                compress1(w, b);
+            }
+        }
+        let refs: [&[u8; 64]; 8] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: AVX2 was detected above.
+        unsafe { sha1x8_compress(&mut h, refs, active) };
+        assert_eq!(h, want);
+    }
+}
