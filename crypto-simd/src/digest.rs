@@ -71,6 +71,15 @@ pub(crate) fn open<D: Running>(d: &mut D, body: &CellBody) -> Option<RelayDigest
     }
 }
 
+/// Whether the first four bytes of `full` equal the digest field of `body`, in constant time.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn matches(full: &RelayDigest, body: &CellBody) -> bool {
+    match (full.get(..4), body.get(DIGEST)) {
+        (Some(a), Some(b)) => bool::from(a.ct_eq(b)),
+        _ => false,
+    }
+}
+
 /// Prepares a plaintext `body` originated at (or destined for) the hop owning `d`: zeroes
 /// `recognized`, writes the digest field, and returns the full 20-byte digest.
 pub(crate) fn seal<D: Running>(d: &mut D, body: &mut CellBody) -> RelayDigest {

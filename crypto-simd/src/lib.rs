@@ -22,6 +22,8 @@
 
 mod digest;
 mod keys;
+#[cfg(target_arch = "x86_64")]
+mod multi;
 pub mod reference;
 mod sha1state;
 #[cfg(target_arch = "x86_64")]
@@ -64,6 +66,8 @@ pub enum Backend {
 cpufeatures::new!(cpuid_aesni, "aes", "sse2", "ssse3");
 #[cfg(target_arch = "x86_64")]
 cpufeatures::new!(cpuid_avx2_aes, "avx2", "aes");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx2, "avx2");
 #[cfg(target_arch = "x86_64")]
 cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
 
@@ -341,14 +345,17 @@ impl Engine {
                 return Err(BatchError::CellOutOfRange { job: i });
             }
         }
+        // The portable backend stays single-stream throughout, as the plain baseline.
+        #[cfg(target_arch = "x86_64")]
+        let mb = multi::Sha1x8::detect();
         match self.kernel() {
             AnyKernel::Portable(k) => run_batch(k, hops, cells, jobs, out),
             #[cfg(target_arch = "x86_64")]
-            AnyKernel::AesNi(k) => run_batch(k, hops, cells, jobs, out),
+            AnyKernel::AesNi(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
             #[cfg(target_arch = "x86_64")]
-            AnyKernel::Vaes256(k) => run_batch(k, hops, cells, jobs, out),
+            AnyKernel::Vaes256(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
             #[cfg(target_arch = "x86_64")]
-            AnyKernel::Vaes512(k) => run_batch(k, hops, cells, jobs, out),
+            AnyKernel::Vaes512(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
         }
         Ok(())
     }
@@ -582,6 +589,175 @@ fn run_batch<K: Kernel>(
             cells.get_mut(job.cell as usize),
         ) {
             *slot = run_op(k, hop, cell, job.op);
+        }
+    }
+}
+
+impl Op {
+    /// Whether the op may feed the cell into a running digest.
+    fn hashes(self) -> bool {
+        !matches!(self, Op::RelayPassBackward | Op::OriginCryptForward)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn run_batch_x86<K: Kernel>(
+    k: K,
+    mb: Option<multi::Sha1x8>,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    let Some(mb) = mb else {
+        return run_batch(k, hops, cells, jobs, out);
+    };
+    /// Longest window scanned for distinct hops and cells (the scan is quadratic).
+    const WINDOW_MAX: usize = 32;
+    let mut start = 0;
+    while start < jobs.len() {
+        // A window is a run of consecutive jobs on pairwise distinct hops and cells, so their
+        // order inside it does not matter, with at most one lane's worth of hashing.
+        let mut end = start;
+        let mut n_hash = 0;
+        while let Some(j) = jobs.get(end) {
+            let before = jobs.get(start..end).unwrap_or_default();
+            if end - start == WINDOW_MAX
+                || before.iter().any(|p| p.hop == j.hop || p.cell == j.cell)
+            {
+                break;
+            }
+            if j.op.hashes() {
+                if n_hash == multi::LANES {
+                    break;
+                }
+                n_hash += 1;
+            }
+            end += 1;
+        }
+        let (Some(w_jobs), Some(w_out)) = (jobs.get(start..end), out.get_mut(start..end)) else {
+            return;
+        };
+        if n_hash < 2 {
+            run_batch(k, hops, cells, w_jobs, w_out);
+        } else {
+            run_window(k, mb, hops, cells, w_jobs, w_out);
+        }
+        start = end;
+    }
+}
+
+/// One window of jobs on distinct hops and cells: keystream for ops that decrypt first, then all
+/// the digests at once, then the checks, digest fields and keystream for ops that seal.
+#[cfg(target_arch = "x86_64")]
+fn run_window<K: Kernel>(
+    k: K,
+    mb: multi::Sha1x8,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    use multi::LANES;
+    let mut lanes = [0usize; LANES];
+    let mut n = 0;
+    for (i, (job, slot)) in jobs.iter().zip(out.iter_mut()).enumerate() {
+        let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) else {
+            continue;
+        };
+        let needs_hash = match job.op {
+            Op::RelayRecvForward | Op::OriginRecvBackward => {
+                hop.layer_mut(job.op).crypt(k, cell);
+                *slot = Outcome::NotRecognized;
+                // tor-spec §6.1: the digest is only checked when `recognized` is zero.
+                cell[1] == 0 && cell[2] == 0
+            }
+            Op::RelaySendBackward | Op::OriginSealForward => {
+                cell[1] = 0;
+                cell[2] = 0;
+                true
+            }
+            Op::RelayPassBackward | Op::OriginCryptForward => {
+                *slot = run_op(k, hop, cell, job.op);
+                false
+            }
+        };
+        if needs_hash {
+            if let Some(l) = lanes.get_mut(n) {
+                *l = i;
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let mut results: [(Sha1State, RelayDigest); LANES] =
+        core::array::from_fn(|_| (Sha1State::new(), [0; 20]));
+    {
+        let hops_ro: &[Tor1Hop] = hops;
+        let cells_ro: &[CellBody] = cells;
+        let job_at = |l: usize| jobs.get(lanes[l.min(n - 1)]);
+        // Lanes past `n` are ignored; they only need some valid reference.
+        let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
+            return;
+        };
+        let states: [&Sha1State; LANES] = core::array::from_fn(|l| {
+            job_at(l)
+                .and_then(|j| hops_ro.get(j.hop as usize).map(|h| &h.layer(j.op).digest))
+                .unwrap_or(&h0.fwd.digest)
+        });
+        let bodies: [&CellBody; LANES] = core::array::from_fn(|l| {
+            job_at(l)
+                .and_then(|j| cells_ro.get(j.cell as usize))
+                .unwrap_or(c0)
+        });
+        mb.hash_bodies(states, bodies, n, &mut results);
+    }
+    for (&i, (state, full)) in lanes.iter().zip(results.iter_mut()).take(n) {
+        let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
+            continue;
+        };
+        let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) else {
+            continue;
+        };
+        let layer = hop.layer_mut(job.op);
+        match job.op {
+            Op::RelaySendBackward | Op::OriginSealForward => {
+                core::mem::swap(&mut layer.digest, state);
+                cell[5..9].copy_from_slice(&full[..4]);
+                layer.crypt(k, cell);
+                *slot = Outcome::Sealed(*full);
+            }
+            _ => {
+                if digest::matches(full, cell) {
+                    core::mem::swap(&mut layer.digest, state);
+                    *slot = Outcome::Recognized(*full);
+                }
+            }
+        }
+    }
+}
+
+impl Tor1Hop {
+    /// The direction an op works on.
+    fn layer(&self, op: Op) -> &Layer {
+        match op {
+            Op::RelayRecvForward | Op::OriginSealForward | Op::OriginCryptForward => &self.fwd,
+            Op::RelayPassBackward | Op::RelaySendBackward | Op::OriginRecvBackward => &self.bwd,
+        }
+    }
+
+    fn layer_mut(&mut self, op: Op) -> &mut Layer {
+        match op {
+            Op::RelayRecvForward | Op::OriginSealForward | Op::OriginCryptForward => &mut self.fwd,
+            Op::RelayPassBackward | Op::RelaySendBackward | Op::OriginRecvBackward => &mut self.bwd,
         }
     }
 }

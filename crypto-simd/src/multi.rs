@@ -1,0 +1,142 @@
+//! Multi-buffer SHA-1 for the batch path: the running digests of up to eight different hops,
+//! each fed one cell body with its digest field zeroed (tor-spec §6.1), hashed side by side in
+//! the 32-bit lanes of AVX2 registers.
+//!
+//! One SHA-1 stream is a chain of dependent compressions that SHA-NI runs at its latency; eight
+//! circuits' streams are independent, so their rounds fill the vector ALUs instead.
+
+use crate::sha1state::Sha1State;
+use crate::{CellBody, RelayDigest, CELL_BODY_LEN};
+
+/// Lanes hashed per pass.
+pub(crate) const LANES: usize = 8;
+
+/// Bytes staged per lane: up to 63 buffered bytes, one body, and at most 128 bytes of padding
+/// rounds up to ten blocks.
+const STAGE_LEN: usize = 640;
+const _: () = assert!((63 + CELL_BODY_LEN) / 64 * 64 + 128 <= STAGE_LEN);
+
+/// A proof that the CPU has AVX2.
+#[derive(Clone, Copy)]
+pub(crate) struct Sha1x8(());
+
+impl Sha1x8 {
+    pub(crate) fn detect() -> Option<Self> {
+        crate::cpuid_avx2::get().then_some(Sha1x8(()))
+    }
+
+    #[allow(unsafe_code)]
+    fn compress(
+        self,
+        h: &mut [[u32; 5]; LANES],
+        blocks: [&[u8; 64]; LANES],
+        active: [bool; LANES],
+    ) {
+        // SAFETY: a `Sha1x8` exists only after `detect` saw AVX2.
+        unsafe { crate::x86::sha1x8_compress(h, blocks, active) }
+    }
+
+    /// For each lane `l < n`: the running state `states[l]` after absorbing `bodies[l]` (digest
+    /// field read as zero), and the digest at that point. Lanes past `n` are ignored.
+    pub(crate) fn hash_bodies(
+        self,
+        states: [&Sha1State; LANES],
+        bodies: [&CellBody; LANES],
+        n: usize,
+        out: &mut [(Sha1State, RelayDigest)],
+    ) {
+        let mut stage = [[0u8; STAGE_LEN]; LANES];
+        let mut h = [[0u32; 5]; LANES];
+        let mut n_update = [0usize; LANES];
+        let mut n_total = [0usize; LANES];
+        let mut rem = [0usize; LANES];
+        for l in 0..n.min(LANES) {
+            let (s, body, st) = (states[l], bodies[l], &mut stage[l]);
+            let b = s.buf_len.min(63);
+            st[..b].copy_from_slice(&s.buf[..b]);
+            st[b..b + CELL_BODY_LEN].copy_from_slice(body);
+            st[b + 5..b + 9].fill(0);
+            let upd = b + CELL_BODY_LEN;
+            n_update[l] = upd / 64;
+            rem[l] = upd % 64;
+            st[upd] = 0x80;
+            let total = n_update[l] * 64 + if rem[l] < 56 { 64 } else { 128 };
+            let bits = s.len.wrapping_add(CELL_BODY_LEN as u64).wrapping_mul(8);
+            st[total - 8..total].copy_from_slice(&bits.to_be_bytes());
+            n_total[l] = total / 64;
+            h[l] = s.h;
+        }
+        let steps = n_total.iter().copied().max().unwrap_or(0);
+        let mut updated = [[0u32; 5]; LANES];
+        for step in 0..steps {
+            let active: [bool; LANES] = core::array::from_fn(|l| step < n_total[l]);
+            let blocks: [&[u8; 64]; LANES] = core::array::from_fn(|l| {
+                let at = if active[l] { step * 64 } else { 0 };
+                stage[l][at..at + 64].try_into().unwrap_or(&[0; 64])
+            });
+            self.compress(&mut h, blocks, active);
+            for l in 0..LANES {
+                if step + 1 == n_update[l] {
+                    updated[l] = h[l];
+                }
+            }
+        }
+        for (l, slot) in out.iter_mut().enumerate().take(n.min(LANES)) {
+            let mut st = Sha1State {
+                h: updated[l],
+                buf: [0; 64],
+                buf_len: rem[l],
+                len: states[l].len.wrapping_add(CELL_BODY_LEN as u64),
+            };
+            let from = n_update[l] * 64;
+            st.buf[..rem[l]].copy_from_slice(&stage[l][from..from + rem[l]]);
+            let mut digest = [0u8; 20];
+            for (o, w) in digest.chunks_exact_mut(4).zip(h[l]) {
+                o.copy_from_slice(&w.to_be_bytes());
+            }
+            *slot = (st, digest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_bodies_matches_single_stream() {
+        let Some(k) = Sha1x8::detect() else { return };
+        // States with every buffered length class, including 0 and 63.
+        let states: Vec<Sha1State> = (0..LANES)
+            .map(|l| {
+                let mut s = Sha1State::new();
+                s.update(&vec![l as u8; [0, 1, 55, 56, 63, 100, 509 * 3, 7][l]]);
+                s
+            })
+            .collect();
+        let bodies: Vec<CellBody> = (0..LANES)
+            .map(|l| core::array::from_fn(|j| (l * 3 + j) as u8))
+            .collect();
+        for n in 1..=LANES {
+            let mut out: Vec<(Sha1State, RelayDigest)> =
+                (0..LANES).map(|_| (Sha1State::new(), [0; 20])).collect();
+            k.hash_bodies(
+                core::array::from_fn(|l| &states[l]),
+                core::array::from_fn(|l| &bodies[l]),
+                n,
+                &mut out,
+            );
+            for l in 0..n {
+                let mut want = states[l].clone();
+                let mut zeroed = bodies[l];
+                zeroed[5..9].fill(0);
+                want.update(&zeroed);
+                assert_eq!(out[l].1, want.peek(), "lane {l} of {n}");
+                assert_eq!(out[l].0.h, want.h);
+                assert_eq!(out[l].0.buf_len, want.buf_len);
+                assert_eq!(out[l].0.buf[..want.buf_len], want.buf[..want.buf_len]);
+                assert_eq!(out[l].0.len, want.len);
+            }
+        }
+    }
+}
