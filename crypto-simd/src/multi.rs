@@ -14,7 +14,10 @@ pub(crate) const LANES: usize = 8;
 /// Bytes staged per lane: up to 63 buffered bytes, one body, and at most 128 bytes of padding
 /// rounds up to ten blocks.
 const STAGE_LEN: usize = 640;
-const _: () = assert!((63 + CELL_BODY_LEN) / 64 * 64 + 128 <= STAGE_LEN);
+/// Worst case: 63 buffered bytes plus a body leave 60 bytes in the last block, so padding
+/// takes two more.
+const STAGE_MAX: usize = (63 + CELL_BODY_LEN) - (63 + CELL_BODY_LEN) % 64 + 128;
+const _: () = assert!(STAGE_MAX <= STAGE_LEN);
 
 /// A proof that the CPU has AVX2.
 #[derive(Clone, Copy)]
