@@ -237,45 +237,66 @@ pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], act
         _mm256_set1_epi32(0x8f1b_bcdcu32 as i32),
         _mm256_set1_epi32(0xca62_c1d6u32 as i32),
     ];
-    for t in 0..80 {
-        let wt = if t < 16 {
-            w[t]
-        } else {
+    // Four loops with a fixed round function each, so none carries a per-round branch; the
+    // message schedule lives in a 16-word ring on the stack.
+    macro_rules! round {
+        ($f:expr, $k:expr, $wt:expr) => {{
+            let tmp = _mm256_add_epi32(
+                _mm256_add_epi32(rotl!(a, 5), $f),
+                _mm256_add_epi32(_mm256_add_epi32(e, $k), $wt),
+            );
+            e = d;
+            d = c;
+            c = rotl!(b, 30);
+            b = a;
+            a = tmp;
+        }};
+    }
+    macro_rules! schedule {
+        ($t:expr) => {{
+            let t = $t;
             let x = _mm256_xor_si256(
-                _mm256_xor_si256(w[(t - 3) & 15], w[(t - 8) & 15]),
-                _mm256_xor_si256(w[(t - 14) & 15], w[t & 15]),
+                _mm256_xor_si256(w[(t + 13) & 15], w[(t + 8) & 15]),
+                _mm256_xor_si256(w[(t + 2) & 15], w[t & 15]),
             );
             let x = rotl!(x, 1);
             w[t & 15] = x;
             x
-        };
-        let (f, kt) = if t < 20 {
-            (
-                _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
-                k[0],
-            )
-        } else if t < 40 {
-            (_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[1])
-        } else if t < 60 {
-            (
-                _mm256_or_si256(
-                    _mm256_and_si256(b, c),
-                    _mm256_and_si256(d, _mm256_or_si256(b, c)),
-                ),
-                k[2],
-            )
-        } else {
-            (_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[3])
-        };
-        let tmp = _mm256_add_epi32(
-            _mm256_add_epi32(rotl!(a, 5), f),
-            _mm256_add_epi32(_mm256_add_epi32(e, kt), wt),
+        }};
+    }
+    for wt in w {
+        round!(
+            _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
+            k[0],
+            wt
         );
-        e = d;
-        d = c;
-        c = rotl!(b, 30);
-        b = a;
-        a = tmp;
+    }
+    for t in 16..20 {
+        let wt = schedule!(t);
+        round!(
+            _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
+            k[0],
+            wt
+        );
+    }
+    for t in 20..40 {
+        let wt = schedule!(t);
+        round!(_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[1], wt);
+    }
+    for t in 40..60 {
+        let wt = schedule!(t);
+        round!(
+            _mm256_or_si256(
+                _mm256_and_si256(b, c),
+                _mm256_and_si256(d, _mm256_or_si256(b, c))
+            ),
+            k[2],
+            wt
+        );
+    }
+    for t in 60..80 {
+        let wt = schedule!(t);
+        round!(_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[3], wt);
     }
     let out = [a, b, c, d, e];
     for (j, (x, x0)) in out.into_iter().zip(v).enumerate() {
