@@ -200,22 +200,63 @@ macro_rules! rotl {
     };
 }
 
+/// Transposes an 8x8 matrix of 32-bit words held one row per register.
+#[target_feature(enable = "avx2")]
+fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
 /// Eight independent SHA-1 compressions (FIPS 180-4 §6.1.2), one per 32-bit AVX2 lane: lane `i`
 /// compresses `blocks[i]` into `h[i]`. Lanes with `active[i] == false` are computed on whatever
 /// they hold and not written back.
 #[target_feature(enable = "avx2")]
 pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], active: [bool; 8]) {
-    let mut w = [_mm256_setzero_si256(); 16];
-    for (t, wt) in w.iter_mut().enumerate() {
-        let mut lanes = [0i32; 8];
-        for (l, b) in lanes.iter_mut().zip(blocks) {
-            let mut word = [0u8; 4];
-            word.copy_from_slice(&b[4 * t..4 * t + 4]);
-            *l = u32::from_be_bytes(word) as i32;
+    let bswap = _mm256_setr_epi8(
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8,
+        15, 14, 13, 12,
+    );
+    let mut lo = [_mm256_setzero_si256(); 8];
+    let mut hi = [_mm256_setzero_si256(); 8];
+    for ((l, h), b) in lo.iter_mut().zip(hi.iter_mut()).zip(blocks) {
+        let (b0, b1) = b.split_at(32);
+        // SAFETY: `b0` and `b1` are 32 readable bytes each; `loadu` has no alignment requirement.
+        unsafe {
+            *l = _mm256_shuffle_epi8(_mm256_loadu_si256(b0.as_ptr().cast()), bswap);
+            *h = _mm256_shuffle_epi8(_mm256_loadu_si256(b1.as_ptr().cast()), bswap);
         }
-        *wt = _mm256_set_epi32(
-            lanes[7], lanes[6], lanes[5], lanes[4], lanes[3], lanes[2], lanes[1], lanes[0],
-        );
+    }
+    // Rows are lanes, columns are message words: transpose so each register holds one word of
+    // all eight lanes.
+    let lo = transpose8x8(lo);
+    let hi = transpose8x8(hi);
+    let mut w = [_mm256_setzero_si256(); 16];
+    for (wt, x) in w.iter_mut().zip(lo.into_iter().chain(hi)) {
+        *wt = x;
     }
     let mut v = [_mm256_setzero_si256(); 5];
     for (j, vj) in v.iter_mut().enumerate() {
