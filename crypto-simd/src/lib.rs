@@ -73,10 +73,14 @@ cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
 
 impl Backend {
     /// Every backend, best first.
+    ///
+    /// VAES-256 ranks below 8-way AES-NI: on Zen 3, the only CPUs here with VAES but no
+    /// AVX-512, a ymm `vaesenc` issues as two 128-bit operations, so it gains nothing and its
+    /// 17-register groups measure about 15% slower (`chive-bench crypto`, see README).
     pub const ALL: [Backend; 4] = [
         Backend::Vaes512,
-        Backend::Vaes256,
         Backend::AesNi8,
+        Backend::Vaes256,
         Backend::Portable,
     ];
 
