@@ -69,6 +69,8 @@ cpufeatures::new!(cpuid_avx2_aes, "avx2", "aes");
 #[cfg(target_arch = "x86_64")]
 cpufeatures::new!(cpuid_avx2, "avx2");
 #[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_sha_ni, "sha", "sse2", "ssse3", "sse4.1");
+#[cfg(target_arch = "x86_64")]
 cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
 
 impl Backend {

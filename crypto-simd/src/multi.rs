@@ -19,24 +19,42 @@ const STAGE_LEN: usize = 640;
 const STAGE_MAX: usize = (63 + CELL_BODY_LEN) - (63 + CELL_BODY_LEN) % 64 + 128;
 const _: () = assert!(STAGE_MAX <= STAGE_LEN);
 
-/// A proof that the CPU has AVX2.
+/// A proof that the CPU has AVX2 or SHA-NI, and which multi-lane compression to use.
 #[derive(Clone, Copy)]
-pub(crate) struct Sha1x8(());
+pub(crate) struct Sha1x8 {
+    sha_ni: bool,
+}
 
 impl Sha1x8 {
     pub(crate) fn detect() -> Option<Self> {
-        crate::cpuid_avx2::get().then_some(Sha1x8(()))
+        if crate::cpuid_sha_ni::get() {
+            Some(Sha1x8 { sha_ni: true })
+        } else if crate::cpuid_avx2::get() {
+            Some(Sha1x8 { sha_ni: false })
+        } else {
+            None
+        }
     }
 
     #[allow(unsafe_code)]
-    fn compress(
-        self,
-        h: &mut [[u32; 5]; LANES],
-        blocks: [&[u8; 64]; LANES],
-        active: [bool; LANES],
-    ) {
-        // SAFETY: a `Sha1x8` exists only after `detect` saw AVX2.
-        unsafe { crate::x86::sha1x8_compress(h, blocks, active) }
+    fn compress(self, h: &mut [[u32; 5]; LANES], blocks: [&[u8; 64]; LANES], active: [bool; LANES]) {
+        if self.sha_ni {
+            let mut lo = [h[0], h[1], h[2], h[3]];
+            let mut hi = [h[4], h[5], h[6], h[7]];
+            // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3 and SSE4.1.
+            unsafe {
+                crate::x86::sha1ni_xn::<4>(&mut lo, [blocks[0], blocks[1], blocks[2], blocks[3]]);
+                crate::x86::sha1ni_xn::<4>(&mut hi, [blocks[4], blocks[5], blocks[6], blocks[7]]);
+            }
+            for ((hs, o), on) in h.iter_mut().zip(lo.into_iter().chain(hi)).zip(active) {
+                if on {
+                    *hs = o;
+                }
+            }
+        } else {
+            // SAFETY: without `sha_ni`, a `Sha1x8` exists only after `detect` saw AVX2.
+            unsafe { crate::x86::sha1x8_compress(h, blocks, active) }
+        }
     }
 
     /// For each lane `l < n`: the running state `states[l]` after absorbing `bodies[l]` (digest

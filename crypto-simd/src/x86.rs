@@ -378,4 +378,93 @@ mod tests {
         unsafe { sha1x8_compress(&mut h, refs, active) };
         assert_eq!(h, want);
     }
+
+    #[test]
+    fn sha1ni_xn_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("sha") || !std::arch::is_x86_feature_detected!("sse4.1") {
+            return;
+        }
+        let mut h: [[u32; 5]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
+        let blocks: [[u8; 64]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
+        let mut want = h;
+        for (w, b) in want.iter_mut().zip(&blocks) {
+            compress1(w, b);
+        }
+        let refs: [&[u8; 64]; 4] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: SHA-NI and SSE4.1 were detected above.
+        unsafe { sha1ni_xn(&mut h, refs) };
+        assert_eq!(h, want);
+    }
+}
+
+/// `N` independent single-block SHA-1 compressions with SHA-NI, interleaved.
+///
+/// One stream is a chain of dependent `sha1rnds4` (latency-bound); `N` streams of different
+/// circuits fill the SHA unit's pipeline. Lane `i` compresses `blocks[i]` into `h[i]`.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64]; N]) {
+    // Reverses all 16 bytes: big-endian words with W0 in the top lane, as SHA-NI wants.
+    let mask = _mm_set_epi64x(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f);
+    let mut abcd = [_mm_setzero_si128(); N];
+    let mut e0 = [_mm_setzero_si128(); N];
+    let mut msg = [[_mm_setzero_si128(); 4]; N];
+    for i in 0..N {
+        let [a, b, c, d, e] = h[i];
+        abcd[i] = _mm_set_epi32(a as i32, b as i32, c as i32, d as i32);
+        e0[i] = _mm_set_epi32(e as i32, 0, 0, 0);
+        for (k, m) in msg[i].iter_mut().enumerate() {
+            let chunk = &blocks[i][16 * k..16 * k + 16];
+            // SAFETY: `chunk` is 16 readable bytes; `loadu` has no alignment requirement.
+            *m = _mm_shuffle_epi8(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }, mask);
+        }
+    }
+    let abcd_save = abcd;
+    let e_save = e0;
+    // Four-round groups g = 0..20; message group g lives in msg[g % 4].
+    let mut e_in: [__m128i; N] = core::array::from_fn(|i| _mm_add_epi32(e0[i], msg[i][0]));
+    let mut prev = abcd;
+    macro_rules! group {
+        ($g:expr, $f:literal) => {{
+            let g: usize = $g;
+            for i in 0..N {
+                prev[i] = abcd[i];
+                abcd[i] = _mm_sha1rnds4_epu32::<$f>(abcd[i], e_in[i]);
+                if g + 1 < 20 {
+                    let next = g + 1;
+                    if next >= 4 {
+                        let m = &mut msg[i];
+                        let x = _mm_sha1msg1_epu32(m[next % 4], m[(next + 1) % 4]);
+                        let x = _mm_xor_si128(x, m[(next + 2) % 4]);
+                        m[next % 4] = _mm_sha1msg2_epu32(x, m[(next + 3) % 4]);
+                    }
+                    e_in[i] = _mm_sha1nexte_epu32(prev[i], msg[i][next % 4]);
+                }
+            }
+        }};
+    }
+    for g in 0..5 {
+        group!(g, 0);
+    }
+    for g in 5..10 {
+        group!(g, 1);
+    }
+    for g in 10..15 {
+        group!(g, 2);
+    }
+    for g in 15..20 {
+        group!(g, 3);
+    }
+    for i in 0..N {
+        let e = _mm_sha1nexte_epu32(prev[i], e_save[i]);
+        let x = _mm_add_epi32(abcd[i], abcd_save[i]);
+        h[i] = [
+            _mm_extract_epi32::<3>(x) as u32,
+            _mm_extract_epi32::<2>(x) as u32,
+            _mm_extract_epi32::<1>(x) as u32,
+            _mm_extract_epi32::<0>(x) as u32,
+            _mm_extract_epi32::<3>(e) as u32,
+        ];
+    }
 }
