@@ -37,6 +37,9 @@ enum Cmd {
         /// Skip running `openssl speed`.
         #[arg(long)]
         no_openssl: bool,
+        /// Only this path: `middle` or `edge` (default: both).
+        #[arg(long)]
+        path: Option<String>,
     },
 }
 
@@ -182,6 +185,7 @@ fn crypto(
     ms: u64,
     only: Option<&str>,
     no_openssl: bool,
+    only_path: Option<&str>,
 ) -> ExitCode {
     let backends: Vec<Backend> = match only {
         Some(name) => match Backend::from_name(name) {
@@ -215,6 +219,9 @@ fn crypto(
     }
     let budget = Duration::from_millis(ms);
     for path in [Path::Middle, Path::Edge] {
+        if only_path.is_some_and(|p| p != path.name()) {
+            continue;
+        }
         for &backend in &backends {
             let Ok(engine) = Engine::new(backend) else {
                 continue;
@@ -268,6 +275,14 @@ fn main() -> ExitCode {
             ms,
             backend,
             no_openssl,
-        } => crypto(json, &batch, ms, backend.as_deref(), no_openssl),
+            path,
+        } => crypto(
+            json,
+            &batch,
+            ms,
+            backend.as_deref(),
+            no_openssl,
+            path.as_deref(),
+        ),
     }
 }

@@ -704,8 +704,7 @@ fn run_window<K: Kernel>(
     if n == 0 {
         return;
     }
-    let mut results: [(Sha1State, RelayDigest); LANES] =
-        core::array::from_fn(|_| (Sha1State::new(), [0; 20]));
+    let mut results = [multi::LaneResult::default(); LANES];
     {
         let hops_ro: &[Tor1Hop] = hops;
         let cells_ro: &[CellBody] = cells;
@@ -726,7 +725,7 @@ fn run_window<K: Kernel>(
         });
         mb.hash_bodies(states, bodies, n, &mut results);
     }
-    for (&i, (state, full)) in lanes.iter().zip(results.iter_mut()).take(n) {
+    for (&i, r) in lanes.iter().zip(&results).take(n) {
         let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
             continue;
         };
@@ -737,17 +736,18 @@ fn run_window<K: Kernel>(
             continue;
         };
         let layer = hop.layer_mut(job.op);
+        let full = r.digest;
         match job.op {
             Op::RelaySendBackward | Op::OriginSealForward => {
-                core::mem::swap(&mut layer.digest, state);
+                multi::commit(&mut layer.digest, cell, r);
                 cell[5..9].copy_from_slice(&full[..4]);
                 layer.crypt(k, cell);
-                *slot = Outcome::Sealed(*full);
+                *slot = Outcome::Sealed(full);
             }
             _ => {
-                if digest::matches(full, cell) {
-                    core::mem::swap(&mut layer.digest, state);
-                    *slot = Outcome::Recognized(*full);
+                if digest::matches(&full, cell) {
+                    multi::commit(&mut layer.digest, cell, r);
+                    *slot = Outcome::Recognized(full);
                 }
             }
         }

@@ -37,7 +37,12 @@ impl Sha1x8 {
     }
 
     #[allow(unsafe_code)]
-    fn compress(self, h: &mut [[u32; 5]; LANES], blocks: [&[u8; 64]; LANES], active: [bool; LANES]) {
+    fn compress(
+        self,
+        h: &mut [[u32; 5]; LANES],
+        blocks: [&[u8; 64]; LANES],
+        active: [bool; LANES],
+    ) {
         if self.sha_ni {
             let mut lo = [h[0], h[1], h[2], h[3]];
             let mut hi = [h[4], h[5], h[6], h[7]];
@@ -57,20 +62,20 @@ impl Sha1x8 {
         }
     }
 
-    /// For each lane `l < n`: the running state `states[l]` after absorbing `bodies[l]` (digest
-    /// field read as zero), and the digest at that point. Lanes past `n` are ignored.
+    /// For each lane `l < n`: the chaining value of `states[l]` after absorbing `bodies[l]`
+    /// (digest field read as zero), and the digest at that point. Lanes past `n` are ignored.
+    /// [`commit`] turns a lane's result into the new running state.
     pub(crate) fn hash_bodies(
         self,
         states: [&Sha1State; LANES],
         bodies: [&CellBody; LANES],
         n: usize,
-        out: &mut [(Sha1State, RelayDigest)],
+        out: &mut [LaneResult; LANES],
     ) {
         let mut stage = [[0u8; STAGE_LEN]; LANES];
         let mut h = [[0u32; 5]; LANES];
         let mut n_update = [0usize; LANES];
         let mut n_total = [0usize; LANES];
-        let mut rem = [0usize; LANES];
         for l in 0..n.min(LANES) {
             let (s, body, st) = (states[l], bodies[l], &mut stage[l]);
             let b = s.buf_len.min(63);
@@ -79,9 +84,8 @@ impl Sha1x8 {
             st[b + 5..b + 9].fill(0);
             let upd = b + CELL_BODY_LEN;
             n_update[l] = upd / 64;
-            rem[l] = upd % 64;
             st[upd] = 0x80;
-            let total = n_update[l] * 64 + if rem[l] < 56 { 64 } else { 128 };
+            let total = n_update[l] * 64 + if upd % 64 < 56 { 64 } else { 128 };
             let bits = s.len.wrapping_add(CELL_BODY_LEN as u64).wrapping_mul(8);
             st[total - 8..total].copy_from_slice(&bits.to_be_bytes());
             n_total[l] = total / 64;
@@ -103,21 +107,35 @@ impl Sha1x8 {
             }
         }
         for (l, slot) in out.iter_mut().enumerate().take(n.min(LANES)) {
-            let mut st = Sha1State {
-                h: updated[l],
-                buf: [0; 64],
-                buf_len: rem[l],
-                len: states[l].len.wrapping_add(CELL_BODY_LEN as u64),
-            };
-            let from = n_update[l] * 64;
-            st.buf[..rem[l]].copy_from_slice(&stage[l][from..from + rem[l]]);
-            let mut digest = [0u8; 20];
-            for (o, w) in digest.chunks_exact_mut(4).zip(h[l]) {
+            slot.h = updated[l];
+            for (o, w) in slot.digest.chunks_exact_mut(4).zip(h[l]) {
                 o.copy_from_slice(&w.to_be_bytes());
             }
-            *slot = (st, digest);
         }
     }
+}
+
+/// One lane of [`Sha1x8::hash_bodies`].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct LaneResult {
+    /// Chaining value after the body's whole blocks.
+    pub(crate) h: [u32; 5],
+    /// The digest after the body.
+    pub(crate) digest: RelayDigest,
+}
+
+/// Makes `state` the running state after absorbing `body`, given that lane's result.
+///
+/// The bytes left buffered are the last `(buf_len + 509) % 64 < 64` bytes of the body, which never
+/// reach its digest field (bytes 5..9), so they can be taken from the body as it is.
+pub(crate) fn commit(state: &mut Sha1State, body: &CellBody, r: &LaneResult) {
+    let rem = (state.buf_len + CELL_BODY_LEN) % 64;
+    state.h = r.h;
+    if let (Some(dst), Some(src)) = (state.buf.get_mut(..rem), body.get(CELL_BODY_LEN - rem..)) {
+        dst.copy_from_slice(src);
+    }
+    state.buf_len = rem;
+    state.len = state.len.wrapping_add(CELL_BODY_LEN as u64);
 }
 
 #[cfg(test)]
@@ -139,8 +157,7 @@ mod tests {
             .map(|l| core::array::from_fn(|j| (l * 3 + j) as u8))
             .collect();
         for n in 1..=LANES {
-            let mut out: Vec<(Sha1State, RelayDigest)> =
-                (0..LANES).map(|_| (Sha1State::new(), [0; 20])).collect();
+            let mut out = [LaneResult::default(); LANES];
             k.hash_bodies(
                 core::array::from_fn(|l| &states[l]),
                 core::array::from_fn(|l| &bodies[l]),
@@ -152,11 +169,13 @@ mod tests {
                 let mut zeroed = bodies[l];
                 zeroed[5..9].fill(0);
                 want.update(&zeroed);
-                assert_eq!(out[l].1, want.peek(), "lane {l} of {n}");
-                assert_eq!(out[l].0.h, want.h);
-                assert_eq!(out[l].0.buf_len, want.buf_len);
-                assert_eq!(out[l].0.buf[..want.buf_len], want.buf[..want.buf_len]);
-                assert_eq!(out[l].0.len, want.len);
+                assert_eq!(out[l].digest, want.peek(), "lane {l} of {n}");
+                let mut got = states[l].clone();
+                commit(&mut got, &bodies[l], &out[l]);
+                assert_eq!(got.h, want.h);
+                assert_eq!(got.buf_len, want.buf_len);
+                assert_eq!(got.buf[..want.buf_len], want.buf[..want.buf_len]);
+                assert_eq!(got.len, want.len);
             }
         }
     }

@@ -352,53 +352,6 @@ pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], act
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sha1state::compress1;
-
-    #[test]
-    fn sha1x8_matches_single_stream() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return;
-        }
-        let mut h: [[u32; 5]; 8] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0101_0101 + j * 77) as u32));
-        let blocks: [[u8; 64]; 8] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 31 + j * 5) as u8));
-        let active = [true, false, true, true, true, true, false, true];
-        let mut want = h;
-        for ((w, b), on) in want.iter_mut().zip(&blocks).zip(active) {
-            if on {
-                compress1(w, b);
-            }
-        }
-        let refs: [&[u8; 64]; 8] = core::array::from_fn(|i| &blocks[i]);
-        // SAFETY: AVX2 was detected above.
-        unsafe { sha1x8_compress(&mut h, refs, active) };
-        assert_eq!(h, want);
-    }
-
-    #[test]
-    fn sha1ni_xn_matches_single_stream() {
-        if !std::arch::is_x86_feature_detected!("sha") || !std::arch::is_x86_feature_detected!("sse4.1") {
-            return;
-        }
-        let mut h: [[u32; 5]; 4] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
-        let blocks: [[u8; 64]; 4] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
-        let mut want = h;
-        for (w, b) in want.iter_mut().zip(&blocks) {
-            compress1(w, b);
-        }
-        let refs: [&[u8; 64]; 4] = core::array::from_fn(|i| &blocks[i]);
-        // SAFETY: SHA-NI and SSE4.1 were detected above.
-        unsafe { sha1ni_xn(&mut h, refs) };
-        assert_eq!(h, want);
-    }
-}
-
 /// `N` independent single-block SHA-1 compressions with SHA-NI, interleaved.
 ///
 /// One stream is a chain of dependent `sha1rnds4` (latency-bound); `N` streams of different
@@ -466,5 +419,54 @@ pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64
             _mm_extract_epi32::<0>(x) as u32,
             _mm_extract_epi32::<3>(e) as u32,
         ];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sha1state::compress1;
+
+    #[test]
+    fn sha1x8_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut h: [[u32; 5]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0101_0101 + j * 77) as u32));
+        let blocks: [[u8; 64]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 31 + j * 5) as u8));
+        let active = [true, false, true, true, true, true, false, true];
+        let mut want = h;
+        for ((w, b), on) in want.iter_mut().zip(&blocks).zip(active) {
+            if on {
+                compress1(w, b);
+            }
+        }
+        let refs: [&[u8; 64]; 8] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: AVX2 was detected above.
+        unsafe { sha1x8_compress(&mut h, refs, active) };
+        assert_eq!(h, want);
+    }
+
+    #[test]
+    fn sha1ni_xn_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("sha")
+            || !std::arch::is_x86_feature_detected!("sse4.1")
+        {
+            return;
+        }
+        let mut h: [[u32; 5]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
+        let blocks: [[u8; 64]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
+        let mut want = h;
+        for (w, b) in want.iter_mut().zip(&blocks) {
+            compress1(w, b);
+        }
+        let refs: [&[u8; 64]; 4] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: SHA-NI and SSE4.1 were detected above.
+        unsafe { sha1ni_xn(&mut h, refs) };
+        assert_eq!(h, want);
     }
 }
