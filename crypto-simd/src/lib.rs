@@ -620,9 +620,6 @@ fn run_batch_x86<K: Kernel>(
     };
     /// Longest window scanned for distinct hops and cells (the scan is quadratic).
     const WINDOW_MAX: usize = 32;
-    /// Fewest digests worth a multi-buffer pass: one pass costs about as much as five
-    /// single-stream SHA-NI digests on Zen 3 (measured with `chive-bench crypto`).
-    const MB_LANES_MIN: usize = 6;
     let mut start = 0;
     while start < jobs.len() {
         // A window is a run of consecutive jobs on pairwise distinct hops and cells, so their
@@ -647,7 +644,7 @@ fn run_batch_x86<K: Kernel>(
         let (Some(w_jobs), Some(w_out)) = (jobs.get(start..end), out.get_mut(start..end)) else {
             return;
         };
-        if n_hash < MB_LANES_MIN {
+        if n_hash < mb.lanes_min() {
             run_batch(k, hops, cells, w_jobs, w_out);
         } else {
             run_window(k, mb, hops, cells, w_jobs, w_out);
