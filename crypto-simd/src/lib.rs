@@ -16,7 +16,12 @@
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
 //! [`reference`] is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
-//! `unsafe` lives only in the x86-64 kernel module.
+//! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
+//! side (four interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
+//! for figures and what limits them.
+//!
+//! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once
+//! CPU support is proven.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
