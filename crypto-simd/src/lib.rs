@@ -14,7 +14,7 @@
 //!
 //! Backends ([`Backend`]) are ranked best-first and detected once; [`Engine::from_env`] honours
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
-//! [`reference`] is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
+//! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
 //! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
 //! side (four interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
