@@ -1,1 +1,1094 @@
-//! placeholder
+//! Batched tor1 relay-cell crypto: the per-hop AES-128-CTR layers and SHA-1 running digests of
+//! tor-spec §5.2.1 ("KDF-TOR", <https://spec.torproject.org/tor-spec/setting-circuit-keys.html>),
+//! §5.5 ("Routing relay cells", <https://spec.torproject.org/tor-spec/routing-relay-cells.html>)
+//! and §6.1 ("Relay cells", <https://spec.torproject.org/tor-spec/relay-cells.html>).
+//!
+//! Each hop of a circuit has, per direction, an AES-128-CTR keystream (IV zero, 128-bit
+//! big-endian counter from zero, one continuous stream across all cells of that direction) and a
+//! SHA-1 running digest seeded with `Df` or `Db`. [`Tor1Hop`] holds both directions of one hop,
+//! built from the 72 KDF bytes `Df | Db | Kf | Kb`.
+//!
+//! The data path calls [`Engine::process_batch`] once per batch of received cells, which may
+//! belong to many circuits: each [`Job`] names a hop state, a cell and an [`Op`], and the result
+//! of each job lands in a caller-owned [`Outcome`] slot. Nothing is allocated per call.
+//!
+//! Backends ([`Backend`]) are ranked best-first and detected once; [`Engine::from_env`] honours
+//! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
+//! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
+//!
+//! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
+//! side (four interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
+//! for figures and what limits them.
+//!
+//! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once
+//! CPU support is proven.
+#![deny(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod digest;
+mod keys;
+#[cfg(target_arch = "x86_64")]
+mod multi;
+pub mod reference;
+mod sha1state;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86;
+
+use aes::cipher::{BlockEncrypt, KeyInit};
+
+use keys::RoundKeys;
+use sha1state::Sha1State;
+
+/// Length of a relay cell body (the part every tor1 layer encrypts).
+pub const CELL_BODY_LEN: usize = 509;
+/// Length of the KDF output a hop is built from: `Df(20) | Db(20) | Kf(16) | Kb(16)`.
+pub const KDF_LEN: usize = 72;
+/// Environment variable naming the backend to force (see [`Backend::name`]).
+pub const BACKEND_ENV: &str = "CHIVE_CRYPTO_BACKEND";
+
+/// A relay cell body.
+pub type CellBody = [u8; CELL_BODY_LEN];
+/// A full 20-byte running digest, as authenticated SENDME (v1) echoes it.
+pub type RelayDigest = [u8; 20];
+
+const _: () = assert!(KDF_LEN == 20 + 20 + 16 + 16);
+
+/// An implementation of the AES-128-CTR keystream, ranked best-first in [`Backend::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// VAES on 512-bit registers (AVX-512F + VAES): a cell in 8-9 zmm registers.
+    Vaes512,
+    /// VAES on 256-bit registers (AVX2 + VAES): a cell in 16-17 ymm registers.
+    Vaes256,
+    /// AES-NI, eight independent blocks at a time.
+    AesNi8,
+    /// The `aes` crate on counter blocks; works everywhere.
+    Portable,
+}
+
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_aesni, "aes", "sse2", "ssse3");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx2_aes, "avx2", "aes");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx2, "avx2");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_sha_ni, "sha", "sse2", "ssse3", "sse4.1");
+#[cfg(target_arch = "x86_64")]
+cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
+
+impl Backend {
+    /// Every backend, best first.
+    ///
+    /// VAES-256 ranks below 8-way AES-NI: on Zen 3, the only CPUs here with VAES but no
+    /// AVX-512, a ymm `vaesenc` issues as two 128-bit operations, so it gains nothing and its
+    /// 17-register groups measure about 15% slower (`chive-bench crypto`, see README).
+    pub const ALL: [Backend; 4] = [
+        Backend::Vaes512,
+        Backend::AesNi8,
+        Backend::Vaes256,
+        Backend::Portable,
+    ];
+
+    /// The name used by [`BACKEND_ENV`] and in benchmark output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Vaes512 => "vaes512",
+            Backend::Vaes256 => "vaes256",
+            Backend::AesNi8 => "aesni8",
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// Parses a [`Backend::name`].
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Whether this CPU can run the backend.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Backend::AesNi8 => cpuid_aesni::get(),
+            // cpufeatures 0.2 reports "vaes" only with AVX-512 register state enabled, which
+            // would hide VAES-256 on Zen 3; std's detection checks CPUID and AVX state only.
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes256 => {
+                cpuid_avx2_aes::get() && std::arch::is_x86_feature_detected!("vaes")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Vaes512 => cpuid_avx512_vaes::get(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The backends this CPU supports, best first.
+    pub fn supported() -> impl Iterator<Item = Backend> {
+        Backend::ALL.into_iter().filter(|b| b.is_supported())
+    }
+
+    /// The best backend this CPU supports.
+    pub fn best() -> Backend {
+        Backend::supported().next().unwrap_or(Backend::Portable)
+    }
+}
+
+impl core::fmt::Display for Backend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why an [`Engine`] could not be made with the requested backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// `CHIVE_CRYPTO_BACKEND` names no backend.
+    #[error("CHIVE_CRYPTO_BACKEND names no known backend")]
+    UnknownBackend,
+    /// The CPU lacks the instructions the backend needs.
+    #[error("crypto backend {0} is not supported by this CPU")]
+    Unsupported(Backend),
+}
+
+/// API misuse in a batch: nothing was processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// `out` is shorter than `jobs`.
+    #[error("outcome slice shorter than the job slice")]
+    OutTooShort,
+    /// A job names a hop index outside `hops`.
+    #[error("job {job} names a hop outside the hop slice")]
+    HopOutOfRange {
+        /// Index of the job.
+        job: usize,
+    },
+    /// A job names a cell index outside `cells`.
+    #[error("job {job} names a cell outside the cell slice")]
+    CellOutOfRange {
+        /// Index of the job.
+        job: usize,
+    },
+}
+
+/// One direction of one hop: AES key (in both forms the backends use), stream position and the
+/// running digest.
+#[derive(Clone)]
+struct Layer {
+    /// Round keys for the hand-written kernels (zeroized on drop).
+    rk: RoundKeys,
+    /// The portable backend's cipher (the `aes` crate zeroizes it on drop).
+    aes: aes::Aes128,
+    /// Bytes of keystream used so far in this direction.
+    pos: u64,
+    /// SHA-1 running digest, seeded with `Df` or `Db` (zeroized on drop).
+    digest: Sha1State,
+}
+
+impl Layer {
+    fn new(seed: &[u8], key: &[u8; 16]) -> Self {
+        let mut digest = Sha1State::new();
+        digest.update(seed);
+        Layer {
+            rk: RoundKeys::expand(key),
+            aes: aes::Aes128::new(key.into()),
+            pos: 0,
+            digest,
+        }
+    }
+
+    #[inline(always)]
+    fn crypt<K: Kernel>(&mut self, k: K, cell: &mut CellBody) {
+        k.xor_cell(self, cell);
+        // Wrapping only after 2^64 bytes on one circuit, which no circuit lives to see.
+        self.pos = self.pos.wrapping_add(CELL_BODY_LEN as u64);
+    }
+}
+
+/// The tor1 state of one hop of a circuit, as seen from the relay or from the origin.
+#[derive(Clone)]
+pub struct Tor1Hop {
+    /// Origin to relay: `Kf`, `Df`.
+    fwd: Layer,
+    /// Relay to origin: `Kb`, `Db`.
+    bwd: Layer,
+}
+
+impl Tor1Hop {
+    /// Builds the state from the KDF output `Df(20) | Db(20) | Kf(16) | Kb(16)`
+    /// (tor-spec §5.2.1, the bytes after `KH`).
+    pub fn from_kdf(kdf: &[u8; KDF_LEN]) -> Self {
+        let (df, rest) = kdf.split_at(20);
+        let (db, rest) = rest.split_at(20);
+        let (kf, kb) = rest.split_at(16);
+        let mut kf_arr = [0u8; 16];
+        let mut kb_arr = [0u8; 16];
+        kf_arr.copy_from_slice(kf);
+        kb_arr.copy_from_slice(kb);
+        let hop = Tor1Hop {
+            fwd: Layer::new(df, &kf_arr),
+            bwd: Layer::new(db, &kb_arr),
+        };
+        zeroize::Zeroize::zeroize(&mut kf_arr);
+        zeroize::Zeroize::zeroize(&mut kb_arr);
+        hop
+    }
+}
+
+impl core::fmt::Debug for Tor1Hop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tor1Hop")
+            .field("fwd_pos", &self.fwd.pos)
+            .field("bwd_pos", &self.bwd.pos)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Job`] does to its cell with its hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Relay, cell from the origin side: remove this hop's `Kf` layer, then check `recognized`
+    /// and the `Df` digest. [`Outcome::Recognized`] or [`Outcome::NotRecognized`] (forward it).
+    RelayRecvForward,
+    /// Relay, cell from farther away heading to the origin: add this hop's `Kb` layer.
+    /// [`Outcome::Done`].
+    RelayPassBackward,
+    /// Relay, cell this hop originates: set `recognized` and the `Db` digest, add the `Kb` layer.
+    /// [`Outcome::Sealed`].
+    RelaySendBackward,
+    /// Origin, cell for this hop: set `recognized` and the `Df` digest, add the `Kf` layer
+    /// (then add the layers of the hops before it with [`Op::OriginCryptForward`]).
+    /// [`Outcome::Sealed`].
+    OriginSealForward,
+    /// Origin: add this hop's `Kf` layer only. [`Outcome::Done`].
+    OriginCryptForward,
+    /// Origin, cell from the circuit: remove this hop's `Kb` layer and check the `Db` digest.
+    /// [`Outcome::Recognized`] or [`Outcome::NotRecognized`] (peel the next hop).
+    OriginRecvBackward,
+}
+
+/// One unit of work in a batch: apply `op` to `cells[cell]` with `hops[hop]`.
+///
+/// Jobs run in slice order, so consecutive cells of one circuit direction may share a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Index into the batch's hop slice.
+    pub hop: u32,
+    /// Index into the batch's cell slice.
+    pub cell: u32,
+    /// What to do.
+    pub op: Op,
+}
+
+/// Result of one [`Job`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Keystream applied; nothing to check.
+    #[default]
+    Done,
+    /// Decrypted but not addressed to this hop.
+    NotRecognized,
+    /// Decrypted and addressed to this hop; the cell's full digest (for SENDME v1).
+    Recognized(RelayDigest),
+    /// Digest set and encrypted; the cell's full digest (to match a later SENDME v1).
+    Sealed(RelayDigest),
+}
+
+/// A chosen backend; cheap to copy, and the only way into the batch path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Engine {
+    backend: Backend,
+}
+
+impl Engine {
+    /// An engine on `backend`, if the CPU supports it.
+    pub fn new(backend: Backend) -> Result<Self, EngineError> {
+        if backend.is_supported() {
+            Ok(Engine { backend })
+        } else {
+            Err(EngineError::Unsupported(backend))
+        }
+    }
+
+    /// An engine on the best supported backend.
+    pub fn best() -> Self {
+        Engine {
+            backend: Backend::best(),
+        }
+    }
+
+    /// An engine on the backend named by `CHIVE_CRYPTO_BACKEND`, or the best one if it is unset.
+    pub fn from_env() -> Result<Self, EngineError> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(name) if !name.is_empty() => {
+                Engine::new(Backend::from_name(&name).ok_or(EngineError::UnknownBackend)?)
+            }
+            _ => Ok(Engine::best()),
+        }
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `jobs` in order, writing each job's result to the same index of `out`.
+    ///
+    /// All indices are checked before anything is touched, so an error leaves every hop and cell
+    /// as it was. The backend is dispatched once for the whole batch.
+    pub fn process_batch(
+        &self,
+        hops: &mut [Tor1Hop],
+        cells: &mut [CellBody],
+        jobs: &[Job],
+        out: &mut [Outcome],
+    ) -> Result<(), BatchError> {
+        if out.len() < jobs.len() {
+            return Err(BatchError::OutTooShort);
+        }
+        for (i, j) in jobs.iter().enumerate() {
+            if j.hop as usize >= hops.len() {
+                return Err(BatchError::HopOutOfRange { job: i });
+            }
+            if j.cell as usize >= cells.len() {
+                return Err(BatchError::CellOutOfRange { job: i });
+            }
+        }
+        // The portable backend stays single-stream throughout, as the plain baseline.
+        #[cfg(target_arch = "x86_64")]
+        let mb = multi::Sha1x8::detect();
+        match self.kernel() {
+            AnyKernel::Portable(k) => run_batch(k, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => run_batch_x86(k, mb, hops, cells, jobs, out),
+        }
+        Ok(())
+    }
+
+    /// Runs one op on one cell (the unbatched path, e.g. for control cells).
+    pub fn process_one(&self, hop: &mut Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
+        match self.kernel() {
+            AnyKernel::Portable(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => run_op(k, hop, cell, op),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => run_op(k, hop, cell, op),
+        }
+    }
+
+    /// Origin side: seals `cell` for `hops[target]` and adds the forward layers of hops
+    /// `target, ..., 0`. Returns the cell's full digest, or `None` if `target` is out of range.
+    pub fn origin_send(
+        &self,
+        hops: &mut [Tor1Hop],
+        target: usize,
+        cell: &mut CellBody,
+    ) -> Option<RelayDigest> {
+        let (inner, _) = hops.split_at_mut(target.checked_add(1)?.min(hops.len()));
+        let (last, outer) = inner.split_last_mut()?;
+        if outer.len() != target {
+            return None;
+        }
+        let Outcome::Sealed(full) = self.process_one(last, cell, Op::OriginSealForward) else {
+            return None;
+        };
+        for hop in outer.iter_mut().rev() {
+            self.process_one(hop, cell, Op::OriginCryptForward);
+        }
+        Some(full)
+    }
+
+    /// Origin side: peels backward layers from hop 0 outwards until one recognizes the cell;
+    /// returns its index and the cell's full digest, or `None` if none did (the circuit must be
+    /// closed: tor-spec §5.5).
+    pub fn origin_recv(
+        &self,
+        hops: &mut [Tor1Hop],
+        cell: &mut CellBody,
+    ) -> Option<(usize, RelayDigest)> {
+        for (i, hop) in hops.iter_mut().enumerate() {
+            if let Outcome::Recognized(d) = self.process_one(hop, cell, Op::OriginRecvBackward) {
+                return Some((i, d));
+            }
+        }
+        None
+    }
+
+    /// A proof of CPU support for this engine's backend, re-checked (an atomic load) per call
+    /// so the kernels' safety never rests on how the `Engine` was made.
+    fn kernel(&self) -> AnyKernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let k = match self.backend {
+                Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
+                Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
+                Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
+                Backend::Portable => None,
+            };
+            if let Some(k) = k {
+                return k;
+            }
+        }
+        AnyKernel::Portable(Portable)
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::best()
+    }
+}
+
+/// A keystream kernel: XORs the next 509 bytes of `layer`'s keystream into `cell`.
+trait Kernel: Copy {
+    fn xor_cell(self, layer: &Layer, cell: &mut CellBody);
+}
+
+#[derive(Clone, Copy)]
+enum AnyKernel {
+    Portable(Portable),
+    #[cfg(target_arch = "x86_64")]
+    AesNi(x86k::AesNi),
+    #[cfg(target_arch = "x86_64")]
+    Vaes256(x86k::Vaes256),
+    #[cfg(target_arch = "x86_64")]
+    Vaes512(x86k::Vaes512),
+}
+
+/// The `aes` crate on explicit counter blocks.
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Kernel for Portable {
+    fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        const BLOCKS: usize = (15 + CELL_BODY_LEN).div_ceil(16);
+        let first = u128::from(layer.pos >> 4);
+        let off = (layer.pos & 15) as usize;
+        let mut ks = [aes::Block::default(); BLOCKS];
+        for (n, b) in (first..).zip(ks.iter_mut()) {
+            b.copy_from_slice(&n.to_be_bytes());
+        }
+        layer.aes.encrypt_blocks(&mut ks);
+        // A flat copy lets the XOR below run on whole vectors instead of a byte iterator.
+        let mut flat = [0u8; BLOCKS * 16];
+        for (dst, b) in flat.chunks_exact_mut(16).zip(&ks) {
+            dst.copy_from_slice(b);
+        }
+        if let Some(ks) = flat
+            .get(off..off + CELL_BODY_LEN)
+            .and_then(|s| <&[u8; CELL_BODY_LEN]>::try_from(s).ok())
+        {
+            for (c, k) in cell.iter_mut().zip(ks) {
+                *c ^= k;
+            }
+        }
+    }
+}
+
+/// Tokens that exist only once the CPU is known to support a kernel's instructions.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86k {
+    use super::{cpuid_aesni, cpuid_avx2_aes, cpuid_avx512_vaes, CellBody, Kernel, Layer};
+
+    #[derive(Clone, Copy)]
+    pub(super) struct AesNi(());
+    #[derive(Clone, Copy)]
+    pub(super) struct Vaes256(());
+    #[derive(Clone, Copy)]
+    pub(super) struct Vaes512(());
+
+    impl AesNi {
+        pub(super) fn detect() -> Option<Self> {
+            cpuid_aesni::get().then_some(AesNi(()))
+        }
+    }
+    impl Vaes256 {
+        pub(super) fn detect() -> Option<Self> {
+            (cpuid_avx2_aes::get() && std::arch::is_x86_feature_detected!("vaes"))
+                .then_some(Vaes256(()))
+        }
+    }
+    impl Vaes512 {
+        pub(super) fn detect() -> Option<Self> {
+            cpuid_avx512_vaes::get().then_some(Vaes512(()))
+        }
+    }
+
+    impl Kernel for AesNi {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: an `AesNi` token exists only after `detect` saw AES-NI, SSE2 and SSSE3.
+            unsafe { crate::x86::aesni_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+    impl Kernel for Vaes256 {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: a `Vaes256` token exists only after `detect` saw VAES, AVX2 and AES-NI.
+            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+    impl Kernel for Vaes512 {
+        #[inline(always)]
+        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+            // SAFETY: a `Vaes512` token exists only after `detect` saw AVX-512F, VAES, AVX2 and
+            // AES-NI.
+            unsafe { crate::x86::vaes512_xor_cell(&layer.rk, layer.pos, cell) }
+        }
+    }
+}
+
+#[inline(always)]
+fn run_op<K: Kernel>(k: K, hop: &mut Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
+    match op {
+        Op::RelayRecvForward => {
+            hop.fwd.crypt(k, cell);
+            open_outcome(digest::open(&mut hop.fwd.digest, cell))
+        }
+        Op::OriginRecvBackward => {
+            hop.bwd.crypt(k, cell);
+            open_outcome(digest::open(&mut hop.bwd.digest, cell))
+        }
+        Op::RelayPassBackward => {
+            hop.bwd.crypt(k, cell);
+            Outcome::Done
+        }
+        Op::OriginCryptForward => {
+            hop.fwd.crypt(k, cell);
+            Outcome::Done
+        }
+        Op::RelaySendBackward => {
+            let d = digest::seal(&mut hop.bwd.digest, cell);
+            hop.bwd.crypt(k, cell);
+            Outcome::Sealed(d)
+        }
+        Op::OriginSealForward => {
+            let d = digest::seal(&mut hop.fwd.digest, cell);
+            hop.fwd.crypt(k, cell);
+            Outcome::Sealed(d)
+        }
+    }
+}
+
+fn open_outcome(d: Option<RelayDigest>) -> Outcome {
+    match d {
+        Some(d) => Outcome::Recognized(d),
+        None => Outcome::NotRecognized,
+    }
+}
+
+/// The batch loop for one kernel; indices were checked by the caller.
+fn run_batch<K: Kernel>(
+    k: K,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    for (job, slot) in jobs.iter().zip(out.iter_mut()) {
+        if let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) {
+            *slot = run_op(k, hop, cell, job.op);
+        }
+    }
+}
+
+impl Op {
+    /// Whether the op may feed the cell into a running digest.
+    fn hashes(self) -> bool {
+        !matches!(self, Op::RelayPassBackward | Op::OriginCryptForward)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn run_batch_x86<K: Kernel>(
+    k: K,
+    mb: Option<multi::Sha1x8>,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    let Some(mb) = mb else {
+        return run_batch(k, hops, cells, jobs, out);
+    };
+    /// Longest window scanned for distinct hops and cells (the scan is quadratic).
+    const WINDOW_MAX: usize = 32;
+    let mut start = 0;
+    while start < jobs.len() {
+        // A window is a run of consecutive jobs on pairwise distinct hops and cells, so their
+        // order inside it does not matter, with at most one lane's worth of hashing.
+        let mut end = start;
+        let mut n_hash = 0;
+        while let Some(j) = jobs.get(end) {
+            let before = jobs.get(start..end).unwrap_or_default();
+            if end - start == WINDOW_MAX
+                || before.iter().any(|p| p.hop == j.hop || p.cell == j.cell)
+            {
+                break;
+            }
+            if j.op.hashes() {
+                if n_hash == multi::LANES {
+                    break;
+                }
+                n_hash += 1;
+            }
+            end += 1;
+        }
+        let (Some(w_jobs), Some(w_out)) = (jobs.get(start..end), out.get_mut(start..end)) else {
+            return;
+        };
+        if n_hash < mb.lanes_min() {
+            run_batch(k, hops, cells, w_jobs, w_out);
+        } else {
+            run_window(k, mb, hops, cells, w_jobs, w_out);
+        }
+        start = end;
+    }
+}
+
+/// One window of jobs on distinct hops and cells: keystream for ops that decrypt first, then all
+/// the digests at once, then the checks, digest fields and keystream for ops that seal.
+#[cfg(target_arch = "x86_64")]
+fn run_window<K: Kernel>(
+    k: K,
+    mb: multi::Sha1x8,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+) {
+    use multi::LANES;
+    let mut lanes = [0usize; LANES];
+    let mut n = 0;
+    for (i, (job, slot)) in jobs.iter().zip(out.iter_mut()).enumerate() {
+        let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) else {
+            continue;
+        };
+        let needs_hash = match job.op {
+            Op::RelayRecvForward | Op::OriginRecvBackward => {
+                hop.layer_mut(job.op).crypt(k, cell);
+                *slot = Outcome::NotRecognized;
+                // tor-spec §6.1: the digest is only checked when `recognized` is zero.
+                cell[1] == 0 && cell[2] == 0
+            }
+            Op::RelaySendBackward | Op::OriginSealForward => {
+                cell[1] = 0;
+                cell[2] = 0;
+                true
+            }
+            Op::RelayPassBackward | Op::OriginCryptForward => {
+                *slot = run_op(k, hop, cell, job.op);
+                false
+            }
+        };
+        if needs_hash {
+            if let Some(l) = lanes.get_mut(n) {
+                *l = i;
+                n += 1;
+            }
+        }
+    }
+    if n < mb.lanes_min() {
+        // Too few cells turned out to need a digest (most forward cells at a middle relay are
+        // not recognized): single-stream is cheaper than a half-empty pass.
+        for &i in lanes.iter().take(n) {
+            let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
+                continue;
+            };
+            let (Some(hop), Some(cell)) = (
+                hops.get_mut(job.hop as usize),
+                cells.get_mut(job.cell as usize),
+            ) else {
+                continue;
+            };
+            let layer = hop.layer_mut(job.op);
+            *slot = match job.op {
+                Op::RelaySendBackward | Op::OriginSealForward => {
+                    let d = digest::seal(&mut layer.digest, cell);
+                    layer.crypt(k, cell);
+                    Outcome::Sealed(d)
+                }
+                _ => open_outcome(digest::open(&mut layer.digest, cell)),
+            };
+        }
+        return;
+    }
+    let mut results = [multi::LaneResult::default(); LANES];
+    {
+        let hops_ro: &[Tor1Hop] = hops;
+        let cells_ro: &[CellBody] = cells;
+        let job_at = |l: usize| jobs.get(lanes[l.min(n - 1)]);
+        // Lanes past `n` are ignored; they only need some valid reference.
+        let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
+            return;
+        };
+        let states: [&Sha1State; LANES] = core::array::from_fn(|l| {
+            job_at(l)
+                .and_then(|j| hops_ro.get(j.hop as usize).map(|h| &h.layer(j.op).digest))
+                .unwrap_or(&h0.fwd.digest)
+        });
+        let bodies: [&CellBody; LANES] = core::array::from_fn(|l| {
+            job_at(l)
+                .and_then(|j| cells_ro.get(j.cell as usize))
+                .unwrap_or(c0)
+        });
+        mb.hash_bodies(states, bodies, n, &mut results);
+    }
+    for (&i, r) in lanes.iter().zip(&results).take(n) {
+        let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
+            continue;
+        };
+        let (Some(hop), Some(cell)) = (
+            hops.get_mut(job.hop as usize),
+            cells.get_mut(job.cell as usize),
+        ) else {
+            continue;
+        };
+        let layer = hop.layer_mut(job.op);
+        let full = r.digest;
+        match job.op {
+            Op::RelaySendBackward | Op::OriginSealForward => {
+                multi::commit(&mut layer.digest, cell, r);
+                cell[5..9].copy_from_slice(&full[..4]);
+                layer.crypt(k, cell);
+                *slot = Outcome::Sealed(full);
+            }
+            _ => {
+                if digest::matches(&full, cell) {
+                    multi::commit(&mut layer.digest, cell, r);
+                    *slot = Outcome::Recognized(full);
+                }
+            }
+        }
+    }
+}
+
+impl Tor1Hop {
+    /// The direction an op works on.
+    fn layer(&self, op: Op) -> &Layer {
+        match op {
+            Op::RelayRecvForward | Op::OriginSealForward | Op::OriginCryptForward => &self.fwd,
+            Op::RelayPassBackward | Op::RelaySendBackward | Op::OriginRecvBackward => &self.bwd,
+        }
+    }
+
+    fn layer_mut(&mut self, op: Op) -> &mut Layer {
+        match op {
+            Op::RelayRecvForward | Op::OriginSealForward | Op::OriginCryptForward => &mut self.fwd,
+            Op::RelayPassBackward | Op::RelaySendBackward | Op::OriginRecvBackward => &mut self.bwd,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Applies one job to the reference state, as the engine should.
+    fn ref_op(hop: &mut reference::Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
+        match op {
+            Op::RelayRecvForward => open_outcome(hop.relay_recv_forward(cell)),
+            Op::RelayPassBackward => {
+                hop.relay_forward_backward(cell);
+                Outcome::Done
+            }
+            Op::RelaySendBackward => Outcome::Sealed(hop.relay_send_backward(cell)),
+            Op::OriginSealForward => Outcome::Sealed(hop.origin_seal_forward(cell)),
+            Op::OriginCryptForward => {
+                hop.crypt_forward(cell);
+                Outcome::Done
+            }
+            Op::OriginRecvBackward => open_outcome(hop.origin_recv_backward(cell)),
+        }
+    }
+
+    fn random_cell(rng: &mut StdRng) -> CellBody {
+        let mut c = [0u8; CELL_BODY_LEN];
+        rng.fill(&mut c[..]);
+        c
+    }
+
+    /// Circuits `0..n` have an origin-side hop at index `c` and a relay-side hop at `n + c`,
+    /// built from the same KDF bytes, in both the engine and the reference.
+    fn circuits(rng: &mut StdRng, n: usize) -> (Vec<Tor1Hop>, Vec<reference::Tor1Hop>) {
+        let kdfs: Vec<[u8; KDF_LEN]> = (0..n)
+            .map(|_| {
+                let mut k = [0u8; KDF_LEN];
+                rng.fill(&mut k[..]);
+                k
+            })
+            .collect();
+        let eng = kdfs.iter().chain(&kdfs).map(Tor1Hop::from_kdf).collect();
+        let refs = kdfs
+            .iter()
+            .chain(&kdfs)
+            .map(reference::Tor1Hop::from_kdf)
+            .collect();
+        (eng, refs)
+    }
+
+    /// Random batches of paired jobs (a sender op on one side of a circuit, later the receiver
+    /// op on the other side), checked byte for byte and outcome for outcome against the
+    /// reference, with the expected recognitions.
+    fn check_backend(backend: Backend, seed: u64, n_circ: usize, batches: usize) {
+        let engine = Engine::new(backend).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut hops, mut refs) = circuits(&mut rng, n_circ);
+        // Warm-up moves every stream to a random, mostly unaligned position (509 = 13 mod 16).
+        for c in 0..n_circ {
+            for _ in 0..rng.gen_range(0..20) {
+                let mut cell = random_cell(&mut rng);
+                let mut rcell = cell;
+                engine.process_one(&mut hops[c], &mut cell, Op::OriginCryptForward);
+                engine.process_one(&mut hops[n_circ + c], &mut cell, Op::RelayRecvForward);
+                refs[c].crypt_forward(&mut rcell);
+                refs[n_circ + c].relay_recv_forward(&mut rcell);
+                assert_eq!(cell, rcell);
+            }
+            for _ in 0..rng.gen_range(0..20) {
+                let mut cell = random_cell(&mut rng);
+                let mut rcell = cell;
+                engine.process_one(&mut hops[n_circ + c], &mut cell, Op::RelayPassBackward);
+                refs[n_circ + c].relay_forward_backward(&mut rcell);
+                engine.process_one(&mut hops[c], &mut cell, Op::OriginRecvBackward);
+                refs[c].origin_recv_backward(&mut rcell);
+                assert_eq!(cell, rcell);
+            }
+        }
+        let mut cells = vec![[0u8; CELL_BODY_LEN]; 128];
+        let mut out = vec![Outcome::Done; 256];
+        for _ in 0..batches {
+            let msgs = rng.gen_range(1..=128);
+            let mut senders = Vec::new();
+            let mut receivers = Vec::new();
+            let mut sealed = Vec::new();
+            for (m, slot) in cells.iter_mut().enumerate().take(msgs) {
+                *slot = random_cell(&mut rng);
+                let c = rng.gen_range(0..n_circ) as u32;
+                let r = n_circ as u32 + c;
+                let seal = rng.gen_bool(0.5);
+                sealed.push(seal);
+                let cell = m as u32;
+                if rng.gen_bool(0.5) {
+                    let op = if seal {
+                        Op::OriginSealForward
+                    } else {
+                        Op::OriginCryptForward
+                    };
+                    senders.push(Job { hop: c, cell, op });
+                    receivers.push(Job {
+                        hop: r,
+                        cell,
+                        op: Op::RelayRecvForward,
+                    });
+                } else {
+                    let op = if seal {
+                        Op::RelaySendBackward
+                    } else {
+                        Op::RelayPassBackward
+                    };
+                    senders.push(Job { hop: r, cell, op });
+                    receivers.push(Job {
+                        hop: c,
+                        cell,
+                        op: Op::OriginRecvBackward,
+                    });
+                }
+            }
+            // Sometimes a batch of one job, the smallest size.
+            let jobs: Vec<Job> = if msgs == 1 && rng.gen_bool(0.5) {
+                senders.clone()
+            } else {
+                senders.iter().chain(&receivers).copied().collect()
+            };
+            let mut rcells = cells.clone();
+            engine
+                .process_batch(&mut hops, &mut cells, &jobs, &mut out)
+                .unwrap();
+            for (i, j) in jobs.iter().enumerate() {
+                let want = ref_op(
+                    &mut refs[j.hop as usize],
+                    &mut rcells[j.cell as usize],
+                    j.op,
+                );
+                assert_eq!(out[i], want, "{backend} job {i} {j:?}");
+            }
+            assert_eq!(cells, rcells, "{backend}");
+            if jobs.len() == 2 * msgs {
+                for (m, &seal) in sealed.iter().enumerate() {
+                    let (Outcome::Sealed(d), recv) = (out[m], out[msgs + m]) else {
+                        assert!(!seal);
+                        assert_eq!(out[m], Outcome::Done);
+                        continue;
+                    };
+                    assert_eq!(recv, Outcome::Recognized(d));
+                }
+            } else {
+                // A lone sender desynchronises its peer; undo by replaying on the receiver.
+                let j = receivers[0];
+                let mut c = cells[0];
+                let mut rc = rcells[0];
+                engine.process_one(&mut hops[j.hop as usize], &mut c, j.op);
+                ref_op(&mut refs[j.hop as usize], &mut rc, j.op);
+                assert_eq!(c, rc);
+            }
+        }
+    }
+
+    #[test]
+    fn every_backend_matches_reference() {
+        let supported: Vec<Backend> = Backend::supported().collect();
+        assert!(supported.contains(&Backend::Portable));
+        for backend in supported {
+            // One circuit: long runs of consecutive cells; many: mixed keys and positions.
+            check_backend(backend, 1, 1, 30);
+            check_backend(backend, 2, 3, 30);
+            check_backend(backend, 3, 64, 20);
+            check_backend(backend, 4, 300, 10);
+        }
+    }
+
+    #[test]
+    fn engine_origin_helpers_match_reference() {
+        let mut rng = StdRng::seed_from_u64(7);
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            let (mut hops, mut refs) = circuits(&mut rng, 3);
+            let (origin, relays) = hops.split_at_mut(3);
+            let (rorigin, _) = refs.split_at_mut(3);
+            for n in 0..30 {
+                let target = n % 3;
+                let mut cell = random_cell(&mut rng);
+                let mut rcell = cell;
+                let d = engine.origin_send(origin, target, &mut cell).unwrap();
+                let rd = reference::origin_send(rorigin, target, &mut rcell).unwrap();
+                assert_eq!((cell, d), (rcell, rd));
+                let got = relays.iter_mut().enumerate().find_map(|(i, r)| {
+                    match engine.process_one(r, &mut cell, Op::RelayRecvForward) {
+                        Outcome::Recognized(d) => Some((i, d)),
+                        _ => None,
+                    }
+                });
+                assert_eq!(got, Some((target, d)));
+
+                let mut back = random_cell(&mut rng);
+                let Outcome::Sealed(d) =
+                    engine.process_one(&mut relays[target], &mut back, Op::RelaySendBackward)
+                else {
+                    panic!("not sealed");
+                };
+                for r in relays[..target].iter_mut().rev() {
+                    engine.process_one(r, &mut back, Op::RelayPassBackward);
+                }
+                let mut rback = back;
+                assert_eq!(engine.origin_recv(origin, &mut back), Some((target, d)));
+                assert_eq!(
+                    reference::origin_recv(rorigin, &mut rback),
+                    Some((target, d))
+                );
+                assert_eq!(back, rback);
+            }
+            assert_eq!(engine.origin_send(origin, 3, &mut [0; 509]), None);
+        }
+    }
+
+    #[test]
+    fn batch_errors_touch_nothing() {
+        let engine = Engine::best();
+        let mut hops = vec![Tor1Hop::from_kdf(&[1; KDF_LEN])];
+        let mut cells = vec![[5u8; CELL_BODY_LEN]];
+        let ok = Job {
+            hop: 0,
+            cell: 0,
+            op: Op::RelayPassBackward,
+        };
+        let mut out = [Outcome::Done; 2];
+        let bad_hop = Job { hop: 1, ..ok };
+        let bad_cell = Job { cell: 1, ..ok };
+        assert_eq!(
+            engine.process_batch(&mut hops, &mut cells, &[ok, bad_hop], &mut out),
+            Err(BatchError::HopOutOfRange { job: 1 })
+        );
+        assert_eq!(
+            engine.process_batch(&mut hops, &mut cells, &[ok, bad_cell], &mut out),
+            Err(BatchError::CellOutOfRange { job: 1 })
+        );
+        assert_eq!(
+            engine.process_batch(&mut hops, &mut cells, &[ok, ok], &mut out[..1]),
+            Err(BatchError::OutTooShort)
+        );
+        assert_eq!(cells[0], [5u8; CELL_BODY_LEN]);
+        assert_eq!(hops[0].bwd.pos, 0);
+    }
+
+    #[test]
+    fn backend_names_and_support() {
+        for b in Backend::ALL {
+            assert_eq!(Backend::from_name(b.name()), Some(b));
+            match Engine::new(b) {
+                Ok(e) => assert_eq!(e.backend(), b),
+                Err(e) => assert_eq!(e, EngineError::Unsupported(b)),
+            }
+        }
+        assert_eq!(Backend::from_name("rot13"), None);
+        assert!(Backend::best().is_supported());
+        eprintln!("supported: {:?}", Backend::supported().collect::<Vec<_>>());
+        // Whatever the environment forces, it must be honoured or refused, never ignored.
+        if let Ok(name) = std::env::var(BACKEND_ENV) {
+            match (Backend::from_name(&name), Engine::from_env()) {
+                (Some(b), Ok(e)) => assert_eq!(e.backend(), b),
+                (Some(b), Err(e)) => assert_eq!(e, EngineError::Unsupported(b)),
+                (None, r) => assert_eq!(r, Err(EngineError::UnknownBackend)),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any key, any stream position, any cell: every backend equals the reference.
+        #[test]
+        fn prop_backends_equal_reference(
+            kdf in proptest::collection::vec(any::<u8>(), KDF_LEN),
+            skip in 0usize..48,
+            cell in proptest::collection::vec(any::<u8>(), CELL_BODY_LEN),
+        ) {
+            let kdf: [u8; KDF_LEN] = kdf.try_into().unwrap();
+            let cell: CellBody = cell.try_into().unwrap();
+            let mut want = cell;
+            let mut r = reference::Tor1Hop::from_kdf(&kdf);
+            for _ in 0..skip {
+                r.crypt_forward(&mut [0; CELL_BODY_LEN]);
+            }
+            r.crypt_forward(&mut want);
+            for b in Backend::supported() {
+                let e = Engine::new(b).unwrap();
+                let mut h = Tor1Hop::from_kdf(&kdf);
+                for _ in 0..skip {
+                    e.process_one(&mut h, &mut [0; CELL_BODY_LEN], Op::OriginCryptForward);
+                }
+                let mut got = cell;
+                e.process_one(&mut h, &mut got, Op::OriginCryptForward);
+                prop_assert_eq!(got, want, "{}", b);
+            }
+        }
+    }
+}

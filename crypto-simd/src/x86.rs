@@ -1,0 +1,472 @@
+//! Hand-written x86-64 AES-128-CTR keystream kernels for one 509-byte cell.
+//!
+//! A cell at stream byte position `pos` needs counter blocks `pos / 16 ..` and starts `pos % 16`
+//! bytes into the first one, so it spans 32 blocks (`pos % 16 <= 3`) or 33. Every kernel writes
+//! the keystream for all those blocks into a stack buffer (a few blocks past the end are computed
+//! and thrown away so each group has a fixed width), then XORs the 509 bytes at that offset.
+//!
+//! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
+//! `n` big-endian. Stream positions stay far below 2^64 bytes, so the high half never carries.
+//!
+//! Register budget: the round keys take 11 vector registers if kept live, so groups are sized to
+//! keep 8-9 independent AES chains in flight (enough to cover `aesenc` latency with two AES
+//! units); what does not fit is reloaded from the stack by the compiler, which Zen's three load
+//! ports absorb.
+
+use core::arch::x86_64::*;
+
+use crate::keys::RoundKeys;
+use crate::{CellBody, CELL_BODY_LEN};
+
+/// Keystream buffer: enough whole blocks for the widest group layout below (36 blocks).
+type Keystream = [[u8; 16]; 36];
+
+/// Blocks a cell at byte offset `off` (0..16) within its first block spans.
+fn blocks_for(off: usize) -> usize {
+    (off + CELL_BODY_LEN).div_ceil(16)
+}
+
+/// XORs the keystream starting `off` bytes into `ks` over `cell`.
+#[inline(always)]
+fn xor_cell(cell: &mut CellBody, ks: &Keystream, off: usize) {
+    let flat = ks.as_flattened();
+    if let Some(ks) = flat
+        .get(off..off + CELL_BODY_LEN)
+        .and_then(|s| <&[u8; CELL_BODY_LEN]>::try_from(s).ok())
+    {
+        for (c, k) in cell.iter_mut().zip(ks) {
+            *c ^= k;
+        }
+    }
+}
+
+/// Counter block `n` as an xmm value (see module doc for the layout).
+#[target_feature(enable = "sse2")]
+fn ctr128(n: u64) -> __m128i {
+    _mm_set_epi64x(n.swap_bytes() as i64, 0)
+}
+
+#[target_feature(enable = "aes,sse2")]
+fn load_keys128(rk: &RoundKeys) -> [__m128i; 11] {
+    // SAFETY: each round key is 16 readable bytes; `loadu` has no alignment requirement.
+    rk.0.map(|k| unsafe { _mm_loadu_si128(k.as_ptr().cast()) })
+}
+
+/// `N` consecutive counter blocks from `ctr`, encrypted, written to the first `N` of `out`.
+#[target_feature(enable = "aes,sse2")]
+fn aesni_group<const N: usize>(keys: &[__m128i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m128i; N] = core::array::from_fn(|i| ctr128(ctr + i as u64));
+    for x in s.iter_mut() {
+        *x = _mm_xor_si128(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm_aesenc_si128(*x, *k);
+        }
+    }
+    for (o, x) in out.iter_mut().zip(s) {
+        let x = _mm_aesenclast_si128(x, keys[10]);
+        // SAFETY: `o` is 16 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), x) };
+    }
+}
+
+/// 8-way AES-NI: groups of 8 blocks, the last one widened to 9 when the cell spans 33 blocks.
+///
+/// # Safety
+/// The CPU must support AES-NI and SSE2.
+#[target_feature(enable = "aes,sse2,ssse3")]
+pub(crate) unsafe fn aesni_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk);
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    // Three chains of 11 blocks cover 33 (one wasted when the cell spans 32): on Zen 3 the two
+    // AES pipes with 4-cycle latency need at least 8 in flight, and 11 leaves slack to overlap
+    // the stores of one group with the rounds of the next.
+    let (a, rest) = ks.split_at_mut(11);
+    let (b, c) = rest.split_at_mut(11);
+    aesni_group::<11>(&keys, first, a);
+    aesni_group::<11>(&keys, first + 11, b);
+    aesni_group::<11>(&keys, first + 22, c);
+    xor_cell(cell, &ks, off);
+}
+
+/// Counter blocks `n` and `n + 1` as a ymm value.
+#[target_feature(enable = "avx2")]
+fn ctr256(n: u64) -> __m256i {
+    _mm256_set_epi64x((n + 1).swap_bytes() as i64, 0, n.swap_bytes() as i64, 0)
+}
+
+/// `2 * N` consecutive counter blocks from `ctr`, encrypted with VAES on ymm registers.
+#[target_feature(enable = "vaes,avx2,aes")]
+fn vaes256_group<const N: usize>(keys: &[__m256i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m256i; N] = core::array::from_fn(|i| ctr256(ctr + 2 * i as u64));
+    for x in s.iter_mut() {
+        *x = _mm256_xor_si256(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm256_aesenc_epi128(*x, *k);
+        }
+    }
+    for (o, x) in out.chunks_exact_mut(2).zip(s) {
+        let x = _mm256_aesenclast_epi128(x, keys[10]);
+        // SAFETY: `o` is two adjacent 16-byte arrays, 32 writable bytes; `storeu` is unaligned.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), x) };
+    }
+}
+
+/// VAES on 256-bit registers: 16 blocks in 8 ymm, then 16 or 18 blocks in 8 or 9 ymm.
+///
+/// # Safety
+/// The CPU must support VAES, AVX2 and AES-NI.
+#[target_feature(enable = "vaes,avx2,aes")]
+pub(crate) unsafe fn vaes256_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk).map(|k| _mm256_broadcastsi128_si256(k));
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    let (a, b) = ks.split_at_mut(16);
+    vaes256_group::<8>(&keys, first, a);
+    if blocks_for(off) > 32 {
+        vaes256_group::<9>(&keys, first + 16, b);
+    } else {
+        vaes256_group::<8>(&keys, first + 16, b);
+    }
+    xor_cell(cell, &ks, off);
+}
+
+/// Counter blocks `n .. n + 4` as a zmm value.
+#[target_feature(enable = "avx512f")]
+fn ctr512(n: u64) -> __m512i {
+    _mm512_set_epi64(
+        (n + 3).swap_bytes() as i64,
+        0,
+        (n + 2).swap_bytes() as i64,
+        0,
+        (n + 1).swap_bytes() as i64,
+        0,
+        n.swap_bytes() as i64,
+        0,
+    )
+}
+
+/// VAES on 512-bit registers: the whole cell in 8 zmm (32 blocks) or 9 zmm (36 blocks).
+///
+/// Untested on the development machine (no AVX-512); only compiled there.
+///
+/// # Safety
+/// The CPU must support AVX-512F, VAES and AES-NI.
+#[target_feature(enable = "vaes,avx512f,avx2,aes")]
+pub(crate) unsafe fn vaes512_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
+    let keys = load_keys128(rk).map(|k| _mm512_broadcast_i32x4(k));
+    let first = pos >> 4;
+    let off = (pos & 15) as usize;
+    let mut ks: Keystream = [[0; 16]; 36];
+    if blocks_for(off) > 32 {
+        vaes512_group::<9>(&keys, first, &mut ks);
+    } else {
+        vaes512_group::<8>(&keys, first, &mut ks);
+    }
+    xor_cell(cell, &ks, off);
+}
+
+#[target_feature(enable = "vaes,avx512f,avx2,aes")]
+fn vaes512_group<const N: usize>(keys: &[__m512i; 11], ctr: u64, out: &mut [[u8; 16]]) {
+    let mut s: [__m512i; N] = core::array::from_fn(|i| ctr512(ctr + 4 * i as u64));
+    for x in s.iter_mut() {
+        *x = _mm512_xor_si512(*x, keys[0]);
+    }
+    for k in &keys[1..10] {
+        for x in s.iter_mut() {
+            *x = _mm512_aesenc_epi128(*x, *k);
+        }
+    }
+    for (o, x) in out.chunks_exact_mut(4).zip(s) {
+        let x = _mm512_aesenclast_epi128(x, keys[10]);
+        // SAFETY: `o` is four adjacent 16-byte arrays, 64 writable bytes; `storeu` is unaligned.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), x) };
+    }
+}
+
+/// Rotate each 32-bit lane left by `$n`.
+macro_rules! rotl {
+    ($x:expr, $n:literal) => {
+        _mm256_or_si256(
+            _mm256_slli_epi32::<$n>($x),
+            _mm256_srli_epi32::<{ 32 - $n }>($x),
+        )
+    };
+}
+
+/// Transposes an 8x8 matrix of 32-bit words held one row per register.
+#[target_feature(enable = "avx2")]
+fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+    let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+    let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+    let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+    let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
+}
+
+/// Eight independent SHA-1 compressions (FIPS 180-4 §6.1.2), one per 32-bit AVX2 lane: lane `i`
+/// compresses `blocks[i]` into `h[i]`. Lanes with `active[i] == false` are computed on whatever
+/// they hold and not written back.
+#[target_feature(enable = "avx2")]
+pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], active: [bool; 8]) {
+    let bswap = _mm256_setr_epi8(
+        3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8, 15, 14, 13, 12, 3, 2, 1, 0, 7, 6, 5, 4, 11, 10, 9, 8,
+        15, 14, 13, 12,
+    );
+    let mut lo = [_mm256_setzero_si256(); 8];
+    let mut hi = [_mm256_setzero_si256(); 8];
+    for ((l, h), b) in lo.iter_mut().zip(hi.iter_mut()).zip(blocks) {
+        let (b0, b1) = b.split_at(32);
+        // SAFETY: `b0` and `b1` are 32 readable bytes each; `loadu` has no alignment requirement.
+        unsafe {
+            *l = _mm256_shuffle_epi8(_mm256_loadu_si256(b0.as_ptr().cast()), bswap);
+            *h = _mm256_shuffle_epi8(_mm256_loadu_si256(b1.as_ptr().cast()), bswap);
+        }
+    }
+    // Rows are lanes, columns are message words: transpose so each register holds one word of
+    // all eight lanes.
+    let lo = transpose8x8(lo);
+    let hi = transpose8x8(hi);
+    let mut w = [_mm256_setzero_si256(); 16];
+    for (wt, x) in w.iter_mut().zip(lo.into_iter().chain(hi)) {
+        *wt = x;
+    }
+    let mut v = [_mm256_setzero_si256(); 5];
+    for (j, vj) in v.iter_mut().enumerate() {
+        *vj = _mm256_set_epi32(
+            h[7][j] as i32,
+            h[6][j] as i32,
+            h[5][j] as i32,
+            h[4][j] as i32,
+            h[3][j] as i32,
+            h[2][j] as i32,
+            h[1][j] as i32,
+            h[0][j] as i32,
+        );
+    }
+    let [mut a, mut b, mut c, mut d, mut e] = v;
+    let k = [
+        _mm256_set1_epi32(0x5a82_7999),
+        _mm256_set1_epi32(0x6ed9_eba1),
+        _mm256_set1_epi32(0x8f1b_bcdcu32 as i32),
+        _mm256_set1_epi32(0xca62_c1d6u32 as i32),
+    ];
+    // Four loops with a fixed round function each, so none carries a per-round branch; the
+    // message schedule lives in a 16-word ring on the stack.
+    macro_rules! round {
+        ($f:expr, $k:expr, $wt:expr) => {{
+            let tmp = _mm256_add_epi32(
+                _mm256_add_epi32(rotl!(a, 5), $f),
+                _mm256_add_epi32(_mm256_add_epi32(e, $k), $wt),
+            );
+            e = d;
+            d = c;
+            c = rotl!(b, 30);
+            b = a;
+            a = tmp;
+        }};
+    }
+    macro_rules! schedule {
+        ($t:expr) => {{
+            let t = $t;
+            let x = _mm256_xor_si256(
+                _mm256_xor_si256(w[(t + 13) & 15], w[(t + 8) & 15]),
+                _mm256_xor_si256(w[(t + 2) & 15], w[t & 15]),
+            );
+            let x = rotl!(x, 1);
+            w[t & 15] = x;
+            x
+        }};
+    }
+    for wt in w {
+        round!(
+            _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
+            k[0],
+            wt
+        );
+    }
+    for t in 16..20 {
+        let wt = schedule!(t);
+        round!(
+            _mm256_xor_si256(d, _mm256_and_si256(b, _mm256_xor_si256(c, d))),
+            k[0],
+            wt
+        );
+    }
+    for t in 20..40 {
+        let wt = schedule!(t);
+        round!(_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[1], wt);
+    }
+    for t in 40..60 {
+        let wt = schedule!(t);
+        round!(
+            _mm256_or_si256(
+                _mm256_and_si256(b, c),
+                _mm256_and_si256(d, _mm256_or_si256(b, c))
+            ),
+            k[2],
+            wt
+        );
+    }
+    for t in 60..80 {
+        let wt = schedule!(t);
+        round!(_mm256_xor_si256(_mm256_xor_si256(b, c), d), k[3], wt);
+    }
+    let out = [a, b, c, d, e];
+    for (j, (x, x0)) in out.into_iter().zip(v).enumerate() {
+        let mut lanes = [0u32; 8];
+        // SAFETY: `lanes` is 32 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi32(x, x0)) };
+        for ((hi, l), on) in h.iter_mut().zip(lanes).zip(active) {
+            if on {
+                hi[j] = l;
+            }
+        }
+    }
+}
+
+/// `N` independent single-block SHA-1 compressions with SHA-NI, interleaved.
+///
+/// One stream is a chain of dependent `sha1rnds4` (latency-bound); `N` streams of different
+/// circuits fill the SHA unit's pipeline. Lane `i` compresses `blocks[i]` into `h[i]`.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64]; N]) {
+    // Reverses all 16 bytes: big-endian words with W0 in the top lane, as SHA-NI wants.
+    let mask = _mm_set_epi64x(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f);
+    let mut abcd = [_mm_setzero_si128(); N];
+    let mut e0 = [_mm_setzero_si128(); N];
+    let mut msg = [[_mm_setzero_si128(); 4]; N];
+    for i in 0..N {
+        let [a, b, c, d, e] = h[i];
+        abcd[i] = _mm_set_epi32(a as i32, b as i32, c as i32, d as i32);
+        e0[i] = _mm_set_epi32(e as i32, 0, 0, 0);
+        for (k, m) in msg[i].iter_mut().enumerate() {
+            let chunk = &blocks[i][16 * k..16 * k + 16];
+            // SAFETY: `chunk` is 16 readable bytes; `loadu` has no alignment requirement.
+            *m = _mm_shuffle_epi8(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }, mask);
+        }
+    }
+    let abcd_save = abcd;
+    let e_save = e0;
+    // Four-round groups g = 0..20; message group g lives in msg[g % 4].
+    let mut e_in: [__m128i; N] = core::array::from_fn(|i| _mm_add_epi32(e0[i], msg[i][0]));
+    let mut prev = abcd;
+    macro_rules! group {
+        ($g:expr, $f:literal) => {{
+            let g: usize = $g;
+            for i in 0..N {
+                prev[i] = abcd[i];
+                abcd[i] = _mm_sha1rnds4_epu32::<$f>(abcd[i], e_in[i]);
+                if g + 1 < 20 {
+                    let next = g + 1;
+                    if next >= 4 {
+                        let m = &mut msg[i];
+                        let x = _mm_sha1msg1_epu32(m[next % 4], m[(next + 1) % 4]);
+                        let x = _mm_xor_si128(x, m[(next + 2) % 4]);
+                        m[next % 4] = _mm_sha1msg2_epu32(x, m[(next + 3) % 4]);
+                    }
+                    e_in[i] = _mm_sha1nexte_epu32(prev[i], msg[i][next % 4]);
+                }
+            }
+        }};
+    }
+    for g in 0..5 {
+        group!(g, 0);
+    }
+    for g in 5..10 {
+        group!(g, 1);
+    }
+    for g in 10..15 {
+        group!(g, 2);
+    }
+    for g in 15..20 {
+        group!(g, 3);
+    }
+    for i in 0..N {
+        let e = _mm_sha1nexte_epu32(prev[i], e_save[i]);
+        let x = _mm_add_epi32(abcd[i], abcd_save[i]);
+        h[i] = [
+            _mm_extract_epi32::<3>(x) as u32,
+            _mm_extract_epi32::<2>(x) as u32,
+            _mm_extract_epi32::<1>(x) as u32,
+            _mm_extract_epi32::<0>(x) as u32,
+            _mm_extract_epi32::<3>(e) as u32,
+        ];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sha1state::compress1;
+
+    #[test]
+    fn sha1x8_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut h: [[u32; 5]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0101_0101 + j * 77) as u32));
+        let blocks: [[u8; 64]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 31 + j * 5) as u8));
+        let active = [true, false, true, true, true, true, false, true];
+        let mut want = h;
+        for ((w, b), on) in want.iter_mut().zip(&blocks).zip(active) {
+            if on {
+                compress1(w, b);
+            }
+        }
+        let refs: [&[u8; 64]; 8] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: AVX2 was detected above.
+        unsafe { sha1x8_compress(&mut h, refs, active) };
+        assert_eq!(h, want);
+    }
+
+    #[test]
+    fn sha1ni_xn_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("sha")
+            || !std::arch::is_x86_feature_detected!("sse4.1")
+        {
+            return;
+        }
+        let mut h: [[u32; 5]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
+        let blocks: [[u8; 64]; 4] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
+        let mut want = h;
+        for (w, b) in want.iter_mut().zip(&blocks) {
+            compress1(w, b);
+        }
+        let refs: [&[u8; 64]; 4] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: SHA-NI and SSE4.1 were detected above.
+        unsafe { sha1ni_xn(&mut h, refs) };
+        assert_eq!(h, want);
+    }
+}
