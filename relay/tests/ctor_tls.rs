@@ -1,0 +1,244 @@
+//! chive's TLS layer (`relay::tls`) against real peers.
+//!
+//! - As initiator against the installed C tor 0.4.9 relay: TLS handshake with chive's client
+//!   configuration, then our VERSIONS cell; C tor must answer VERSIONS, CERTS, AUTH_CHALLENGE
+//!   and NETINFO, and its CERTS cell must validate (`proto::certs_cell::check_responder_certs`)
+//!   against the SHA-256 of the link certificate it presented in TLS, naming the RSA and
+//!   ed25519 identities in its data directory's fingerprint files.
+//! - As responder: chive's server configuration over TCP with chive's own client, and with
+//!   `openssl s_client` (TLS 1.3 and 1.2) when it is installed.
+//!
+//! C tor as a TLS client of ours happens only when C tor extends a circuit to a chive relay;
+//! the circuit interop tests cover that.
+//!
+//! CI installs tor; locally: `apt-get install tor`.
+
+#![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+
+#[path = "common/ctor.rs"]
+mod ctor;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use ctor::{BlockingTls, CTorRelay};
+use proto::cell::{ChanCmd, CircIdLen, RawCell};
+use proto::chan_msg::{Certs, Versions};
+use relay::tls::{self, LinkCert, LinkKeyAlg, TlsLink};
+use rustls::ProtocolVersion;
+
+/// Circuit id 0 (2 bytes), VERSIONS (7), length 4, versions 4 and 5.
+const OUR_VERSIONS: [u8; 9] = [0x00, 0x00, 0x07, 0x00, 0x04, 0x00, 0x04, 0x00, 0x05];
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One cell as received: command and body.
+#[derive(Debug)]
+struct Cell {
+    cmd: ChanCmd,
+    body: Vec<u8>,
+}
+
+/// Reads cells from `link` until `count` have arrived: the first with 2-byte circuit ids (the
+/// VERSIONS cell), the rest with the width of the link protocol negotiated from it.
+fn read_cells(link: &mut BlockingTls, count: usize) -> Vec<Cell> {
+    let mut buf = Vec::new();
+    let mut cells = Vec::new();
+    let mut circ_id_len = CircIdLen::BEFORE_NEGOTIATION;
+    let mut chunk = [0u8; 4096];
+    while cells.len() < count {
+        match RawCell::decode(&buf, circ_id_len) {
+            Some((cell, used)) => {
+                if cell.cmd == ChanCmd::VERSIONS {
+                    let theirs = Versions::decode(cell.body.as_slice()).unwrap();
+                    let v = proto::link_version::negotiate(&[4, 5], &theirs.versions).unwrap();
+                    circ_id_len = proto::link_version::circ_id_len(v);
+                }
+                cells.push(Cell {
+                    cmd: cell.cmd,
+                    body: cell.body.as_slice().to_vec(),
+                });
+                buf.drain(..used);
+            }
+            None => {
+                let n = link.recv(&mut chunk);
+                assert!(n > 0, "peer closed after {} cells: {cells:?}", cells.len());
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+    cells
+}
+
+#[test]
+fn ctor_responder_sends_versions_and_valid_certs() {
+    let relay = CTorRelay::start("chivetls", &[]);
+    let mut link = BlockingTls::connect(relay.or_addr());
+    link.handshake();
+    // OpenSSL 3 and rustls agree on TLS 1.3.
+    assert_eq!(link.link.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+    let tls_cert_sha256 = link
+        .link
+        .peer_cert_digest()
+        .expect("C tor presents a certificate");
+    // The exporter works on a real session (its value is checked by AUTHENTICATE interop).
+    assert_ne!(link.link.auth3_exporter(&[7; 32]).unwrap(), [0; 32]);
+
+    link.send(&OUR_VERSIONS);
+    let cells = read_cells(&mut link, 4);
+    let cmds: Vec<ChanCmd> = cells.iter().map(|c| c.cmd).collect();
+    assert_eq!(
+        cmds,
+        [
+            ChanCmd::VERSIONS,
+            ChanCmd::CERTS,
+            ChanCmd::AUTH_CHALLENGE,
+            ChanCmd::NETINFO
+        ]
+    );
+    let versions = Versions::decode(&cells[0].body).unwrap();
+    assert!(versions.versions.contains(&5), "{versions:?}");
+
+    let certs = Certs::decode(&cells[1].body).unwrap();
+    let entries: Vec<(u8, &[u8])> = certs
+        .certs
+        .iter()
+        .map(|c| (c.cert_type.0, c.body.as_slice()))
+        .collect();
+    let peer = proto::certs_cell::check_responder_certs(&entries, &tls_cert_sha256, unix_now())
+        .unwrap_or_else(|e| panic!("C tor's CERTS cell rejected: {e}"));
+    assert_eq!(
+        peer.rsa_identity.hex().to_uppercase(),
+        relay.rsa_fingerprint().to_uppercase()
+    );
+    assert_eq!(
+        peer.ed25519_identity.base64().trim_end_matches('='),
+        relay.ed25519_fingerprint().trim_end_matches('=')
+    );
+
+    // The same CERTS cell does not validate against another certificate digest.
+    let mut wrong = tls_cert_sha256;
+    wrong[0] ^= 1;
+    assert!(proto::certs_cell::check_responder_certs(&entries, &wrong, unix_now()).is_err());
+}
+
+fn test_cert() -> LinkCert {
+    LinkCert::generate(
+        LinkKeyAlg::EcdsaP256,
+        unix_now(),
+        86_400,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap()
+}
+
+/// Accepts one connection with chive's server configuration, reads a line, answers
+/// `echo: <line>` and closes with close_notify.
+fn serve_one_echo(config: Arc<rustls::ServerConfig>) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let link = TlsLink::server(config, tls::DEFAULT_PENDING_TLS_MAX_BYTES).unwrap();
+        let mut conn = BlockingTls::new(stream, link);
+        conn.handshake();
+        let mut line = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !line.contains(&b'\n') {
+            let n = conn.recv(&mut chunk);
+            assert!(n > 0, "client closed before a whole line");
+            line.extend_from_slice(&chunk[..n]);
+        }
+        let mut reply = b"echo: ".to_vec();
+        reply.extend_from_slice(&line);
+        conn.send(&reply);
+        conn.link.send_close();
+        conn.flush();
+    });
+    (port, handle)
+}
+
+#[test]
+fn chive_server_with_chive_client_over_tcp() {
+    let cert = test_cert();
+    let (port, server) = serve_one_echo(tls::server_config(&cert).unwrap());
+    let mut client = BlockingTls::connect((Ipv4Addr::LOCALHOST, port).into());
+    client.handshake();
+    assert_eq!(client.link.peer_cert_digest(), Some(cert.digest()));
+    client.send(b"hello chive\n");
+    let mut got = Vec::new();
+    client.recv_at_least(&mut got, usize::MAX);
+    assert_eq!(got, b"echo: hello chive\n");
+    assert!(client.link.peer_closed());
+    server.join().unwrap();
+}
+
+fn openssl_available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// `openssl s_client` with `version_flag` against chive's server: the handshake succeeds, the
+/// certificate it shows is ours, and bytes pass both ways.
+fn s_client_against_chive(version_flag: &str, want_protocol: &str) {
+    let cert = test_cert();
+    let (port, server) = serve_one_echo(tls::server_config(&cert).unwrap());
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([version_flag, "-ign_eof"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from openssl\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("echo: hello from openssl\n"),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("Protocol  : {want_protocol}"))
+            || stdout.contains(&format!("New, {want_protocol},")),
+        "{stdout}"
+    );
+    let pem = stdout
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|s| s.split("-----END CERTIFICATE-----").next())
+        .expect("s_client shows the server certificate");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(pem.split_whitespace().collect::<String>())
+        .unwrap();
+    assert_eq!(der, cert.cert_der());
+}
+
+#[test]
+fn chive_server_with_openssl_s_client() {
+    if !openssl_available() {
+        eprintln!("openssl not installed: skipping the s_client interop test");
+        return;
+    }
+    s_client_against_chive("-tls1_3", "TLSv1.3");
+    s_client_against_chive("-tls1_2", "TLSv1.2");
+}
