@@ -20,8 +20,8 @@
 //! AUTHENTICATE type 3 (§4.4.2, "Ed25519-SHA256-RFC5705") binds the authentication to this TLS
 //! session with an RFC 5705 exporter value: [`TlsLink::auth3_exporter`].
 //!
-//! Session resumption is off on both sides (Tor never resumes, and tickets would only cost bytes
-//! and let an observer link connections), and the client sends no SNI.
+//! Session resumption is off on both sides (Tor does not resume sessions; tickets would only cost
+//! bytes and let an observer link connections), and the client sends no SNI.
 //!
 //! # Allocation
 //!
@@ -50,11 +50,13 @@ use rustls::{
     InvalidMessage, PeerIncompatible, PeerMisbehaved, ProtocolVersion, ServerConfig,
     ServerConnection, SignatureScheme,
 };
+use zeroize::Zeroizing;
 
 /// The RFC 5705 exporter label of AUTHENTICATE type 3 (tor-spec §4.4.2, TLSSECRETS).
 pub const AUTH3_EXPORTER_LABEL: &[u8] = b"EXPORTER FOR TOR TLS CLIENT BINDING AUTH0003";
 
-/// A sensible default for [`TlsLink`]'s `pending_tls_max_bytes`: four full TLS records.
+/// A sensible default for [`TlsLink`]'s `pending_tls_max_bytes`: four full TLS records with
+/// their overhead.
 pub const DEFAULT_PENDING_TLS_MAX_BYTES: usize = 4 * 16 * 1024 + 4 * 64;
 
 /// How far before "now" a new link certificate's validity starts, so that peers whose clocks are
@@ -94,7 +96,7 @@ pub enum TlsSetupError {
 /// one and building a new [`server_config`] from it; links already open keep the old one.
 pub struct LinkCert {
     cert_der: CertificateDer<'static>,
-    key_pkcs8: Vec<u8>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
     digest: [u8; 32],
     not_after_secs: u64,
 }
@@ -135,7 +137,7 @@ impl LinkCert {
         let digest = proto::x509::tls_cert_digest(&cert_der);
         Ok(LinkCert {
             cert_der,
-            key_pkcs8: key.serialize_der(),
+            key_pkcs8: Zeroizing::new(key.serialize_der()),
             digest,
             not_after_secs,
         })
@@ -167,13 +169,6 @@ impl std::fmt::Debug for LinkCert {
     }
 }
 
-impl Drop for LinkCert {
-    fn drop(&mut self) {
-        // Best effort: the key bytes also live inside rustls's signing key once configured.
-        self.key_pkcs8.iter_mut().for_each(|b| *b = 0);
-    }
-}
-
 /// `www.<8 to 20 lowercase letters and digits>.com`, as C tor names its certificates: no hint
 /// of Tor in certificates that TLS 1.2 sends in the clear.
 fn random_host_name(rng: &mut impl CryptoRngCore) -> String {
@@ -197,7 +192,8 @@ fn to_time(secs: u64) -> Result<time::OffsetDateTime, TlsSetupError> {
 /// The responder's configuration: TLS 1.3 and 1.2, our link certificate alone, no client
 /// authentication (initiators authenticate in-protocol, if at all), no ALPN, no resumption.
 pub fn server_config(cert: &LinkCert) -> Result<Arc<ServerConfig>, TlsSetupError> {
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.clone()));
+    // rustls keeps its own copy of the key inside its signer.
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.to_vec()));
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
@@ -835,6 +831,58 @@ mod tests {
     }
 
     #[test]
+    fn backpressure_both_directions() {
+        const LIMIT: usize = 20_000;
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let mut p = pair_with(server_config(&c).unwrap(), client_config().unwrap(), LIMIT);
+        p.pump().unwrap();
+        let data = vec![0xa5; 300_000];
+
+        // Sending: plaintext is refused once LIMIT bytes of ciphertext wait.
+        let first = p.client.write_plaintext(&data).unwrap();
+        assert_eq!(first, LIMIT);
+        assert_eq!(p.client.write_plaintext(&data[first..]).unwrap(), 0);
+        let mut wire = Vec::new();
+        // poll_tls respects its own bound, and the rest stays queued.
+        assert_eq!(p.client.poll_tls(&mut wire, 1000), 1000);
+        assert_eq!(wire.len(), 1000);
+        assert!(p.client.wants_tls_out());
+        let drained = p.client.poll_tls(&mut wire, usize::MAX);
+        assert!(drained > LIMIT - 1000, "{drained}");
+        assert!(!p.client.wants_tls_out());
+        let mut sent = first;
+        while sent < data.len() {
+            let n = p.client.write_plaintext(&data[sent..]).unwrap();
+            assert!(n > 0 && n <= LIMIT);
+            sent += n;
+            p.client.poll_tls(&mut wire, usize::MAX);
+        }
+
+        // Receiving: with nobody reading plaintext, the link stops taking ciphertext after
+        // about 16 KiB of plaintext plus one record.
+        let taken = p.server.handle_tls(&wire).unwrap();
+        assert!(taken < wire.len());
+        assert!(taken <= 16 * 1024 + 2 * (16 * 1024 + 22), "{taken}");
+        assert_eq!(p.server.handle_tls(&wire[taken..]).unwrap(), 0);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        let mut fed = taken;
+        loop {
+            let n = p.server.read_plaintext(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 {
+                if fed == wire.len() {
+                    break;
+                }
+                let more = p.server.handle_tls(&wire[fed..]).unwrap();
+                assert!(more > 0);
+                fed += more;
+            }
+        }
+        assert!(got == data);
+    }
+
+    #[test]
     fn garbage_gives_typed_error_and_sticks() {
         let c = cert(LinkKeyAlg::EcdsaP256);
         let mut server = TlsLink::server(server_config(&c).unwrap(), 1 << 16).unwrap();
@@ -909,7 +957,7 @@ mod tests {
         let key = crypto_provider()
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                held.key_pkcs8.clone(),
+                held.key_pkcs8.to_vec(),
             )))
             .unwrap();
         let certified = CertifiedKey::new(vec![shown.cert_der.clone()], key);

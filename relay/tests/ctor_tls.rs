@@ -8,8 +8,10 @@
 //! - As responder: chive's server configuration over TCP with chive's own client, and with
 //!   `openssl s_client` (TLS 1.3 and 1.2) when it is installed.
 //!
-//! C tor as a TLS client of ours happens only when C tor extends a circuit to a chive relay;
-//! the circuit interop tests cover that.
+//! - As responder to C tor: a C tor client told to use our listener as its bridge opens a TLS
+//!   connection to chive's server configuration (ECDSA P-256 and RSA-2048 link certificates)
+//!   and sends its VERSIONS cell. (Relays extending circuits use the same TLS client code;
+//!   the circuit interop tests cover that path end to end.)
 //!
 //! CI installs tor; locally: `apt-get install tor`.
 
@@ -22,9 +24,10 @@ use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ctor::{BlockingTls, CTorRelay};
+use ctor::{BlockingTls, CTor, CTorRelay};
 use proto::cell::{ChanCmd, CircIdLen, RawCell};
 use proto::chan_msg::{Certs, Versions};
 use relay::tls::{self, LinkCert, LinkKeyAlg, TlsLink};
@@ -241,4 +244,50 @@ fn chive_server_with_openssl_s_client() {
     }
     s_client_against_chive("-tls1_3", "TLSv1.3");
     s_client_against_chive("-tls1_2", "TLSv1.2");
+}
+
+/// A C tor client connects to our server configuration (as it would to a bridge) and, once TLS
+/// is up, sends a VERSIONS cell offering link protocols 4 and 5 among others.
+fn ctor_client_against_chive(alg: LinkKeyAlg) {
+    let cert = LinkCert::generate(alg, unix_now(), 86_400, &mut rand::rngs::OsRng).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut tor = CTor::client_via_bridge("bridge-client", listener.local_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(tor.exited().is_none(), "tor exited:\n{}", tor.log());
+                assert!(Instant::now() < deadline, "tor never connected");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let config = tls::server_config(&cert).unwrap();
+    let link = TlsLink::server(config, tls::DEFAULT_PENDING_TLS_MAX_BYTES).unwrap();
+    let mut conn = BlockingTls::new(stream, link);
+    conn.handshake();
+    assert_eq!(conn.link.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+    // Tor initiators present no certificate.
+    assert_eq!(conn.link.peer_cert_der(), None);
+    let cells = read_cells(&mut conn, 1);
+    assert_eq!(cells[0].cmd, ChanCmd::VERSIONS);
+    let versions = Versions::decode(&cells[0].body).unwrap();
+    assert!(
+        versions.versions.contains(&4) && versions.versions.contains(&5),
+        "{versions:?}"
+    );
+}
+
+#[test]
+fn ctor_client_accepts_chive_ecdsa_link_cert() {
+    ctor_client_against_chive(LinkKeyAlg::EcdsaP256);
+}
+
+#[test]
+fn ctor_client_accepts_chive_rsa_link_cert() {
+    ctor_client_against_chive(LinkKeyAlg::Rsa2048);
 }

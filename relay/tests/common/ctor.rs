@@ -1,6 +1,8 @@
-//! A C tor relay (the installed `tor`, 0.4.9) on loopback, for interop tests: a fresh data
-//! directory, a free ORPort, readiness by polling, killed on drop, its log printed when the test
-//! fails.
+//! C tor (the installed `tor`, 0.4.9) for interop tests: a relay on loopback ([`CTorRelay`]: a
+//! fresh data directory, a free ORPort, readiness by polling), or a client that connects to a
+//! bridge of the test's choosing ([`CTor::client_via_bridge`]); either is killed on drop, its log
+//! printed when the test fails. [`BlockingTls`] drives a `relay::tls::TlsLink` over a blocking
+//! socket.
 //!
 //! Use it from a test file with `#[path = "common/ctor.rs"] mod ctor;`.
 //!
@@ -18,11 +20,91 @@ use std::time::{Duration, Instant};
 /// How long tor gets to open its ORPort and write its fingerprints.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A running C tor relay; killed (and its directory removed) on drop.
+/// A running `tor` process with its own temporary directory; killed (and the directory
+/// removed) on drop, its log printed if the test is failing.
 #[derive(Debug)]
-pub struct CTorRelay {
+pub struct CTor {
     child: Child,
     dir: tempfile::TempDir,
+    label: String,
+}
+
+impl CTor {
+    /// Runs `tor` with no torrc, a fresh private data directory, notices logged to a file, and
+    /// `args`. `label` names it in the log dump.
+    pub fn spawn(label: &str, args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("chive-ctor-")
+            .tempdir()
+            .unwrap();
+        let log = fs::File::create(dir.path().join("tor.log")).unwrap();
+        let data_dir = dir.path().join("data");
+        fs::create_dir(&data_dir).unwrap();
+        set_private(&data_dir);
+        let spawned = Command::new("tor")
+            // No torrc at all: /etc/tor/torrc must not leak into the test.
+            .args(["-f", "/dev/null", "--defaults-torrc", "/dev/null"])
+            .arg("--ignore-missing-torrc")
+            .arg("--DataDirectory")
+            .arg(&data_dir)
+            .args(["--SocksPort", "0", "--Log", "notice stderr"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "this test needs C tor on PATH (`tor`, version 0.4.9): install it with \
+                 `apt-get install tor`"
+            ),
+            Err(e) => panic!("could not run tor: {e}"),
+        };
+        CTor {
+            child,
+            dir,
+            label: label.to_string(),
+        }
+    }
+
+    /// A C tor client whose only way into the network is a bridge at `bridge`: it opens a TLS
+    /// connection there at once, which makes it a TLS client for a test server to observe.
+    pub fn client_via_bridge(label: &str, bridge: SocketAddr) -> Self {
+        let bridge = bridge.to_string();
+        CTor::spawn(label, &["--UseBridges", "1", "--Bridge", &bridge])
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Everything tor has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("tor.log")).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for CTor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- C tor log ({}) ----\n{}", self.label, self.log());
+        }
+    }
+}
+
+/// A running C tor relay on loopback.
+#[derive(Debug)]
+pub struct CTorRelay {
+    tor: CTor,
     or_addr: SocketAddr,
     nickname: String,
 }
@@ -46,52 +128,36 @@ impl CTorRelay {
     }
 
     fn try_start(nickname: &str, port: u16, extra: &[&str]) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("chive-ctor-")
-            .tempdir()
-            .unwrap();
-        let log = fs::File::create(dir.path().join("tor.log")).unwrap();
-        let data_dir = dir.path().join("data");
-        fs::create_dir(&data_dir).unwrap();
-        set_private(&data_dir);
         let or_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let spawned = Command::new("tor")
-            // No torrc at all: /etc/tor/torrc must not leak into the test.
-            .args(["-f", "/dev/null", "--defaults-torrc", "/dev/null"])
-            .arg("--ignore-missing-torrc")
-            .arg("--ORPort")
-            .arg(or_addr.to_string())
-            .args(["--SocksPort", "0", "--DataDirectory"])
-            .arg(&data_dir)
-            .args(["--PublishServerDescriptor", "0", "--AssumeReachable", "1"])
-            .args(["--ExitRelay", "0", "--Nickname", nickname])
-            .args(["--Log", "notice stderr", "--ContactInfo", "x"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn();
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "this test needs C tor on PATH (`tor`, version 0.4.9): install it with \
-                 `apt-get install tor`"
-            ),
-            Err(e) => panic!("could not run tor: {e}"),
-        };
+        let or_port = or_addr.to_string();
+        let mut args = vec![
+            "--ORPort",
+            &or_port,
+            "--PublishServerDescriptor",
+            "0",
+            "--AssumeReachable",
+            "1",
+            "--ExitRelay",
+            "0",
+            "--Nickname",
+            nickname,
+            "--ContactInfo",
+            "x",
+        ];
+        args.extend_from_slice(extra);
         let mut relay = CTorRelay {
-            child,
-            dir,
+            tor: CTor::spawn(nickname, &args),
             or_addr,
             nickname: nickname.to_string(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = relay.child.try_wait() {
+            if let Some(status) = relay.tor.exited() {
                 return Err(format!("tor exited with {status}\n{}", relay.log()));
             }
             let listening =
                 TcpStream::connect_timeout(&relay.or_addr, Duration::from_millis(500)).is_ok();
+            // The ORPort opens before tor writes its fingerprint files.
             if listening && relay.try_rsa_fingerprint().is_some() {
                 return Ok(relay);
             }
@@ -112,7 +178,7 @@ impl CTorRelay {
 
     /// Its data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.tor.data_dir()
     }
 
     /// Its nickname.
@@ -136,17 +202,7 @@ impl CTorRelay {
 
     /// Everything tor has logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("tor.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for CTorRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- C tor log ({}) ----\n{}", self.nickname, self.log());
-        }
+        self.tor.log()
     }
 }
 
