@@ -18,7 +18,10 @@
 //! string naming Tor, and has a random serial number, as C tor's do.
 //!
 //! AUTHENTICATE type 3 (§4.4.2, "Ed25519-SHA256-RFC5705") binds the authentication to this TLS
-//! session with an RFC 5705 exporter value: [`TlsLink::auth3_exporter`].
+//! session with an RFC 5705 exporter value: [`TlsLink::auth3_exporter`]. Its context is CID,
+//! the SHA-256 of the initiator's RSA identity key, as C tor 0.4.9 computes it; the spec text
+//! says the initiator's ed25519 identity, which C tor rejects (checked against C tor in
+//! `relay/tests/ctor_tls.rs`).
 //!
 //! Session resumption is off on both sides (Tor does not resume sessions; tickets would only cost
 //! bytes and let an observer link connections), and the client sends no SNI.
@@ -505,13 +508,15 @@ impl TlsLink {
     }
 
     /// TLSSECRETS of AUTHENTICATE type 3 (tor-spec §4.4.2): the RFC 5705 exporter with label
-    /// [`AUTH3_EXPORTER_LABEL`], context the initiator's ed25519 identity (CID_ED), length 32.
-    pub fn auth3_exporter(&self, cid_ed: &[u8; 32]) -> Result<[u8; 32], TlsLinkError> {
+    /// [`AUTH3_EXPORTER_LABEL`], length 32, and as context `cid`, the AUTHENTICATE cell's CID
+    /// field (SHA-256 of the initiator's PKCS#1 DER RSA identity key). C tor 0.4.9 uses CID
+    /// here, not CID_ED as the spec's text says, and rejects anything else.
+    pub fn auth3_exporter(&self, cid: &[u8; 32]) -> Result<[u8; 32], TlsLinkError> {
         if self.conn.is_handshaking() {
             return Err(TlsLinkError::HandshakeNotComplete);
         }
         self.conn
-            .export_keying_material([0u8; 32], AUTH3_EXPORTER_LABEL, Some(cid_ed))
+            .export_keying_material([0u8; 32], AUTH3_EXPORTER_LABEL, Some(cid))
             .map_err(|e| TlsLinkError::from_rustls(&e))
     }
 
@@ -677,10 +682,10 @@ mod tests {
             client_config().unwrap(),
             DEFAULT_PENDING_TLS_MAX_BYTES,
         );
-        let cid_ed = [0x42; 32];
+        let cid = [0x42; 32];
         assert!(p.client.is_handshaking());
         assert_eq!(
-            p.client.auth3_exporter(&cid_ed),
+            p.client.auth3_exporter(&cid),
             Err(TlsLinkError::HandshakeNotComplete)
         );
         p.pump().unwrap();
@@ -691,8 +696,8 @@ mod tests {
         assert_eq!(c.digest(), proto::x509::tls_cert_digest(c.cert_der()));
         // Initiators present no certificate.
         assert_eq!(p.server.peer_cert_der(), None);
-        let ours = p.client.auth3_exporter(&cid_ed).unwrap();
-        assert_eq!(p.server.auth3_exporter(&cid_ed).unwrap(), ours);
+        let ours = p.client.auth3_exporter(&cid).unwrap();
+        assert_eq!(p.server.auth3_exporter(&cid).unwrap(), ours);
         assert_ne!(p.client.auth3_exporter(&[0x43; 32]).unwrap(), ours);
         assert_eq!(c.not_after_secs(), NOW + 30 * 86_400);
     }
@@ -822,10 +827,10 @@ mod tests {
         p.pump().unwrap();
         assert_eq!(p.client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
         assert_eq!(p.client.peer_cert_digest(), Some(c.digest()));
-        let cid_ed = [9; 32];
+        let cid = [9; 32];
         assert_eq!(
-            p.client.auth3_exporter(&cid_ed).unwrap(),
-            p.server.auth3_exporter(&cid_ed).unwrap()
+            p.client.auth3_exporter(&cid).unwrap(),
+            p.server.auth3_exporter(&cid).unwrap()
         );
         move_one_mib_each_way(server_config(&c).unwrap(), Arc::new(tls12));
     }

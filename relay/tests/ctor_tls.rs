@@ -5,6 +5,8 @@
 //!   and NETINFO, and its CERTS cell must validate (`proto::certs_cell::check_responder_certs`)
 //!   against the SHA-256 of the link certificate it presented in TLS, naming the RSA and
 //!   ed25519 identities in its data directory's fingerprint files.
+//! - As an authenticating initiator: C tor accepts an AUTHENTICATE (type 3) cell built with our
+//!   RFC 5705 exporter value, and closes the channel when that value is wrong.
 //! - As responder: chive's server configuration over TCP with chive's own client, and with
 //!   `openssl s_client` (TLS 1.3 and 1.2) when it is installed.
 //!
@@ -28,10 +30,16 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ctor::{BlockingTls, CTor, CTorRelay};
+use proto::cell::{CellBody, BODY_LEN};
 use proto::cell::{ChanCmd, CircIdLen, RawCell};
-use proto::chan_msg::{Certs, Versions};
+use proto::chan_msg::{
+    Auth3Fields, AuthMethod, Authenticate, CertEntry, CertType, Certs, Netinfo, NetinfoAddr,
+    Versions,
+};
+use rand::RngCore;
 use relay::tls::{self, LinkCert, LinkKeyAlg, TlsLink};
 use rustls::ProtocolVersion;
+use sha2::{Digest, Sha256};
 
 /// Circuit id 0 (2 bytes), VERSIONS (7), length 4, versions 4 and 5.
 const OUR_VERSIONS: [u8; 9] = [0x00, 0x00, 0x07, 0x00, 0x04, 0x00, 0x04, 0x00, 0x05];
@@ -43,19 +51,25 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// One cell as received: command and body.
+/// One cell as received: command, body, and its bytes on the wire (inside TLS).
 #[derive(Debug)]
 struct Cell {
     cmd: ChanCmd,
     body: Vec<u8>,
+    raw: Vec<u8>,
 }
 
 /// Reads cells from `link` until `count` have arrived: the first with 2-byte circuit ids (the
 /// VERSIONS cell), the rest with the width of the link protocol negotiated from it.
 fn read_cells(link: &mut BlockingTls, count: usize) -> Vec<Cell> {
+    read_cells_from(link, count, CircIdLen::BEFORE_NEGOTIATION)
+}
+
+/// Like [`read_cells`], starting with circuit ids of `circ_id_len`.
+fn read_cells_from(link: &mut BlockingTls, count: usize, circ_id_len: CircIdLen) -> Vec<Cell> {
     let mut buf = Vec::new();
     let mut cells = Vec::new();
-    let mut circ_id_len = CircIdLen::BEFORE_NEGOTIATION;
+    let mut circ_id_len = circ_id_len;
     let mut chunk = [0u8; 4096];
     while cells.len() < count {
         match RawCell::decode(&buf, circ_id_len) {
@@ -68,6 +82,7 @@ fn read_cells(link: &mut BlockingTls, count: usize) -> Vec<Cell> {
                 cells.push(Cell {
                     cmd: cell.cmd,
                     body: cell.body.as_slice().to_vec(),
+                    raw: buf[..used].to_vec(),
                 });
                 buf.drain(..used);
             }
@@ -290,4 +305,196 @@ fn ctor_client_accepts_chive_ecdsa_link_cert() {
 #[test]
 fn ctor_client_accepts_chive_rsa_link_cert() {
     ctor_client_against_chive(LinkKeyAlg::Rsa2048);
+}
+
+/// A cell with 4-byte circuit ids (link protocol 4 and 5), as bytes.
+fn cell_bytes(circ_id: u32, cmd: ChanCmd, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let padded;
+    let body = if cmd.is_var_len() {
+        CellBody::Var(body)
+    } else {
+        let mut b = [0u8; BODY_LEN];
+        b[..body.len()].copy_from_slice(body);
+        padded = b;
+        CellBody::Fixed(&padded)
+    };
+    RawCell {
+        circ_id: proto::ids::CircId::new(circ_id),
+        cmd,
+        body,
+    }
+    .encode(CircIdLen::Four, &mut out)
+    .unwrap();
+    out
+}
+
+/// SHA-256 of an RSA public key's PKCS#1 DER: CID and SID of AUTHENTICATE type 3.
+fn rsa_key_sha256(key: &rsa::RsaPublicKey) -> [u8; 32] {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    Sha256::digest(key.to_pkcs1_der().unwrap().as_bytes()).into()
+}
+
+/// Connects to `relay` as an authenticating relay: VERSIONS, then (after its VERSIONS, CERTS,
+/// AUTH_CHALLENGE, NETINFO) our CERTS, an Ed25519-SHA256-RFC5705 AUTHENTICATE whose
+/// TLSSECRETS comes from [`TlsLink::auth3_exporter`] with context CID (its first byte XORed
+/// with `tlssecrets_xor`), and NETINFO; then a CREATE_FAST. Returns whether the channel stayed open: C tor closes a
+/// connection whose AUTHENTICATE does not check out, and otherwise answers the CREATE_FAST.
+fn authenticate_to(relay: &CTorRelay, tlssecrets_xor: u8) -> bool {
+    let mut rng = rand::rngs::OsRng;
+    let now = unix_now();
+    let keys = proto::keys::RelayKeys::generate(now, &mut rng).unwrap();
+    let auth_key = proto::keys::Ed25519Keypair::generate(&mut rng);
+    let auth_public = auth_key.public().to_bytes();
+    let our_certs = keys
+        .identity_certs(now, &mut rng)
+        .unwrap()
+        .initiator_certs(keys.ed25519_signing(), &auth_public, now + 2 * 86_400)
+        .unwrap();
+
+    let mut link = BlockingTls::connect(relay.or_addr());
+    link.handshake();
+    let scert = link.link.peer_cert_digest().unwrap();
+    link.send(&OUR_VERSIONS);
+    let cells = read_cells(&mut link, 4);
+    assert_eq!(cells[2].cmd, ChanCmd::AUTH_CHALLENGE);
+    let slog: [u8; 32] = Sha256::digest(
+        cells[..3]
+            .iter()
+            .flat_map(|c| c.raw.iter().copied())
+            .collect::<Vec<u8>>(),
+    )
+    .into();
+    let certs = Certs::decode(&cells[1].body).unwrap();
+    let entries: Vec<(u8, &[u8])> = certs
+        .certs
+        .iter()
+        .map(|c| (c.cert_type.0, c.body.as_slice()))
+        .collect();
+    let peer = proto::certs_cell::check_responder_certs(&entries, &scert, now).unwrap();
+
+    let mut certs_body = Vec::new();
+    Certs {
+        certs: our_certs
+            .entries()
+            .map(|(t, b)| CertEntry {
+                cert_type: CertType(t),
+                body: b.to_vec(),
+            })
+            .collect(),
+    }
+    .encode(&mut certs_body)
+    .unwrap();
+    let certs_cell = cell_bytes(0, ChanCmd::CERTS, &certs_body);
+    let mut clog_bytes = OUR_VERSIONS.to_vec();
+    clog_bytes.extend_from_slice(&certs_cell);
+
+    let cid_ed = *keys.ed25519_identity().as_bytes();
+    let cid = rsa_key_sha256(&keys.rsa_identity().public_key());
+    let mut tlssecrets = link.link.auth3_exporter(&cid).unwrap();
+    tlssecrets[0] ^= tlssecrets_xor;
+    let mut rand_bytes = [0u8; 24];
+    rng.fill_bytes(&mut rand_bytes);
+    let fields = Auth3Fields {
+        cid,
+        sid: rsa_key_sha256(&peer.rsa_identity_key),
+        cid_ed,
+        sid_ed: *peer.ed25519_identity.as_bytes(),
+        slog,
+        clog: Sha256::digest(&clog_bytes).into(),
+        scert,
+        tlssecrets,
+        rand: rand_bytes,
+    };
+    let mut auth = Vec::new();
+    fields.encode(&mut auth);
+    let sig = ed25519_dalek::Signer::sign(&auth_key, &auth);
+    auth.extend_from_slice(&sig.to_bytes());
+    let mut auth_body = Vec::new();
+    Authenticate {
+        auth_type: AuthMethod::ED25519_SHA256_RFC5705,
+        auth,
+    }
+    .encode(&mut auth_body)
+    .unwrap();
+
+    let mut netinfo_body = Vec::new();
+    Netinfo {
+        timestamp: u32::try_from(now).unwrap(),
+        other_addr: NetinfoAddr::Ipv4(Ipv4Addr::LOCALHOST),
+        my_addrs: vec![NetinfoAddr::Ipv4(Ipv4Addr::LOCALHOST)],
+    }
+    .encode(&mut netinfo_body)
+    .unwrap();
+    let mut create_fast = [0u8; 20];
+    rng.fill_bytes(&mut create_fast);
+
+    let mut out = certs_cell;
+    out.extend(cell_bytes(0, ChanCmd::AUTHENTICATE, &auth_body));
+    out.extend(cell_bytes(0, ChanCmd::NETINFO, &netinfo_body));
+    // We initiated the channel, so our circuit ids have the high bit set (tor-spec §5.1.1).
+    out.extend(cell_bytes(0x8000_0001, ChanCmd::CREATE_FAST, &create_fast));
+    link.send(&out);
+
+    // Either answer to CREATE_FAST means the channel is open; a closed connection, that C tor
+    // rejected us.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some((cell, used)) = RawCell::decode(&buf, CircIdLen::Four) {
+            let circ = cell.circ_id.map_or(0, |c| c.get());
+            if circ == 0x8000_0001
+                && (cell.cmd == ChanCmd::CREATED_FAST || cell.cmd == ChanCmd::DESTROY)
+            {
+                return true;
+            }
+            buf.drain(..used);
+        }
+        let n = match link.link.read_plaintext(&mut chunk) {
+            Ok(0) if link.link.peer_closed() => return false,
+            Ok(0) => {
+                use std::io::Read;
+                let mut wire = [0u8; 16 * 1024];
+                match link.stream.read(&mut wire) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        if link.link.handle_tls(&wire[..n]).is_err() {
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// C tor checks our AUTHENTICATE cell, and with it the RFC 5705 exporter value (TLSSECRETS),
+/// the responder certificate digest (SCERT) and the transcript hashes; a flipped exporter bit
+/// must get the connection closed, which shows the check is real.
+///
+/// This pins a discrepancy: C tor 0.4.9 uses CID (the SHA-256 of the initiator's RSA identity
+/// key) as the exporter context, where tor-spec §4.4.2 says the initiator's ed25519 identity.
+#[test]
+fn ctor_accepts_authenticate_with_our_exporter() {
+    const BAD_AUTH: &str = "Received a bad AUTHENTICATE cell";
+    let relay = CTorRelay::start("chiveauth", &["--ProtocolWarnings", "1"]);
+    assert!(
+        authenticate_to(&relay, 0),
+        "C tor closed the channel after our AUTHENTICATE"
+    );
+    assert!(!relay.log().contains(BAD_AUTH));
+    assert!(
+        !authenticate_to(&relay, 1),
+        "C tor accepted a wrong TLSSECRETS"
+    );
+    // Give tor a moment to flush its warning to the log file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.log().contains(BAD_AUTH) {
+        assert!(Instant::now() < deadline, "no bad-AUTHENTICATE warning");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
