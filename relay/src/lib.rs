@@ -3,7 +3,10 @@
 //!
 //! - [`keygen`]: `chive keygen`, which loads or creates a relay's keys in C tor's data-directory
 //!   format and prints its identities as `tor --list-fingerprint` does.
+//! - [`tls`]: the TLS layer of Tor links: our link certificate, rustls configurations for
+//!   responder and initiator, and the sans-io [`tls::TlsLink`].
 
 #![forbid(unsafe_code)]
 
 pub mod keygen;
+pub mod tls;

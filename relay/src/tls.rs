@@ -1,0 +1,1034 @@
+//! The TLS layer of a Tor link: our self-signed link certificate, the rustls configurations for
+//! both ends of a channel, and [`TlsLink`], a sans-io wrapper that the reactor drives with byte
+//! buffers.
+//!
+//! tor-spec §2 ("Connections", <https://spec.torproject.org/tor-spec/connections.html>) and §4
+//! ("Negotiating and initializing connections",
+//! <https://spec.torproject.org/tor-spec/negotiating-channels.html>). Tor authenticates peers
+//! "in-protocol": the responder presents one self-signed "link" certificate, the initiator
+//! presents none, and TLS itself proves nothing about identity. The responder's CERTS cell later
+//! certifies the SHA-256 of that link certificate (CertType 5), so what TLS must guarantee is
+//! only that the responder holds the private key of the certificate it presented. Our client
+//! verifier therefore accepts any certificate but checks the handshake signature with the
+//! provider's algorithms, and the link layer compares [`TlsLink::peer_cert_digest`] with the
+//! CERTS cell.
+//!
+//! The link certificate satisfies the spec's test for the in-protocol handshake ("The
+//! certificate is self-signed"; its common name is `www.<random>.com`, not `.net`), carries no
+//! string naming Tor, and has a random serial number, as C tor's do.
+//!
+//! AUTHENTICATE type 3 (§4.4.2, "Ed25519-SHA256-RFC5705") binds the authentication to this TLS
+//! session with an RFC 5705 exporter value: [`TlsLink::auth3_exporter`]. Its context is CID,
+//! the SHA-256 of the initiator's RSA identity key, as C tor 0.4.9 computes it; the spec text
+//! says the initiator's ed25519 identity, which C tor rejects (checked against C tor in
+//! `relay/tests/ctor_tls.rs`).
+//!
+//! Session resumption is off on both sides (Tor does not resume sessions; tickets would only cost
+//! bytes and let an observer link connections), and the client sends no SNI.
+//!
+//! # Allocation
+//!
+//! rustls's buffered connection allocates: [`TlsLink::write_plaintext`] allocates one buffer per
+//! outgoing TLS record (at most 16 KiB of plaintext each), [`TlsLink::handle_tls`] copies each
+//! decrypted record into a newly allocated buffer and grows the input buffer up to one maximal
+//! record (64 KiB while a handshake message is being reassembled), and
+//! [`TlsLink::poll_tls`] grows the caller's `Vec` only if its capacity is short.
+//! [`TlsLink::read_plaintext`] never allocates. rustls's unbuffered API would avoid the per-record
+//! allocations; it is a later optimisation for the shard loop.
+
+use std::io::{self, IoSlice, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, OnceLock};
+
+use rand_core::CryptoRngCore;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::Resumption;
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::NoServerSessionStorage;
+use rustls::{
+    AlertDescription, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
+    InvalidMessage, PeerIncompatible, PeerMisbehaved, ProtocolVersion, ServerConfig,
+    ServerConnection, SignatureScheme,
+};
+use zeroize::Zeroizing;
+
+/// The RFC 5705 exporter label of AUTHENTICATE type 3 (tor-spec §4.4.2, TLSSECRETS).
+pub const AUTH3_EXPORTER_LABEL: &[u8] = b"EXPORTER FOR TOR TLS CLIENT BINDING AUTH0003";
+
+/// A sensible default for [`TlsLink`]'s `pending_tls_max_bytes`: four full TLS records with
+/// their overhead.
+pub const DEFAULT_PENDING_TLS_MAX_BYTES: usize = 4 * 16 * 1024 + 4 * 64;
+
+/// How far before "now" a new link certificate's validity starts, so that peers whose clocks are
+/// behind ours do not see a certificate from the future.
+const NOT_BEFORE_BACKDATE_SECS: u64 = 24 * 60 * 60;
+
+/// The crypto provider chive's TLS uses: aws-lc-rs (faster than ring at sealing records here).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The key type of a link certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkKeyAlg {
+    /// ECDSA on P-256 with SHA-256: cheapest to generate and to sign handshakes with.
+    #[default]
+    EcdsaP256,
+    /// RSA-2048 with SHA-256, the kind of link key C tor itself uses.
+    Rsa2048,
+}
+
+/// Failure to build our own TLS material; never caused by a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// Key generation or certificate signing failed.
+    #[error("could not generate the link certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// A validity time was out of range.
+    #[error("link certificate validity out of range")]
+    BadValidity,
+    /// rustls refused the configuration (for example a key that does not match its certificate).
+    #[error("rustls rejected the TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// Our TLS link key and its self-signed certificate. The caller rotates it by generating a new
+/// one and building a new [`server_config`] from it; links already open keep the old one.
+pub struct LinkCert {
+    cert_der: CertificateDer<'static>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
+    digest: [u8; 32],
+    not_after_secs: u64,
+}
+
+impl LinkCert {
+    /// Generates a fresh key of kind `alg` and a certificate for it, valid from a day before
+    /// `now_secs` (UNIX seconds) until `now_secs + lifetime_secs`. `rng` chooses the serial
+    /// number and host name; the key comes from the crypto provider's own generator.
+    pub fn generate(
+        alg: LinkKeyAlg,
+        now_secs: u64,
+        lifetime_secs: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Self, TlsSetupError> {
+        let key = match alg {
+            LinkKeyAlg::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+            LinkKeyAlg::Rsa2048 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?
+            }
+        };
+        let not_before_secs = now_secs.saturating_sub(NOT_BEFORE_BACKDATE_SECS);
+        let not_after_secs = now_secs.saturating_add(lifetime_secs);
+
+        let mut params = rcgen::CertificateParams::default();
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CommonName, random_host_name(rng));
+        params.distinguished_name = name;
+        let mut serial = [0u8; 8];
+        rng.fill_bytes(&mut serial);
+        // A DER INTEGER with its top bit set would be negative; serial numbers must be positive.
+        serial[0] &= 0x7f;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.not_before = to_time(not_before_secs)?;
+        params.not_after = to_time(not_after_secs)?;
+        let cert = params.self_signed(&key)?;
+
+        let cert_der = cert.der().clone();
+        let digest = proto::x509::tls_cert_digest(&cert_der);
+        Ok(LinkCert {
+            cert_der,
+            key_pkcs8: Zeroizing::new(key.serialize_der()),
+            digest,
+            not_after_secs,
+        })
+    }
+
+    /// The certificate's DER bytes, as sent in the TLS handshake.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// SHA-256 of [`Self::cert_der`]: what our CERTS cell's type-5 certificate must certify.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// When the certificate expires (UNIX seconds); rotate well before.
+    pub fn not_after_secs(&self) -> u64 {
+        self.not_after_secs
+    }
+}
+
+impl std::fmt::Debug for LinkCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key stays out of logs.
+        f.debug_struct("LinkCert")
+            .field("digest", &self.digest)
+            .field("not_after_secs", &self.not_after_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `www.<8 to 20 lowercase letters and digits>.com`, as C tor names its certificates: no hint
+/// of Tor in certificates that TLS 1.2 sends in the clear.
+fn random_host_name(rng: &mut impl CryptoRngCore) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let len = 8 + (rng.next_u32() % 13) as usize;
+    let mut name = String::with_capacity(len + 8);
+    name.push_str("www.");
+    for _ in 0..len {
+        let c = ALPHABET[(rng.next_u32() % 32) as usize];
+        name.push(char::from(c));
+    }
+    name.push_str(".com");
+    name
+}
+
+fn to_time(secs: u64) -> Result<time::OffsetDateTime, TlsSetupError> {
+    let secs = i64::try_from(secs).map_err(|_| TlsSetupError::BadValidity)?;
+    time::OffsetDateTime::from_unix_timestamp(secs).map_err(|_| TlsSetupError::BadValidity)
+}
+
+/// The responder's configuration: TLS 1.3 and 1.2, our link certificate alone, no client
+/// authentication (initiators authenticate in-protocol, if at all), no ALPN, no resumption.
+pub fn server_config(cert: &LinkCert) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    // rustls keeps its own copy of the key inside its signer.
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.to_vec()));
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert_der.clone()], key)?;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The initiator's configuration: TLS 1.3 and 1.2, no client certificate, any server
+/// certificate accepted (the CERTS cell authenticates it) as long as the server proves it holds
+/// the certificate's key; no SNI, no resumption.
+pub fn client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let provider = crypto_provider();
+    let verifier = Arc::new(LinkCertVerifier {
+        algs: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// Accepts whatever certificate a Tor responder presents but checks that the handshake is
+/// signed with that certificate's key. It records nothing: the link layer reads the certificate
+/// back with [`TlsLink::peer_cert_der`] and checks it against the CERTS cell.
+#[derive(Debug)]
+struct LinkCertVerifier {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for LinkCertVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // tor-spec §4.2: the link certificate is authenticated by CertType 5 of the CERTS cell,
+        // not by any chain or name; its validity period is not checked either.
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Why a [`TlsLink`] failed. All but the last three are the peer's fault; every one is
+/// sticky: once returned, every later call on the link returns it again. Not `Copy` only
+/// because rustls's fieldless `PeerMisbehaved` and `PeerIncompatible` are not; cloning never
+/// allocates.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TlsLinkError {
+    /// The peer sent a malformed TLS message.
+    #[error("peer sent a malformed TLS message: {0:?}")]
+    Malformed(InvalidMessage),
+    /// The peer sent a message that is not allowed at this point.
+    #[error("peer sent an unexpected TLS message")]
+    UnexpectedMessage,
+    /// The peer deviated from the TLS protocol.
+    #[error("peer violated TLS: {0:?}")]
+    Misbehaved(PeerMisbehaved),
+    /// The peer does not support what we require (version, cipher suite, group, signature).
+    #[error("peer is incompatible: {0:?}")]
+    Incompatible(PeerIncompatible),
+    /// The peer sent a fatal alert.
+    #[error("peer sent TLS alert {0:?}")]
+    AlertReceived(AlertDescription),
+    /// A record failed authentication.
+    #[error("TLS record failed to decrypt")]
+    Decrypt,
+    /// The peer sent a record longer than TLS allows.
+    #[error("peer sent an oversized TLS record")]
+    OversizedRecord,
+    /// The peer's certificate could not be parsed, or did not sign the handshake.
+    #[error("peer certificate or handshake signature rejected")]
+    BadCertificate,
+    /// The transport closed without a TLS close_notify.
+    #[error("connection closed without TLS close_notify")]
+    UnexpectedEof,
+    /// rustls's input buffer filled without a complete message (a bug in this wrapper).
+    #[error("TLS input buffer full")]
+    InputBufferFull,
+    /// Another rustls failure that is not the peer's fault (provider or configuration).
+    #[error("local TLS failure")]
+    Local,
+    /// API misuse: the handshake has not finished (exporter asked too early).
+    #[error("TLS handshake not complete")]
+    HandshakeNotComplete,
+}
+
+impl TlsLinkError {
+    fn from_rustls(e: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(m) => Self::Malformed(*m),
+            E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+                Self::UnexpectedMessage
+            }
+            E::PeerMisbehaved(m) => Self::Misbehaved(m.clone()),
+            E::PeerIncompatible(i) => Self::Incompatible(i.clone()),
+            E::AlertReceived(a) => Self::AlertReceived(*a),
+            E::DecryptError => Self::Decrypt,
+            E::PeerSentOversizedRecord => Self::OversizedRecord,
+            E::NoCertificatesPresented | E::InvalidCertificate(_) => Self::BadCertificate,
+            E::HandshakeNotComplete => Self::HandshakeNotComplete,
+            _ => Self::Local,
+        }
+    }
+}
+
+/// One TLS connection, as responder or initiator, driven entirely by the caller's buffers.
+///
+/// Call order, repeated until the link closes:
+/// 1. bytes read from the socket go to [`handle_tls`](Self::handle_tls) (what it does not
+///    consume, feed again after step 2); a read of zero bytes goes to
+///    [`handle_eof`](Self::handle_eof);
+/// 2. plaintext comes out of [`read_plaintext`](Self::read_plaintext) until it returns 0;
+/// 3. plaintext to send goes to [`write_plaintext`](Self::write_plaintext), which takes less
+///    than offered once `pending_tls_max_bytes` of ciphertext wait to be sent (backpressure);
+/// 4. while [`wants_tls_out`](Self::wants_tls_out), [`poll_tls`](Self::poll_tls) moves
+///    ciphertext to the caller's send buffer.
+///
+/// Step 4 is also needed after an error, to send the alert rustls queued.
+pub struct TlsLink {
+    conn: Connection,
+    error: Option<TlsLinkError>,
+    /// The transport's read side has ended.
+    eof: bool,
+}
+
+impl TlsLink {
+    /// A responder's side of a new inbound connection.
+    pub fn server(
+        config: Arc<ServerConfig>,
+        pending_tls_max_bytes: usize,
+    ) -> Result<Self, TlsLinkError> {
+        let conn = ServerConnection::new(config).map_err(|e| TlsLinkError::from_rustls(&e))?;
+        Ok(Self::new(conn.into(), pending_tls_max_bytes))
+    }
+
+    /// An initiator's side of a new outbound connection; its ClientHello is ready at once in
+    /// [`poll_tls`](Self::poll_tls).
+    pub fn client(
+        config: Arc<ClientConfig>,
+        pending_tls_max_bytes: usize,
+    ) -> Result<Self, TlsLinkError> {
+        // SNI is off, so the name is never sent; the verifier ignores it too.
+        let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
+        let conn =
+            ClientConnection::new(config, name).map_err(|e| TlsLinkError::from_rustls(&e))?;
+        Ok(Self::new(conn.into(), pending_tls_max_bytes))
+    }
+
+    fn new(mut conn: Connection, pending_tls_max_bytes: usize) -> Self {
+        // Bounds both the plaintext queued before the handshake ends and the ciphertext queued
+        // after it; handshake messages themselves are not limited.
+        conn.set_buffer_limit(Some(pending_tls_max_bytes));
+        TlsLink {
+            conn,
+            error: None,
+            eof: false,
+        }
+    }
+
+    /// Feeds ciphertext received from the peer and processes every complete record in it.
+    /// Returns how many bytes were consumed: fewer than `input.len()` when the decrypted
+    /// plaintext waiting in [`read_plaintext`](Self::read_plaintext) exceeds about 16 KiB; read
+    /// it, then feed the rest again. After the peer's close_notify, the rest is discarded.
+    pub fn handle_tls(&mut self, input: &[u8]) -> Result<usize, TlsLinkError> {
+        self.check()?;
+        let mut consumed = 0;
+        while let Some(mut rest) = input.get(consumed..).filter(|r| !r.is_empty()) {
+            match self.conn.read_tls(&mut rest) {
+                Ok(0) => return Ok(input.len()),
+                Ok(n) => consumed += n,
+                // The only `Other` error: decrypted plaintext is full, so stop reading.
+                Err(e) if e.kind() == io::ErrorKind::Other => break,
+                Err(_) => return Err(self.fail(TlsLinkError::InputBufferFull)),
+            }
+            match self.conn.process_new_packets() {
+                Ok(state) if state.peer_has_closed() => return Ok(input.len()),
+                Ok(_) => {}
+                Err(e) => return Err(self.fail(TlsLinkError::from_rustls(&e))),
+            }
+        }
+        Ok(consumed)
+    }
+
+    /// Tells the link that the transport's read side reached end of file: once the plaintext
+    /// already received is read, [`read_plaintext`](Self::read_plaintext) fails with
+    /// [`TlsLinkError::UnexpectedEof`] unless the peer closed with close_notify.
+    pub fn handle_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// Copies decrypted plaintext into `out`; returns 0 if there is none now (see
+    /// [`peer_closed`](Self::peer_closed) to tell a clean end of stream).
+    pub fn read_plaintext(&mut self, out: &mut [u8]) -> Result<usize, TlsLinkError> {
+        self.check()?;
+        match io::Read::read(&mut self.conn.reader(), out) {
+            Ok(n) => Ok(n),
+            // No plaintext and no close_notify: after EOF, none will ever come.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.eof => {
+                Err(self.fail(TlsLinkError::UnexpectedEof))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(_) => Err(self.fail(TlsLinkError::Local)),
+        }
+    }
+
+    /// Queues plaintext to send; returns how much was taken, which is less than `data.len()`
+    /// (possibly 0) when the ciphertext waiting for [`poll_tls`](Self::poll_tls) has reached
+    /// `pending_tls_max_bytes`. Before the handshake ends, plaintext is held and sent after it.
+    pub fn write_plaintext(&mut self, data: &[u8]) -> Result<usize, TlsLinkError> {
+        self.check()?;
+        self.conn
+            .writer()
+            .write(data)
+            .map_err(|_| self.fail(TlsLinkError::Local))
+    }
+
+    /// Appends up to `max_bytes` of ciphertext for the peer to `out`; returns how many.
+    pub fn poll_tls(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> usize {
+        let mut sink = CappedSink {
+            out,
+            room: max_bytes,
+        };
+        let mut total = 0;
+        while self.conn.wants_write() && sink.room > 0 {
+            match self.conn.write_tls(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    }
+
+    /// Whether ciphertext is waiting for [`poll_tls`](Self::poll_tls).
+    pub fn wants_tls_out(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Whether the TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Whether the peer closed cleanly (close_notify) and all its plaintext has been read.
+    pub fn peer_closed(&mut self) -> bool {
+        // With no new input, this only reports the state.
+        matches!(self.conn.process_new_packets(),
+            Ok(state) if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0)
+    }
+
+    /// Queues our close_notify; send it with [`poll_tls`](Self::poll_tls).
+    pub fn send_close(&mut self) {
+        self.conn.send_close_notify();
+    }
+
+    /// The error that ended this link, if one did.
+    pub fn error(&self) -> Option<&TlsLinkError> {
+        self.error.as_ref()
+    }
+
+    /// The TLS version negotiated, once known.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// The DER certificate the peer presented first (its end-entity certificate), if any; for a
+    /// Tor responder, its link certificate.
+    pub fn peer_cert_der(&self) -> Option<&[u8]> {
+        self.conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|c| c.as_ref())
+    }
+
+    /// SHA-256 of [`peer_cert_der`](Self::peer_cert_der): what the responder's CERTS cell must
+    /// certify with CertType 5 (`proto::certs_cell::check_responder_certs`).
+    pub fn peer_cert_digest(&self) -> Option<[u8; 32]> {
+        self.peer_cert_der().map(proto::x509::tls_cert_digest)
+    }
+
+    /// TLSSECRETS of AUTHENTICATE type 3 (tor-spec §4.4.2): the RFC 5705 exporter with label
+    /// [`AUTH3_EXPORTER_LABEL`], length 32, and as context `cid`, the AUTHENTICATE cell's CID
+    /// field (SHA-256 of the initiator's PKCS#1 DER RSA identity key). C tor 0.4.9 uses CID
+    /// here, not CID_ED as the spec's text says, and rejects anything else.
+    pub fn auth3_exporter(&self, cid: &[u8; 32]) -> Result<[u8; 32], TlsLinkError> {
+        if self.conn.is_handshaking() {
+            return Err(TlsLinkError::HandshakeNotComplete);
+        }
+        self.conn
+            .export_keying_material([0u8; 32], AUTH3_EXPORTER_LABEL, Some(cid))
+            .map_err(|e| TlsLinkError::from_rustls(&e))
+    }
+
+    fn check(&self) -> Result<(), TlsLinkError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: TlsLinkError) -> TlsLinkError {
+        self.error.get_or_insert(e).clone()
+    }
+}
+
+impl std::fmt::Debug for TlsLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsLink")
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("version", &self.conn.protocol_version())
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `Write` into the caller's `Vec` that takes at most `room` more bytes.
+struct CappedSink<'a> {
+    out: &'a mut Vec<u8>,
+    room: usize,
+}
+
+impl Write for CappedSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.room);
+        self.out.extend_from_slice(buf.get(..n).unwrap_or_default());
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs {
+            let n = self.write(buf)?;
+            total += n;
+            if n < buf.len() {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feeds arbitrary bytes to a fresh responder link, and (after its ClientHello) to a fresh
+/// initiator link; for fuzzing. The first byte chooses how the input is split into reads.
+pub fn fuzz_handle_tls(bytes: &[u8]) {
+    static CONFIGS: OnceLock<Option<(Arc<ServerConfig>, Arc<ClientConfig>)>> = OnceLock::new();
+    let Some((server_config, client_config)) = CONFIGS.get_or_init(|| {
+        let cert = LinkCert::generate(
+            LinkKeyAlg::EcdsaP256,
+            1_700_000_000,
+            86_400,
+            &mut rand::rngs::OsRng,
+        )
+        .ok()?;
+        Some((server_config(&cert).ok()?, client_config().ok()?))
+    }) else {
+        return;
+    };
+    let Some((chunk, input)) = bytes.split_first() else {
+        return;
+    };
+    let chunk = usize::from(*chunk).max(1) * 64;
+    let mut out = Vec::new();
+    let links = [
+        TlsLink::server(server_config.clone(), DEFAULT_PENDING_TLS_MAX_BYTES),
+        TlsLink::client(client_config.clone(), DEFAULT_PENDING_TLS_MAX_BYTES),
+    ];
+    let mut plain = [0u8; 4096];
+    for mut link in links.into_iter().flatten() {
+        link.poll_tls(&mut out, usize::MAX);
+        for piece in input.chunks(chunk) {
+            let mut piece = piece;
+            while !piece.is_empty() {
+                let Ok(n) = link.handle_tls(piece) else { break };
+                piece = piece.get(n..).unwrap_or_default();
+                while matches!(link.read_plaintext(&mut plain), Ok(n) if n > 0) {}
+            }
+            out.clear();
+            link.poll_tls(&mut out, usize::MAX);
+        }
+        link.handle_eof();
+        let _ = link.read_plaintext(&mut plain);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+
+    const NOW: u64 = 1_764_000_000;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(7)
+    }
+
+    fn cert(alg: LinkKeyAlg) -> LinkCert {
+        LinkCert::generate(alg, NOW, 30 * 86_400, &mut rng()).expect("generate")
+    }
+
+    fn pair_with(server: Arc<ServerConfig>, client: Arc<ClientConfig>, max: usize) -> Pair {
+        Pair {
+            client: TlsLink::client(client, max).expect("client"),
+            server: TlsLink::server(server, max).expect("server"),
+        }
+    }
+
+    struct Pair {
+        client: TlsLink,
+        server: TlsLink,
+    }
+
+    impl Pair {
+        /// Moves all pending ciphertext both ways until nothing moves; returns the first error.
+        fn pump(&mut self) -> Result<(), (bool, TlsLinkError)> {
+            for _ in 0..100 {
+                let a = transfer(&mut self.client, &mut self.server).map_err(|e| (false, e))?;
+                let b = transfer(&mut self.server, &mut self.client).map_err(|e| (true, e))?;
+                if a == 0 && b == 0 {
+                    return Ok(());
+                }
+            }
+            panic!("pump did not settle");
+        }
+    }
+
+    /// Moves ciphertext from `from` to `to`; returns the byte count. Plaintext stays queued.
+    fn transfer(from: &mut TlsLink, to: &mut TlsLink) -> Result<usize, TlsLinkError> {
+        let mut wire = Vec::new();
+        from.poll_tls(&mut wire, usize::MAX);
+        let mut fed = 0;
+        while fed < wire.len() {
+            let n = to.handle_tls(&wire[fed..])?;
+            assert!(n > 0, "plaintext full during a pure transfer");
+            fed += n;
+        }
+        Ok(wire.len())
+    }
+
+    #[test]
+    fn handshake_certificate_and_exporter() {
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let mut p = pair_with(
+            server_config(&c).unwrap(),
+            client_config().unwrap(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        let cid = [0x42; 32];
+        assert!(p.client.is_handshaking());
+        assert_eq!(
+            p.client.auth3_exporter(&cid),
+            Err(TlsLinkError::HandshakeNotComplete)
+        );
+        p.pump().unwrap();
+        assert!(!p.client.is_handshaking() && !p.server.is_handshaking());
+        assert_eq!(p.client.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+        assert_eq!(p.client.peer_cert_der(), Some(c.cert_der()));
+        assert_eq!(p.client.peer_cert_digest(), Some(c.digest()));
+        assert_eq!(c.digest(), proto::x509::tls_cert_digest(c.cert_der()));
+        // Initiators present no certificate.
+        assert_eq!(p.server.peer_cert_der(), None);
+        let ours = p.client.auth3_exporter(&cid).unwrap();
+        assert_eq!(p.server.auth3_exporter(&cid).unwrap(), ours);
+        assert_ne!(p.client.auth3_exporter(&[0x43; 32]).unwrap(), ours);
+        assert_eq!(c.not_after_secs(), NOW + 30 * 86_400);
+    }
+
+    #[test]
+    fn certificate_shape() {
+        use x509_cert::der::Decode;
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let x = x509_cert::Certificate::from_der(c.cert_der()).unwrap();
+        let tbs = &x.tbs_certificate;
+        assert_eq!(tbs.version, x509_cert::certificate::Version::V3);
+        // Self-signed: the spec's marker of the in-protocol handshake.
+        assert_eq!(tbs.issuer, tbs.subject);
+        let name = tbs.subject.to_string();
+        assert!(
+            name.starts_with("CN=www.") && name.ends_with(".com"),
+            "{name}"
+        );
+        assert!(!name.to_lowercase().contains("tor"), "{name}");
+        let serial = tbs.serial_number.as_bytes();
+        assert!(!serial.is_empty() && serial[0] & 0x80 == 0);
+        assert_eq!(
+            tbs.validity.not_before.to_unix_duration().as_secs(),
+            NOW - NOT_BEFORE_BACKDATE_SECS
+        );
+        assert_eq!(
+            tbs.validity.not_after.to_unix_duration().as_secs(),
+            NOW + 30 * 86_400
+        );
+        // Two certificates from different RNG states differ in name and serial.
+        let other = LinkCert::generate(
+            LinkKeyAlg::EcdsaP256,
+            NOW,
+            86_400,
+            &mut rand::rngs::StdRng::seed_from_u64(8),
+        )
+        .unwrap();
+        let y = x509_cert::Certificate::from_der(other.cert_der()).unwrap();
+        assert_ne!(y.tbs_certificate.subject, tbs.subject);
+        assert_ne!(y.tbs_certificate.serial_number, tbs.serial_number);
+    }
+
+    /// Pumps 1 MiB each way through a small ciphertext limit, in uneven pieces, with reads
+    /// limited by backpressure on both sides.
+    fn move_one_mib_each_way(server: Arc<ServerConfig>, client: Arc<ClientConfig>) {
+        const LEN: usize = 1 << 20;
+        let mut rng = rng();
+        let to_server: Vec<u8> = (0..LEN).map(|_| rng.gen()).collect();
+        let to_client: Vec<u8> = (0..LEN).map(|_| rng.gen()).collect();
+        let mut p = pair_with(server, client, 20_000);
+        // Written before the handshake: held until it ends.
+        let mut sent_c = p.client.write_plaintext(&to_server[..1000]).unwrap();
+        let mut sent_s = 0;
+        let (mut got_s, mut got_c) = (Vec::new(), Vec::new());
+        // Wires with leftovers that a backpressured handle_tls did not take.
+        let (mut c2s, mut s2c) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 7000];
+        let mut rounds = 0;
+        while got_s.len() < LEN || got_c.len() < LEN {
+            rounds += 1;
+            assert!(rounds < 100_000, "no progress");
+            let n = rng.gen_range(1..40_000);
+            sent_c += p
+                .client
+                .write_plaintext(&to_server[sent_c..(sent_c + n).min(LEN)])
+                .unwrap();
+            let n = rng.gen_range(1..40_000);
+            sent_s += p
+                .server
+                .write_plaintext(&to_client[sent_s..(sent_s + n).min(LEN)])
+                .unwrap();
+            p.client.poll_tls(&mut c2s, rng.gen_range(1..30_000));
+            p.server.poll_tls(&mut s2c, rng.gen_range(1..30_000));
+            for (wire, link, got) in [
+                (&mut c2s, &mut p.server, &mut got_s),
+                (&mut s2c, &mut p.client, &mut got_c),
+            ] {
+                let take = wire.len().min(rng.gen_range(1..25_000));
+                let n = link.handle_tls(&wire[..take]).unwrap();
+                wire.drain(..n);
+                loop {
+                    let k = link
+                        .read_plaintext(&mut buf[..rng.gen_range(1..7000)])
+                        .unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..k]);
+                }
+            }
+        }
+        assert!(got_s == to_server, "client to server bytes differ");
+        assert!(got_c == to_client, "server to client bytes differ");
+
+        // Clean close: the peer sees close_notify, and EOF after it is no error.
+        p.client.send_close();
+        assert!(!p.server.peer_closed());
+        transfer(&mut p.client, &mut p.server).unwrap();
+        p.server.handle_eof();
+        assert!(p.server.peer_closed());
+        assert_eq!(p.server.read_plaintext(&mut buf), Ok(0));
+    }
+
+    #[test]
+    fn one_mib_both_ways_tls13() {
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        move_one_mib_each_way(server_config(&c).unwrap(), client_config().unwrap());
+    }
+
+    #[test]
+    fn one_mib_both_ways_tls12_rsa() {
+        let c = cert(LinkKeyAlg::Rsa2048);
+        let mut tls12 = ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LinkCertVerifier {
+                algs: crypto_provider().signature_verification_algorithms,
+            }))
+            .with_no_client_auth();
+        tls12.resumption = Resumption::disabled();
+        let mut p = pair_with(
+            server_config(&c).unwrap(),
+            Arc::new(tls12.clone()),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        p.pump().unwrap();
+        assert_eq!(p.client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+        assert_eq!(p.client.peer_cert_digest(), Some(c.digest()));
+        let cid = [9; 32];
+        assert_eq!(
+            p.client.auth3_exporter(&cid).unwrap(),
+            p.server.auth3_exporter(&cid).unwrap()
+        );
+        move_one_mib_each_way(server_config(&c).unwrap(), Arc::new(tls12));
+    }
+
+    #[test]
+    fn backpressure_both_directions() {
+        const LIMIT: usize = 20_000;
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let mut p = pair_with(server_config(&c).unwrap(), client_config().unwrap(), LIMIT);
+        p.pump().unwrap();
+        let data = vec![0xa5; 300_000];
+
+        // Sending: plaintext is refused once LIMIT bytes of ciphertext wait.
+        let first = p.client.write_plaintext(&data).unwrap();
+        assert_eq!(first, LIMIT);
+        assert_eq!(p.client.write_plaintext(&data[first..]).unwrap(), 0);
+        let mut wire = Vec::new();
+        // poll_tls respects its own bound, and the rest stays queued.
+        assert_eq!(p.client.poll_tls(&mut wire, 1000), 1000);
+        assert_eq!(wire.len(), 1000);
+        assert!(p.client.wants_tls_out());
+        let drained = p.client.poll_tls(&mut wire, usize::MAX);
+        assert!(drained > LIMIT - 1000, "{drained}");
+        assert!(!p.client.wants_tls_out());
+        let mut sent = first;
+        while sent < data.len() {
+            let n = p.client.write_plaintext(&data[sent..]).unwrap();
+            assert!(n > 0 && n <= LIMIT);
+            sent += n;
+            p.client.poll_tls(&mut wire, usize::MAX);
+        }
+
+        // Receiving: with nobody reading plaintext, the link stops taking ciphertext after
+        // about 16 KiB of plaintext plus one record.
+        let taken = p.server.handle_tls(&wire).unwrap();
+        assert!(taken < wire.len());
+        assert!(taken <= 16 * 1024 + 2 * (16 * 1024 + 22), "{taken}");
+        assert_eq!(p.server.handle_tls(&wire[taken..]).unwrap(), 0);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        let mut fed = taken;
+        loop {
+            let n = p.server.read_plaintext(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 {
+                if fed == wire.len() {
+                    break;
+                }
+                let more = p.server.handle_tls(&wire[fed..]).unwrap();
+                assert!(more > 0);
+                fed += more;
+            }
+        }
+        assert!(got == data);
+    }
+
+    #[test]
+    fn garbage_gives_typed_error_and_sticks() {
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let mut server = TlsLink::server(server_config(&c).unwrap(), 1 << 16).unwrap();
+        let e = server
+            .handle_tls(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            TlsLinkError::Malformed(InvalidMessage::InvalidContentType)
+        );
+        // rustls queued an alert for the peer.
+        assert!(server.wants_tls_out());
+        let mut out = Vec::new();
+        assert!(server.poll_tls(&mut out, usize::MAX) > 0);
+        assert_eq!(out[0], 21, "an alert record");
+        // Sticky.
+        assert_eq!(server.handle_tls(&[22, 3, 1, 0, 1, 1]), Err(e.clone()));
+        assert_eq!(server.read_plaintext(&mut [0; 10]), Err(e.clone()));
+        assert_eq!(server.write_plaintext(b"x"), Err(e.clone()));
+        assert_eq!(server.error(), Some(&e));
+
+        // A handshake record holding something that is not a ClientHello.
+        let mut server = TlsLink::server(server_config(&c).unwrap(), 1 << 16).unwrap();
+        let e = server
+            .handle_tls(&[22, 3, 1, 0, 6, 20, 0, 0, 2, 0, 0])
+            .unwrap_err();
+        assert_eq!(e, TlsLinkError::UnexpectedMessage);
+
+        // A record longer than TLS allows.
+        let mut server = TlsLink::server(server_config(&c).unwrap(), 1 << 16).unwrap();
+        let e = server.handle_tls(&[22, 3, 3, 0xff, 0xff, 0]).unwrap_err();
+        assert_eq!(e, TlsLinkError::Malformed(InvalidMessage::MessageTooLarge));
+    }
+
+    #[test]
+    fn eof_without_close_notify_is_an_error() {
+        let c = cert(LinkKeyAlg::EcdsaP256);
+        let mut p = pair_with(
+            server_config(&c).unwrap(),
+            client_config().unwrap(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        p.pump().unwrap();
+        p.client.write_plaintext(b"last words").unwrap();
+        transfer(&mut p.client, &mut p.server).unwrap();
+        p.server.handle_eof();
+        let mut buf = [0u8; 64];
+        // Plaintext that arrived before EOF is still delivered.
+        assert_eq!(p.server.read_plaintext(&mut buf), Ok(10));
+        assert_eq!(&buf[..10], b"last words");
+        assert!(!p.server.peer_closed());
+        assert_eq!(
+            p.server.read_plaintext(&mut buf),
+            Err(TlsLinkError::UnexpectedEof)
+        );
+    }
+
+    /// Serves a certificate whose key the server does not hold.
+    #[derive(Debug)]
+    struct WrongKey(Arc<CertifiedKey>);
+
+    impl ResolvesServerCert for WrongKey {
+        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn client_rejects_server_without_the_certificate_key() {
+        let shown = cert(LinkKeyAlg::EcdsaP256);
+        let held = LinkCert::generate(LinkKeyAlg::EcdsaP256, NOW, 86_400, &mut rng()).unwrap();
+        let key = crypto_provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                held.key_pkcs8.to_vec(),
+            )))
+            .unwrap();
+        let certified = CertifiedKey::new(vec![shown.cert_der.clone()], key);
+        let server = ServerConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(WrongKey(Arc::new(certified))));
+        let mut p = pair_with(Arc::new(server), client_config().unwrap(), 1 << 16);
+        let (at_client, e) = p.pump().unwrap_err();
+        assert!(at_client);
+        assert_eq!(e, TlsLinkError::BadCertificate);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            fuzz_handle_tls(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_input_after_valid_prefix(
+            garbage in proptest::collection::vec(any::<u8>(), 0..600),
+            cut in 0usize..400,
+        ) {
+            // A real ClientHello cut short, then garbage.
+            let mut client = TlsLink::client(fallback_client(), 1 << 16).unwrap();
+            let mut hello = Vec::new();
+            client.poll_tls(&mut hello, usize::MAX);
+            hello.truncate(cut.min(hello.len()));
+            hello.extend_from_slice(&garbage);
+            let mut input = vec![1u8];
+            input.extend_from_slice(&hello);
+            fuzz_handle_tls(&input);
+        }
+
+        #[test]
+        fn chunks_round_trip(chunks in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..5000), 1..20)) {
+            let mut p = pair_with(shared_server(), fallback_client(), 1 << 16);
+            p.pump().unwrap();
+            let mut want = Vec::new();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 3000];
+            for chunk in &chunks {
+                assert_eq!(p.client.write_plaintext(chunk).unwrap(), chunk.len());
+                want.extend_from_slice(chunk);
+                transfer(&mut p.client, &mut p.server).unwrap();
+                loop {
+                    let n = p.server.read_plaintext(&mut buf).unwrap();
+                    if n == 0 { break; }
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    fn shared_server() -> Arc<ServerConfig> {
+        static CONFIG: OnceLock<Arc<ServerConfig>> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| server_config(&cert(LinkKeyAlg::EcdsaP256)).unwrap())
+            .clone()
+    }
+
+    fn fallback_client() -> Arc<ClientConfig> {
+        client_config().unwrap()
+    }
+}
