@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use crate::cell::{put_header, CellBody, ChanCmd, CircIdError, CircIdLen, RawCell, BODY_LEN};
+use crate::cert::CertType;
 use crate::codec::{CodecError, Reader, Writer};
 use crate::ids::CircId;
 
@@ -103,27 +104,6 @@ impl DestroyReason {
             _ => return None,
         })
     }
-}
-
-/// A CERTS cell's CertType (tor-spec §4.2). Open; the certificate module gives them meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CertType(pub u8);
-
-impl CertType {
-    /// X.509 link key certificate certified by the RSA1024 identity.
-    pub const RSA_LINK: CertType = CertType(1);
-    /// X.509 RSA1024 identity certificate, self-signed.
-    pub const RSA_ID: CertType = CertType(2);
-    /// X.509 RSA1024 AUTHENTICATE cell link certificate.
-    pub const RSA_AUTH: CertType = CertType(3);
-    /// Ed25519 signing key, signed with the identity key.
-    pub const ED_ID_SIGNING: CertType = CertType(4);
-    /// TLS link certificate, signed with the ed25519 signing key.
-    pub const ED_SIGNING_LINK: CertType = CertType(5);
-    /// Ed25519 AUTHENTICATE cell key, signed with the ed25519 signing key.
-    pub const ED_SIGNING_AUTH: CertType = CertType(6);
-    /// Ed25519 identity, signed with the RSA identity (the RSA->Ed25519 cross-certificate).
-    pub const RSA_ED_CROSSCERT: CertType = CertType(7);
 }
 
 /// A link authentication method (AUTH_CHALLENGE methods, AUTHENTICATE AuthType; tor-spec §4.4).
@@ -1491,20 +1471,20 @@ mod tests {
             certs.certs,
             vec![
                 CertEntry {
-                    cert_type: CertType::ED_ID_SIGNING,
+                    cert_type: CertType::IDENTITY_V_SIGNING,
                     body: vec![0xa, 0xb, 0xc]
                 },
                 CertEntry {
-                    cert_type: CertType::RSA_ED_CROSSCERT,
+                    cert_type: CertType::RSA_ID_V_IDENTITY,
                     body: vec![]
                 },
             ]
         );
         assert_eq!(
-            certs.find(CertType::ED_ID_SIGNING),
+            certs.find(CertType::IDENTITY_V_SIGNING),
             Some(&[0xa, 0xb, 0xc][..])
         );
-        assert_eq!(certs.find(CertType::RSA_ID), None);
+        assert_eq!(certs.find(CertType::RSA_ID_X509), None);
         let cell = ChanCell {
             circ_id: None,
             msg: ChanMsg::Certs(certs),
@@ -1832,9 +1812,11 @@ mod tests {
             .collect();
         assert_eq!(shape, [(1, 582), (2, 456), (4, 140), (5, 104), (7, 165)]);
         // X.509 certificates are DER SEQUENCEs; ed25519 certificates start with version 1.
-        assert_eq!(certs.find(CertType::RSA_ID).map(|c| c[0]), Some(0x30));
+        assert_eq!(certs.find(CertType::RSA_ID_X509).map(|c| c[0]), Some(0x30));
         assert_eq!(
-            certs.find(CertType::ED_ID_SIGNING).map(|c| c[..2].to_vec()),
+            certs
+                .find(CertType::IDENTITY_V_SIGNING)
+                .map(|c| c[..2].to_vec()),
             Some(vec![1, 4])
         );
 
