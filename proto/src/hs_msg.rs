@@ -12,7 +12,8 @@
 //! [§4.2 JOIN_REND](https://spec.torproject.org/rend-spec/rendezvous-protocol.html#JOIN_REND).
 //!
 //! Only the formats live here, plus the ESTABLISH_INTRO MAC and signature (which need nothing but
-//! the circuit's `KH` and the auth key). The hs-ntor encryption of INTRODUCE1 is in `hs_ntor`.
+//! the circuit's `KH` and the auth key). The hs-ntor encryption of INTRODUCE1 is in `hs_ntor`;
+//! [`crate::relay_msg::RelayMsg`] decodes each of these messages by its relay command.
 //!
 //! Messages whose bytes are authenticated ([`EstablishIntro`], [`IntroduceBody`]) keep the
 //! authenticated bytes exactly as they were on the wire, so an extension this code does not
