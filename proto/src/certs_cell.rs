@@ -5,8 +5,8 @@
 //! "To authenticate the responder as having a given Ed25519,RSA identity key combination" and
 //! "To authenticate the initiator as having a given Ed25519,RSA identity key combination".
 //!
-//! The cell framing (N, then CertType/CLEN/Certificate) is parsed elsewhere; this module takes
-//! the entries as `(cert type, bytes)` pairs.
+//! The cell framing (N, then CertType/CLEN/Certificate) is [`Certs`]; this module checks a
+//! decoded [`Certs`] and builds ours as one.
 //!
 //! | type | what                                   | responder sends | initiator sends |
 //! |------|----------------------------------------|-----------------|-----------------|
@@ -25,6 +25,7 @@ use rand_core::CryptoRngCore;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 
 use crate::cert::{Cert, CertBuildError, CertError, CertKeyType, CertType, Ed25519Cert};
+use crate::chan_msg::{CertEntry, Certs};
 use crate::ids::{Ed25519Identity, RsaIdentity};
 use crate::rsa_crosscert::RsaCrosscert;
 use crate::x509::{self, RsaIdCert};
@@ -60,17 +61,18 @@ struct Sorted<'a> {
 }
 
 impl<'a> Sorted<'a> {
-    fn new(entries: &[(u8, &'a [u8])]) -> Result<Self, CertError> {
+    fn new(certs: &'a Certs) -> Result<Self, CertError> {
         let mut s = Sorted::default();
-        for &(t, body) in entries {
+        for entry in &certs.certs {
+            let t = entry.cert_type;
             // Type 0 is unassigned and types above 7 are unknown: ignored, like C tor does.
-            let Some(slot) = s.by_type.get_mut(usize::from(t)).filter(|_| t != 0) else {
+            let Some(slot) = s.by_type.get_mut(usize::from(t.0)).filter(|_| t.0 != 0) else {
                 continue;
             };
             if slot.is_some() {
-                return Err(CertError::DuplicateCert(CertType(t)));
+                return Err(CertError::DuplicateCert(t));
             }
-            *slot = Some(body);
+            *slot = Some(entry.body.as_slice());
         }
         for t in [CertType::TLS_LINK_X509, CertType::LINK_AUTH_X509] {
             if let Some(der) = s.get(t) {
@@ -135,11 +137,11 @@ fn check_identity(s: &Sorted<'_>, now: u64) -> Result<PeerIdentity, CertError> {
 /// `tls_cert_sha256` is the SHA-256 of the DER certificate the responder presented in the TLS
 /// handshake ([`x509::tls_cert_digest`]); `now` is UNIX seconds.
 pub fn check_responder_certs(
-    entries: &[(u8, &[u8])],
+    certs: &Certs,
     tls_cert_sha256: &[u8; 32],
     now: u64,
 ) -> Result<PeerIdentity, CertError> {
-    let s = Sorted::new(entries)?;
+    let s = Sorted::new(certs)?;
     let peer = check_identity(&s, now)?;
     let link = s.ed_cert(CertType::SIGNING_V_TLS_CERT, Some(&peer.signing_key), now)?;
     if link.certified_key() != tls_cert_sha256 {
@@ -152,11 +154,8 @@ pub fn check_responder_certs(
 ///
 /// This proves only which keys the initiator claims; it has proved it holds them once its
 /// AUTHENTICATE cell, signed by `link_auth_key`, checks out.
-pub fn check_initiator_certs(
-    entries: &[(u8, &[u8])],
-    now: u64,
-) -> Result<InitiatorIdentity, CertError> {
-    let s = Sorted::new(entries)?;
+pub fn check_initiator_certs(certs: &Certs, now: u64) -> Result<InitiatorIdentity, CertError> {
+    let s = Sorted::new(certs)?;
     let peer = check_identity(&s, now)?;
     let auth = s.ed_cert(CertType::SIGNING_V_LINK_AUTH, Some(&peer.signing_key), now)?;
     Ok(InitiatorIdentity {
@@ -165,16 +164,12 @@ pub fn check_initiator_certs(
     })
 }
 
-/// Decodes arbitrary bytes as a list of CERTS entries (each: type byte, u16 length, body) and
-/// runs both validators; for fuzzing.
+/// Decodes arbitrary bytes as a CERTS cell body and runs both validators; for fuzzing.
 pub fn fuzz_check_certs(bytes: &[u8]) {
-    let mut r = crate::codec::Reader::new(bytes);
-    let mut entries = Vec::new();
-    while let (Ok(t), Ok(body)) = (r.u8(), r.u16_prefixed()) {
-        entries.push((t, body));
+    if let Ok(certs) = Certs::decode(bytes) {
+        let _ = check_responder_certs(&certs, &[0; 32], 1_700_000_000);
+        let _ = check_initiator_certs(&certs, 1_700_000_000);
     }
-    let _ = check_responder_certs(&entries, &[0; 32], 1_700_000_000);
-    let _ = check_initiator_certs(&entries, 1_700_000_000);
 }
 
 /// The long-lived certificates a relay presents in every CERTS cell, in either role: the RSA
@@ -256,15 +251,13 @@ impl IdentityCerts {
         tls_cert_sha256: &[u8; 32],
         expiry: u64,
     ) -> Result<OurCerts, CertBuildError> {
-        let mut link = Vec::new();
-        Ed25519Cert::new(
+        let link = Ed25519Cert::new(
             CertType::SIGNING_V_TLS_CERT,
             hours(expiry),
             CertKeyType::SHA256_OF_X509,
             *tls_cert_sha256,
-        )
-        .sign_and_encode(signing, &mut link)?;
-        Ok(self.with(CertType::SIGNING_V_TLS_CERT, link))
+        );
+        self.with(link, signing)
     }
 
     /// Our CERTS entries as an authenticating initiator: types 2, 4, 6 and 7, with a type-6
@@ -275,39 +268,56 @@ impl IdentityCerts {
         link_auth_public: &[u8; 32],
         expiry: u64,
     ) -> Result<OurCerts, CertBuildError> {
-        let mut auth = Vec::new();
-        Ed25519Cert::new(
+        let auth = Ed25519Cert::new(
             CertType::SIGNING_V_LINK_AUTH,
             hours(expiry),
             CertKeyType::ED25519_KEY,
             *link_auth_public,
-        )
-        .sign_and_encode(signing, &mut auth)?;
-        Ok(self.with(CertType::SIGNING_V_LINK_AUTH, auth))
+        );
+        self.with(auth, signing)
     }
 
-    fn with(&self, t: CertType, link: Vec<u8>) -> OurCerts {
-        OurCerts {
-            entries: vec![
-                (CertType::RSA_ID_X509, self.rsa_id_x509.clone()),
-                (CertType::IDENTITY_V_SIGNING, self.id_signing.clone()),
-                (t, link),
-                (CertType::RSA_ID_V_IDENTITY, self.rsa_crosscert.clone()),
-            ],
-        }
+    /// The long-lived certificates plus `short`, the per-role one, signed by `signing`.
+    fn with(
+        &self,
+        short: Ed25519Cert,
+        signing: &impl Signer<Signature>,
+    ) -> Result<OurCerts, CertBuildError> {
+        let short_type = short.cert_type;
+        let mut short_body = Vec::new();
+        short.sign_and_encode(signing, &mut short_body)?;
+        let entry = |cert_type, body: &Vec<u8>| CertEntry {
+            cert_type,
+            body: body.clone(),
+        };
+        Ok(OurCerts {
+            certs: Certs {
+                certs: vec![
+                    entry(CertType::RSA_ID_X509, &self.rsa_id_x509),
+                    entry(CertType::IDENTITY_V_SIGNING, &self.id_signing),
+                    entry(short_type, &short_body),
+                    entry(CertType::RSA_ID_V_IDENTITY, &self.rsa_crosscert),
+                ],
+            },
+        })
     }
 }
 
-/// The entries of a CERTS cell we send, in ascending type order.
+/// The CERTS cell we send, its entries in ascending type order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OurCerts {
-    entries: Vec<(CertType, Vec<u8>)>,
+    certs: Certs,
 }
 
 impl OurCerts {
-    /// The `(cert type, bytes)` entries, ready for the cell encoder.
-    pub fn entries(&self) -> impl Iterator<Item = (u8, &[u8])> {
-        self.entries.iter().map(|(t, b)| (t.0, b.as_slice()))
+    /// The cell body, ready to encode (as [`crate::chan_msg::ChanMsg::Certs`]).
+    pub fn certs(&self) -> &Certs {
+        &self.certs
+    }
+
+    /// The cell body, owned.
+    pub fn into_certs(self) -> Certs {
+        self.certs
     }
 }
 
@@ -359,11 +369,23 @@ mod tests {
     }
 
     fn owned(c: &OurCerts) -> Vec<(u8, Vec<u8>)> {
-        c.entries().map(|(t, b)| (t, b.to_vec())).collect()
+        c.certs()
+            .certs
+            .iter()
+            .map(|e| (e.cert_type.0, e.body.clone()))
+            .collect()
     }
 
-    fn refs(v: &[(u8, Vec<u8>)]) -> Vec<(u8, &[u8])> {
-        v.iter().map(|(t, b)| (*t, b.as_slice())).collect()
+    fn refs(v: &[(u8, Vec<u8>)]) -> Certs {
+        Certs {
+            certs: v
+                .iter()
+                .map(|(t, b)| CertEntry {
+                    cert_type: CertType(*t),
+                    body: b.clone(),
+                })
+                .collect(),
+        }
     }
 
     fn responder() -> Vec<(u8, Vec<u8>)> {
@@ -679,6 +701,53 @@ mod tests {
             resp(&v).unwrap_err(),
             CertError::WrongCertType(CertType::SIGNING_V_TLS_CERT)
         );
+    }
+
+    /// Our responder CERTS goes through the whole wire path: a `ChanCell`, its bytes, the
+    /// framing decoder, and validation of what comes out.
+    #[test]
+    fn responder_certs_cell_encodes_decodes_and_validates() {
+        use crate::cell::CircIdLen;
+        use crate::chan_msg::{ChanCell, ChanMsg};
+
+        let k = keys();
+        let ours = identity(&k)
+            .responder_certs(&k.signing, &TLS, NOW + 2 * 86400)
+            .unwrap();
+        let cell = ChanCell {
+            circ_id: None,
+            msg: ChanMsg::Certs(ours.certs().clone()),
+        };
+        let mut wire = Vec::new();
+        cell.encode(CircIdLen::Four, &mut wire).unwrap();
+        // CircID 0, command 129, a u16 length, then N = 4.
+        assert_eq!(wire[..5], [0, 0, 0, 0, 129]);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([wire[5], wire[6]])),
+            wire.len() - 7
+        );
+        assert_eq!(wire[7], 4);
+
+        let (decoded, used) = ChanCell::decode_from(&wire, CircIdLen::Four)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, wire.len());
+        assert_eq!(decoded, cell);
+        let ChanMsg::Certs(certs) = decoded.msg else {
+            panic!("a CERTS cell decodes as CERTS");
+        };
+        assert_eq!(certs, ours.clone().into_certs());
+        assert_eq!(
+            check_responder_certs(&certs, &TLS, NOW).unwrap(),
+            expected()
+        );
+        // The same cell does not prove an initiator: it has no type-6 certificate.
+        assert_eq!(
+            check_initiator_certs(&certs, NOW).unwrap_err(),
+            CertError::MissingCert(CertType::SIGNING_V_LINK_AUTH)
+        );
+        // And the fuzz entry point, fed the body, validates it too (without panicking).
+        fuzz_check_certs(&wire[7..]);
     }
 
     #[test]

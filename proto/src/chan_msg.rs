@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use crate::cell::{put_header, CellBody, ChanCmd, CircIdError, CircIdLen, RawCell, BODY_LEN};
+use crate::cert::CertType;
 use crate::codec::{CodecError, Reader, Writer};
 use crate::ids::CircId;
 
@@ -103,27 +104,6 @@ impl DestroyReason {
             _ => return None,
         })
     }
-}
-
-/// A CERTS cell's CertType (tor-spec §4.2). Open; the certificate module gives them meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CertType(pub u8);
-
-impl CertType {
-    /// X.509 link key certificate certified by the RSA1024 identity.
-    pub const RSA_LINK: CertType = CertType(1);
-    /// X.509 RSA1024 identity certificate, self-signed.
-    pub const RSA_ID: CertType = CertType(2);
-    /// X.509 RSA1024 AUTHENTICATE cell link certificate.
-    pub const RSA_AUTH: CertType = CertType(3);
-    /// Ed25519 signing key, signed with the identity key.
-    pub const ED_ID_SIGNING: CertType = CertType(4);
-    /// TLS link certificate, signed with the ed25519 signing key.
-    pub const ED_SIGNING_LINK: CertType = CertType(5);
-    /// Ed25519 AUTHENTICATE cell key, signed with the ed25519 signing key.
-    pub const ED_SIGNING_AUTH: CertType = CertType(6);
-    /// Ed25519 identity, signed with the RSA identity (the RSA->Ed25519 cross-certificate).
-    pub const RSA_ED_CROSSCERT: CertType = CertType(7);
 }
 
 /// A link authentication method (AUTH_CHALLENGE methods, AUTHENTICATE AuthType; tor-spec §4.4).
@@ -1141,8 +1121,60 @@ pub fn fuzz_decode_cells(data: &[u8]) {
     }
 }
 
+/// Cells captured from C tor, shared by this module's tests and the fuzz corpus seeds.
+#[cfg(test)]
+pub(crate) mod test_vectors {
+    // Bytes captured from C tor 0.4.9.11 acting as responder on 127.0.0.1 (a throwaway relay
+    // with fresh keys), after we sent VERSIONS [3, 4, 5] with 2-byte circuit ids. Its fixed
+    // cells are zero-padded; only their meaningful prefix is kept here. Data, not code.
+    pub(crate) const TOR_VERSIONS_CERTS_AUTH_CHALLENGE: &str = concat!(
+        "0000070006000300040005000000008105b70501024630820242308201aba003020102020804d14e91615217",
+        "6a300d06092a864886f70d01010b050030243122302006035504030c197777772e7870376e79656772766265",
+        "7566356568762e636f6d301e170d3236313031393030303030305a170d3237303230333030303030305a301f",
+        "311d301b06035504030c147777772e64636c79746f6965376171642e6e657430820122300d06092a864886f7",
+        "0d01010105000382010f003082010a0282010100ad1481f30c9bf3c60e6b6d172e842c48b01dc72cf731b442",
+        "5e07b51d054652bf03585c584d68d83706bb9138aac5655038b64542c57ac6d36e950d5372ba51da6fbaf373",
+        "55be642010075cccb40ac80a9492c16fb7673a1d703351e68e7fd77d3528cc11a2d364cdda7518a05d1c411b",
+        "279468b692a7d4d3ec19f295de31b6748a4611e86b317ee5c0cd4af1739dfb165ee5d876cca5795bc81ad362",
+        "cf4a01924254aa44ba647c79f0c3b5bf415ff1ea691d66329a1fe74d658dce9e23ad3d21e666a81099c76325",
+        "0f1a1f656ca0274ec0c3ce084f4c1c9ede03d0f9496ca7ba19909a149b6ffdd4aea4b353619dfb226ffd011a",
+        "3683b5d61dcd0cad9b543ff70203010001300d06092a864886f70d01010b0500038181003216011136a4bb75",
+        "fc857fd3c09ff447cdb0dd0757e9300edae20b3eb33fbf1cfd1d888c68126f75473dc75e63ec4d5a80ed6758",
+        "c5616940597cc1deebff15d13c8d9fbc6c4f36b0e56902badaf04fa0ffe561f1fd5c1d6e29251a945f3738a5",
+        "746b715c50872d06438cf62e8d1800b270d56abf04b253efe04a66eddf00b8cb0201c8308201c43082012da0",
+        "03020102020900b826f69f6d3da67e300d06092a864886f70d01010b050030243122302006035504030c1977",
+        "77772e7870376e796567727662657566356568762e636f6d301e170d3236303230383030303030305a170d32",
+        "37303230383030303030305a30243122302006035504030c197777772e7870376e7965677276626575663565",
+        "68762e636f6d30819f300d06092a864886f70d010101050003818d0030818902818100c798ee6237f874e84b",
+        "86a9c9e135185083d99147a5873181a99dbe6533b1d7557de05ba0ec4cf92cbae952b3db2074b8fc0c9f8fd7",
+        "70430e127aabe8a2a5b47046901087620f40ad1b3031fa78d3bb49650b605ba9592241f4f28ba4af1a5fd21d",
+        "e8038245303fc19473eeccd23dabc3b19bbb71016a54303b46c9a429d457eb0203010001300d06092a864886",
+        "f70d01010b050003818100305ea4b1f5f7ebbc81581e543104c83a3db1d314646181dde1d6e24ff52a86c3ee",
+        "10ce7ba909bbe383dea0c2cf89067df5da3718c84a0259fb6b202ebc60e0bbf7f87fcda2f8d1fc242b94aea1",
+        "4942df8be4735b5479d140e977662f96d06ce59f0039c85c3560e7409e4ad773f647d13a21bcb5f374fda46e",
+        "13c015cb6ba89604008c010400079f1f01b20689ecad550560a49534f75ea3ecef652aba19f6468ee84eab8c",
+        "0e58168f4c0100200400aa8123b2239357eaed24774ef697df339af785c4901116366779677b0d9b4c11cbb1",
+        "eea6f6121d2505ee77cb8ad5f7882c1743cac3336d6a773511e3e0d341e8da7f1e8af4ddac68941c3cb451e4",
+        "b065afd45ceeade07a32a13a43e27523b008050068010500079c7f03cc14af5bf24023c6c2a7577b7582a50b",
+        "1aa93d92b91fa93277c68cb722c550290008b31b0c83a40d60635a60c511dbf5f53cf4b94ff0def68a1ede89",
+        "a70d8dec635210ad4dde1c6b3f61c3f20cb7aee5ba1a705ae1af6b413ac889d198f4e367040700a5aa8123b2",
+        "239357eaed24774ef697df339af785c4901116366779677b0d9b4c110007ad2f804309f8d3dbc6f543eaadbb",
+        "4fd532536c3b7628c375de9f7bee3216a17e548526aea247adb796acef57cb222178350e78e8104c39325f89",
+        "1b3b59502a00388b8fa4343f552a02b298fd346bb685b2971a0d885ad96004455e20c4e3a191c7b6a32b11bf",
+        "23fbbd52329a84bfa6402ac67a3672ad4c5e4178c765ff357fe3e82bc90000000082002412c2866971d179b6",
+        "1a866e947a649edb71d52cf0ec5a3083a97b6fa240fc0b1b00010003",
+    );
+    pub(crate) const TOR_NETINFO: &str = "00000000086b0613ce04047f0000010104047f000001";
+    pub(crate) const TOR_CREATED_FAST: &str = concat!(
+        "8000000106f1bfd4d884088863355cb01a31acacb875bae236b8bbd5f4468a7d2ff4bbb58ee861d13e90f4bb",
+        "37",
+    );
+    pub(crate) const TOR_DESTROY: &str = "800000030401";
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_vectors::*;
     use super::*;
     use crate::cell::CELL_LEN_V4;
     use crate::link_version::{circ_id_len, negotiate, SUPPORTED};
@@ -1491,20 +1523,20 @@ mod tests {
             certs.certs,
             vec![
                 CertEntry {
-                    cert_type: CertType::ED_ID_SIGNING,
+                    cert_type: CertType::IDENTITY_V_SIGNING,
                     body: vec![0xa, 0xb, 0xc]
                 },
                 CertEntry {
-                    cert_type: CertType::RSA_ED_CROSSCERT,
+                    cert_type: CertType::RSA_ID_V_IDENTITY,
                     body: vec![]
                 },
             ]
         );
         assert_eq!(
-            certs.find(CertType::ED_ID_SIGNING),
+            certs.find(CertType::IDENTITY_V_SIGNING),
             Some(&[0xa, 0xb, 0xc][..])
         );
-        assert_eq!(certs.find(CertType::RSA_ID), None);
+        assert_eq!(certs.find(CertType::RSA_ID_X509), None);
         let cell = ChanCell {
             circ_id: None,
             msg: ChanMsg::Certs(certs),
@@ -1736,53 +1768,6 @@ mod tests {
         );
     }
 
-    // Bytes captured from C tor 0.4.9.11 acting as responder on 127.0.0.1 (a throwaway relay
-    // with fresh keys), after we sent VERSIONS [3, 4, 5] with 2-byte circuit ids. Its fixed
-    // cells are zero-padded; only their meaningful prefix is kept here. Data, not code.
-    const TOR_VERSIONS_CERTS_AUTH_CHALLENGE: &str = concat!(
-        "0000070006000300040005000000008105b70501024630820242308201aba003020102020804d14e91615217",
-        "6a300d06092a864886f70d01010b050030243122302006035504030c197777772e7870376e79656772766265",
-        "7566356568762e636f6d301e170d3236313031393030303030305a170d3237303230333030303030305a301f",
-        "311d301b06035504030c147777772e64636c79746f6965376171642e6e657430820122300d06092a864886f7",
-        "0d01010105000382010f003082010a0282010100ad1481f30c9bf3c60e6b6d172e842c48b01dc72cf731b442",
-        "5e07b51d054652bf03585c584d68d83706bb9138aac5655038b64542c57ac6d36e950d5372ba51da6fbaf373",
-        "55be642010075cccb40ac80a9492c16fb7673a1d703351e68e7fd77d3528cc11a2d364cdda7518a05d1c411b",
-        "279468b692a7d4d3ec19f295de31b6748a4611e86b317ee5c0cd4af1739dfb165ee5d876cca5795bc81ad362",
-        "cf4a01924254aa44ba647c79f0c3b5bf415ff1ea691d66329a1fe74d658dce9e23ad3d21e666a81099c76325",
-        "0f1a1f656ca0274ec0c3ce084f4c1c9ede03d0f9496ca7ba19909a149b6ffdd4aea4b353619dfb226ffd011a",
-        "3683b5d61dcd0cad9b543ff70203010001300d06092a864886f70d01010b0500038181003216011136a4bb75",
-        "fc857fd3c09ff447cdb0dd0757e9300edae20b3eb33fbf1cfd1d888c68126f75473dc75e63ec4d5a80ed6758",
-        "c5616940597cc1deebff15d13c8d9fbc6c4f36b0e56902badaf04fa0ffe561f1fd5c1d6e29251a945f3738a5",
-        "746b715c50872d06438cf62e8d1800b270d56abf04b253efe04a66eddf00b8cb0201c8308201c43082012da0",
-        "03020102020900b826f69f6d3da67e300d06092a864886f70d01010b050030243122302006035504030c1977",
-        "77772e7870376e796567727662657566356568762e636f6d301e170d3236303230383030303030305a170d32",
-        "37303230383030303030305a30243122302006035504030c197777772e7870376e7965677276626575663565",
-        "68762e636f6d30819f300d06092a864886f70d010101050003818d0030818902818100c798ee6237f874e84b",
-        "86a9c9e135185083d99147a5873181a99dbe6533b1d7557de05ba0ec4cf92cbae952b3db2074b8fc0c9f8fd7",
-        "70430e127aabe8a2a5b47046901087620f40ad1b3031fa78d3bb49650b605ba9592241f4f28ba4af1a5fd21d",
-        "e8038245303fc19473eeccd23dabc3b19bbb71016a54303b46c9a429d457eb0203010001300d06092a864886",
-        "f70d01010b050003818100305ea4b1f5f7ebbc81581e543104c83a3db1d314646181dde1d6e24ff52a86c3ee",
-        "10ce7ba909bbe383dea0c2cf89067df5da3718c84a0259fb6b202ebc60e0bbf7f87fcda2f8d1fc242b94aea1",
-        "4942df8be4735b5479d140e977662f96d06ce59f0039c85c3560e7409e4ad773f647d13a21bcb5f374fda46e",
-        "13c015cb6ba89604008c010400079f1f01b20689ecad550560a49534f75ea3ecef652aba19f6468ee84eab8c",
-        "0e58168f4c0100200400aa8123b2239357eaed24774ef697df339af785c4901116366779677b0d9b4c11cbb1",
-        "eea6f6121d2505ee77cb8ad5f7882c1743cac3336d6a773511e3e0d341e8da7f1e8af4ddac68941c3cb451e4",
-        "b065afd45ceeade07a32a13a43e27523b008050068010500079c7f03cc14af5bf24023c6c2a7577b7582a50b",
-        "1aa93d92b91fa93277c68cb722c550290008b31b0c83a40d60635a60c511dbf5f53cf4b94ff0def68a1ede89",
-        "a70d8dec635210ad4dde1c6b3f61c3f20cb7aee5ba1a705ae1af6b413ac889d198f4e367040700a5aa8123b2",
-        "239357eaed24774ef697df339af785c4901116366779677b0d9b4c110007ad2f804309f8d3dbc6f543eaadbb",
-        "4fd532536c3b7628c375de9f7bee3216a17e548526aea247adb796acef57cb222178350e78e8104c39325f89",
-        "1b3b59502a00388b8fa4343f552a02b298fd346bb685b2971a0d885ad96004455e20c4e3a191c7b6a32b11bf",
-        "23fbbd52329a84bfa6402ac67a3672ad4c5e4178c765ff357fe3e82bc90000000082002412c2866971d179b6",
-        "1a866e947a649edb71d52cf0ec5a3083a97b6fa240fc0b1b00010003",
-    );
-    const TOR_NETINFO: &str = "00000000086b0613ce04047f0000010104047f000001";
-    const TOR_CREATED_FAST: &str = concat!(
-        "8000000106f1bfd4d884088863355cb01a31acacb875bae236b8bbd5f4468a7d2ff4bbb58ee861d13e90f4bb",
-        "37",
-    );
-    const TOR_DESTROY: &str = "800000030401";
-
     /// Decodes the next cell of a captured stream, re-encodes it and checks the bytes match.
     fn next_cell(stream: &mut &[u8], circ_id_len: CircIdLen) -> ChanCell {
         let (cell, used) = ChanCell::decode_from(stream, circ_id_len)
@@ -1832,9 +1817,11 @@ mod tests {
             .collect();
         assert_eq!(shape, [(1, 582), (2, 456), (4, 140), (5, 104), (7, 165)]);
         // X.509 certificates are DER SEQUENCEs; ed25519 certificates start with version 1.
-        assert_eq!(certs.find(CertType::RSA_ID).map(|c| c[0]), Some(0x30));
+        assert_eq!(certs.find(CertType::RSA_ID_X509).map(|c| c[0]), Some(0x30));
         assert_eq!(
-            certs.find(CertType::ED_ID_SIGNING).map(|c| c[..2].to_vec()),
+            certs
+                .find(CertType::IDENTITY_V_SIGNING)
+                .map(|c| c[..2].to_vec()),
             Some(vec![1, 4])
         );
 

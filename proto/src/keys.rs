@@ -765,16 +765,14 @@ mod tests {
         let resp = ids
             .responder_certs(keys.ed25519_signing(), &tls, NOW + 2 * 86400)
             .unwrap();
-        let entries: Vec<(u8, &[u8])> = resp.entries().collect();
-        let peer = crate::certs_cell::check_responder_certs(&entries, &tls, NOW).unwrap();
+        let peer = crate::certs_cell::check_responder_certs(resp.certs(), &tls, NOW).unwrap();
         assert_eq!(peer.rsa_identity, keys.fingerprint());
         assert_eq!(peer.ed25519_identity, keys.ed25519_identity());
         assert_eq!(&peer.signing_key, keys.ed25519_signing().public());
         let init = ids
             .initiator_certs(keys.ed25519_signing(), &[9; 32], NOW + 2 * 86400)
             .unwrap();
-        let entries: Vec<(u8, &[u8])> = init.entries().collect();
-        let who = crate::certs_cell::check_initiator_certs(&entries, NOW).unwrap();
+        let who = crate::certs_cell::check_initiator_certs(init.certs(), NOW).unwrap();
         assert_eq!(who.peer, peer);
     }
 }

@@ -16,7 +16,8 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
-//! - [`hs_msg`]: onion-service relay message bodies (ESTABLISH_INTRO … RENDEZVOUS2).
+//! - [`hs_msg`]: onion-service relay message bodies (ESTABLISH_INTRO … RENDEZVOUS2), which
+//!   [`relay_msg::RelayMsg`] dispatches along with the others.
 //! - [`cell`]: channel cell framing (fixed- and variable-length cells, circuit id widths).
 //! - [`chan_msg`]: the bodies of channel cells (VERSIONS, CERTS, NETINFO, CREATE2, DESTROY, ...).
 //! - [`link_version`]: link protocol versions and their negotiation.
@@ -35,6 +36,8 @@
 //! - [`keys`]: a relay's identity, signing and onion keys, and the signing certificate,
 //!   handshake server keys and CERTS identity certificates made from them.
 //! - [`key_file`]: C tor's data-directory key files (the one module here that does file I/O).
+//! - [`fuzzing`]: one entry point per decoder family for the `proto/fuzz` targets and the
+//!   corpus replay test.
 
 #![forbid(unsafe_code)]
 

@@ -2,12 +2,12 @@
 //!
 //! Spec: tor-spec §6.2-§6.4 (BEGIN, DATA, END, CONNECTED, RESOLVE, RESOLVED, BEGIN_DIR, DROP),
 //! §5.1.2 (EXTEND2, EXTENDED2), §5.4 (TRUNCATE, TRUNCATED), §7.3-§7.4 and proposal 289
-//! (SENDME), <https://spec.torproject.org/tor-spec/>.
+//! (SENDME), <https://spec.torproject.org/tor-spec/>. The onion-service messages (rend-spec-v3
+//! §3-§4) are defined in [`crate::hs_msg`] and dispatched here too.
 //!
 //! One struct per message, each with `decode(body)` and `encode(&self, out)`; [`RelayMsg`]
-//! dispatches on the [`RelayCmd`]. Commands without a struct here (legacy EXTEND/EXTENDED,
-//! conflux, padding negotiation, XON/XOFF, and for now the onion-service messages) decode as
-//! [`RelayMsg::Unrecognized`] and re-encode unchanged.
+//! dispatches on the [`RelayCmd`]. Commands without a struct (legacy EXTEND/EXTENDED, conflux,
+//! padding negotiation, XON/XOFF) decode as [`RelayMsg::Unrecognized`] and re-encode unchanged.
 //!
 //! Trailing bytes: Tor extends relay messages by appending fields (BEGIN's FLAGS arrived that
 //! way) and C tor ignores bytes after the fields it knows, so these decoders do too. Where the
@@ -21,7 +21,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::chan_msg::{DestroyReason, HandshakeType};
 use crate::codec::{CodecError, Reader, Writer};
+use crate::hs_msg::{
+    EstablishIntro, EstablishRendezvous, IntroEstablished, Introduce1, Introduce2, IntroduceAck,
+    Rendezvous1, Rendezvous2, RendezvousEstablished,
+};
 use crate::link_spec::LinkSpec;
 use crate::relay_cell::{RelayCellView, RelayCmd, RELAY_BODY_LEN, RELAY_DATA_MAX_V0};
 
@@ -548,8 +553,8 @@ impl Sendme {
 pub struct Extend2 {
     /// How to reach the next hop.
     pub link_specs: Vec<LinkSpec>,
-    /// Handshake type, as in CREATE2 (2 = ntor, 3 = ntor v3).
-    pub htype: u16,
+    /// Handshake type, as in CREATE2.
+    pub htype: HandshakeType,
     /// The client's handshake message.
     pub hdata: Vec<u8>,
 }
@@ -559,7 +564,7 @@ impl Extend2 {
     pub fn decode(body: &[u8]) -> Result<Self, CodecError> {
         let mut r = Reader::new(body);
         let link_specs = LinkSpec::decode_list(&mut r)?;
-        let htype = r.u16()?;
+        let htype = HandshakeType(r.u16()?);
         let hdata = r.u16_prefixed()?.to_vec();
         Ok(Extend2 {
             link_specs,
@@ -571,7 +576,7 @@ impl Extend2 {
     /// Encodes an EXTEND2 body.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         LinkSpec::encode_list(&self.link_specs, out)?;
-        out.put_u16(self.htype);
+        out.put_u16(self.htype.0);
         out.put_u16_prefixed(&self.hdata, "EXTEND2 HDATA")
     }
 }
@@ -604,39 +609,6 @@ impl Extended2 {
 // ---------------------------------------------------------------------------------------------
 // TRUNCATE / TRUNCATED
 
-open_u8! {
-    /// A circuit-closing reason, as in DESTROY cells and RELAY_TRUNCATED (tor-spec §5.4).
-    /// Open: unknown values are kept.
-    DestroyReason {
-        /// No reason given.
-        NONE = 0,
-        /// Tor protocol violation.
-        PROTOCOL = 1,
-        /// Internal error.
-        INTERNAL = 2,
-        /// A client sent TRUNCATE.
-        REQUESTED = 3,
-        /// Not operating; saving bandwidth.
-        HIBERNATING = 4,
-        /// Out of memory, sockets or circuit ids.
-        RESOURCELIMIT = 5,
-        /// Could not reach the next relay.
-        CONNECTFAILED = 6,
-        /// The next relay's identity was not the expected one.
-        OR_IDENTITY = 7,
-        /// The channel carrying the circuit closed.
-        CHANNEL_CLOSED = 8,
-        /// The circuit expired.
-        FINISHED = 9,
-        /// Circuit construction timed out.
-        TIMEOUT = 10,
-        /// Destroyed without a client TRUNCATE.
-        DESTROYED = 11,
-        /// Unknown onion service.
-        NOSUCHSERVICE = 12,
-    }
-}
-
 /// RELAY_TRUNCATE: the client asks a hop to destroy the circuit beyond it (forward; stream id
 /// 0). The body is empty; anything in it is ignored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -655,7 +627,8 @@ impl Truncate {
 }
 
 /// RELAY_TRUNCATED: a hop tells the client the circuit beyond it is gone (backward; stream
-/// id 0). Relays should prefer DESTROY towards the client (tor-spec §5.4).
+/// id 0). Relays should prefer DESTROY towards the client (tor-spec §5.4). The reason uses the
+/// DESTROY cell's numbering.
 ///
 /// ```text
 ///   REASON u8
@@ -1006,6 +979,24 @@ pub enum RelayMsg {
     Extend2(Extend2),
     /// RELAY_EXTENDED2.
     Extended2(Extended2),
+    /// RELAY_ESTABLISH_INTRO (rend-spec-v3 §3.1.1).
+    EstablishIntro(EstablishIntro),
+    /// RELAY_INTRO_ESTABLISHED (rend-spec-v3 §3.1.3).
+    IntroEstablished(IntroEstablished),
+    /// RELAY_INTRODUCE1 (rend-spec-v3 §3.2.1).
+    Introduce1(Introduce1),
+    /// RELAY_INTRODUCE2 (rend-spec-v3 §3.3).
+    Introduce2(Introduce2),
+    /// RELAY_INTRODUCE_ACK (rend-spec-v3 §3.2.2).
+    IntroduceAck(IntroduceAck),
+    /// RELAY_ESTABLISH_RENDEZVOUS (rend-spec-v3 §4.1).
+    EstablishRendezvous(EstablishRendezvous),
+    /// RELAY_RENDEZVOUS_ESTABLISHED (rend-spec-v3 §4.1).
+    RendezvousEstablished(RendezvousEstablished),
+    /// RELAY_RENDEZVOUS1 (rend-spec-v3 §4.2).
+    Rendezvous1(Rendezvous1),
+    /// RELAY_RENDEZVOUS2 (rend-spec-v3 §4.2).
+    Rendezvous2(Rendezvous2),
     /// Any other command, with its body as it came. Encoding a command that has a message
     /// type here this way bypasses that type's checks; [`RelayMsg::decode`] never builds one.
     Unrecognized {
@@ -1030,6 +1021,15 @@ relay_msg_dispatch! {
     BeginDir => BEGIN_DIR,
     Extend2 => EXTEND2,
     Extended2 => EXTENDED2,
+    EstablishIntro => ESTABLISH_INTRO,
+    IntroEstablished => INTRO_ESTABLISHED,
+    Introduce1 => INTRODUCE1,
+    Introduce2 => INTRODUCE2,
+    IntroduceAck => INTRODUCE_ACK,
+    EstablishRendezvous => ESTABLISH_RENDEZVOUS,
+    RendezvousEstablished => RENDEZVOUS_ESTABLISHED,
+    Rendezvous1 => RENDEZVOUS1,
+    Rendezvous2 => RENDEZVOUS2,
 }
 
 /// Fuzz entry point: the first byte is a relay command, the rest a message body. Whatever
@@ -1387,7 +1387,7 @@ mod tests {
                     LinkSpec::Ipv4(Ipv4Addr::LOCALHOST, 5000),
                     LinkSpec::RsaId(RsaIdentity::from_bytes(rsa)),
                 ],
-                htype: 2,
+                htype: HandshakeType::NTOR,
                 hdata,
             }
             .into(),
@@ -1430,10 +1430,7 @@ mod tests {
             .into(),
         );
         assert_eq!(DestroyReason::NOSUCHSERVICE.0, 12);
-        assert_eq!(
-            format!("{:?}", DestroyReason(7)),
-            "DestroyReason(7=OR_IDENTITY)"
-        );
+        assert_eq!(DestroyReason(7).name(), Some("OR_IDENTITY"));
         check(RelayCmd::DROP, "", Drop.into());
         check_noncanonical(RelayCmd::DROP, "00000000abcdef", "", Drop.into());
         check(RelayCmd::BEGIN_DIR, "", BeginDir.into());
@@ -1564,13 +1561,109 @@ mod tests {
         check_err(c, "04 04 7f000001 00000E10 04", CodecError::Truncated);
     }
 
+    /// Each onion-service command reaches its `hs_msg` type through [`RelayMsg`], and re-encodes
+    /// byte for byte (vectors from `hs_msg::test_vectors`, mostly captured from C tor).
+    #[test]
+    fn hs_messages_through_the_enum() {
+        use crate::hs_msg::test_vectors::*;
+        use crate::hs_msg::IntroduceAckStatus;
+
+        fn direct<T>(hex: &str, decode: fn(&[u8]) -> Result<T, CodecError>) -> T {
+            decode(&unhex(hex)).expect("decodes directly")
+        }
+        check(
+            RelayCmd::ESTABLISH_INTRO,
+            EST_INTRO_C_TOR,
+            RelayMsg::EstablishIntro(direct(EST_INTRO_C_TOR, EstablishIntro::decode)),
+        );
+        check(
+            RelayCmd::ESTABLISH_INTRO,
+            EST_INTRO_DOS,
+            RelayMsg::EstablishIntro(direct(EST_INTRO_DOS, EstablishIntro::decode)),
+        );
+        check(
+            RelayCmd::INTRO_ESTABLISHED,
+            "00",
+            RelayMsg::IntroEstablished(IntroEstablished::default()),
+        );
+        check(
+            RelayCmd::INTRODUCE1,
+            INTRO1_C_TOR,
+            RelayMsg::Introduce1(direct(INTRO1_C_TOR, Introduce1::decode)),
+        );
+        check(
+            RelayCmd::INTRODUCE2,
+            INTRO1_C_TOR,
+            RelayMsg::Introduce2(direct(INTRO1_C_TOR, Introduce2::decode)),
+        );
+        let RelayMsg::IntroduceAck(ack) =
+            RelayMsg::decode(RelayCmd::INTRODUCE_ACK, &unhex("0000 00")).expect("decodes")
+        else {
+            panic!("INTRODUCE_ACK gives IntroduceAck");
+        };
+        assert_eq!(ack.status, IntroduceAckStatus::SUCCESS);
+        check(
+            RelayCmd::INTRODUCE_ACK,
+            "0002 00",
+            RelayMsg::IntroduceAck(direct("0002 00", IntroduceAck::decode)),
+        );
+        let cookie = "4AA2BAF815CEBB4B922B5BF6F545AEE0DDBE1254";
+        check(
+            RelayCmd::ESTABLISH_RENDEZVOUS,
+            cookie,
+            RelayMsg::EstablishRendezvous(direct(cookie, EstablishRendezvous::decode)),
+        );
+        check_noncanonical(
+            RelayCmd::RENDEZVOUS_ESTABLISHED,
+            "0102",
+            "",
+            RelayMsg::RendezvousEstablished(RendezvousEstablished),
+        );
+        check(
+            RelayCmd::RENDEZVOUS1,
+            RENDEZVOUS1_C_TOR,
+            RelayMsg::Rendezvous1(direct(RENDEZVOUS1_C_TOR, Rendezvous1::decode)),
+        );
+        check(
+            RelayCmd::RENDEZVOUS2,
+            RENDEZVOUS2_C_TOR,
+            RelayMsg::Rendezvous2(direct(RENDEZVOUS2_C_TOR, Rendezvous2::decode)),
+        );
+
+        // Malformed bodies give the module's error, not Unrecognized.
+        check_err(
+            RelayCmd::ESTABLISH_INTRO,
+            "01 0020",
+            CodecError::BadValue("AUTH_KEY_TYPE"),
+        );
+        check_err(
+            RelayCmd::INTRODUCE1,
+            &INTRO1_C_TOR[..40],
+            CodecError::Truncated,
+        );
+        check_err(
+            RelayCmd::RENDEZVOUS2,
+            &RENDEZVOUS2_C_TOR[..126],
+            CodecError::Truncated,
+        );
+        check_err(
+            RelayCmd::ESTABLISH_RENDEZVOUS,
+            &cookie[..38],
+            CodecError::Truncated,
+        );
+        check_err(
+            RelayCmd::INTRODUCE_ACK,
+            "0000 00 00",
+            CodecError::TrailingBytes(1),
+        );
+    }
+
     #[test]
     fn unrecognized_commands_round_trip() {
         for cmd in [
             RelayCmd::EXTEND,
             RelayCmd::EXTENDED,
             RelayCmd::CONFLUX_LINK,
-            RelayCmd::INTRODUCE1,
             RelayCmd::PADDING_NEGOTIATE,
             RelayCmd::XON,
             RelayCmd(249),
@@ -1684,7 +1777,7 @@ mod tests {
             )
                 .prop_map(|(link_specs, htype, hdata)| Extend2 {
                     link_specs,
-                    htype,
+                    htype: HandshakeType(htype),
                     hdata
                 }
                 .into()),
@@ -1703,6 +1796,23 @@ mod tests {
                 0..6
             )
             .prop_map(|answers| Resolved { answers }.into()),
+            any::<[u8; 20]>().prop_map(|c| EstablishRendezvous {
+                cookie: crate::hs_msg::RendCookie::from_bytes(c)
+            }
+            .into()),
+            Just(RendezvousEstablished.into()),
+            (
+                any::<[u8; 20]>(),
+                any::<[u8; 32]>(),
+                any::<[u8; 32]>(),
+                arb_bytes(40)
+            )
+                .prop_map(|(c, server_pk, auth, padding)| Rendezvous1 {
+                    cookie: crate::hs_msg::RendCookie::from_bytes(c),
+                    handshake_info: crate::hs_msg::HandshakeInfo { server_pk, auth },
+                    padding,
+                }
+                .into()),
             (
                 any::<u8>().prop_filter("not a parsed command", |c| matches!(
                     RelayMsg::decode(RelayCmd(*c), &[]),

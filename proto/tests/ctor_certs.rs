@@ -25,6 +25,7 @@ use std::process::Command;
 use common::{tor_available, tor_list_fingerprint, unix_now, TempDir};
 use proto::cert::{CertKeyType, CertType, Ed25519Cert};
 use proto::certs_cell::{check_initiator_certs, check_responder_certs};
+use proto::chan_msg::Certs;
 use proto::ids::RsaIdentity;
 use proto::key_file::{self, TAG_SIGNING};
 use proto::keys::RelayKeys;
@@ -97,27 +98,11 @@ fn ctor_key_files() {
     let signing = keys.ed25519_signing();
     let tls = [0x5a; 32];
     let resp = ids.responder_certs(signing, &tls, now + 86400).unwrap();
-    let entries: Vec<(u8, &[u8])> = resp.entries().collect();
-    let peer = check_responder_certs(&entries, &tls, now).unwrap();
+    let peer = check_responder_certs(resp.certs(), &tls, now).unwrap();
     assert_eq!(peer.rsa_identity, keys.fingerprint());
     assert_eq!(peer.ed25519_identity, keys.ed25519_identity());
     let init = ids.initiator_certs(signing, &[3; 32], now + 86400).unwrap();
-    let entries: Vec<(u8, &[u8])> = init.entries().collect();
-    assert_eq!(check_initiator_certs(&entries, now).unwrap().peer, peer);
-}
-
-/// Splits a CERTS cell body into its entries (tor-spec §4.2).
-fn certs_entries(body: &[u8]) -> Vec<(u8, &[u8])> {
-    let n = body[0];
-    let mut rest = &body[1..];
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let t = rest[0];
-        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
-        out.push((t, &rest[3..3 + len]));
-        rest = &rest[3 + len..];
-    }
-    out
+    assert_eq!(check_initiator_certs(init.certs(), now).unwrap().peer, peer);
 }
 
 #[test]
@@ -130,13 +115,21 @@ fn ctor_captured_certs_cell() {
         .trim()
         .parse()
         .unwrap();
-    let entries = certs_entries(&body);
+    let certs = Certs::decode(&body).unwrap();
+    let mut again = Vec::new();
+    certs.encode(&mut again).unwrap();
+    assert_eq!(again, body);
+    let entries: Vec<(u8, &[u8])> = certs
+        .certs
+        .iter()
+        .map(|e| (e.cert_type.0, e.body.as_slice()))
+        .collect();
     // C tor as responder sends its legacy link certificate (1) too.
     assert_eq!(
         entries.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
         vec![1, 2, 4, 5, 7]
     );
-    let peer = check_responder_certs(&entries, &tls_digest(&tls_cert), now).unwrap();
+    let peer = check_responder_certs(&certs, &tls_digest(&tls_cert), now).unwrap();
 
     // The identities agree with each certificate taken alone.
     let id_cert = RsaIdCert::decode(entries[1].1)
@@ -187,18 +180,17 @@ fn ctor_captured_certs_cell() {
 
     // A flipped bit in any signature C tor made is caught.
     for i in [1, 2, 3, 4] {
-        let mut owned: Vec<(u8, Vec<u8>)> = entries.iter().map(|(t, b)| (*t, b.to_vec())).collect();
-        *owned[i].1.last_mut().unwrap() ^= 1;
-        let refs: Vec<(u8, &[u8])> = owned.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+        let mut flipped = certs.clone();
+        *flipped.certs[i].body.last_mut().unwrap() ^= 1;
         assert_eq!(
-            check_responder_certs(&refs, &tls_digest(&tls_cert), now).unwrap_err(),
+            check_responder_certs(&flipped, &tls_digest(&tls_cert), now).unwrap_err(),
             proto::cert::CertError::BadSignature(CertType(entries[i].0)),
         );
     }
 
     // Any other TLS certificate, or a later time, is refused.
-    assert!(check_responder_certs(&entries, &[0; 32], now).is_err());
-    assert!(check_responder_certs(&entries, &tls_digest(&tls_cert), now + 400 * 86400).is_err());
+    assert!(check_responder_certs(&certs, &[0; 32], now).is_err());
+    assert!(check_responder_certs(&certs, &tls_digest(&tls_cert), now + 400 * 86400).is_err());
 }
 
 fn tls_digest(der: &[u8]) -> [u8; 32] {

@@ -33,8 +33,7 @@ use ctor::{BlockingTls, CTor, CTorRelay};
 use proto::cell::{CellBody, BODY_LEN};
 use proto::cell::{ChanCmd, CircIdLen, RawCell};
 use proto::chan_msg::{
-    Auth3Fields, AuthMethod, Authenticate, CertEntry, CertType, Certs, Netinfo, NetinfoAddr,
-    Versions,
+    Auth3Fields, AuthMethod, Authenticate, Certs, Netinfo, NetinfoAddr, Versions,
 };
 use rand::RngCore;
 use relay::tls::{self, LinkCert, LinkKeyAlg, TlsLink};
@@ -126,12 +125,7 @@ fn ctor_responder_sends_versions_and_valid_certs() {
     assert!(versions.versions.contains(&5), "{versions:?}");
 
     let certs = Certs::decode(&cells[1].body).unwrap();
-    let entries: Vec<(u8, &[u8])> = certs
-        .certs
-        .iter()
-        .map(|c| (c.cert_type.0, c.body.as_slice()))
-        .collect();
-    let peer = proto::certs_cell::check_responder_certs(&entries, &tls_cert_sha256, unix_now())
+    let peer = proto::certs_cell::check_responder_certs(&certs, &tls_cert_sha256, unix_now())
         .unwrap_or_else(|e| panic!("C tor's CERTS cell rejected: {e}"));
     assert_eq!(
         peer.rsa_identity.hex().to_uppercase(),
@@ -145,7 +139,7 @@ fn ctor_responder_sends_versions_and_valid_certs() {
     // The same CERTS cell does not validate against another certificate digest.
     let mut wrong = tls_cert_sha256;
     wrong[0] ^= 1;
-    assert!(proto::certs_cell::check_responder_certs(&entries, &wrong, unix_now()).is_err());
+    assert!(proto::certs_cell::check_responder_certs(&certs, &wrong, unix_now()).is_err());
 }
 
 fn test_cert() -> LinkCert {
@@ -366,25 +360,10 @@ fn authenticate_to(relay: &CTorRelay, tlssecrets_xor: u8) -> bool {
     )
     .into();
     let certs = Certs::decode(&cells[1].body).unwrap();
-    let entries: Vec<(u8, &[u8])> = certs
-        .certs
-        .iter()
-        .map(|c| (c.cert_type.0, c.body.as_slice()))
-        .collect();
-    let peer = proto::certs_cell::check_responder_certs(&entries, &scert, now).unwrap();
+    let peer = proto::certs_cell::check_responder_certs(&certs, &scert, now).unwrap();
 
     let mut certs_body = Vec::new();
-    Certs {
-        certs: our_certs
-            .entries()
-            .map(|(t, b)| CertEntry {
-                cert_type: CertType(t),
-                body: b.to_vec(),
-            })
-            .collect(),
-    }
-    .encode(&mut certs_body)
-    .unwrap();
+    our_certs.certs().encode(&mut certs_body).unwrap();
     let certs_cell = cell_bytes(0, ChanCmd::CERTS, &certs_body);
     let mut clog_bytes = OUR_VERSIONS.to_vec();
     clog_bytes.extend_from_slice(&certs_cell);
