@@ -401,7 +401,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyStoreError + '_ {
 
 /// Creates `dir` (mode 0700) if missing; tightens its mode to 0700 if others may read it, as C
 /// tor does for its data directory ("Fixing permissions on directory").
-fn ensure_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -475,8 +475,8 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeyStoreError> {
     Ok(())
 }
 
-/// Reads and parses one file, attaching its path to any error.
-fn load<T>(
+/// Reads and parses one file, attaching its path to any error; `None` if it does not exist.
+pub fn load<T>(
     path: &Path,
     parse: impl FnOnce(&[u8]) -> Result<T, KeyFileError>,
 ) -> Result<Option<T>, KeyStoreError> {
@@ -491,8 +491,8 @@ fn load<T>(
     }
 }
 
-/// Encodes and writes one file.
-fn store(path: &Path, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), KeyStoreError> {
+/// Encodes and writes one file, atomically and with mode 0600.
+pub fn store(path: &Path, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), KeyStoreError> {
     let mut buf = Zeroizing::new(Vec::new());
     encode(&mut buf);
     write_file_atomic(path, &buf)

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hs::onion_address::OnionAddress;
+use hs::service_dir::{ServiceIdentity, HOSTNAME, PUBLIC_KEY, SECRET_KEY};
 use proto::ids::Ed25519Identity;
 
 struct KillOnDrop(Child);
@@ -85,5 +86,41 @@ fn hostname_written_by_ctor_matches_our_derivation() {
     assert_eq!(ours.to_string(), hostname);
     let parsed: OnionAddress = hostname.parse().expect("C tor's hostname parses");
     assert_eq!(parsed, ours);
+
+    // chive loads C tor's service directory as it is: same identity, nothing rewritten.
+    let before: Vec<Vec<u8>> = [SECRET_KEY, PUBLIC_KEY, HOSTNAME]
+        .iter()
+        .map(|f| std::fs::read(hs_dir.join(f)).expect("read"))
+        .collect();
+    let mut rng = rand::thread_rng();
+    let id = ServiceIdentity::load_or_generate(&hs_dir, &mut rng).expect("load C tor's keys");
+    assert_eq!(id.onion_address(), ours);
+    let after: Vec<Vec<u8>> = [SECRET_KEY, PUBLIC_KEY, HOSTNAME]
+        .iter()
+        .map(|f| std::fs::read(hs_dir.join(f)).expect("read"))
+        .collect();
+    assert_eq!(before, after);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn ctor_serves_a_service_directory_written_by_chive() {
+    let root = scratch_dir("hs-chive-dir");
+    let hs_dir = root.join("hs");
+    let mut rng = rand::thread_rng();
+    let id = ServiceIdentity::load_or_generate(&hs_dir, &mut rng).expect("generate");
+    let secret_before = std::fs::read(hs_dir.join(SECRET_KEY)).expect("read");
+    // C tor rewrites the hostname from the key at start: remove ours to see what it derives.
+    std::fs::remove_file(hs_dir.join(HOSTNAME)).expect("rm hostname");
+
+    let served = ctor_service_dir(&root);
+    assert_eq!(served, hs_dir);
+    let hostname = std::fs::read_to_string(hs_dir.join(HOSTNAME)).expect("read hostname");
+    assert_eq!(hostname.trim_end(), id.onion_address().to_string());
+    assert_eq!(
+        std::fs::read(hs_dir.join(SECRET_KEY)).expect("read"),
+        secret_before,
+        "C tor kept chive's secret key"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
