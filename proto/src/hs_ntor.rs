@@ -399,8 +399,9 @@ mod tests {
         );
     }
 
-    // A full INTRODUCE1 / RENDEZVOUS1 exchange generated with C tor and chutney (data as
-    // recorded in Arti's hs_ntor test "testvec").
+    // rend-spec-v3 Appendix G.1, "Test vectors for hs-ntor / NTOR-WITH-EXTRA-DATA": a full
+    // INTRODUCE1 / RENDEZVOUS1 exchange dumped from C tor on a Chutney network (the same data
+    // Arti's hs_ntor "testvec" test records).
     #[test]
     fn c_tor_vector() {
         let auth_key = Ed25519Identity::from_bytes(hx32(
