@@ -96,6 +96,9 @@ impl RelayInfo {
 }
 
 /// Something that happened to an [`OriginCircuit`].
+// Events are returned by value and matched at once, never stored in bulk: boxing the message
+// would cost an allocation per cell for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     /// A handshake finished: the circuit now has `hops` hops.
@@ -111,6 +114,9 @@ pub enum ClientEvent {
         stream_id: Option<StreamId>,
         /// The message.
         msg: RelayMsg,
+        /// The message body as it came (the Data field of the relay cell), for messages whose
+        /// decoding ignores it (DROP) and for byte-exact checks.
+        data: Vec<u8>,
     },
     /// Hop `hop` says everything after it is gone; the circuit now has `hop + 1` hops.
     Truncated {
@@ -411,6 +417,7 @@ impl OriginCircuit {
                     hop,
                     stream_id: view.stream_id(),
                     msg,
+                    data: view.data().to_vec(),
                 })
             }
         }

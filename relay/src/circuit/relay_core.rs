@@ -276,6 +276,7 @@ pub struct RelayCore {
     destroys: Vec<(ChanId, CircId)>,
     scratch_slots: Vec<(u32, Side)>,
     stats: Stats,
+    echo_drop: bool,
 }
 
 impl std::fmt::Debug for RelayCore {
@@ -357,7 +358,15 @@ impl RelayCore {
             destroys: Vec::with_capacity(n),
             scratch_slots: Vec::with_capacity(limits.circuits_max),
             stats: Stats::default(),
+            echo_drop: false,
         })
+    }
+
+    /// Test networks only: answer every RELAY_DROP addressed to this relay with a RELAY_DROP
+    /// carrying the same data, so that a test can check every byte on both directions of a
+    /// circuit before exits exist. Never enable this on a public relay: it reflects traffic.
+    pub fn set_echo_drop_for_tests(&mut self, on: bool) {
+        self.echo_drop = on;
     }
 
     /// The counters so far.
@@ -1002,7 +1011,11 @@ impl RelayCore {
             return;
         }
         match view.cmd() {
-            RelayCmd::DROP => {}
+            RelayCmd::DROP => {
+                if self.echo_drop {
+                    self.reply(rng, slot, RelayCmd::DROP, None, view.data());
+                }
+            }
             RelayCmd::EXTEND2 => {
                 // tor-spec §5.6: EXTEND2 only in RELAY_EARLY.
                 if !early {
