@@ -1505,3 +1505,570 @@ pub fn fuzz_cells(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+mod tests {
+    use super::*;
+    use crate::circuit::{ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
+    use proptest::prelude::*;
+    use proto::cell::CellBody;
+    use proto::keys::NtorOnionKeypair;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const ME_RSA: [u8; 20] = [1; 20];
+    const ME_ED: [u8; 32] = [2; 32];
+    const NEXT_RSA: [u8; 20] = [3; 20];
+    const CLIENT: ChanId = ChanId(1);
+    const NEXT: ChanId = ChanId(2);
+
+    fn engine() -> Engine {
+        Engine::from_env().unwrap()
+    }
+
+    fn server_keys(rsa: [u8; 20], ed: [u8; 32], secret: u8) -> (NtorServerKeys, NtorV3ServerKeys) {
+        let onion = NtorOnionKeypair::from_secret_bytes([secret; 32]);
+        (
+            NtorServerKeys {
+                id: RsaIdentity::from_bytes(rsa),
+                current: onion.clone(),
+                previous: None,
+            },
+            NtorV3ServerKeys {
+                id: Ed25519Identity::from_bytes(ed),
+                current: onion,
+                previous: None,
+            },
+        )
+    }
+
+    fn info_of(keys: &NtorServerKeys, ed: Option<[u8; 32]>) -> RelayInfo {
+        RelayInfo {
+            rsa_id: keys.id,
+            ed_id: ed.map(Ed25519Identity::from_bytes),
+            ntor_onion_key: *keys.current.public().as_bytes(),
+            addrs: vec!["127.0.0.1:9001".parse().unwrap()],
+        }
+    }
+
+    /// A core with a client channel (`CLIENT`) and a channel it opened to relay `NEXT_RSA`.
+    fn core(limits: Limits) -> RelayCore {
+        let (ntor, v3) = server_keys(ME_RSA, ME_ED, 7);
+        let mut c = RelayCore::from_server_keys(ntor, v3, engine(), limits).unwrap();
+        c.add_channel(
+            CLIENT,
+            ChanInfo {
+                link_version: 5,
+                initiator: false,
+                rsa_id: None,
+                ed_id: None,
+            },
+        );
+        c.add_channel(
+            NEXT,
+            ChanInfo {
+                link_version: 5,
+                initiator: true,
+                rsa_id: Some(RsaIdentity::from_bytes(NEXT_RSA)),
+                ed_id: None,
+            },
+        );
+        c
+    }
+
+    fn id(v: u32) -> CircId {
+        CircId::new(v).unwrap()
+    }
+
+    struct Run {
+        out: Vec<OutCell>,
+        events: Vec<Event>,
+    }
+
+    fn feed(core: &mut RelayCore, rng: &mut StdRng, cells: &[(ChanId, &CircCell)]) -> Run {
+        let input: Vec<InCell<'_>> = cells
+            .iter()
+            .map(|(chan, c)| InCell {
+                chan: *chan,
+                cell: c.as_raw(),
+            })
+            .collect();
+        let mut run = Run {
+            out: Vec::new(),
+            events: Vec::new(),
+        };
+        core.handle_batch(rng, &input, &mut run.out, &mut run.events);
+        run
+    }
+
+    fn destroy(chan: ChanId, circ: u32, reason: DestroyReason) -> OutCell {
+        destroy_cell(chan, id(circ), reason)
+    }
+
+    /// A one-hop CREATE_FAST circuit from the client, with id 0x8000_0001.
+    fn one_hop(core: &mut RelayCore, rng: &mut StdRng) -> OriginCircuit {
+        let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            rng,
+            engine(),
+            id(0x8000_0001),
+            HandshakeKind::CreateFast,
+            &info_of(&ntor, None),
+        )
+        .unwrap();
+        let run = feed(core, rng, &[(CLIENT, &cell)]);
+        assert_eq!(run.out.len(), 1);
+        assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED_FAST);
+        assert_eq!(
+            circ.handle_cell(&run.out[0].cell).unwrap(),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        circ
+    }
+
+    #[test]
+    fn create2_ntor_and_ntor_v3_answer_created2() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut core = core(Limits::default());
+        let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+        for (n, kind) in [HandshakeKind::Ntor, HandshakeKind::NtorV3]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut rng,
+                engine(),
+                id(0x8000_0010 + n as u32),
+                kind,
+                &info_of(&ntor, Some(ME_ED)),
+            )
+            .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            assert_eq!(run.out.len(), 1);
+            assert_eq!(run.out[0].chan, CLIENT);
+            assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED2);
+            assert_eq!(
+                circ.handle_cell(&run.out[0].cell).unwrap(),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+        }
+        assert_eq!(core.circuits(), 2);
+        assert_eq!(core.channel_circuits(CLIENT), 2);
+    }
+
+    #[test]
+    fn bad_creates_get_destroy_with_the_right_reason() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut core = core(Limits::default());
+        let (_, other_v3) = server_keys(NEXT_RSA, [9; 32], 8);
+        let (other, _) = server_keys(NEXT_RSA, [9; 32], 8);
+        let mut cases = Vec::new();
+        // ntor onionskin for another relay.
+        let (_, skin) = proto::ntor::client1(
+            &mut rng,
+            &proto::ntor::NtorPublicKey {
+                id: other.id,
+                pk: *other.current.public(),
+            },
+        );
+        cases.push((HandshakeType::NTOR, skin.to_vec()));
+        // ntor v3 onionskin for another relay.
+        let mut v3 = Vec::new();
+        proto::ntor_v3::client1(
+            &mut rng,
+            &proto::ntor_v3::NtorV3PublicKey {
+                id: other_v3.id,
+                pk: *other_v3.current.public(),
+            },
+            CIRCUIT_EXTEND_VERIFICATION,
+            &[],
+            &mut v3,
+        )
+        .unwrap();
+        cases.push((HandshakeType::NTOR_V3, v3));
+        // Wrong lengths and unknown types.
+        cases.push((HandshakeType::NTOR, vec![0; 10]));
+        cases.push((HandshakeType::TAP, vec![0; 186]));
+        cases.push((HandshakeType::RESERVED_FAST, vec![0; 20]));
+        cases.push((HandshakeType(0x99), vec![]));
+        for (i, (htype, hdata)) in cases.into_iter().enumerate() {
+            let mut body = Vec::new();
+            Create2 { htype, hdata }.encode(&mut body).unwrap();
+            let circ = 0x8000_0100 + i as u32;
+            let cell = CircCell::new(id(circ), ChanCmd::CREATE2, &body);
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            assert_eq!(
+                run.out,
+                vec![destroy(CLIENT, circ, DestroyReason::PROTOCOL)],
+                "case {i}"
+            );
+        }
+        // TAP CREATE, and a CREATE2 whose HLEN overruns the cell.
+        let tap = CircCell::new(id(0x8000_0200), ChanCmd::CREATE, &[0; 186]);
+        let long = CircCell::new(id(0x8000_0201), ChanCmd::CREATE2, &[0, 2, 0x01, 0xff]);
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &tap), (CLIENT, &long)]);
+        assert_eq!(
+            run.out,
+            vec![
+                destroy(CLIENT, 0x8000_0200, DestroyReason::PROTOCOL),
+                destroy(CLIENT, 0x8000_0201, DestroyReason::PROTOCOL)
+            ]
+        );
+        assert_eq!(core.circuits(), 0);
+        assert_eq!(core.stats().creates_refused, 8);
+    }
+
+    #[test]
+    fn circuit_id_rules() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut core = core(Limits::default());
+        let fast = |v| CircCell::new(id(v), ChanCmd::CREATE_FAST, &[5; 20]);
+        // The client initiated its channel: its ids must have the MSB set.
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &fast(5))]);
+        assert_eq!(run.out, vec![destroy(CLIENT, 5, DestroyReason::PROTOCOL)]);
+        // We initiated NEXT: the peer's ids must not.
+        let run = feed(&mut core, &mut rng, &[(NEXT, &fast(0x8000_0005))]);
+        assert_eq!(
+            run.out,
+            vec![destroy(NEXT, 0x8000_0005, DestroyReason::PROTOCOL)]
+        );
+        let run = feed(&mut core, &mut rng, &[(NEXT, &fast(5))]);
+        assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED_FAST);
+        // An id in use: the CREATE is dropped (tor-spec §5.3).
+        let dropped = core.stats().cells_dropped;
+        let run = feed(&mut core, &mut rng, &[(NEXT, &fast(5))]);
+        assert!(run.out.is_empty());
+        assert_eq!(core.stats().cells_dropped, dropped + 1);
+        // Circuit id 0 on a circuit command is a channel-level violation.
+        let zero = RawCell {
+            circ_id: None,
+            cmd: ChanCmd::CREATE_FAST,
+            body: CellBody::Fixed(&[0; BODY_LEN]),
+        };
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        core.handle_batch(
+            &mut rng,
+            &[InCell {
+                chan: NEXT,
+                cell: zero,
+            }],
+            &mut out,
+            &mut events,
+        );
+        assert!(out.is_empty());
+        assert_eq!(events, vec![Event::CloseChannel { chan: NEXT }]);
+        // Unknown channels and circuits are ignored.
+        let relay = CircCell::new(id(0x8000_0077), ChanCmd::RELAY, &[]);
+        let run = feed(
+            &mut core,
+            &mut rng,
+            &[(ChanId(99), &fast(0x8000_0001)), (CLIENT, &relay)],
+        );
+        assert!(run.out.is_empty() && run.events.is_empty());
+    }
+
+    #[test]
+    fn limits_refuse_with_resourcelimit() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let limits = Limits {
+            circuits_max: 3,
+            circuits_per_channel_max: 2,
+            ..Limits::default()
+        };
+        let mut core = core(limits);
+        let fast = |v| CircCell::new(id(v), ChanCmd::CREATE_FAST, &[5; 20]);
+        let run = feed(
+            &mut core,
+            &mut rng,
+            &[
+                (CLIENT, &fast(0x8000_0001)),
+                (CLIENT, &fast(0x8000_0002)),
+                (CLIENT, &fast(0x8000_0003)),
+                (NEXT, &fast(1)),
+                (NEXT, &fast(2)),
+            ],
+        );
+        let cmds: Vec<_> = run.out.iter().map(|o| o.cell.cmd).collect();
+        assert_eq!(
+            cmds,
+            [
+                ChanCmd::CREATED_FAST,
+                ChanCmd::CREATED_FAST,
+                ChanCmd::DESTROY,
+                ChanCmd::CREATED_FAST,
+                ChanCmd::DESTROY
+            ]
+        );
+        assert_eq!(
+            run.out[2],
+            destroy(CLIENT, 0x8000_0003, DestroyReason::RESOURCELIMIT)
+        );
+        assert_eq!(run.out[4], destroy(NEXT, 2, DestroyReason::RESOURCELIMIT));
+        // A freed slot is reused.
+        let d = CircCell::new(id(1), ChanCmd::DESTROY, &[0]);
+        let run = feed(&mut core, &mut rng, &[(NEXT, &d), (NEXT, &fast(2))]);
+        // The DESTROY is applied after the chunk's creates: the slot is free only afterwards.
+        assert_eq!(
+            run.out,
+            vec![destroy(NEXT, 2, DestroyReason::RESOURCELIMIT)]
+        );
+        let run = feed(&mut core, &mut rng, &[(NEXT, &fast(2))]);
+        assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED_FAST);
+        assert!(matches!(
+            RelayCore::from_server_keys(
+                server_keys(ME_RSA, ME_ED, 7).0,
+                server_keys(ME_RSA, ME_ED, 7).1,
+                engine(),
+                Limits {
+                    batch_cells_max: 0,
+                    ..Limits::default()
+                }
+            ),
+            Err(RelayCoreError::BadLimit("batch_cells_max"))
+        ));
+    }
+
+    #[test]
+    fn extend_over_an_open_channel_and_relay_both_ways() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let limits = Limits {
+            batch_cells_max: 2,
+            ..Limits::default()
+        };
+        let mut core = core(limits);
+        let mut circ = one_hop(&mut core, &mut rng);
+        let (next_keys, _) = server_keys(NEXT_RSA, [9; 32], 8);
+        let cell = circ
+            .extend(&mut rng, HandshakeKind::Ntor, &info_of(&next_keys, None))
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        assert!(run.events.is_empty(), "the open channel is reused");
+        assert_eq!(run.out.len(), 1);
+        let create = &run.out[0];
+        assert_eq!((create.chan, create.cell.cmd), (NEXT, ChanCmd::CREATE2));
+        // We initiated NEXT, so our id has the MSB set.
+        assert!(create.cell.circ_id.high_bit());
+        let next_id = create.cell.circ_id;
+        // Relay cells from the next hop before CREATED2 would be a violation; answer properly.
+        let c2 = Create2::decode(&create.cell.body).unwrap();
+        let (reply, mut server_kg) = proto::ntor::server(&mut rng, &next_keys, &c2.hdata)
+            .map(|(r, kg)| (r, hop_from(&kg).unwrap()))
+            .unwrap();
+        let mut body = Vec::new();
+        Created2 {
+            hdata: reply.to_vec(),
+        }
+        .encode(&mut body)
+        .unwrap();
+        let created = CircCell::new(next_id, ChanCmd::CREATED2, &body);
+        let run = feed(&mut core, &mut rng, &[(NEXT, &created)]);
+        assert_eq!(run.out.len(), 1);
+        assert_eq!(
+            circ.handle_cell(&run.out[0].cell).unwrap(),
+            ClientEvent::HopAdded { hops: 2 }
+        );
+        // Five cells for hop 1 in one input batch (three crypto chunks of two): each passes
+        // through unrecognized, and hop 1 (simulated here) recognizes it.
+        let before = core.stats().crypto_batches;
+        let cells: Vec<CircCell> = (0..5u8)
+            .map(|i| {
+                circ.send_raw(&mut rng, 1, RelayCmd::DROP, None, &[i; 30])
+                    .unwrap()
+            })
+            .collect();
+        let input: Vec<(ChanId, &CircCell)> = cells.iter().map(|c| (CLIENT, c)).collect();
+        let run = feed(&mut core, &mut rng, &input);
+        assert_eq!(core.stats().crypto_batches - before, 3);
+        assert_eq!(run.out.len(), 5);
+        for (i, o) in run.out.iter().enumerate() {
+            assert_eq!(
+                (o.chan, o.cell.circ_id, o.cell.cmd),
+                (NEXT, next_id, ChanCmd::RELAY)
+            );
+            let mut b = o.cell.body;
+            let r = engine().process_one(&mut server_kg, &mut b, Op::RelayRecvForward);
+            assert!(matches!(r, Outcome::Recognized(_)));
+            let v = RelayCellView::new(&b).unwrap();
+            assert_eq!((v.cmd(), v.data()), (RelayCmd::DROP, &[i as u8; 30][..]));
+        }
+        // Backward: hop 1 sends END on stream 3; the client gets it from hop 1.
+        let mut b = [0u8; BODY_LEN];
+        build_relay_cell(&mut b, RelayCmd::END, StreamId::new(3), &[6], &mut rng).unwrap();
+        engine().process_one(&mut server_kg, &mut b, Op::RelaySendBackward);
+        let back = CircCell {
+            circ_id: next_id,
+            cmd: ChanCmd::RELAY,
+            body: b,
+        };
+        let run = feed(&mut core, &mut rng, &[(NEXT, &back)]);
+        assert_eq!(run.out.len(), 1);
+        assert_eq!(run.out[0].chan, CLIENT);
+        let ev = circ.handle_cell(&run.out[0].cell).unwrap();
+        assert!(matches!(
+            ev,
+            ClientEvent::Msg { hop: 1, stream_id, msg: proto::relay_msg::RelayMsg::End(e), .. }
+                if stream_id == StreamId::new(3) && e.reason == EndReason::DONE
+        ));
+        // An inbound RELAY_EARLY closes the circuit in both directions (tor-spec §5.6).
+        let early = CircCell {
+            cmd: ChanCmd::RELAY_EARLY,
+            ..back
+        };
+        let run = feed(&mut core, &mut rng, &[(NEXT, &early)]);
+        assert_eq!(
+            run.out,
+            vec![
+                destroy(CLIENT, 0x8000_0001, DestroyReason::PROTOCOL),
+                destroy(NEXT, next_id.get(), DestroyReason::PROTOCOL)
+            ]
+        );
+        assert_eq!(core.circuits(), 0);
+        assert_eq!(core.channel_circuits(NEXT), 0);
+    }
+
+    #[test]
+    fn requested_channel_with_wrong_identity_is_refused() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let mut core = core(Limits::default());
+        let mut circ = one_hop(&mut core, &mut rng);
+        let (far, _) = server_keys([0x42; 20], [0x43; 32], 9);
+        let cell = circ
+            .extend(
+                &mut rng,
+                HandshakeKind::NtorV3,
+                &info_of(&far, Some([0x43; 32])),
+            )
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        let [Event::OpenChannel {
+            request,
+            rsa_id,
+            ed_id,
+            link_specs,
+        }] = &run.events[..]
+        else {
+            panic!("{:?}", run.events)
+        };
+        assert_eq!(*rsa_id, far.id);
+        assert_eq!(*ed_id, Some(Ed25519Identity::from_bytes([0x43; 32])));
+        assert_eq!(link_specs.len(), 3);
+        let mut out = Vec::new();
+        let liar = ChanInfo {
+            link_version: 5,
+            initiator: true,
+            rsa_id: Some(far.id),
+            ed_id: Some(Ed25519Identity::from_bytes([0x44; 32])),
+        };
+        core.handle_channel_opened(*request, ChanId(3), liar, &mut out);
+        assert_eq!(
+            out,
+            vec![destroy(CLIENT, 0x8000_0001, DestroyReason::OR_IDENTITY)]
+        );
+        // Stale answers are ignored.
+        out.clear();
+        core.handle_channel_failed(*request, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn end_of_circuit_rules() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut core = core(Limits::default());
+        // TRUNCATE with nothing after us still answers TRUNCATED.
+        let mut circ = one_hop(&mut core, &mut rng);
+        let cell = circ
+            .send_raw(&mut rng, 0, RelayCmd::TRUNCATE, None, &[])
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        assert_eq!(
+            circ.handle_cell(&run.out[0].cell).unwrap(),
+            ClientEvent::Truncated {
+                hop: 0,
+                reason: DestroyReason::REQUESTED
+            }
+        );
+        // A recognized message a middle hop does not handle (DATA) is a violation, as is an
+        // unrecognized cell at the end of the circuit, and a stream command on stream 0.
+        type MakeCell = dyn Fn(&mut OriginCircuit, &mut StdRng) -> CircCell;
+        let bad: [&MakeCell; 3] = [
+            &|c, r| {
+                c.send_raw(r, 0, RelayCmd::DATA, StreamId::new(1), b"x")
+                    .unwrap()
+            },
+            &|c, _| CircCell::new(c.circ_id(), ChanCmd::RELAY, &[0xAA; 509]),
+            &|c, r| c.send_raw(r, 0, RelayCmd::BEGIN, None, b"a:1\0").unwrap(),
+        ];
+        for (i, make) in bad.iter().enumerate() {
+            let mut core2 = self::core(Limits::default());
+            let mut circ = one_hop(&mut core2, &mut rng);
+            let cell = make(&mut circ, &mut rng);
+            let run = feed(&mut core2, &mut rng, &[(CLIENT, &cell)]);
+            assert_eq!(
+                run.out,
+                vec![destroy(CLIENT, 0x8000_0001, DestroyReason::PROTOCOL)],
+                "case {i}"
+            );
+            assert_eq!(core2.circuits(), 0);
+        }
+    }
+
+    #[test]
+    fn destroy_reasons_are_not_propagated() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut core = core(Limits::default());
+        let mut circ = one_hop(&mut core, &mut rng);
+        let (next_keys, _) = server_keys(NEXT_RSA, [9; 32], 8);
+        let cell = circ
+            .extend(&mut rng, HandshakeKind::Ntor, &info_of(&next_keys, None))
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        let next_id = run.out[0].cell.circ_id;
+        // The next hop refuses with a reason; the client hears DESTROYED.
+        let d = CircCell::new(next_id, ChanCmd::DESTROY, &[DestroyReason::OR_IDENTITY.0]);
+        let run = feed(&mut core, &mut rng, &[(NEXT, &d)]);
+        assert_eq!(
+            run.out,
+            vec![destroy(CLIENT, 0x8000_0001, DestroyReason::DESTROYED)]
+        );
+        assert_eq!(core.channel_circuits(NEXT), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary bytes as framed cells on three channels never panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            fuzz_cells(&data);
+        }
+
+        /// Random circuit cells in random order (with CREATE_FAST, which takes any X, so
+        /// that circuits exist) never panic and never write to unknown channels.
+        #[test]
+        fn random_cells_in_random_order(
+            cells in proptest::collection::vec(
+                (0u8..3,
+                 prop::sample::select(vec![1u32, 2, 0x8000_0001, 0x8000_0002, 7]),
+                 prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 9, 10, 11, 0, 8, 200]),
+                 proptest::collection::vec(any::<u8>(), 0..40)),
+                0..60)
+        ) {
+            let mut data = Vec::new();
+            for (chan, circ, cmd, body) in cells {
+                data.push(chan);
+                data.extend_from_slice(&circ.to_be_bytes());
+                data.push(cmd);
+                let mut b = body;
+                if cmd >= 128 {
+                    data.extend_from_slice(&(b.len() as u16).to_be_bytes());
+                } else {
+                    b.resize(BODY_LEN, 0);
+                }
+                data.extend_from_slice(&b);
+            }
+            fuzz_cells(&data);
+        }
+    }
+}
