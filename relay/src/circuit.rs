@@ -24,7 +24,9 @@
 mod client;
 mod relay_core;
 
-pub use client::{ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
+pub use client::{
+    fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo,
+};
 pub use relay_core::{
     fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
     Stats,

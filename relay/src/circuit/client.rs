@@ -510,3 +510,287 @@ fn finish(pending: Pending, reply: &[u8]) -> Result<KeyGenerator, ClientError> {
         Pending::Fast(_) | Pending::None => Err(ClientError::UnexpectedCell(ChanCmd::CREATED2)),
     }
 }
+
+/// Fuzz entry point: builds a one-hop ntor circuit against fixed keys, then hands every cell
+/// framed from `data` (4-byte circuit ids) to [`OriginCircuit::handle_cell`]. Panics only on
+/// a bug.
+pub fn fuzz_origin_cells(data: &[u8]) {
+    use proto::cell::{CircIdLen, RawCell};
+    use proto::keys::NtorOnionKeypair;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let onion = NtorOnionKeypair::from_secret_bytes([7; 32]);
+    let keys = proto::ntor::NtorServerKeys {
+        id: RsaIdentity::from_bytes([1; 20]),
+        current: onion.clone(),
+        previous: None,
+    };
+    let info = RelayInfo {
+        rsa_id: keys.id,
+        ed_id: None,
+        ntor_onion_key: *onion.public().as_bytes(),
+        addrs: Vec::new(),
+    };
+    let engine = Engine::new(crypto_simd::Backend::Portable).unwrap_or_else(|_| Engine::best());
+    let Some(circ_id) = CircId::new(0x8000_0001) else {
+        return;
+    };
+    let Ok((mut circ, cell)) =
+        OriginCircuit::create_first_hop(&mut rng, engine, circ_id, HandshakeKind::Ntor, &info)
+    else {
+        return;
+    };
+    let Ok(c2) = Create2::decode(&cell.body) else {
+        return;
+    };
+    let Ok((reply, _)) = proto::ntor::server(&mut rng, &keys, &c2.hdata) else {
+        return;
+    };
+    let mut body = Vec::new();
+    if (Created2 {
+        hdata: reply.to_vec(),
+    })
+    .encode(&mut body)
+    .is_err()
+    {
+        return;
+    }
+    assert_eq!(
+        circ.handle_cell(&CircCell::new(circ_id, ChanCmd::CREATED2, &body)),
+        Ok(ClientEvent::HopAdded { hops: 1 })
+    );
+    let mut rest = data;
+    while let Some((raw, used)) = RawCell::decode(rest, CircIdLen::Four) {
+        rest = rest.get(used..).unwrap_or_default();
+        if let Some(cell) = CircCell::from_raw(&raw) {
+            let _ = circ.handle_cell(&cell);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use proto::keys::NtorOnionKeypair;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn engine() -> Engine {
+        Engine::from_env().unwrap()
+    }
+
+    fn relay() -> (proto::ntor::NtorServerKeys, RelayInfo) {
+        let onion = NtorOnionKeypair::from_secret_bytes([3; 32]);
+        let keys = proto::ntor::NtorServerKeys {
+            id: RsaIdentity::from_bytes([4; 20]),
+            current: onion.clone(),
+            previous: None,
+        };
+        let info = RelayInfo {
+            rsa_id: keys.id,
+            ed_id: None,
+            ntor_onion_key: *onion.public().as_bytes(),
+            addrs: vec![
+                "[::1]:9002".parse().unwrap(),
+                "10.0.0.1:9001".parse().unwrap(),
+            ],
+        };
+        (keys, info)
+    }
+
+    fn id() -> CircId {
+        CircId::new(0x8000_0009).unwrap()
+    }
+
+    /// A one-hop ntor circuit and the hop's relay-side crypto state.
+    fn one_hop(rng: &mut StdRng) -> (OriginCircuit, Tor1Hop) {
+        let (keys, info) = relay();
+        let (mut circ, cell) =
+            OriginCircuit::create_first_hop(rng, engine(), id(), HandshakeKind::Ntor, &info)
+                .unwrap();
+        assert_eq!((cell.circ_id, cell.cmd), (id(), ChanCmd::CREATE2));
+        let c2 = Create2::decode(&cell.body).unwrap();
+        assert_eq!(c2.htype, HandshakeType::NTOR);
+        let (reply, kg) = proto::ntor::server(rng, &keys, &c2.hdata).unwrap();
+        let mut body = Vec::new();
+        Created2 {
+            hdata: reply.to_vec(),
+        }
+        .encode(&mut body)
+        .unwrap();
+        let ev = circ
+            .handle_cell(&CircCell::new(id(), ChanCmd::CREATED2, &body))
+            .unwrap();
+        assert_eq!(ev, ClientEvent::HopAdded { hops: 1 });
+        (circ, hop_from(&kg).unwrap())
+    }
+
+    #[test]
+    fn link_specs_in_recommended_order() {
+        let (_, mut info) = relay();
+        info.ed_id = Some(Ed25519Identity::from_bytes([5; 32]));
+        let specs = info.link_specs();
+        let types: Vec<u8> = specs.iter().map(LinkSpec::ls_type).collect();
+        assert_eq!(types, [0, 2, 3, 1]);
+    }
+
+    #[test]
+    fn handshake_and_messages_both_ways() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut circ, mut hop) = one_hop(&mut rng);
+        // Forward: the relay side recognizes exactly what was sent.
+        let cell = circ
+            .send(
+                &mut rng,
+                0,
+                StreamId::new(2),
+                &RelayMsg::Data(proto::relay_msg::Data::new(b"hello".to_vec()).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(cell.cmd, ChanCmd::RELAY);
+        let mut b = cell.body;
+        let r = engine().process_one(&mut hop, &mut b, crypto_simd::Op::RelayRecvForward);
+        assert!(matches!(r, crypto_simd::Outcome::Recognized(_)));
+        let v = RelayCellView::new(&b).unwrap();
+        assert_eq!(
+            (v.cmd(), v.stream_id(), v.data()),
+            (RelayCmd::DATA, StreamId::new(2), &b"hello"[..])
+        );
+        // Backward.
+        let mut b = [0u8; 509];
+        build_relay_cell(&mut b, RelayCmd::DATA, StreamId::new(2), b"world", &mut rng).unwrap();
+        engine().process_one(&mut hop, &mut b, crypto_simd::Op::RelaySendBackward);
+        let ev = circ
+            .handle_cell(&CircCell {
+                circ_id: id(),
+                cmd: ChanCmd::RELAY,
+                body: b,
+            })
+            .unwrap();
+        assert_eq!(
+            ev,
+            ClientEvent::Msg {
+                hop: 0,
+                stream_id: StreamId::new(2),
+                msg: RelayMsg::Data(proto::relay_msg::Data::new(b"world".to_vec()).unwrap()),
+                data: b"world".to_vec(),
+            }
+        );
+    }
+
+    #[test]
+    fn misuse_errors() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let (_, info) = relay();
+        let (mut circ, _) =
+            OriginCircuit::create_first_hop(&mut rng, engine(), id(), HandshakeKind::Ntor, &info)
+                .unwrap();
+        assert_eq!(
+            circ.extend(&mut rng, HandshakeKind::Ntor, &info)
+                .unwrap_err(),
+            ClientError::HandshakeInProgress
+        );
+        assert_eq!(
+            circ.send_raw(&mut rng, 0, RelayCmd::DROP, None, &[])
+                .unwrap_err(),
+            ClientError::NoSuchHop(0)
+        );
+        assert_eq!(
+            OriginCircuit::create_first_hop(&mut rng, engine(), id(), HandshakeKind::NtorV3, &info)
+                .unwrap_err(),
+            ClientError::BadHandshakeKind
+        );
+        let (mut circ, _) = one_hop(&mut rng);
+        assert_eq!(
+            circ.extend(&mut rng, HandshakeKind::CreateFast, &info)
+                .unwrap_err(),
+            ClientError::BadHandshakeKind
+        );
+        assert_eq!(
+            circ.send_raw(&mut rng, 0, RelayCmd::DATA, StreamId::new(1), &[0; 499])
+                .unwrap_err(),
+            ClientError::MessageTooLong
+        );
+        let d = circ.destroy();
+        assert_eq!((d.cmd, d.body[0]), (ChanCmd::DESTROY, 0));
+        assert!(circ.is_closed());
+        assert_eq!(
+            circ.send_raw(&mut rng, 0, RelayCmd::DROP, None, &[])
+                .unwrap_err(),
+            ClientError::Closed
+        );
+    }
+
+    #[test]
+    fn network_errors_close_the_circuit() {
+        let mut rng = StdRng::seed_from_u64(3);
+        // A bad AUTH in CREATED2.
+        let (keys, info) = relay();
+        let (mut circ, cell) =
+            OriginCircuit::create_first_hop(&mut rng, engine(), id(), HandshakeKind::Ntor, &info)
+                .unwrap();
+        let c2 = Create2::decode(&cell.body).unwrap();
+        let (mut reply, _) = proto::ntor::server(&mut rng, &keys, &c2.hdata).unwrap();
+        reply[40] ^= 1;
+        let mut body = Vec::new();
+        Created2 {
+            hdata: reply.to_vec(),
+        }
+        .encode(&mut body)
+        .unwrap();
+        assert_eq!(
+            circ.handle_cell(&CircCell::new(id(), ChanCmd::CREATED2, &body)),
+            Err(ClientError::Handshake(HandshakeError::BadAuth))
+        );
+        assert!(circ.is_closed());
+        // A relay cell no hop recognizes; an inbound RELAY_EARLY; a second CREATED2.
+        for cell in [
+            CircCell::new(id(), ChanCmd::RELAY, &[0x77; 509]),
+            CircCell::new(id(), ChanCmd::RELAY_EARLY, &[]),
+            CircCell::new(id(), ChanCmd::CREATED2, &[]),
+        ] {
+            let (mut circ, _) = one_hop(&mut rng);
+            assert!(circ.handle_cell(&cell).is_err());
+            assert!(circ.is_closed());
+        }
+        // DESTROY is an event, with its reason.
+        let (mut circ, _) = one_hop(&mut rng);
+        assert_eq!(
+            circ.handle_cell(&CircCell::new(id(), ChanCmd::DESTROY, &[8])),
+            Ok(ClientEvent::Destroyed {
+                reason: DestroyReason::CHANNEL_CLOSED
+            })
+        );
+        assert_eq!(
+            circ.handle_cell(&CircCell::new(id(), ChanCmd::PADDING, &[])),
+            Err(ClientError::Closed)
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary cells never panic the client.
+        #[test]
+        fn arbitrary_cells_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            fuzz_origin_cells(&data);
+        }
+
+        /// CircCell framing round-trips.
+        #[test]
+        fn circ_cell_round_trip(
+            circ in 1u32..,
+            cmd in prop::sample::select(vec![1u8, 2, 3, 4, 5, 6, 9, 10, 11]),
+            body in proptest::collection::vec(any::<u8>(), 509),
+        ) {
+            let cell = CircCell::new(CircId::new(circ).unwrap(), ChanCmd(cmd), &body);
+            let mut bytes = Vec::new();
+            cell.encode(proto::cell::CircIdLen::Four, &mut bytes).unwrap();
+            let (raw, used) = proto::cell::RawCell::decode(&bytes, proto::cell::CircIdLen::Four).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(CircCell::from_raw(&raw), Some(cell));
+        }
+    }
+}
