@@ -276,6 +276,7 @@ pub struct RelayCore {
     destroys: Vec<(ChanId, CircId)>,
     scratch_slots: Vec<(u32, Side)>,
     stats: Stats,
+    live: usize,
     echo_drop: bool,
 }
 
@@ -358,6 +359,7 @@ impl RelayCore {
             destroys: Vec::with_capacity(n),
             scratch_slots: Vec::with_capacity(limits.circuits_max),
             stats: Stats::default(),
+            live: 0,
             echo_drop: false,
         })
     }
@@ -376,7 +378,14 @@ impl RelayCore {
 
     /// Live circuits.
     pub fn circuits(&self) -> usize {
-        self.circs.iter().filter(|c| c.live).count()
+        self.live
+    }
+
+    /// Replaces the handshake keys (onion-key rotation: pass the previous key along for the
+    /// grace period). Circuits already built are not affected.
+    pub fn set_server_keys(&mut self, ntor: NtorServerKeys, ntor_v3: NtorV3ServerKeys) {
+        self.ntor = ntor;
+        self.ntor_v3 = ntor_v3;
     }
 
     /// Circuits using `chan`, in either direction.
@@ -763,6 +772,7 @@ impl RelayCore {
             ch.circuits += 1;
         }
         self.stats.circuits_created += 1;
+        self.live += 1;
         out.push(OutCell {
             chan,
             cell: CircCell {
@@ -1306,6 +1316,7 @@ impl RelayCore {
         }
         self.drop_next(next, next_reason, out);
         self.freed.push(slot);
+        self.live = self.live.saturating_sub(1);
         self.stats.circuits_destroyed += 1;
     }
 
@@ -1355,6 +1366,37 @@ impl RelayCore {
                 p.queue.clear();
                 p.hdata.clear();
                 self.pending_free.push(idx as u32);
+            }
+        }
+    }
+
+    /// Panics if the tables disagree: every route names a live circuit whose prev or next half
+    /// it is, per-channel counts match the routes, and the live count matches the slots. For
+    /// fuzzing and tests.
+    fn assert_invariants(&self) {
+        let live = self.circs.iter().filter(|c| c.live).count();
+        assert_eq!(live, self.live);
+        let mut per_chan: HashMap<ChanId, usize> = HashMap::new();
+        for (&(chan, id), r) in &self.routes {
+            let c = &self.circs[r.slot as usize];
+            assert!(c.live);
+            match r.side {
+                Side::Prev => assert_eq!((c.prev_chan, c.prev_id), (chan, id)),
+                Side::Next => assert!(matches!(
+                    c.next,
+                    Next::Creating { chan: nc, id: ni } | Next::Open { chan: nc, id: ni }
+                        if (nc, ni) == (chan, id)
+                )),
+            }
+            *per_chan.entry(chan).or_default() += 1;
+        }
+        for (chan, ch) in &self.chans {
+            assert_eq!(ch.circuits, per_chan.get(chan).copied().unwrap_or(0));
+        }
+        for c in self.circs.iter().filter(|c| c.live) {
+            assert!(self.routes.contains_key(&(c.prev_chan, c.prev_id)));
+            if let Next::Opening { request } = c.next {
+                assert!(self.pending_index(request).is_some());
             }
         }
     }
@@ -1503,6 +1545,7 @@ pub fn fuzz_cells(data: &[u8]) {
         for o in out.drain(..) {
             assert!(core.chans.contains_key(&o.chan) || o.cell.cmd == ChanCmd::DESTROY);
         }
+        core.assert_invariants();
     }
 }
 
@@ -1599,6 +1642,7 @@ mod tests {
             events: Vec::new(),
         };
         core.handle_batch(rng, &input, &mut run.out, &mut run.events);
+        core.assert_invariants();
         run
     }
 
