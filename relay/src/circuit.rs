@@ -19,7 +19,13 @@
 //! nor circuit-level SENDME windows at relays.
 //!
 //! Nothing here touches a socket or a clock: channels are named by the caller's [`ChanId`], and
-//! every cell to send is written into a caller-owned buffer.
+//! every cell to send is written into a caller-owned buffer. Timeouts (a channel that never
+//! opens, a CREATE2 never answered) are the reactor's: it answers with
+//! [`RelayCore::handle_channel_failed`] or closes the channel.
+//!
+//! Fuzz entry points: [`fuzz_cells`] (arbitrary cells into a [`RelayCore`], with its table
+//! invariants checked after every cell) and [`fuzz_origin_cells`] (arbitrary cells into a
+//! built [`OriginCircuit`]).
 
 mod client;
 mod relay_core;
