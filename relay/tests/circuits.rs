@@ -64,7 +64,11 @@ fn keys(seed: u64) -> RelayKeys {
 
 impl Net {
     fn new(n: usize, limits: Limits) -> Net {
-        let engine = Engine::from_env().unwrap();
+        Net::with_engine(n, limits, Engine::from_env().unwrap())
+    }
+
+    /// A network whose relays and client all use `engine`'s crypto backend.
+    fn with_engine(n: usize, limits: Limits, engine: Engine) -> Net {
         let relays = (0..n)
             .map(|i| {
                 let keys = keys(100 + i as u64);
@@ -415,6 +419,13 @@ fn three_hops_with_every_handshake() {
 
 #[test]
 fn hundreds_of_circuits_in_one_batch() {
+    // Every backend this CPU has, each against its own network.
+    for backend in crypto_simd::Backend::supported() {
+        hundreds_of_circuits_with(Engine::new(backend).unwrap());
+    }
+}
+
+fn hundreds_of_circuits_with(engine: Engine) {
     // Every EXTEND2 of the first round arrives before the channel they share is open, so each
     // waits as a pending extend.
     let limits = Limits {
@@ -422,7 +433,7 @@ fn hundreds_of_circuits_in_one_batch() {
         pending_extends_max: 512,
         ..Limits::default()
     };
-    let mut net = Net::new(3, limits);
+    let mut net = Net::with_engine(3, limits, engine);
     let chan = net.connect_client(0);
     let kinds = [
         HandshakeKind::CreateFast,
