@@ -1056,6 +1056,10 @@ impl RelayCore {
                     self.reply(rng, slot, RelayCmd::END, view.stream_id(), &data);
                 }
             }
+            // tor-spec §6.1: a recognized cell with a command we do not understand is dropped.
+            cmd if cmd.name().is_none() => self.stats.cells_dropped += 1,
+            // Known commands this relay does not serve (yet): stream data without a stream,
+            // SENDME without windows, onion-service cells (the control shard's, later).
             _ => self.violation(slot, out),
         }
     }
@@ -2033,6 +2037,15 @@ mod tests {
                 reason: DestroyReason::REQUESTED
             }
         );
+        // A recognized cell with an unknown command is dropped (tor-spec §6.1).
+        let cell = circ
+            .send_raw(&mut rng, 0, RelayCmd(200), None, b"future")
+            .unwrap();
+        let dropped = core.stats().cells_dropped;
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        assert!(run.out.is_empty());
+        assert_eq!(core.stats().cells_dropped, dropped + 1);
+        assert_eq!(core.circuits(), 1);
         // A recognized message a middle hop does not handle (DATA) is a violation, as is an
         // unrecognized cell at the end of the circuit, and a stream command on stream 0.
         type MakeCell = dyn Fn(&mut OriginCircuit, &mut StdRng) -> CircCell;
