@@ -51,6 +51,11 @@ pub struct ChanId(pub u32);
 /// Most RELAY_EARLY cells a relay accepts on one circuit before closing it (tor-spec §5.6).
 pub const RELAY_EARLY_MAX: u8 = 8;
 
+// Cell bodies move between the framing layer, the relay-cell layout and the crypto batch by
+// plain array copies.
+const _: () = assert!(BODY_LEN == crypto_simd::CELL_BODY_LEN);
+const _: () = assert!(BODY_LEN == proto::relay_cell::RELAY_BODY_LEN);
+
 /// A fixed-length cell on a circuit, owned: the unit both state machines emit.
 ///
 /// Every cell a circuit sends (CREATE2, CREATED2, CREATED_FAST, RELAY, RELAY_EARLY, DESTROY) is
