@@ -1,0 +1,128 @@
+//! Circuits, sans-io: what happens between "an open channel delivered a cell" and "a cell must
+//! be written on a channel".
+//!
+//! Spec: tor-spec §5 ("Circuit management",
+//! <https://spec.torproject.org/tor-spec/circuit-management.html>) and §6.1 ("Relay cells",
+//! <https://spec.torproject.org/tor-spec/relay-cells.html>).
+//!
+//! - [`RelayCore`] (in `relay_core.rs`): the circuits of one data shard, as a relay sees them:
+//!   CREATE2 (ntor, ntor v3) and CREATE_FAST, EXTEND2 to the next hop, forward and backward
+//!   relaying through one batched [`crypto_simd::Engine::process_batch`] call per batch,
+//!   TRUNCATE, DESTROY propagation and channel loss.
+//! - [`OriginCircuit`] (in `client.rs`): a circuit as its origin (a client) sees it: building it
+//!   hop by hop, sending and receiving relay messages. The integration tests and the `bench`
+//!   load generator drive relays with it.
+//!
+//! Exit streams (BEGIN, RESOLVE) and directory streams (BEGIN_DIR) are not served yet: a relay
+//! answers them with an END cell. Neither are TAP (CREATE, EXTEND), congestion-control
+//! negotiation (a ntor v3 CC_REQUEST gets an empty reply, which means "no congestion control")
+//! nor circuit-level SENDME windows at relays.
+//!
+//! Nothing here touches a socket or a clock: channels are named by the caller's [`ChanId`], and
+//! every cell to send is written into a caller-owned buffer. Timeouts (a channel that never
+//! opens, a CREATE2 never answered) are the reactor's: it answers with
+//! [`RelayCore::handle_channel_failed`] or closes the channel.
+//!
+//! Fuzz entry points: [`fuzz_cells`] (arbitrary cells into a [`RelayCore`], with its table
+//! invariants checked after every cell) and [`fuzz_origin_cells`] (arbitrary cells into a
+//! built [`OriginCircuit`]).
+
+mod client;
+mod relay_core;
+
+pub use client::{
+    fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo,
+};
+pub use relay_core::{
+    fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
+    Stats,
+};
+
+use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};
+use proto::codec::CodecError;
+use proto::ids::CircId;
+use proto::kdf::KeyGenerator;
+use zeroize::Zeroize;
+
+/// A channel as the caller (the shard's reactor) names it. Only equality matters here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChanId(pub u32);
+
+/// Most RELAY_EARLY cells a relay accepts on one circuit before closing it (tor-spec §5.6).
+pub const RELAY_EARLY_MAX: u8 = 8;
+
+// Cell bodies move between the framing layer, the relay-cell layout and the crypto batch by
+// plain array copies.
+const _: () = assert!(BODY_LEN == crypto_simd::CELL_BODY_LEN);
+const _: () = assert!(BODY_LEN == proto::relay_cell::RELAY_BODY_LEN);
+
+/// A fixed-length cell on a circuit, owned: the unit both state machines emit.
+///
+/// Every cell a circuit sends (CREATE2, CREATED2, CREATED_FAST, RELAY, RELAY_EARLY, DESTROY) is
+/// fixed-length, so the body is always a whole [`BODY_LEN`] array and never allocated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CircCell {
+    /// The circuit id on the channel the cell travels on.
+    pub circ_id: CircId,
+    /// The command.
+    pub cmd: ChanCmd,
+    /// The body, zero-padded.
+    pub body: [u8; BODY_LEN],
+}
+
+impl CircCell {
+    /// A cell whose body is `prefix` followed by zeros. `prefix` longer than a body is cut
+    /// (callers only pass bodies they sized).
+    pub fn new(circ_id: CircId, cmd: ChanCmd, prefix: &[u8]) -> Self {
+        let mut body = [0u8; BODY_LEN];
+        let n = prefix.len().min(BODY_LEN);
+        body[..n].copy_from_slice(&prefix[..n]);
+        CircCell { circ_id, cmd, body }
+    }
+
+    /// Borrows this cell as the framing layer's view.
+    pub fn as_raw(&self) -> RawCell<'_> {
+        RawCell {
+            circ_id: Some(self.circ_id),
+            cmd: self.cmd,
+            body: CellBody::Fixed(&self.body),
+        }
+    }
+
+    /// Copies a received fixed-length cell with a nonzero circuit id; `None` for anything else
+    /// (variable-length cells and circuit id 0 never concern a circuit).
+    pub fn from_raw(raw: &RawCell<'_>) -> Option<Self> {
+        match (raw.circ_id, raw.body) {
+            (Some(circ_id), CellBody::Fixed(b)) => Some(CircCell {
+                circ_id,
+                cmd: raw.cmd,
+                body: *b,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Appends the framed cell.
+    pub fn encode(&self, circ_id_len: CircIdLen, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        self.as_raw().encode(circ_id_len, out)
+    }
+}
+
+impl std::fmt::Debug for CircCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircCell")
+            .field("circ_id", &self.circ_id)
+            .field("cmd", &self.cmd)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tor1 hop state from a finished handshake's key generator (`Df | Db | Kf | Kb`).
+fn hop_from(kg: &KeyGenerator) -> Option<crypto_simd::Tor1Hop> {
+    let k = kg.expand(crypto_simd::KDF_LEN).ok()?;
+    let mut arr = [0u8; crypto_simd::KDF_LEN];
+    arr.copy_from_slice(k.get(..crypto_simd::KDF_LEN)?);
+    let hop = crypto_simd::Tor1Hop::from_kdf(&arr);
+    arr.zeroize();
+    Some(hop)
+}
