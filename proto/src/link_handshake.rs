@@ -61,8 +61,8 @@ use crate::cell::{ChanCmd, CircIdLen, RawCell};
 use crate::cert::{CertBuildError, CertError};
 use crate::certs_cell::{self, IdentityCerts, InitiatorIdentity, PeerIdentity};
 use crate::chan_msg::{
-    Auth3Body, Auth3Fields, AuthChallenge, AuthMethod, Authenticate, ChanCell, ChanCellError,
-    ChanMsg, Certs, Netinfo, NetinfoAddr, Versions,
+    Auth3Body, Auth3Fields, AuthChallenge, AuthMethod, Authenticate, Certs, ChanCell,
+    ChanCellError, ChanMsg, Netinfo, NetinfoAddr, Versions,
 };
 use crate::codec::CodecError;
 use crate::ids::{Ed25519Identity, RsaIdentity};
@@ -337,7 +337,8 @@ impl Link {
         ChanCell { circ_id: None, msg }
             .encode(self.circ_id_len, &mut self.outbox)
             .map_err(LocalError::Encode)?;
-        self.sent.update(self.outbox.get(start..).unwrap_or_default());
+        self.sent
+            .update(self.outbox.get(start..).unwrap_or_default());
         Ok(())
     }
 
@@ -479,7 +480,11 @@ fn link_info(
     peer: Option<PeerIdentity>,
     addrs: &NetinfoAddrs,
 ) -> LinkInfo {
-    let peer_addrs: Vec<IpAddr> = netinfo.my_addrs.iter().filter_map(NetinfoAddr::ip).collect();
+    let peer_addrs: Vec<IpAddr> = netinfo
+        .my_addrs
+        .iter()
+        .filter_map(NetinfoAddr::ip)
+        .collect();
     LinkInfo {
         link_version,
         circ_id_len: link_version::circ_id_len(link_version),
@@ -1081,7 +1086,10 @@ impl ExpectAuthenticate {
         let checks = [
             (f.cid == cid, Auth3Field::Cid),
             (f.sid == config.sid, Auth3Field::Sid),
-            (&f.cid_ed == peer.ed25519_identity.as_bytes(), Auth3Field::CidEd),
+            (
+                &f.cid_ed == peer.ed25519_identity.as_bytes(),
+                Auth3Field::CidEd,
+            ),
             (f.sid_ed == config.sid_ed, Auth3Field::SidEd),
             (f.slog == self.slog, Auth3Field::Slog),
             (f.clog == link.received_digest(), Auth3Field::Clog),
@@ -1102,5 +1110,1002 @@ impl ExpectAuthenticate {
             version: self.version,
             peer: Some(self.initiator.peer),
         }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing
+
+/// A deterministic generator for the fuzz entry point: SHA-256 in counter mode. Not random;
+/// only so the fuzzed handshakes are reproducible.
+struct FuzzRng(u64);
+
+impl rand_core::RngCore for FuzzRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(32) {
+            self.0 = self.0.wrapping_add(1);
+            let block: [u8; 32] = Sha256::digest(self.0.to_be_bytes()).into();
+            chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for FuzzRng {}
+
+/// Fixed TLS values for fuzzing and tests: a peer certificate digest and an exporter that
+/// hashes its context with a shared secret, so both ends agree.
+#[derive(Debug, Clone, Copy)]
+struct FixedTls {
+    peer_cert: Option<[u8; 32]>,
+    secret: [u8; 32],
+}
+
+impl LinkTls for FixedTls {
+    fn peer_cert_sha256(&self) -> Option<[u8; 32]> {
+        self.peer_cert
+    }
+
+    fn auth3_exporter(&self, context: &[u8; 32]) -> Option<[u8; 32]> {
+        Some(
+            Sha256::new()
+                .chain_update(AUTH3_EXPORTER_LABEL)
+                .chain_update(self.secret)
+                .chain_update(context)
+                .finalize()
+                .into(),
+        )
+    }
+}
+
+/// The keys the fuzz entry point's relays use, made once.
+fn fuzz_relays() -> Option<&'static [(RelayKeys, IdentityCerts); 2]> {
+    static RELAYS: std::sync::OnceLock<Option<[(RelayKeys, IdentityCerts); 2]>> =
+        std::sync::OnceLock::new();
+    RELAYS
+        .get_or_init(|| {
+            let mut rng = FuzzRng(0);
+            let mut one = || {
+                let keys = RelayKeys::generate(FUZZ_NOW, &mut rng).ok()?;
+                let certs = keys.identity_certs(FUZZ_NOW, &mut rng).ok()?;
+                Some((keys, certs))
+            };
+            Some([one()?, one()?])
+        })
+        .as_ref()
+}
+
+const FUZZ_NOW: u64 = 1_750_000_000;
+const FUZZ_TLS_CERT: [u8; 32] = [0x5C; 32];
+
+/// Feeds arbitrary bytes to a handshake in one of its states; for fuzz targets.
+///
+/// The first byte chooses the role (bit 0), how many of the peer's genuine handshake cells
+/// come first (bits 1-3: 0 to 4, which reaches every state), and the fragment size (bits
+/// 4-7); the rest is fed as the peer's next bytes.
+pub fn fuzz_handshake(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Some([(ikeys, icerts), (rkeys, rcerts)]) = fuzz_relays() else {
+        return;
+    };
+    let mut rng = FuzzRng(u64::from(sel));
+    let addrs = NetinfoAddrs {
+        peer: IpAddr::from([127, 0, 0, 1]),
+        ours: vec![IpAddr::from([127, 0, 0, 2])],
+    };
+    let itls = FixedTls {
+        peer_cert: Some(FUZZ_TLS_CERT),
+        secret: [1; 32],
+    };
+    let rtls = FixedTls {
+        peer_cert: None,
+        secret: [1; 32],
+    };
+    let icreds = RelayCredentials {
+        keys: ikeys,
+        identity_certs: icerts,
+    };
+    let rcreds = RelayCredentials {
+        keys: rkeys,
+        identity_certs: rcerts,
+    };
+    let Ok(mut init) = Initiator::new(
+        Some(icreds),
+        ExpectedPeer::default(),
+        addrs.clone(),
+        FUZZ_NOW,
+        &mut rng,
+    ) else {
+        return;
+    };
+    let Ok(mut resp) = Responder::new(rcreds, FUZZ_TLS_CERT, addrs, FUZZ_NOW, &mut rng) else {
+        return;
+    };
+    let prefix = usize::from((sel >> 1) & 7) % 5;
+    let chunk = usize::from(sel >> 4) * 37 + 1;
+    let mut to_resp = Vec::new();
+    init.poll_transmit(&mut to_resp);
+    let _ = resp.handle_input(&to_resp, FUZZ_NOW, &rtls);
+    let mut to_init = Vec::new();
+    resp.poll_transmit(&mut to_init);
+    let feed_init = sel & 1 == 0;
+    if feed_init {
+        let cells = split_cells(&to_init);
+        let first = cells.get(..prefix.min(cells.len())).unwrap_or_default();
+        let _ = init.handle_input(&first.concat(), FUZZ_NOW, &itls);
+        for piece in rest.chunks(chunk) {
+            if init.handle_input(piece, FUZZ_NOW, &itls).is_err() || init.is_finished() {
+                break;
+            }
+        }
+    } else {
+        let _ = init.handle_input(&to_init, FUZZ_NOW, &itls);
+        let mut more = Vec::new();
+        init.poll_transmit(&mut more);
+        let mut cells = split_cells(&to_resp);
+        cells.extend(split_cells_from(&more, CircIdLen::Four));
+        // The VERSIONS cell was fed already.
+        let take = prefix.min(cells.len()).max(1);
+        let first = cells.get(1..take).unwrap_or_default();
+        let _ = resp.handle_input(&first.concat(), FUZZ_NOW, &rtls);
+        for piece in rest.chunks(chunk) {
+            if resp.handle_input(piece, FUZZ_NOW, &rtls).is_err() || resp.is_finished() {
+                break;
+            }
+        }
+    }
+}
+
+/// Splits a handshake byte stream into whole cells: the first with 2-byte circuit ids, the
+/// rest with 4.
+fn split_cells(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let Some((_, first)) = RawCell::decode(bytes, CircIdLen::BEFORE_NEGOTIATION) else {
+        return Vec::new();
+    };
+    let mut cells = vec![bytes.get(..first).unwrap_or_default().to_vec()];
+    cells.extend(split_cells_from(
+        bytes.get(first..).unwrap_or_default(),
+        CircIdLen::Four,
+    ));
+    cells
+}
+
+fn split_cells_from(mut bytes: &[u8], len: CircIdLen) -> Vec<Vec<u8>> {
+    let mut cells = Vec::new();
+    while let Some((_, used)) = RawCell::decode(bytes, len) {
+        cells.push(bytes.get(..used).unwrap_or_default().to_vec());
+        bytes = bytes.get(used..).unwrap_or_default();
+    }
+    cells
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+mod tests {
+    //! Vectors: none exist for the whole handshake; these run our initiator against our
+    //! responder, and `relay/tests/ctor_link.rs` runs the initiator against C tor 0.4.9.
+
+    use super::*;
+    use crate::cert::CertType;
+    use crate::chan_msg::{CertEntry, CreateFast, Vpadding};
+    use crate::ids::CircId;
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const NOW: u64 = FUZZ_NOW;
+    const INIT_ADDR: [u8; 4] = [10, 0, 0, 1];
+    const RESP_ADDR: [u8; 4] = [10, 0, 0, 2];
+
+    fn relays() -> &'static [(RelayKeys, IdentityCerts); 2] {
+        fuzz_relays().unwrap()
+    }
+
+    fn creds(which: usize) -> RelayCredentials<'static> {
+        let (keys, identity_certs) = &relays()[which];
+        RelayCredentials {
+            keys,
+            identity_certs,
+        }
+    }
+
+    fn itls() -> FixedTls {
+        FixedTls {
+            peer_cert: Some(FUZZ_TLS_CERT),
+            secret: [1; 32],
+        }
+    }
+
+    fn rtls() -> FixedTls {
+        FixedTls {
+            peer_cert: None,
+            secret: [1; 32],
+        }
+    }
+
+    fn initiator_with(auth: bool, expected: ExpectedPeer) -> Initiator {
+        let addrs = NetinfoAddrs {
+            peer: RESP_ADDR.into(),
+            ours: if auth { vec![INIT_ADDR.into()] } else { vec![] },
+        };
+        let creds = auth.then(|| creds(0));
+        Initiator::new(creds, expected, addrs, NOW, &mut StdRng::seed_from_u64(1)).unwrap()
+    }
+
+    fn initiator(auth: bool) -> Initiator {
+        initiator_with(auth, ExpectedPeer::default())
+    }
+
+    fn responder() -> Responder {
+        let addrs = NetinfoAddrs {
+            peer: INIT_ADDR.into(),
+            ours: vec![RESP_ADDR.into()],
+        };
+        Responder::new(
+            creds(1),
+            FUZZ_TLS_CERT,
+            addrs,
+            NOW,
+            &mut StdRng::seed_from_u64(2),
+        )
+        .unwrap()
+    }
+
+    fn out_i(i: &mut Initiator) -> Vec<u8> {
+        let mut v = Vec::new();
+        i.poll_transmit(&mut v);
+        v
+    }
+
+    fn out_r(r: &mut Responder) -> Vec<u8> {
+        let mut v = Vec::new();
+        r.poll_transmit(&mut v);
+        v
+    }
+
+    /// Runs a pair to the end, passing bytes in pieces of `chunk`; returns both results.
+    fn run(
+        i: &mut Initiator,
+        r: &mut Responder,
+        chunk: usize,
+        itls: &FixedTls,
+        rtls: &FixedTls,
+    ) -> Result<(), LinkHandshakeError> {
+        for _ in 0..10 {
+            let to_r = out_i(i);
+            for piece in to_r.chunks(chunk) {
+                assert_eq!(r.handle_input(piece, NOW, rtls)?, piece.len());
+            }
+            let to_i = out_r(r);
+            for piece in to_i.chunks(chunk) {
+                assert_eq!(i.handle_input(piece, NOW, itls)?, piece.len());
+            }
+            if i.is_finished() && r.is_finished() {
+                return Ok(());
+            }
+        }
+        panic!("no progress: {i:?} {r:?}");
+    }
+
+    fn cell(msg: ChanMsg) -> Vec<u8> {
+        let mut out = Vec::new();
+        ChanCell { circ_id: None, msg }
+            .encode(CircIdLen::Four, &mut out)
+            .unwrap();
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> ChanMsg {
+        let (raw, _) = RawCell::decode(bytes, CircIdLen::Four).unwrap();
+        ChanCell::decode(&raw).unwrap().msg
+    }
+
+    fn peer_err(e: PeerMisbehaved) -> Result<usize, LinkHandshakeError> {
+        Err(LinkHandshakeError::Peer(e))
+    }
+
+    fn unexpected_err(cmd: ChanCmd, expecting: Expecting) -> Result<usize, LinkHandshakeError> {
+        peer_err(PeerMisbehaved::Unexpected { cmd, expecting })
+    }
+
+    fn identity(which: usize) -> (RsaIdentity, Ed25519Identity) {
+        let keys = &relays()[which].0;
+        (keys.fingerprint(), keys.ed25519_identity())
+    }
+
+    #[test]
+    fn authenticated_pair_agrees() {
+        let (mut i, mut r) = (initiator(true), responder());
+        run(&mut i, &mut r, usize::MAX, &itls(), &rtls()).unwrap();
+        let (ii, ri) = (i.finish().unwrap(), r.finish().unwrap());
+        assert_eq!((ii.link_version, ri.link_version), (5, 5));
+        assert_eq!(
+            (ii.circ_id_len, ri.circ_id_len),
+            (CircIdLen::Four, CircIdLen::Four)
+        );
+        assert!(ii.we_initiated && !ri.we_initiated);
+        let ip = ii.peer.clone().unwrap();
+        assert_eq!((ip.rsa_identity, ip.ed25519_identity), identity(1));
+        let rp = ri.peer.clone().unwrap();
+        assert_eq!((rp.rsa_identity, rp.ed25519_identity), identity(0));
+        // Relays send their clocks; both see the other's addresses and call it canonical.
+        assert_eq!(
+            (ii.peer_timestamp, ri.peer_timestamp),
+            (NOW as u32, NOW as u32)
+        );
+        assert_eq!(ii.clock_skew_secs(), Some(0));
+        assert_eq!(ii.our_addr_seen_by_peer, Some(INIT_ADDR.into()));
+        assert_eq!(ri.our_addr_seen_by_peer, Some(RESP_ADDR.into()));
+        assert_eq!(ii.peer_addrs, [IpAddr::from(RESP_ADDR)]);
+        assert_eq!(ri.peer_addrs, [IpAddr::from(INIT_ADDR)]);
+        assert!(ii.peer_addr_is_canonical && ri.peer_addr_is_canonical);
+    }
+
+    #[test]
+    fn client_pair_stays_anonymous() {
+        let (mut i, mut r) = (initiator(false), responder());
+        run(&mut i, &mut r, usize::MAX, &itls(), &rtls()).unwrap();
+        let (ii, ri) = (i.finish().unwrap(), r.finish().unwrap());
+        assert_eq!(ii.peer.as_ref().unwrap().rsa_identity, identity(1).0);
+        assert_eq!(ri.peer, None);
+        assert_eq!(ri.peer_timestamp, 0);
+        assert_eq!(ri.clock_skew_secs(), None);
+        assert!(ri.peer_addrs.is_empty());
+        assert!(!ri.peer_addr_is_canonical);
+    }
+
+    #[test]
+    fn cell_sequences_on_the_wire() {
+        let (mut i, mut r) = (initiator(true), responder());
+        let v = out_i(&mut i);
+        // VERSIONS with 2-byte circuit ids, offering 4 and 5.
+        assert_eq!(v, [0, 0, 7, 0, 4, 0, 4, 0, 5]);
+        r.handle_input(&v, NOW, &rtls()).unwrap();
+        let cmds = |cells: Vec<Vec<u8>>| -> Vec<ChanCmd> {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(n, c)| ChanCmd(c[if n == 0 { 2 } else { 4 }]))
+                .collect()
+        };
+        let to_i = out_r(&mut r);
+        assert_eq!(
+            cmds(split_cells(&to_i)),
+            [
+                ChanCmd::VERSIONS,
+                ChanCmd::CERTS,
+                ChanCmd::AUTH_CHALLENGE,
+                ChanCmd::NETINFO
+            ]
+        );
+        let cells = split_cells(&to_i);
+        let ChanMsg::Certs(certs) = decode(&cells[1]) else {
+            panic!()
+        };
+        let types: Vec<u8> = certs.certs.iter().map(|c| c.cert_type.0).collect();
+        assert_eq!(types, [2, 4, 5, 7]);
+        let ChanMsg::AuthChallenge(ch) = decode(&cells[2]) else {
+            panic!()
+        };
+        assert_eq!(ch.methods, [AuthMethod::ED25519_SHA256_RFC5705]);
+        i.handle_input(&to_i, NOW, &itls()).unwrap();
+        let from_i = split_cells_from(&out_i(&mut i), CircIdLen::Four);
+        let ChanMsg::Certs(certs) = decode(&from_i[0]) else {
+            panic!()
+        };
+        let types: Vec<u8> = certs.certs.iter().map(|c| c.cert_type.0).collect();
+        assert_eq!(types, [2, 4, 6, 7]);
+        let ChanMsg::Authenticate(a) = decode(&from_i[1]) else {
+            panic!()
+        };
+        assert_eq!(a.auth.len(), Auth3Fields::LEN + Auth3Body::SIG_LEN);
+        assert!(matches!(decode(&from_i[2]), ChanMsg::Netinfo(_)));
+        assert_eq!(from_i.len(), 3);
+    }
+
+    #[test]
+    fn every_fragment_size() {
+        for auth in [true, false] {
+            let (mut i, mut r) = (initiator(auth), responder());
+            run(&mut i, &mut r, usize::MAX, &itls(), &rtls()).unwrap();
+            let want = (i.finish().unwrap(), r.finish().unwrap());
+            let max = if auth { 2600 } else { 700 };
+            let step = if auth { 1 } else { 3 };
+            for chunk in (1..max).step_by(step) {
+                let (mut i, mut r) = (initiator(auth), responder());
+                run(&mut i, &mut r, chunk, &itls(), &rtls())
+                    .unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+                assert_eq!((i.finish().unwrap(), r.finish().unwrap()), want);
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_after_netinfo_stay_with_the_caller() {
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        i.handle_input(&out_r(&mut r), NOW, &itls()).unwrap();
+        let mut bytes = out_i(&mut i);
+        let handshake_len = bytes.len();
+        let mut create_fast = Vec::new();
+        ChanCell {
+            circ_id: CircId::new(0x8000_0001),
+            msg: ChanMsg::CreateFast(CreateFast { x: [9; 20] }),
+        }
+        .encode(CircIdLen::Four, &mut create_fast)
+        .unwrap();
+        bytes.extend_from_slice(&create_fast);
+        // Split so that the NETINFO ends inside the second piece.
+        let (a, b) = bytes.split_at(handshake_len - 100);
+        assert_eq!(r.handle_input(a, NOW, &rtls()), Ok(a.len()));
+        assert_eq!(r.handle_input(b, NOW, &rtls()), Ok(100));
+        assert!(r.is_finished());
+        assert_eq!(&b[100..], &create_fast[..]);
+        // Finished: nothing more is taken.
+        assert_eq!(r.handle_input(&b[100..], NOW, &rtls()), Ok(0));
+    }
+
+    #[test]
+    fn expected_identity_is_checked() {
+        let (rsa, ed) = identity(1);
+        let (other_rsa, other_ed) = identity(0);
+        for (expected, result) in [
+            (
+                ExpectedPeer {
+                    rsa_identity: Some(rsa),
+                    ed25519_identity: Some(ed),
+                },
+                Ok(()),
+            ),
+            (
+                ExpectedPeer {
+                    rsa_identity: Some(other_rsa),
+                    ed25519_identity: Some(ed),
+                },
+                Err(PeerMisbehaved::WrongRsaIdentity.into()),
+            ),
+            (
+                ExpectedPeer {
+                    rsa_identity: None,
+                    ed25519_identity: Some(other_ed),
+                },
+                Err(PeerMisbehaved::WrongEd25519Identity.into()),
+            ),
+        ] {
+            let (mut i, mut r) = (initiator_with(true, expected), responder());
+            assert_eq!(run(&mut i, &mut r, usize::MAX, &itls(), &rtls()), result);
+        }
+    }
+
+    #[test]
+    fn responder_tls_cert_must_match() {
+        let (mut i, mut r) = (initiator(false), responder());
+        let mut tls = itls();
+        tls.peer_cert = Some([0x5D; 32]);
+        assert_eq!(
+            run(&mut i, &mut r, usize::MAX, &tls, &rtls()),
+            Err(PeerMisbehaved::ResponderCerts(CertError::TlsCertMismatch).into())
+        );
+        let (mut i, mut r) = (initiator(false), responder());
+        tls.peer_cert = None;
+        assert_eq!(
+            run(&mut i, &mut r, usize::MAX, &tls, &rtls()),
+            Err(PeerMisbehaved::NoTlsCert.into())
+        );
+    }
+
+    #[test]
+    fn exporter_values_must_agree() {
+        let (mut i, mut r) = (initiator(true), responder());
+        let mut tls = rtls();
+        tls.secret = [2; 32];
+        assert_eq!(
+            run(&mut i, &mut r, usize::MAX, &itls(), &tls),
+            Err(PeerMisbehaved::AuthField(Auth3Field::TlsSecrets).into())
+        );
+    }
+
+    #[test]
+    fn exporter_unavailable_is_ours() {
+        struct NoExporter;
+        impl LinkTls for NoExporter {
+            fn peer_cert_sha256(&self) -> Option<[u8; 32]> {
+                Some(FUZZ_TLS_CERT)
+            }
+            fn auth3_exporter(&self, _: &[u8; 32]) -> Option<[u8; 32]> {
+                None
+            }
+        }
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        assert_eq!(
+            i.handle_input(&out_r(&mut r), NOW, &NoExporter),
+            Err(LocalError::ExporterUnavailable.into())
+        );
+    }
+
+    /// A responder that has answered VERSIONS, and the authenticating initiator's CERTS,
+    /// AUTHENTICATE and NETINFO cells.
+    fn initiator_cells() -> (Initiator, Responder, Vec<Vec<u8>>) {
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        i.handle_input(&out_r(&mut r), NOW, &itls()).unwrap();
+        let cells = split_cells_from(&out_i(&mut i), CircIdLen::Four);
+        assert_eq!(cells.len(), 3);
+        (i, r, cells)
+    }
+
+    /// The AUTHENTICATE cell with its fields changed by `f`, signed again with the real key.
+    fn resign(i: &Initiator, auth_cell: &[u8], f: impl FnOnce(&mut Auth3Fields)) -> Vec<u8> {
+        let ChanMsg::Authenticate(a) = decode(auth_cell) else {
+            panic!("not AUTHENTICATE")
+        };
+        let mut fields = a.auth3().unwrap().fields;
+        f(&mut fields);
+        let key = &i.config.auth.as_ref().unwrap().link_auth;
+        cell(ChanMsg::Authenticate(sign_auth3(&fields, key)))
+    }
+
+    #[test]
+    fn genuine_resigned_authenticate_passes() {
+        let (i, mut r, cells) = initiator_cells();
+        let auth = resign(&i, &cells[1], |_| {});
+        assert_eq!(auth, cells[1]);
+        let all = [cells[0].clone(), auth, cells[2].clone()].concat();
+        assert_eq!(r.handle_input(&all, NOW, &rtls()), Ok(all.len()));
+        assert!(r.is_finished());
+    }
+
+    #[test]
+    fn each_authenticate_field_is_checked() {
+        type Tamper = fn(&mut Auth3Fields);
+        let cases: [(Tamper, Auth3Field); 8] = [
+            (|f| f.cid[0] ^= 1, Auth3Field::Cid),
+            (|f| f.sid[0] ^= 1, Auth3Field::Sid),
+            (|f| f.cid_ed[0] ^= 1, Auth3Field::CidEd),
+            (|f| f.sid_ed = [0; 32], Auth3Field::SidEd),
+            (|f| f.slog[31] ^= 1, Auth3Field::Slog),
+            (|f| f.clog[0] ^= 0x80, Auth3Field::Clog),
+            (|f| f.scert[5] ^= 1, Auth3Field::Scert),
+            (|f| f.tlssecrets[0] ^= 1, Auth3Field::TlsSecrets),
+        ];
+        for (tamper, field) in cases {
+            let (i, mut r, cells) = initiator_cells();
+            let auth = resign(&i, &cells[1], tamper);
+            r.handle_input(&cells[0], NOW, &rtls()).unwrap();
+            assert_eq!(
+                r.handle_input(&auth, NOW, &rtls()),
+                peer_err(PeerMisbehaved::AuthField(field)),
+                "{field:?}"
+            );
+        }
+        // RAND is not checked, only signed.
+        let (i, mut r, cells) = initiator_cells();
+        let auth = resign(&i, &cells[1], |f| f.rand = [7; 24]);
+        let all = [cells[0].clone(), auth, cells[2].clone()].concat();
+        assert_eq!(r.handle_input(&all, NOW, &rtls()), Ok(all.len()));
+    }
+
+    #[test]
+    fn bad_signature() {
+        let (_, mut r, mut cells) = initiator_cells();
+        let last = cells[1].len() - 1;
+        cells[1][last] ^= 1;
+        assert_eq!(
+            r.handle_input(&cells.concat(), NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthSignature)
+        );
+        // Signed-over bytes changed after signing: RAND.
+        let (_, mut r, mut cells) = initiator_cells();
+        let rand_at = 4 + 4 + Auth3Fields::LEN - 1;
+        cells[1][rand_at] ^= 1;
+        assert_eq!(
+            r.handle_input(&cells.concat(), NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthSignature)
+        );
+    }
+
+    #[test]
+    fn authenticate_type_and_format() {
+        let (_, mut r, cells) = initiator_cells();
+        r.handle_input(&cells[0], NOW, &rtls()).unwrap();
+        let rsa = cell(ChanMsg::Authenticate(Authenticate {
+            auth_type: AuthMethod::RSA_SHA256_TLSSECRET,
+            auth: vec![0; 100],
+        }));
+        assert_eq!(
+            r.handle_input(&rsa, NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthType(AuthMethod(1)))
+        );
+        let (_, mut r, cells) = initiator_cells();
+        r.handle_input(&cells[0], NOW, &rtls()).unwrap();
+        let short = cell(ChanMsg::Authenticate(Authenticate {
+            auth_type: AuthMethod::ED25519_SHA256_RFC5705,
+            auth: vec![0; Auth3Fields::LEN + 63],
+        }));
+        assert_eq!(
+            r.handle_input(&short, NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthMalformed(CodecError::Truncated))
+        );
+    }
+
+    fn vpadding(len: u16) -> Vec<u8> {
+        cell(ChanMsg::Vpadding(Vpadding { len }))
+    }
+
+    #[test]
+    fn transcript_digests_cover_padding() {
+        // VPADDING the responder never sent, seen by the initiator before AUTH_CHALLENGE:
+        // the initiator's SLOG no longer matches.
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        cells.insert(2, vpadding(10));
+        i.handle_input(&cells.concat(), NOW, &itls()).unwrap();
+        assert_eq!(
+            r.handle_input(&out_i(&mut i), NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthField(Auth3Field::Slog))
+        );
+        // After AUTH_CHALLENGE it is not covered.
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        cells.insert(3, vpadding(10));
+        i.handle_input(&cells.concat(), NOW, &itls()).unwrap();
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        assert!(i.is_finished() && r.is_finished());
+        // Padding the initiator never sent, before AUTHENTICATE: CLOG differs.
+        let (_, mut r, mut cells) = initiator_cells();
+        cells.insert(1, vpadding(3));
+        assert_eq!(
+            r.handle_input(&cells.concat(), NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthField(Auth3Field::Clog))
+        );
+        // Fixed-length PADDING and padding before VERSIONS are digested like any cell.
+        let (mut i, mut r) = (initiator(true), responder());
+        let mut v = vec![0, 0, 128, 0, 2, 1, 2]; // VPADDING, 2-byte circuit id
+        v.extend(out_i(&mut i));
+        r.handle_input(&v, NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        cells.insert(1, cell(ChanMsg::Padding(crate::chan_msg::Padding)));
+        i.handle_input(&cells.concat(), NOW, &itls()).unwrap();
+        assert_eq!(
+            r.handle_input(&out_i(&mut i), NOW, &rtls()),
+            peer_err(PeerMisbehaved::AuthField(Auth3Field::Slog))
+        );
+    }
+
+    #[test]
+    fn ignored_cells() {
+        // AUTHORIZE and padding before VERSIONS, unknown commands and later VERSIONS anywhere.
+        let (mut i, mut r) = (initiator(false), responder());
+        let mut v = vec![0, 0, 132, 0, 1, 0]; // AUTHORIZE
+        v.extend([0, 0, 0]); // PADDING, 2-byte circuit id ...
+        v.extend([0; 509]);
+        v.extend(out_i(&mut i));
+        r.handle_input(&v, NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        let again = cell(ChanMsg::Versions(Versions {
+            versions: vec![3, 4],
+        }));
+        let unknown = cell(ChanMsg::Unrecognized {
+            cmd: ChanCmd(200),
+            body: vec![1, 2, 3],
+        });
+        cells.insert(1, again.clone());
+        cells.insert(3, unknown.clone());
+        i.handle_input(&cells.concat(), NOW, &itls()).unwrap();
+        let mut to_r = out_i(&mut i);
+        to_r.splice(0..0, unknown.iter().copied().chain(again));
+        assert_eq!(r.handle_input(&to_r, NOW, &rtls()), Ok(to_r.len()));
+        assert!(i.is_finished() && r.is_finished());
+    }
+
+    #[test]
+    fn out_of_order_and_duplicates() {
+        // Responder -> initiator.
+        let resp_cells = || {
+            let (mut i, mut r) = (initiator(true), responder());
+            r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+            (i, split_cells(&out_r(&mut r)))
+        };
+        let cases = [
+            (vec![0, 3], ChanCmd::NETINFO, Expecting::Certs),
+            (vec![0, 2], ChanCmd::AUTH_CHALLENGE, Expecting::Certs),
+            (vec![0, 1, 1], ChanCmd::CERTS, Expecting::AuthChallenge),
+            (vec![0, 1, 3], ChanCmd::NETINFO, Expecting::AuthChallenge),
+            (
+                vec![0, 1, 2, 2],
+                ChanCmd::AUTH_CHALLENGE,
+                Expecting::Netinfo,
+            ),
+        ];
+        for (order, cmd, expecting) in cases {
+            let (mut i, cells) = resp_cells();
+            let bytes: Vec<u8> = order.iter().flat_map(|&n| cells[n].clone()).collect();
+            assert_eq!(
+                i.handle_input(&bytes, NOW, &itls()),
+                unexpected_err(cmd, expecting),
+                "{order:?}"
+            );
+        }
+        // An initiator must never receive AUTHENTICATE.
+        let (mut i, cells) = resp_cells();
+        let (i2, _, icells) = initiator_cells();
+        drop(i2);
+        let bytes = [cells[0].clone(), icells[1].clone()].concat();
+        assert_eq!(
+            i.handle_input(&bytes, NOW, &itls()),
+            unexpected_err(ChanCmd::AUTHENTICATE, Expecting::Certs)
+        );
+        // Initiator -> responder (cells: CERTS, AUTHENTICATE, NETINFO).
+        let cases = [
+            (vec![1], ChanCmd::AUTHENTICATE, Expecting::CertsOrNetinfo),
+            (vec![0, 0], ChanCmd::CERTS, Expecting::Authenticate),
+            (vec![0, 2], ChanCmd::NETINFO, Expecting::Authenticate),
+            (vec![0, 1, 1], ChanCmd::AUTHENTICATE, Expecting::Netinfo),
+        ];
+        for (order, cmd, expecting) in cases {
+            let (_, mut r, cells) = initiator_cells();
+            let bytes: Vec<u8> = order.iter().flat_map(|&n| cells[n].clone()).collect();
+            assert_eq!(
+                r.handle_input(&bytes, NOW, &rtls()),
+                unexpected_err(cmd, expecting),
+                "{order:?}"
+            );
+        }
+        // A circuit cell before VERSIONS.
+        let mut r = responder();
+        let mut bytes = Vec::new();
+        ChanCell {
+            circ_id: CircId::new(1),
+            msg: ChanMsg::CreateFast(CreateFast { x: [0; 20] }),
+        }
+        .encode(CircIdLen::Two, &mut bytes)
+        .unwrap();
+        assert_eq!(
+            r.handle_input(&bytes, NOW, &rtls()),
+            unexpected_err(ChanCmd::CREATE_FAST, Expecting::Versions)
+        );
+    }
+
+    #[test]
+    fn versions_problems() {
+        let mut r = responder();
+        let v3 = [0, 0, 7, 0, 2, 0, 3];
+        assert_eq!(
+            r.handle_input(&v3, NOW, &rtls()),
+            peer_err(PeerMisbehaved::NoCommonVersion)
+        );
+        let mut r = responder();
+        let odd = [0, 0, 7, 0, 3, 0, 4, 0];
+        assert_eq!(
+            r.handle_input(&odd, NOW, &rtls()),
+            peer_err(PeerMisbehaved::Cell(ChanCellError::Body {
+                cmd: ChanCmd::VERSIONS,
+                error: CodecError::BadValue("VERSIONS body of odd length"),
+            }))
+        );
+        let mut r = responder();
+        let with_circ = [0, 1, 7, 0, 2, 0, 4];
+        assert_eq!(
+            r.handle_input(&with_circ, NOW, &rtls()),
+            peer_err(PeerMisbehaved::Cell(ChanCellError::CircId(
+                crate::cell::CircIdError::MustBeZero(ChanCmd::VERSIONS)
+            )))
+        );
+        // Link protocol 4 only: 4-byte circuit ids as well. (A client: an authenticating
+        // initiator's CLOG would not cover the VERSIONS cell the responder saw.)
+        let (mut i, mut r) = (initiator(false), responder());
+        out_i(&mut i);
+        r.handle_input(&[0, 0, 7, 0, 2, 0, 4], NOW, &rtls())
+            .unwrap();
+        let to_i = out_r(&mut r);
+        i.handle_input(&to_i, NOW, &itls()).unwrap();
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        assert_eq!(r.finish().unwrap().link_version, 4);
+        assert!(i.is_finished());
+    }
+
+    #[test]
+    fn no_usable_auth_method() {
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        cells[2] = cell(ChanMsg::AuthChallenge(AuthChallenge {
+            challenge: [0; 32],
+            methods: vec![AuthMethod::RSA_SHA256_TLSSECRET],
+        }));
+        assert_eq!(
+            i.handle_input(&cells.concat(), NOW, &itls()),
+            peer_err(PeerMisbehaved::NoAuthMethod)
+        );
+        // A client does not care.
+        let (mut i, mut r) = (initiator(false), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        let mut cells = split_cells(&out_r(&mut r));
+        cells[2] = cell(ChanMsg::AuthChallenge(AuthChallenge {
+            challenge: [0; 32],
+            methods: vec![],
+        }));
+        let bytes = cells.concat();
+        assert_eq!(i.handle_input(&bytes, NOW, &itls()), Ok(bytes.len()));
+        assert!(i.is_finished());
+    }
+
+    #[test]
+    fn bad_initiator_certs() {
+        let (_, mut r, cells) = initiator_cells();
+        let ChanMsg::Certs(mut certs) = decode(&cells[0]) else {
+            panic!()
+        };
+        certs
+            .certs
+            .retain(|c| c.cert_type != CertType::SIGNING_V_LINK_AUTH);
+        assert_eq!(
+            r.handle_input(&cell(ChanMsg::Certs(certs.clone())), NOW, &rtls()),
+            peer_err(PeerMisbehaved::InitiatorCerts(CertError::MissingCert(
+                CertType::SIGNING_V_LINK_AUTH
+            )))
+        );
+        // The responder's type-5 certificate offered as the initiator's type 6.
+        let (mut i0, mut r0) = (initiator(false), responder());
+        r0.handle_input(&out_i(&mut i0), NOW, &rtls()).unwrap();
+        let ChanMsg::Certs(resp_certs) = decode(&split_cells(&out_r(&mut r0))[1]) else {
+            panic!()
+        };
+        let (_, mut r, _) = initiator_cells();
+        certs.certs.push(CertEntry {
+            cert_type: CertType::SIGNING_V_LINK_AUTH,
+            body: resp_certs
+                .find(CertType::SIGNING_V_TLS_CERT)
+                .unwrap()
+                .to_vec(),
+        });
+        assert_eq!(
+            r.handle_input(&cell(ChanMsg::Certs(certs)), NOW, &rtls()),
+            peer_err(PeerMisbehaved::InitiatorCerts(CertError::WrongCertType(
+                CertType::SIGNING_V_LINK_AUTH
+            )))
+        );
+    }
+
+    #[test]
+    fn size_limits() {
+        // A huge VPADDING is refused from its header alone.
+        let mut r = responder();
+        let header = [0, 0, 128, 0x4E, 0x20];
+        assert_eq!(
+            r.handle_input(&header, NOW, &rtls()),
+            peer_err(PeerMisbehaved::CellTooLong {
+                cmd: ChanCmd::VPADDING,
+                len: 20_000
+            })
+        );
+        // The largest allowed one is fine; endless ones are not.
+        let mut r = responder();
+        let mut v = vec![0, 0, 128];
+        v.extend((VAR_CELL_BODY_MAX_BYTES as u16).to_be_bytes());
+        v.extend(vec![0; VAR_CELL_BODY_MAX_BYTES]);
+        let mut sent = 0;
+        let err = loop {
+            match r.handle_input(&v, NOW, &rtls()) {
+                Ok(n) => sent += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, PeerMisbehaved::TooMuchData.into());
+        assert!(sent <= RECEIVED_MAX_BYTES && sent + v.len() > RECEIVED_MAX_BYTES);
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let (mut i, mut r) = (initiator(true), responder());
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        let cells = split_cells(&out_r(&mut r));
+        let bad = [cells[0].clone(), cells[3].clone()].concat();
+        let err = unexpected_err(ChanCmd::NETINFO, Expecting::Certs);
+        assert_eq!(i.handle_input(&bad, NOW, &itls()), err);
+        assert_eq!(i.error(), err.err());
+        assert_eq!(i.expecting(), Expecting::Nothing);
+        // The genuine cells change nothing now, and nothing is sent.
+        assert_eq!(i.handle_input(&cells[1], NOW, &itls()), err);
+        assert!(out_i(&mut i).is_empty());
+        assert!(!i.is_finished());
+        assert_eq!(i.finish(), None);
+    }
+
+    #[test]
+    fn states_reported() {
+        let (mut i, mut r) = (initiator(true), responder());
+        assert_eq!(
+            (i.expecting(), r.expecting()),
+            (Expecting::Versions, Expecting::Versions)
+        );
+        r.handle_input(&out_i(&mut i), NOW, &rtls()).unwrap();
+        assert_eq!(r.expecting(), Expecting::CertsOrNetinfo);
+        let cells = split_cells(&out_r(&mut r));
+        let want = [
+            Expecting::Certs,
+            Expecting::AuthChallenge,
+            Expecting::Netinfo,
+            Expecting::Nothing,
+        ];
+        for (c, want) in cells.iter().zip(want) {
+            i.handle_input(c, NOW, &itls()).unwrap();
+            assert_eq!(i.expecting(), want);
+        }
+        let cells = split_cells_from(&out_i(&mut i), CircIdLen::Four);
+        let want = [
+            Expecting::Authenticate,
+            Expecting::Netinfo,
+            Expecting::Nothing,
+        ];
+        for (c, want) in cells.iter().zip(want) {
+            r.handle_input(c, NOW, &rtls()).unwrap();
+            assert_eq!(r.expecting(), want);
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_runs_every_state() {
+        for sel in 0..=255u8 {
+            fuzz_handshake(&[sel]);
+            fuzz_handshake(&[sel, 0, 0, 7, 0, 2, 0, 5, 1, 2, 3]);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Arbitrary bytes in every state of both roles never panic.
+        #[test]
+        fn arbitrary_input_never_panics(sel in any::<u8>(), rest in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut data = vec![sel];
+            data.extend(rest);
+            fuzz_handshake(&data);
+        }
+
+        /// Any fragmentation gives the same outcome as whole flights.
+        #[test]
+        fn fragmentation_does_not_matter(cuts in proptest::collection::vec(1usize..700, 1..12), auth in any::<bool>()) {
+            let (mut i, mut r) = (initiator(auth), responder());
+            run(&mut i, &mut r, usize::MAX, &itls(), &rtls()).unwrap();
+            let want = (i.finish().unwrap(), r.finish().unwrap());
+            let (mut i, mut r) = (initiator(auth), responder());
+            for _ in 0..4 {
+                for (bytes, to_resp) in [(out_i(&mut i), true), (Vec::new(), false)] {
+                    let bytes = if to_resp { bytes } else { out_r(&mut r) };
+                    let mut rest = &bytes[..];
+                    let mut k = 0;
+                    while !rest.is_empty() {
+                        let n = cuts[k % cuts.len()].min(rest.len());
+                        k += 1;
+                        let used = if to_resp {
+                            r.handle_input(&rest[..n], NOW, &rtls()).unwrap()
+                        } else {
+                            i.handle_input(&rest[..n], NOW, &itls()).unwrap()
+                        };
+                        prop_assert_eq!(used, n);
+                        rest = &rest[n..];
+                    }
+                }
+            }
+            prop_assert_eq!((i.finish().unwrap(), r.finish().unwrap()), want);
+        }
     }
 }
