@@ -184,7 +184,11 @@ fn open(
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let addrs = NetinfoAddrs {
         peer: localhost,
-        ours: if creds.is_some() { vec![localhost] } else { vec![] },
+        ours: if creds.is_some() {
+            vec![localhost]
+        } else {
+            vec![]
+        },
     };
     let mut hs = Initiator::new(creds, expected(relay), addrs, now, &mut rng).unwrap();
     let mut tls = BlockingTls::connect(relay.or_addr());
@@ -288,7 +292,10 @@ fn check_keys_agree(chan: &mut Conn, circ: u32, keys: &KeyGenerator) {
     ));
     let cell = chan.recv_cell(circ).expect("C tor closed the channel");
     let ChanMsg::Relay(relay) = cell.msg else {
-        panic!("expected RELAY on circuit {circ:#x}, got {:?}", cell.msg.cmd());
+        panic!(
+            "expected RELAY on circuit {circ:#x}, got {:?}",
+            cell.msg.cmd()
+        );
     };
     let cmd = hop
         .open(relay.body)
@@ -349,7 +356,10 @@ fn check_info(info: &LinkInfo, relay: &CTorRelay, authenticated: bool) {
     assert_eq!(info.our_addr_seen_by_peer, Some(Ipv4Addr::LOCALHOST.into()));
     // C tor 0.4.9 lists no address of its own here: a loopback address is not one it would
     // advertise. So this connection is not canonical by NETINFO.
-    assert!(info.peer_addrs.is_empty(), "{info:?} (authenticated: {authenticated})");
+    assert!(
+        info.peer_addrs.is_empty(),
+        "{info:?} (authenticated: {authenticated})"
+    );
     assert!(!info.peer_addr_is_canonical);
 }
 
@@ -364,18 +374,34 @@ fn ctor_accepts_our_client_handshake() {
 #[test]
 fn ctor_accepts_our_relay_authentication() {
     const BAD_AUTH: &str = "Received a bad AUTHENTICATE cell";
-    let relay = CTorRelay::start("chivelinkr", &["--ProtocolWarnings", "1"]);
+    // At "info" C tor logs the identities it authenticated on each channel.
+    let relay = CTorRelay::start(
+        "chivelinkr",
+        &["--ProtocolWarnings", "1", "--Log", "info stderr"],
+    );
     let keys = RelayKeys::generate(unix_now(), &mut rand::rngs::OsRng).unwrap();
     let (mut chan, info) = open(&relay, Some(&keys), 0).expect("C tor closed the connection");
     check_info(&info, &relay, true);
     use_channel(&mut chan, &relay);
     assert!(!relay.log().contains(BAD_AUTH), "{}", relay.log());
+    // C tor took the channel as coming from our relay identity.
+    let ours = format!("RSA_ID={}", keys.fingerprint().hex().to_uppercase());
+    assert!(
+        relay
+            .log()
+            .lines()
+            .any(|l| l.contains("Got good NETINFO cell") && l.contains(&ours)),
+        "C tor did not record our identity"
+    );
 
     // A wrong exporter value: C tor closes the channel rather than answer a CREATE_FAST.
     if let Some((mut chan, _)) = open(&relay, Some(&keys), 1) {
         let (_, x) = proto::create_fast::client1(&mut rand::rngs::OsRng);
         let _ = chan.send_cell(0x8000_0001, ChanMsg::CreateFast(CreateFast { x }));
-        assert!(chan.recv_cell(0x8000_0001).is_none(), "C tor accepted a wrong TLSSECRETS");
+        assert!(
+            chan.recv_cell(0x8000_0001).is_none(),
+            "C tor accepted a wrong TLSSECRETS"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !relay.log().contains(BAD_AUTH) {
