@@ -14,6 +14,10 @@
 //! circuits a RELAY_BEGIN_DIR encrypted with the derived tor1 keys gets an answer that decrypts
 //! and verifies with them: the two ends agree on the circuit keys.
 //!
+//! - Our responder, with a C tor client (bridge user) as initiator: C tor accepts our VERSIONS,
+//!   CERTS (2, 4, 5, 7), AUTH_CHALLENGE and NETINFO, answers with NETINFO (timestamp 0) and
+//!   then opens a circuit on the channel.
+//!
 //! CI installs tor; locally: `apt-get install tor`.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use ctor::{BlockingTls, CTorRelay};
-use proto::cell::{CircIdLen, RawCell, BODY_LEN};
+use proto::cell::{ChanCmd, CircIdLen, RawCell, BODY_LEN};
 use proto::chan_msg::{ChanCell, ChanMsg, Create2, CreateFast, HandshakeType};
 use proto::ids::{CircId, Ed25519Identity, RsaIdentity};
 use proto::kdf::{KeyGenerator, Tor1Keys};
@@ -408,4 +412,102 @@ fn ctor_accepts_our_relay_authentication() {
         assert!(Instant::now() < deadline, "no bad-AUTHENTICATE warning");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Our responder with a C tor client as initiator: a C tor client told to use our listener as
+/// its bridge checks our VERSIONS, CERTS (2, 4, 5, 7: the type-5 certificate certifies our
+/// TLS link certificate), AUTH_CHALLENGE and NETINFO, and answers with its NETINFO, which it
+/// sends only once it has accepted our certificates.
+#[test]
+fn ctor_client_accepts_our_responder() {
+    use std::net::TcpListener;
+
+    use proto::link_handshake::Responder;
+    use relay::tls::{self, LinkCert, LinkKeyAlg};
+
+    let mut rng = rand::rngs::OsRng;
+    let now = unix_now();
+    let keys = RelayKeys::generate(now, &mut rng).unwrap();
+    let identity_certs = keys.identity_certs(now, &mut rng).unwrap();
+    let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, &mut rng).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut tor = ctor::CTor::client_via_bridge("bridge-client", listener.local_addr().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (stream, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(tor.exited().is_none(), "tor exited:\n{}", tor.log());
+                assert!(Instant::now() < deadline, "tor never connected");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    let link = tls::TlsLink::server(
+        tls::server_config(&cert).unwrap(),
+        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
+    )
+    .unwrap();
+    let mut tls = BlockingTls::new(stream, link);
+    tls.handshake();
+    let mut conn = Conn {
+        tls,
+        wire: Vec::new(),
+        buf: Vec::new(),
+    };
+    let creds = RelayCredentials {
+        keys: &keys,
+        identity_certs: &identity_certs,
+    };
+    let addrs = NetinfoAddrs {
+        peer: peer.ip(),
+        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    };
+    let mut hs = Responder::new(creds, cert.digest(), addrs, now, &mut rng).unwrap();
+    let mut chunk = [0u8; 4096];
+    let mut out = Vec::new();
+    let mut leftover = Vec::new();
+    while !hs.is_finished() {
+        let n = conn.recv(&mut chunk);
+        assert!(n > 0, "C tor closed the connection:\n{}", tor.log());
+        let view = Tls {
+            link: &conn.tls.link,
+            exporter_xor: 0,
+        };
+        let used = hs
+            .handle_input(&chunk[..n], unix_now(), &view)
+            .unwrap_or_else(|e| panic!("handshake with C tor failed: {e}"));
+        leftover = chunk[used..n].to_vec();
+        hs.poll_transmit(&mut out);
+        assert!(conn.send(&out));
+        out.clear();
+    }
+    let info = hs.finish().unwrap();
+    assert_eq!(info.link_version, 5);
+    assert!(!info.we_initiated);
+    // A client does not authenticate, and (tor-spec §4.5) sends no time.
+    assert_eq!(info.peer, None);
+    assert_eq!(info.peer_timestamp, 0, "{info:?}");
+    assert_eq!(info.our_addr_seen_by_peer, Some(Ipv4Addr::LOCALHOST.into()));
+
+    // C tor then uses the channel: it opens a circuit to fetch our descriptor.
+    conn.buf = leftover;
+    // C tor 0.4.9 sends CREATE_FAST here (a one-hop directory circuit).
+    let create = loop {
+        if let Some((raw, used)) = RawCell::decode(&conn.buf, CircIdLen::Four) {
+            let cmd = raw.cmd;
+            conn.buf.drain(..used);
+            if cmd == ChanCmd::CREATE_FAST || cmd == ChanCmd::CREATE2 {
+                break cmd;
+            }
+            continue;
+        }
+        let n = conn.recv(&mut chunk);
+        assert!(n > 0, "C tor closed the channel:\n{}", tor.log());
+        conn.buf.extend_from_slice(&chunk[..n]);
+    };
+    assert!(create == ChanCmd::CREATE_FAST || create == ChanCmd::CREATE2);
 }
