@@ -47,6 +47,15 @@
 //! (CID_ED). C tor 0.4.9 uses CID, the SHA-256 of the initiator's RSA identity key, and rejects
 //! anything else; being wire-compatible with it, both roles here use CID. The TLS layer supplies
 //! the exporter through [`LinkTls`].
+//!
+//! # Limits
+//!
+//! A variable-length cell longer than [`VAR_CELL_BODY_MAX_BYTES`] is refused as soon as its
+//! header arrives, and a peer may send at most [`RECEIVED_MAX_BYTES`] before its handshake is
+//! complete; so the receive buffer never holds more than one such cell. A timeout for
+//! handshakes that never finish is the caller's (it owns the clock).
+//!
+//! [`fuzz_handshake`] feeds arbitrary bytes to either role in any state, for fuzz targets.
 
 use std::fmt;
 use std::net::IpAddr;
