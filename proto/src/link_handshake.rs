@@ -1199,80 +1199,111 @@ fn fuzz_relays() -> Option<&'static [(RelayKeys, IdentityCerts); 2]> {
 const FUZZ_NOW: u64 = 1_750_000_000;
 const FUZZ_TLS_CERT: [u8; 32] = [0x5C; 32];
 
-/// Feeds arbitrary bytes to a handshake in one of its states; for fuzz targets.
+/// The fuzzing pair: an authenticating initiator and a responder, each made the same way every
+/// time (fixed keys, fixed generator seeds), so that a recorded transcript replays.
+struct FuzzPair {
+    init: Initiator,
+    resp: Responder,
+}
+
+impl FuzzPair {
+    fn new() -> Option<Self> {
+        let [(ikeys, icerts), (rkeys, rcerts)] = fuzz_relays()?;
+        let addrs = NetinfoAddrs {
+            peer: IpAddr::from([127, 0, 0, 1]),
+            ours: vec![IpAddr::from([127, 0, 0, 2])],
+        };
+        let icreds = RelayCredentials {
+            keys: ikeys,
+            identity_certs: icerts,
+        };
+        let rcreds = RelayCredentials {
+            keys: rkeys,
+            identity_certs: rcerts,
+        };
+        let init = Initiator::new(
+            Some(icreds),
+            ExpectedPeer::default(),
+            addrs.clone(),
+            FUZZ_NOW,
+            &mut FuzzRng(1 << 32),
+        )
+        .ok()?;
+        let resp = Responder::new(
+            rcreds,
+            FUZZ_TLS_CERT,
+            addrs,
+            FUZZ_NOW,
+            &mut FuzzRng(2 << 32),
+        )
+        .ok()?;
+        Some(FuzzPair { init, resp })
+    }
+}
+
+const FUZZ_INIT_TLS: FixedTls = FixedTls {
+    peer_cert: Some(FUZZ_TLS_CERT),
+    secret: [1; 32],
+};
+const FUZZ_RESP_TLS: FixedTls = FixedTls {
+    peer_cert: None,
+    secret: [1; 32],
+};
+
+/// The genuine handshake of [`FuzzPair`]: the initiator's cells and the responder's cells,
+/// each in the order sent.
+fn fuzz_transcript() -> Option<&'static (Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    static TRANSCRIPT: std::sync::OnceLock<Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)>> =
+        std::sync::OnceLock::new();
+    TRANSCRIPT
+        .get_or_init(|| {
+            let FuzzPair { mut init, mut resp } = FuzzPair::new()?;
+            let (mut from_init, mut from_resp) = (Vec::new(), Vec::new());
+            init.poll_transmit(&mut from_init);
+            resp.handle_input(&from_init, FUZZ_NOW, &FUZZ_RESP_TLS)
+                .ok()?;
+            resp.poll_transmit(&mut from_resp);
+            init.handle_input(&from_resp, FUZZ_NOW, &FUZZ_INIT_TLS)
+                .ok()?;
+            let versions_len = from_init.len();
+            init.poll_transmit(&mut from_init);
+            resp.handle_input(from_init.get(versions_len..)?, FUZZ_NOW, &FUZZ_RESP_TLS)
+                .ok()?;
+            (init.is_finished() && resp.is_finished())
+                .then(|| (split_cells(&from_init), split_cells(&from_resp)))
+        })
+        .as_ref()
+}
+
+/// Feeds arbitrary bytes to a handshake in any of its states; for fuzz targets.
 ///
-/// The first byte chooses the role (bit 0), how many of the peer's genuine handshake cells
-/// come first (bits 1-3: 0 to 4, which reaches every state), and the fragment size (bits
-/// 4-7); the rest is fed as the peer's next bytes.
+/// The first byte chooses the role that receives (bit 0: initiator or responder), how many of
+/// the peer's genuine handshake cells it gets first (bits 1-3, modulo 5: 0 to 4, which
+/// reaches every state of both roles, the finished one included) and the size of the pieces
+/// the rest is fed in (bits 4-7). The rest is the peer's next bytes.
 pub fn fuzz_handshake(data: &[u8]) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let Some([(ikeys, icerts), (rkeys, rcerts)]) = fuzz_relays() else {
-        return;
-    };
-    let mut rng = FuzzRng(u64::from(sel));
-    let addrs = NetinfoAddrs {
-        peer: IpAddr::from([127, 0, 0, 1]),
-        ours: vec![IpAddr::from([127, 0, 0, 2])],
-    };
-    let itls = FixedTls {
-        peer_cert: Some(FUZZ_TLS_CERT),
-        secret: [1; 32],
-    };
-    let rtls = FixedTls {
-        peer_cert: None,
-        secret: [1; 32],
-    };
-    let icreds = RelayCredentials {
-        keys: ikeys,
-        identity_certs: icerts,
-    };
-    let rcreds = RelayCredentials {
-        keys: rkeys,
-        identity_certs: rcerts,
-    };
-    let Ok(mut init) = Initiator::new(
-        Some(icreds),
-        ExpectedPeer::default(),
-        addrs.clone(),
-        FUZZ_NOW,
-        &mut rng,
-    ) else {
-        return;
-    };
-    let Ok(mut resp) = Responder::new(rcreds, FUZZ_TLS_CERT, addrs, FUZZ_NOW, &mut rng) else {
+    let (Some(pair), Some((init_cells, resp_cells))) = (FuzzPair::new(), fuzz_transcript()) else {
         return;
     };
     let prefix = usize::from((sel >> 1) & 7) % 5;
     let chunk = usize::from(sel >> 4) * 37 + 1;
-    let mut to_resp = Vec::new();
-    init.poll_transmit(&mut to_resp);
-    let _ = resp.handle_input(&to_resp, FUZZ_NOW, &rtls);
-    let mut to_init = Vec::new();
-    resp.poll_transmit(&mut to_init);
-    let feed_init = sel & 1 == 0;
-    if feed_init {
-        let cells = split_cells(&to_init);
-        let first = cells.get(..prefix.min(cells.len())).unwrap_or_default();
-        let _ = init.handle_input(&first.concat(), FUZZ_NOW, &itls);
+    let FuzzPair { mut init, mut resp } = pair;
+    if sel & 1 == 0 {
+        let genuine = resp_cells.get(..prefix).unwrap_or_default().concat();
+        let _ = init.handle_input(&genuine, FUZZ_NOW, &FUZZ_INIT_TLS);
         for piece in rest.chunks(chunk) {
-            if init.handle_input(piece, FUZZ_NOW, &itls).is_err() || init.is_finished() {
+            if init.handle_input(piece, FUZZ_NOW, &FUZZ_INIT_TLS).is_err() || init.is_finished() {
                 break;
             }
         }
     } else {
-        let _ = init.handle_input(&to_init, FUZZ_NOW, &itls);
-        let mut more = Vec::new();
-        init.poll_transmit(&mut more);
-        let mut cells = split_cells(&to_resp);
-        cells.extend(split_cells_from(&more, CircIdLen::Four));
-        // The VERSIONS cell was fed already.
-        let take = prefix.min(cells.len()).max(1);
-        let first = cells.get(1..take).unwrap_or_default();
-        let _ = resp.handle_input(&first.concat(), FUZZ_NOW, &rtls);
+        let genuine = init_cells.get(..prefix).unwrap_or_default().concat();
+        let _ = resp.handle_input(&genuine, FUZZ_NOW, &FUZZ_RESP_TLS);
         for piece in rest.chunks(chunk) {
-            if resp.handle_input(piece, FUZZ_NOW, &rtls).is_err() || resp.is_finished() {
+            if resp.handle_input(piece, FUZZ_NOW, &FUZZ_RESP_TLS).is_err() || resp.is_finished() {
                 break;
             }
         }
@@ -2071,7 +2102,32 @@ mod tests {
     }
 
     #[test]
-    fn fuzz_entry_runs_every_state() {
+    fn fuzz_entry_reaches_every_state() {
+        let (init_cells, resp_cells) = fuzz_transcript().unwrap();
+        assert_eq!((init_cells.len(), resp_cells.len()), (4, 4));
+        let want_init = [
+            Expecting::Versions,
+            Expecting::Certs,
+            Expecting::AuthChallenge,
+            Expecting::Netinfo,
+            Expecting::Nothing,
+        ];
+        let want_resp = [
+            Expecting::Versions,
+            Expecting::CertsOrNetinfo,
+            Expecting::Authenticate,
+            Expecting::Netinfo,
+            Expecting::Nothing,
+        ];
+        for prefix in 0..5 {
+            let FuzzPair { mut init, mut resp } = FuzzPair::new().unwrap();
+            let genuine = resp_cells[..prefix].concat();
+            init.handle_input(&genuine, NOW, &FUZZ_INIT_TLS).unwrap();
+            assert_eq!(init.expecting(), want_init[prefix]);
+            let genuine = init_cells[..prefix].concat();
+            resp.handle_input(&genuine, NOW, &FUZZ_RESP_TLS).unwrap();
+            assert_eq!(resp.expecting(), want_resp[prefix]);
+        }
         for sel in 0..=255u8 {
             fuzz_handshake(&[sel]);
             fuzz_handshake(&[sel, 0, 0, 7, 0, 2, 0, 5, 1, 2, 3]);
@@ -2083,10 +2139,13 @@ mod tests {
 
         /// Arbitrary bytes in every state of both roles never panic.
         #[test]
-        fn arbitrary_input_never_panics(sel in any::<u8>(), rest in proptest::collection::vec(any::<u8>(), 0..3000)) {
-            let mut data = vec![sel];
-            data.extend(rest);
-            fuzz_handshake(&data);
+        fn arbitrary_input_never_panics(chunk in 0u8..16, rest in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            for state in 0..10u8 {
+                // Bit 0: the role; bits 1-3: the genuine cells first.
+                let mut data = vec![(chunk << 4) | state];
+                data.extend(&rest);
+                fuzz_handshake(&data);
+            }
         }
 
         /// Any fragmentation gives the same outcome as whole flights.
