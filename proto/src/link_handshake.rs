@@ -1250,11 +1250,12 @@ const FUZZ_RESP_TLS: FixedTls = FixedTls {
     secret: [1; 32],
 };
 
-/// The genuine handshake of [`FuzzPair`]: the initiator's cells and the responder's cells,
-/// each in the order sent.
-fn fuzz_transcript() -> Option<&'static (Vec<Vec<u8>>, Vec<Vec<u8>>)> {
-    static TRANSCRIPT: std::sync::OnceLock<Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)>> =
-        std::sync::OnceLock::new();
+/// The initiator's cells and the responder's cells of a handshake, each in the order sent.
+type Transcript = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The genuine handshake of [`FuzzPair`].
+fn fuzz_transcript() -> Option<&'static Transcript> {
+    static TRANSCRIPT: std::sync::OnceLock<Option<Transcript>> = std::sync::OnceLock::new();
     TRANSCRIPT
         .get_or_init(|| {
             let FuzzPair { mut init, mut resp } = FuzzPair::new()?;
