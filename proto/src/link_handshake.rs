@@ -1830,6 +1830,38 @@ mod tests {
         );
     }
 
+    /// SLOG and CLOG are SHA-256 over whole cells as sent, from the VERSIONS cell (2-byte
+    /// circuit id) on: the convention C tor 0.4.9 accepts (relay/tests/ctor_link.rs).
+    #[test]
+    fn transcript_digests_are_over_raw_cells() {
+        let (mut i, mut r) = (initiator(true), responder());
+        let versions = out_i(&mut i);
+        r.handle_input(&versions, NOW, &rtls()).unwrap();
+        let from_r = split_cells(&out_r(&mut r));
+        i.handle_input(&from_r.concat(), NOW, &itls()).unwrap();
+        let from_i = split_cells_from(&out_i(&mut i), CircIdLen::Four);
+        let ChanMsg::Authenticate(a) = decode(&from_i[1]) else {
+            panic!()
+        };
+        let body = a.auth3().unwrap();
+        let slog: [u8; 32] = Sha256::digest(from_r[..3].concat()).into();
+        let clog: [u8; 32] = Sha256::digest([versions, from_i[0].clone()].concat()).into();
+        assert_eq!(body.fields.slog, slog);
+        assert_eq!(body.fields.clog, clog);
+        assert_eq!(body.fields.scert, FUZZ_TLS_CERT);
+        let (keys0, keys1) = (&relays()[0].0, &relays()[1].0);
+        assert_eq!(body.fields.cid, auth3_exporter_context(keys0));
+        assert_eq!(body.fields.sid, auth3_exporter_context(keys1));
+        assert_eq!(&body.fields.cid_ed, keys0.ed25519_identity().as_bytes());
+        assert_eq!(&body.fields.sid_ed, keys1.ed25519_identity().as_bytes());
+        // TLSSECRETS: the exporter with context CID (not CID_ED), as C tor does.
+        assert_eq!(
+            Some(body.fields.tlssecrets),
+            itls().auth3_exporter(&body.fields.cid)
+        );
+        assert_eq!(body.signed.len(), Auth3Fields::LEN);
+    }
+
     #[test]
     fn ignored_cells() {
         // AUTHORIZE and padding before VERSIONS, unknown commands and later VERSIONS anywhere.
