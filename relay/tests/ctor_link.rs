@@ -18,6 +18,11 @@
 //!   CERTS (2, 4, 5, 7), AUTH_CHALLENGE and NETINFO, answers with NETINFO (timestamp 0) and
 //!   then opens a circuit on the channel.
 //!
+//! - Our responder, with a C tor relay as authenticating initiator: C tor extends a circuit
+//!   to us (EXTEND2 from our client), authenticates with CERTS (2, 4, 6, 7) and AUTHENTICATE,
+//!   and our responder verifies them (C tor's initiator also uses CID as the exporter
+//!   context); our CREATED2 reaches the client as EXTENDED2 with matching circuit keys.
+//!
 //! CI installs tor; locally: `apt-get install tor`.
 
 #![allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
@@ -32,12 +37,13 @@ use aes::cipher::{KeyIvInit, StreamCipher};
 use ctor::{BlockingTls, CTorRelay};
 use proto::cell::{ChanCmd, CircIdLen, RawCell, BODY_LEN};
 use proto::chan_msg::{ChanCell, ChanMsg, Create2, CreateFast, HandshakeType};
-use proto::ids::{CircId, Ed25519Identity, RsaIdentity};
+use proto::ids::{CircId, Ed25519Identity, RsaIdentity, StreamId};
 use proto::kdf::{KeyGenerator, Tor1Keys};
 use proto::keys::RelayKeys;
 use proto::link_handshake::{
     ExpectedPeer, Initiator, LinkInfo, LinkTls, NetinfoAddrs, RelayCredentials,
 };
+use proto::relay_cell::{build_relay_cell, RelayCmd};
 use relay::tls::TlsLink;
 use sha1::{Digest, Sha1};
 
@@ -149,15 +155,22 @@ impl Conn {
 
     /// The next cell on circuit `circ` (others are skipped), or `None` once the peer closes.
     fn recv_cell(&mut self, circ: u32) -> Option<ChanCell> {
+        loop {
+            let cell = self.recv_any()?;
+            if cell.circ_id.map_or(0, CircId::get) == circ {
+                return Some(cell);
+            }
+        }
+    }
+
+    /// The next cell, or `None` once the peer closes.
+    fn recv_any(&mut self) -> Option<ChanCell> {
         let mut chunk = [0u8; 4096];
         loop {
             if let Some((raw, used)) = RawCell::decode(&self.buf, CircIdLen::Four) {
                 let cell = ChanCell::decode(&raw).unwrap();
                 self.buf.drain(..used);
-                if cell.circ_id.map_or(0, CircId::get) == circ {
-                    return Some(cell);
-                }
-                continue;
+                return Some(cell);
             }
             let n = self.recv(&mut chunk);
             if n == 0 {
@@ -258,11 +271,8 @@ impl Hop {
         }
     }
 
-    /// A RELAY_BEGIN_DIR (command 13) on stream 1, digested and encrypted.
-    fn begin_dir(&mut self) -> [u8; BODY_LEN] {
-        let mut body = [0u8; BODY_LEN];
-        body[0] = 13;
-        body[3..5].copy_from_slice(&1u16.to_be_bytes());
+    /// Digests and encrypts a relay cell body built with `build_relay_cell` (digest field 0).
+    fn seal(&mut self, mut body: [u8; BODY_LEN]) -> [u8; BODY_LEN] {
         self.df.update(body);
         let digest = self.df.clone().finalize();
         body[5..9].copy_from_slice(&digest[..4]);
@@ -270,9 +280,28 @@ impl Hop {
         body
     }
 
-    /// Decrypts an answer; returns its relay command if it is recognized and its digest
-    /// matches the running backward digest.
-    fn open(&mut self, mut body: [u8; BODY_LEN]) -> Option<u8> {
+    /// A relay cell with `cmd`, `stream` and `data`, sealed.
+    fn relay_cell(&mut self, cmd: RelayCmd, stream: u16, data: &[u8]) -> [u8; BODY_LEN] {
+        let mut body = [0u8; BODY_LEN];
+        build_relay_cell(
+            &mut body,
+            cmd,
+            StreamId::new(stream),
+            data,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        self.seal(body)
+    }
+
+    /// A RELAY_BEGIN_DIR on stream 1, sealed.
+    fn begin_dir(&mut self) -> [u8; BODY_LEN] {
+        self.relay_cell(RelayCmd::BEGIN_DIR, 1, &[])
+    }
+
+    /// Decrypts an answer; returns its plaintext if it is recognized and its digest matches
+    /// the running backward digest.
+    fn open(&mut self, mut body: [u8; BODY_LEN]) -> Option<[u8; BODY_LEN]> {
         self.kb.apply_keystream(&mut body);
         if body[1..3] != [0, 0] {
             return None;
@@ -281,7 +310,7 @@ impl Hop {
         body[5..9].fill(0);
         self.db.update(body);
         let want = self.db.clone().finalize();
-        (got == want[..4]).then_some(body[0])
+        (got == want[..4]).then_some(body)
     }
 }
 
@@ -303,7 +332,7 @@ fn check_keys_agree(chan: &mut Conn, circ: u32, keys: &KeyGenerator) {
     };
     let cmd = hop
         .open(relay.body)
-        .expect("answer does not decrypt with our circuit keys");
+        .expect("answer does not decrypt with our circuit keys")[0];
     // RELAY_CONNECTED (4) from a directory cache, or RELAY_END (3).
     assert!(cmd == 4 || cmd == 3, "relay command {cmd}");
 }
@@ -510,4 +539,165 @@ fn ctor_client_accepts_our_responder() {
         conn.buf.extend_from_slice(&chunk[..n]);
     };
     assert!(create == ChanCmd::CREATE_FAST || create == ChanCmd::CREATE2);
+}
+
+/// Accepts one connection on `listener` (non-blocking) within a minute, failing with `log()`
+/// if none comes.
+fn accept(
+    listener: &std::net::TcpListener,
+    log: impl Fn() -> String,
+) -> (std::net::TcpStream, std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                stream.set_nonblocking(false).unwrap();
+                return (stream, peer);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "no connection came:\n{}", log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Our responder with a C tor relay as an authenticating initiator. Over a one-hop circuit
+/// (CREATE_FAST) to C tor we send EXTEND2 naming our listener and a fresh chive relay
+/// identity; C tor connects, and our responder checks its CERTS (2, 4, 6, 7) and AUTHENTICATE
+/// (transcript digests, exporter value with context CID, signature) and gets C tor's
+/// identities. We then answer C tor's CREATE2 with ntor, and the client at the other end gets
+/// EXTENDED2 and the same circuit keys.
+#[test]
+fn ctor_relay_authenticates_to_our_responder() {
+    use proto::chan_msg::{Created2, RelayEarly};
+    use proto::link_handshake::Responder;
+    use proto::link_spec::LinkSpec;
+    use proto::relay_msg::{Extend2, Extended2};
+    use relay::tls::{self, LinkCert, LinkKeyAlg};
+
+    const CIRC: u32 = 0x8000_0001;
+    let relay = CTorRelay::start("chivelinkx", &["--ExtendAllowPrivateAddresses", "1"]);
+    let mut rng = rand::rngs::OsRng;
+    let now = unix_now();
+    // Us: the relay C tor extends to.
+    let keys = RelayKeys::generate(now, &mut rng).unwrap();
+    let identity_certs = keys.identity_certs(now, &mut rng).unwrap();
+    let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, &mut rng).unwrap();
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    // A client: a one-hop circuit to C tor, then EXTEND2 to us.
+    let (mut client, _) = open(&relay, None, 0).expect("C tor closed the connection");
+    let (state, x) = proto::create_fast::client1(&mut rng);
+    assert!(client.send_cell(CIRC, ChanMsg::CreateFast(CreateFast { x })));
+    let ChanMsg::CreatedFast(created) = client.recv_cell(CIRC).unwrap().msg else {
+        panic!("expected CREATED_FAST");
+    };
+    let reply = [created.y, created.kh].concat();
+    let mut hop = Hop::new(&proto::create_fast::client2(state, &reply).unwrap());
+    let ours = proto::ntor::NtorPublicKey {
+        id: keys.fingerprint(),
+        pk: *keys.ntor_onion().public(),
+    };
+    let (ntor_state, onionskin) = proto::ntor::client1(&mut rng, &ours);
+    let mut extend = Vec::new();
+    Extend2 {
+        link_specs: vec![
+            LinkSpec::Ipv4(Ipv4Addr::LOCALHOST, port),
+            LinkSpec::RsaId(keys.fingerprint()),
+            LinkSpec::Ed25519Id(keys.ed25519_identity()),
+        ],
+        htype: HandshakeType::NTOR,
+        hdata: onionskin.to_vec(),
+    }
+    .encode(&mut extend)
+    .unwrap();
+    let body = hop.relay_cell(RelayCmd::EXTEND2, 0, &extend);
+    assert!(client.send_cell(CIRC, ChanMsg::RelayEarly(RelayEarly { body })));
+
+    // C tor connects to us.
+    let (stream, peer) = accept(&listener, || relay.log());
+    let link = tls::TlsLink::server(
+        tls::server_config(&cert).unwrap(),
+        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
+    )
+    .unwrap();
+    let mut tls = BlockingTls::new(stream, link);
+    tls.handshake();
+    let mut server = Conn {
+        tls,
+        wire: Vec::new(),
+        buf: Vec::new(),
+    };
+    let creds = RelayCredentials {
+        keys: &keys,
+        identity_certs: &identity_certs,
+    };
+    let addrs = NetinfoAddrs {
+        peer: peer.ip(),
+        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    };
+    let mut hs = Responder::new(creds, cert.digest(), addrs, now, &mut rng).unwrap();
+    let mut chunk = [0u8; 4096];
+    let mut out = Vec::new();
+    while !hs.is_finished() {
+        let n = server.recv(&mut chunk);
+        assert!(n > 0, "C tor closed the connection:\n{}", relay.log());
+        let view = Tls {
+            link: &server.tls.link,
+            exporter_xor: 0,
+        };
+        let used = hs
+            .handle_input(&chunk[..n], unix_now(), &view)
+            .unwrap_or_else(|e| panic!("C tor's handshake rejected: {e}\n{}", relay.log()));
+        server.buf = chunk[used..n].to_vec();
+        hs.poll_transmit(&mut out);
+        assert!(server.send(&out));
+        out.clear();
+    }
+    let info = hs.finish().unwrap();
+    assert!(!info.we_initiated);
+    let peer = info.peer.as_ref().expect("C tor authenticated");
+    let want = expected(&relay);
+    assert_eq!(Some(peer.rsa_identity), want.rsa_identity);
+    assert_eq!(Some(peer.ed25519_identity), want.ed25519_identity);
+    let skew = info.clock_skew_secs().expect("relays send their time");
+    assert!(skew.abs() < 60, "skew {skew}");
+
+    // C tor's CREATE2 carries the client's onionskin.
+    let (circ, hdata) = loop {
+        let cell = server.recv_any().expect("C tor closed the channel");
+        if let ChanMsg::Create2(c) = cell.msg {
+            break (cell.circ_id.unwrap(), c.hdata);
+        }
+    };
+    let (reply, server_keys) =
+        proto::ntor::server(&mut rng, &keys.ntor_server_keys(None), &hdata).unwrap();
+    assert!(server.send_cell(
+        circ.get(),
+        ChanMsg::Created2(Created2 {
+            hdata: reply.to_vec()
+        })
+    ));
+
+    // The client gets EXTENDED2 with our reply, and the same keys.
+    let cell = client
+        .recv_cell(CIRC)
+        .expect("C tor closed the client channel");
+    let ChanMsg::Relay(relay_cell) = cell.msg else {
+        panic!("expected RELAY, got {:?}", cell.msg.cmd());
+    };
+    let plain = hop.open(relay_cell.body).expect("answer does not decrypt");
+    assert_eq!(RelayCmd(plain[0]), RelayCmd::EXTENDED2);
+    let len = usize::from(u16::from_be_bytes([plain[9], plain[10]]));
+    let extended = Extended2::decode(&plain[11..11 + len]).unwrap();
+    let client_keys = proto::ntor::client2(ntor_state, &extended.hdata).unwrap();
+    let (c, s) = (
+        client_keys.tor1_keys().unwrap(),
+        server_keys.tor1_keys().unwrap(),
+    );
+    assert_eq!((c.df, c.db, c.kf, c.kb), (s.df, s.db, s.kf, s.kb));
 }
