@@ -38,14 +38,15 @@
 //! the connection: the VERSIONS cells with their 2-byte circuit ids, later cells with 4-byte
 //! ones, padding cells included. SLOG stops after the responder's AUTH_CHALLENGE (its NETINFO
 //! may already have arrived when the initiator signs, and is not covered); CLOG stops before the
-//! AUTHENTICATE cell. C tor 0.4.9 accepts authenticators built this way (`relay/tests/
-//! ctor_link.rs`).
+//! AUTHENTICATE cell. C tor 0.4.9 computes them the same way in both roles: it accepts our
+//! initiator's authenticator, and our responder accepts its (`relay/tests/ctor_link.rs`).
 //!
 //! # The TLSSECRETS exporter context
 //!
 //! tor-spec §4.4.2 says the RFC 5705 exporter context is the initiator's Ed25519 identity
-//! (CID_ED). C tor 0.4.9 uses CID, the SHA-256 of the initiator's RSA identity key, and rejects
-//! anything else; being wire-compatible with it, both roles here use CID. The TLS layer supplies
+//! (CID_ED). C tor 0.4.9 uses CID, the SHA-256 of the initiator's RSA identity key, both when
+//! it signs and when it checks, and rejects anything else; being wire-compatible with it, both
+//! roles here use CID. The TLS layer supplies
 //! the exporter through [`LinkTls`].
 //!
 //! # Limits
