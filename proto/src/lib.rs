@@ -33,6 +33,8 @@
 //! - [`rsa_crosscert`]: the RSA-to-ed25519 cross-certificate (CERTS type 7).
 //! - [`x509`]: the self-signed RSA-1024 identity certificate (CERTS type 2).
 //! - [`certs_cell`]: validating a peer's CERTS cell and building ours.
+//! - [`link_handshake`]: the link handshake after TLS (VERSIONS … NETINFO) as sans-io state
+//!   machines for the initiator and the responder.
 //! - [`keys`]: a relay's identity, signing and onion keys, and the signing certificate,
 //!   handshake server keys and CERTS identity certificates made from them.
 //! - [`key_file`]: C tor's data-directory key files (the one module here that does file I/O).
@@ -54,6 +56,7 @@ pub mod ids;
 pub mod kdf;
 pub mod key_file;
 pub mod keys;
+pub mod link_handshake;
 pub mod link_spec;
 pub mod link_version;
 pub mod ntor;

@@ -5,8 +5,9 @@
 //!   and NETINFO, and its CERTS cell must validate (`proto::certs_cell::check_responder_certs`)
 //!   against the SHA-256 of the link certificate it presented in TLS, naming the RSA and
 //!   ed25519 identities in its data directory's fingerprint files.
-//! - As an authenticating initiator: C tor accepts an AUTHENTICATE (type 3) cell built with our
-//!   RFC 5705 exporter value, and closes the channel when that value is wrong.
+//! - As an authenticating initiator (`proto::link_handshake::Initiator`): C tor accepts its
+//!   AUTHENTICATE (type 3) cell built with our RFC 5705 exporter value, and closes the channel
+//!   when that value is wrong. `ctor_link.rs` runs the whole handshake and circuits over it.
 //! - As responder: chive's server configuration over TCP with chive's own client, and with
 //!   `openssl s_client` (TLS 1.3 and 1.2) when it is installed.
 //!
@@ -23,7 +24,7 @@
 mod ctor;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,13 +33,11 @@ use base64::Engine;
 use ctor::{BlockingTls, CTor, CTorRelay};
 use proto::cell::{CellBody, BODY_LEN};
 use proto::cell::{ChanCmd, CircIdLen, RawCell};
-use proto::chan_msg::{
-    Auth3Fields, AuthMethod, Authenticate, Certs, Netinfo, NetinfoAddr, Versions,
-};
+use proto::chan_msg::{Certs, Versions};
+use proto::link_handshake::{ExpectedPeer, Initiator, LinkTls, NetinfoAddrs, RelayCredentials};
 use rand::RngCore;
 use relay::tls::{self, LinkCert, LinkKeyAlg, TlsLink};
 use rustls::ProtocolVersion;
-use sha2::{Digest, Sha256};
 
 /// Circuit id 0 (2 bytes), VERSIONS (7), length 4, versions 4 and 5.
 const OUR_VERSIONS: [u8; 9] = [0x00, 0x00, 0x07, 0x00, 0x04, 0x00, 0x04, 0x00, 0x05];
@@ -323,94 +322,67 @@ fn cell_bytes(circ_id: u32, cmd: ChanCmd, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// SHA-256 of an RSA public key's PKCS#1 DER: CID and SID of AUTHENTICATE type 3.
-fn rsa_key_sha256(key: &rsa::RsaPublicKey) -> [u8; 32] {
-    use rsa::pkcs1::EncodeRsaPublicKey;
-    Sha256::digest(key.to_pkcs1_der().unwrap().as_bytes()).into()
+/// The link handshake's view of chive's TLS link, with the exporter value's first byte XORed
+/// with `xor` (to make a wrong TLSSECRETS on purpose).
+struct ExporterXor<'a> {
+    link: &'a TlsLink,
+    xor: u8,
 }
 
-/// Connects to `relay` as an authenticating relay: VERSIONS, then (after its VERSIONS, CERTS,
-/// AUTH_CHALLENGE, NETINFO) our CERTS, an Ed25519-SHA256-RFC5705 AUTHENTICATE whose
-/// TLSSECRETS comes from [`TlsLink::auth3_exporter`] with context CID (its first byte XORed
-/// with `tlssecrets_xor`), and NETINFO; then a CREATE_FAST. Returns whether the channel stayed open: C tor closes a
-/// connection whose AUTHENTICATE does not check out, and otherwise answers the CREATE_FAST.
+impl LinkTls for ExporterXor<'_> {
+    fn peer_cert_sha256(&self) -> Option<[u8; 32]> {
+        self.link.peer_cert_digest()
+    }
+
+    fn auth3_exporter(&self, context: &[u8; 32]) -> Option<[u8; 32]> {
+        let mut v = self.link.auth3_exporter(context).ok()?;
+        v[0] ^= self.xor;
+        Some(v)
+    }
+}
+
+/// Connects to `relay` as an authenticating relay with `proto::link_handshake::Initiator`:
+/// VERSIONS, then (after its VERSIONS, CERTS, AUTH_CHALLENGE, NETINFO) our CERTS, an
+/// Ed25519-SHA256-RFC5705 AUTHENTICATE whose TLSSECRETS comes from [`TlsLink::auth3_exporter`]
+/// with context CID (its first byte XORed with `tlssecrets_xor`), and NETINFO; then a
+/// CREATE_FAST. Returns whether the channel stayed open: C tor closes a connection whose
+/// AUTHENTICATE does not check out, and otherwise answers the CREATE_FAST.
 fn authenticate_to(relay: &CTorRelay, tlssecrets_xor: u8) -> bool {
     let mut rng = rand::rngs::OsRng;
     let now = unix_now();
     let keys = proto::keys::RelayKeys::generate(now, &mut rng).unwrap();
-    let auth_key = proto::keys::Ed25519Keypair::generate(&mut rng);
-    let auth_public = auth_key.public().to_bytes();
-    let our_certs = keys
-        .identity_certs(now, &mut rng)
-        .unwrap()
-        .initiator_certs(keys.ed25519_signing(), &auth_public, now + 2 * 86_400)
-        .unwrap();
+    let identity_certs = keys.identity_certs(now, &mut rng).unwrap();
+    let creds = RelayCredentials {
+        keys: &keys,
+        identity_certs: &identity_certs,
+    };
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let addrs = NetinfoAddrs {
+        peer: localhost,
+        ours: vec![localhost],
+    };
+    let mut hs =
+        Initiator::new(Some(creds), ExpectedPeer::default(), addrs, now, &mut rng).unwrap();
 
     let mut link = BlockingTls::connect(relay.or_addr());
     link.handshake();
-    let scert = link.link.peer_cert_digest().unwrap();
-    link.send(&OUR_VERSIONS);
+    let mut out = Vec::new();
+    hs.poll_transmit(&mut out);
+    link.send(&out);
     let cells = read_cells(&mut link, 4);
     assert_eq!(cells[2].cmd, ChanCmd::AUTH_CHALLENGE);
-    let slog: [u8; 32] = Sha256::digest(
-        cells[..3]
-            .iter()
-            .flat_map(|c| c.raw.iter().copied())
-            .collect::<Vec<u8>>(),
-    )
-    .into();
-    let certs = Certs::decode(&cells[1].body).unwrap();
-    let peer = proto::certs_cell::check_responder_certs(&certs, &scert, now).unwrap();
-
-    let mut certs_body = Vec::new();
-    our_certs.certs().encode(&mut certs_body).unwrap();
-    let certs_cell = cell_bytes(0, ChanCmd::CERTS, &certs_body);
-    let mut clog_bytes = OUR_VERSIONS.to_vec();
-    clog_bytes.extend_from_slice(&certs_cell);
-
-    let cid_ed = *keys.ed25519_identity().as_bytes();
-    let cid = rsa_key_sha256(&keys.rsa_identity().public_key());
-    let mut tlssecrets = link.link.auth3_exporter(&cid).unwrap();
-    tlssecrets[0] ^= tlssecrets_xor;
-    let mut rand_bytes = [0u8; 24];
-    rng.fill_bytes(&mut rand_bytes);
-    let fields = Auth3Fields {
-        cid,
-        sid: rsa_key_sha256(&peer.rsa_identity_key),
-        cid_ed,
-        sid_ed: *peer.ed25519_identity.as_bytes(),
-        slog,
-        clog: Sha256::digest(&clog_bytes).into(),
-        scert,
-        tlssecrets,
-        rand: rand_bytes,
+    let received: Vec<u8> = cells.iter().flat_map(|c| c.raw.iter().copied()).collect();
+    let tls = ExporterXor {
+        link: &link.link,
+        xor: tlssecrets_xor,
     };
-    let mut auth = Vec::new();
-    fields.encode(&mut auth);
-    let sig = ed25519_dalek::Signer::sign(&auth_key, &auth);
-    auth.extend_from_slice(&sig.to_bytes());
-    let mut auth_body = Vec::new();
-    Authenticate {
-        auth_type: AuthMethod::ED25519_SHA256_RFC5705,
-        auth,
-    }
-    .encode(&mut auth_body)
-    .unwrap();
+    assert_eq!(hs.handle_input(&received, now, &tls), Ok(received.len()));
+    assert!(hs.is_finished());
 
-    let mut netinfo_body = Vec::new();
-    Netinfo {
-        timestamp: u32::try_from(now).unwrap(),
-        other_addr: NetinfoAddr::Ipv4(Ipv4Addr::LOCALHOST),
-        my_addrs: vec![NetinfoAddr::Ipv4(Ipv4Addr::LOCALHOST)],
-    }
-    .encode(&mut netinfo_body)
-    .unwrap();
     let mut create_fast = [0u8; 20];
     rng.fill_bytes(&mut create_fast);
-
-    let mut out = certs_cell;
-    out.extend(cell_bytes(0, ChanCmd::AUTHENTICATE, &auth_body));
-    out.extend(cell_bytes(0, ChanCmd::NETINFO, &netinfo_body));
+    out.clear();
+    hs.poll_transmit(&mut out);
     // We initiated the channel, so our circuit ids have the high bit set (tor-spec §5.1.1).
     out.extend(cell_bytes(0x8000_0001, ChanCmd::CREATE_FAST, &create_fast));
     link.send(&out);
