@@ -282,6 +282,12 @@ impl CryptoRng for FuzzRng {}
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
+/// The link handshake (VERSIONS … NETINFO) in both roles, fed from a genuine transcript that the
+/// input cuts, fragments and corrupts ([`crate::link_handshake::fuzz_handshake`]).
+pub fn link_handshake(data: &[u8]) {
+    crate::link_handshake::fuzz_handshake(data);
+}
+
 /// The fuzz targets by name, as `cargo fuzz` knows them.
 pub const TARGETS: &[(&str, Target)] = &[
     ("cell", cell),
@@ -291,6 +297,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("handshake", handshake),
     ("key_file", key_file),
     ("link_spec", link_spec),
+    ("link_handshake", link_handshake),
 ];
 
 #[cfg(test)]
