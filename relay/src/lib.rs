@@ -11,5 +11,6 @@
 #![forbid(unsafe_code)]
 
 pub mod circuit;
+pub mod fuzzing;
 pub mod keygen;
 pub mod tls;

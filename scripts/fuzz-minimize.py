@@ -4,10 +4,11 @@
 `cargo fuzz cmin` keeps every file that adds a feature in size order, which leaves hundreds of
 files; this picks a greedy set cover of the same edges instead, capped at MAX_FILES per target.
 
-    proto/fuzz/minimize.py [TARGET...]     (after `cargo fuzz build`; run from anywhere)
+    scripts/fuzz-minimize.py FUZZ_DIR [TARGET...]   (FUZZ_DIR: proto/fuzz or relay/fuzz;
+                                                    after `cargo fuzz build` there)
 
-Afterwards re-add the seeds (`cargo test -p proto write_seed_corpus -- --ignored`) so the
-replay test keeps its valid inputs even where the cover dropped them.
+For proto, afterwards re-add the seeds (`cargo test -p proto write_seed_corpus -- --ignored`) so
+the replay test keeps its valid inputs even where the cover dropped them.
 """
 import os
 import shutil
@@ -16,7 +17,6 @@ import sys
 import tempfile
 
 MAX_FILES = 50
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def features(binary, corpus):
@@ -61,10 +61,13 @@ def main():
     triple = subprocess.run(
         ["rustc", "-vV"], capture_output=True, text=True, check=True
     ).stdout.split("host: ")[1].split()[0]
-    bins = os.path.join(HERE, "target", triple, "release")
-    targets = sys.argv[1:] or sorted(os.listdir(os.path.join(HERE, "corpus")))
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    here = os.path.abspath(sys.argv[1])
+    bins = os.path.join(here, "target", triple, "release")
+    targets = sys.argv[2:] or sorted(os.listdir(os.path.join(here, "corpus")))
     for t in targets:
-        corpus = os.path.join(HERE, "corpus", t)
+        corpus = os.path.join(here, "corpus", t)
         feats = features(os.path.join(bins, t), corpus)
         chosen, missed = cover(feats)
         keep = {os.path.basename(p) for p in chosen}
