@@ -37,7 +37,7 @@ mod x86;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 
-use keys::RoundKeys;
+use keys::{Carry, RoundKeys};
 use sha1state::Sha1State;
 
 /// Length of a relay cell body (the part every tor1 layer encrypts).
@@ -185,6 +185,8 @@ struct Layer {
     pos: u64,
     /// SHA-1 running digest, seeded with `Df` or `Db` (zeroized on drop).
     digest: Sha1State,
+    /// Keystream left over from the last cell, for kernels that keep it (zeroized on drop).
+    carry: Carry,
 }
 
 impl Layer {
@@ -196,6 +198,7 @@ impl Layer {
             aes: aes::Aes128::new(key.into()),
             pos: 0,
             digest,
+            carry: Carry::default(),
         }
     }
 
@@ -449,7 +452,7 @@ impl Default for Engine {
 
 /// A keystream kernel: XORs the next 509 bytes of `layer`'s keystream into `cell`.
 trait Kernel: Copy {
-    fn xor_cell(self, layer: &Layer, cell: &mut CellBody);
+    fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody);
 }
 
 #[derive(Clone, Copy)]
@@ -468,7 +471,7 @@ enum AnyKernel {
 struct Portable;
 
 impl Kernel for Portable {
-    fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+    fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
         const BLOCKS: usize = (15 + CELL_BODY_LEN).div_ceil(16);
         let first = u128::from(layer.pos >> 4);
         let off = (layer.pos & 15) as usize;
@@ -525,21 +528,21 @@ mod x86k {
 
     impl Kernel for AesNi {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: an `AesNi` token exists only after `detect` saw AES-NI, SSE2 and SSSE3.
             unsafe { crate::x86::aesni_xor_cell(&layer.rk, layer.pos, cell) }
         }
     }
     impl Kernel for Vaes256 {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: a `Vaes256` token exists only after `detect` saw VAES, AVX2 and AES-NI.
-            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, cell) }
+            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, &mut layer.carry, cell) }
         }
     }
     impl Kernel for Vaes512 {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: a `Vaes512` token exists only after `detect` saw AVX-512F, VAES, AVX2 and
             // AES-NI.
             unsafe { crate::x86::vaes512_xor_cell(&layer.rk, layer.pos, cell) }

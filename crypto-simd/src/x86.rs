@@ -1,22 +1,305 @@
-//! Hand-written x86-64 AES-128-CTR keystream kernels for one 509-byte cell.
+//! Hand-written x86-64 AES-128-CTR kernels for one 509-byte cell.
 //!
-//! A cell at stream byte position `pos` needs counter blocks `pos / 16 ..` and starts `pos % 16`
-//! bytes into the first one, so it spans 32 blocks (`pos % 16 <= 3`) or 33. Every kernel writes
-//! the keystream for all those blocks into a stack buffer (a few blocks past the end are computed
-//! and thrown away so each group has a fixed width), then XORs the 509 bytes at that offset.
+//! A cell at stream byte position `pos` starts `off = pos % 16` bytes into counter block
+//! `n = pos / 16` and touches 32 blocks (`off <= 3`) or 33.
+//!
+//! **VAES-256** carries the unused tail of the last keystream block of each cell over to the
+//! next cell of the same hop and direction ([`Carry`]), so a cell needs at most 32 fresh blocks:
+//! exactly sixteen `ymm` registers, encrypted as sixteen independent chains in one
+//! inline-assembly block with the round keys as memory operands. Sixteen chains keep both AES
+//! pipes busy past the 4-cycle `vaesenc` latency; with the head block as a seventeenth chain
+//! the work had to be split into two groups of eight, and each group then ran at its latency
+//! bound (about 1.3 instead of 2 `vaesenc` per cycle, measured). With `d` the number of cell
+//! bytes the carry covers (0, or `16 - off`), fresh `ymm` j covers cell bytes `d + 32 j ..`:
+//!
+//! - the carry is stored ready to XOR: keystream for cell bytes `0..d`, zeros after, applied to
+//!   `cell[0..16]`;
+//! - `ymm` 0..=14 are XORed in full with unaligned 32-byte loads and stores;
+//! - `ymm` 15 (fresh blocks 30 and 31) is shuffled into two windows, `cell[477..493]` and
+//!   `cell[493..509]`, zero where `ymm` 14 writes, and into the next carry.
+//!
+//! The head and tail vectors overlap a neighbouring full vector by a few bytes (XORed with
+//! zero), so both vectors of each overlapping pair are loaded before either is stored, and the
+//! one whose bytes there are unchanged is stored first. If the carry does not belong to this
+//! position (another backend moved the stream), block `n` is encrypted on its own.
+//!
+//! **AES-NI** (CPUs without VAES) encrypts blocks `n .. n + 33` in three groups of eleven and
+//! XORs them through a keystream buffer.
 //!
 //! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
-//! `n` big-endian. Stream positions stay far below 2^64 bytes, so the high half never carries.
-//!
-//! Register budget: the round keys take 11 vector registers if kept live, so groups are sized to
-//! keep 8-9 independent AES chains in flight (enough to cover `aesenc` latency with two AES
-//! units); what does not fit is reloaded from the stack by the compiler, which Zen's three load
-//! ports absorb.
+//! `n` big-endian. `pos` is a `u64` byte count, so `n < 2^60` and `n + 33` never carries out of
+//! the low 64 bits: counters are added as little-endian 64-bit lanes (`vpaddq`, which carries
+//! across 2^32 and every byte boundary) and byte-swapped into place with `vpshufb`.
 
+use core::arch::asm;
 use core::arch::x86_64::*;
 
-use crate::keys::RoundKeys;
+use crate::keys::{Carry, RoundKeys};
 use crate::{CellBody, CELL_BODY_LEN};
+
+/// `pshufb` zeroes a byte whose control has the top bit set.
+const ZERO: u8 = 0x80;
+/// Start of the first tail window of the VAES-256 kernel.
+const T1: usize = CELL_BODY_LEN - 32;
+/// Start of the second tail window.
+const T2: usize = CELL_BODY_LEN - 16;
+/// Cell bytes covered by `ymm` 0..=14 after the carried head: `d + 480` is where `ymm` 15 starts.
+const FULL: usize = 480;
+
+/// `pshufb` controls of the VAES-256 kernel, indexed by `d` (cell bytes covered by the carry).
+struct Shuffles {
+    /// Block `n` shifted down by `off = 16 - d` (only when the carry must be recomputed).
+    head: [[u8; 16]; 16],
+    /// Window 1 (`cell[477..493]`) from fresh block 30.
+    t1: [[u8; 16]; 16],
+    /// Window 2 (`cell[493..509]`) from fresh blocks 30 and 31.
+    t2: [[[u8; 16]; 16]; 2],
+    /// The next cell's carry from fresh blocks 30 and 31.
+    next: [[[u8; 16]; 16]; 2],
+}
+
+/// Byte `b` (0..32) of `ymm` 15 as a control for block 30 (`lane` 0) or 31 (`lane` 1).
+const fn pick(b: usize, lane: usize) -> u8 {
+    if b / 16 == lane {
+        (b % 16) as u8
+    } else {
+        ZERO
+    }
+}
+
+const fn shuffles() -> Shuffles {
+    let mut s = Shuffles {
+        head: [[ZERO; 16]; 16],
+        t1: [[ZERO; 16]; 16],
+        t2: [[[ZERO; 16]; 16]; 2],
+        next: [[[ZERO; 16]; 16]; 2],
+    };
+    let mut d = 0;
+    while d < 16 {
+        let off = (16 - d) % 16;
+        // Bytes of `ymm` 15 this cell uses; the next cell starts at byte `used` of it.
+        let used = CELL_BODY_LEN - FULL - d;
+        let next_d = (16 - used % 16) % 16;
+        let mut i = 0;
+        while i < 16 {
+            if d > 0 && i < d {
+                s.head[d][i] = (i + off) as u8;
+            }
+            let c1 = T1 + i;
+            if c1 >= FULL + d {
+                s.t1[d][i] = pick(c1 - FULL - d, 0);
+            }
+            let c2 = T2 + i;
+            if c2 >= FULL + d {
+                s.t2[0][d][i] = pick(c2 - FULL - d, 0);
+                s.t2[1][d][i] = pick(c2 - FULL - d, 1);
+            }
+            if i < next_d {
+                s.next[0][d][i] = pick(used + i, 0);
+                s.next[1][d][i] = pick(used + i, 1);
+            }
+            i += 1;
+        }
+        d += 1;
+    }
+    s
+}
+
+static SHUFFLES: Shuffles = shuffles();
+
+// Window 1 ends where window 2 starts, `ymm` 14 ends at `d + 480 <= 495`, and window 1 only
+// takes bytes of block 30 (`c - 480 - d <= 12`).
+const _: () = assert!(T1 + 16 == T2 && T2 + 16 == CELL_BODY_LEN && T1 >= FULL - 3);
+
+/// Loads row `d` of a control table.
+#[inline]
+#[target_feature(enable = "sse2")]
+fn row(t: &[[u8; 16]; 16], d: usize) -> __m128i {
+    let r = t.get(d & 15).unwrap_or(&[ZERO; 16]);
+    // SAFETY: `r` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(r.as_ptr().cast()) }
+}
+
+/// One AES step of sixteen `ymm` chains `{a0}`..`{a15}` with the 32-byte round key at
+/// `[{k} + off]`.
+macro_rules! ymm16 {
+    ($ins:literal, $off:literal) => {
+        concat!(
+            $ins, " {a0}, {a0}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a1}, {a1}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a2}, {a2}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a3}, {a3}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a4}, {a4}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a5}, {a5}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a6}, {a6}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a7}, {a7}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a8}, {a8}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a9}, {a9}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a10}, {a10}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a11}, {a11}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a12}, {a12}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a13}, {a13}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a14}, {a14}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a15}, {a15}, ymmword ptr [{k} + ", $off, "]\n",
+        )
+    };
+}
+
+/// Encrypts sixteen `ymm` counter pairs in place with the doubled round keys at `k`: key 0 XOR,
+/// nine rounds and the last round, round-major so sixteen chains are always in flight.
+///
+/// # Safety
+/// `k` must point to 11 x 32 readable bytes; the CPU must support VAES and AVX.
+#[inline]
+#[target_feature(enable = "vaes,avx2,aes")]
+unsafe fn vaes_group16(k: *const u8, s: &mut [__m256i; 16]) {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] = s;
+    // SAFETY: the caller guarantees `k` and CPU support; the block only reads `k` and touches
+    // the named registers.
+    unsafe {
+        asm!(
+            ymm16!("vpxor", "0"),
+            ymm16!("vaesenc", "32"),
+            ymm16!("vaesenc", "64"),
+            ymm16!("vaesenc", "96"),
+            ymm16!("vaesenc", "128"),
+            ymm16!("vaesenc", "160"),
+            ymm16!("vaesenc", "192"),
+            ymm16!("vaesenc", "224"),
+            ymm16!("vaesenc", "256"),
+            ymm16!("vaesenc", "288"),
+            ymm16!("vaesenclast", "320"),
+            k = in(reg) k,
+            a0 = inout(ymm_reg) *a0,
+            a1 = inout(ymm_reg) *a1,
+            a2 = inout(ymm_reg) *a2,
+            a3 = inout(ymm_reg) *a3,
+            a4 = inout(ymm_reg) *a4,
+            a5 = inout(ymm_reg) *a5,
+            a6 = inout(ymm_reg) *a6,
+            a7 = inout(ymm_reg) *a7,
+            a8 = inout(ymm_reg) *a8,
+            a9 = inout(ymm_reg) *a9,
+            a10 = inout(ymm_reg) *a10,
+            a11 = inout(ymm_reg) *a11,
+            a12 = inout(ymm_reg) *a12,
+            a13 = inout(ymm_reg) *a13,
+            a14 = inout(ymm_reg) *a14,
+            a15 = inout(ymm_reg) *a15,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Counter block `n` as an xmm value (see module doc for the layout).
+#[target_feature(enable = "sse2")]
+fn ctr128(n: u64) -> __m128i {
+    _mm_set_epi64x(n.swap_bytes() as i64, 0)
+}
+
+/// The eleven round keys as xmm values.
+#[target_feature(enable = "sse2")]
+fn load_keys128(rk: &RoundKeys) -> [__m128i; 11] {
+    core::array::from_fn(|i| {
+        let k = rk.key(i);
+        // SAFETY: `k` is 16 readable bytes; `loadu` has no alignment requirement.
+        unsafe { _mm_loadu_si128(k.as_ptr().cast()) }
+    })
+}
+
+/// One block, `AES(k, block n)`, with AES-NI.
+#[target_feature(enable = "aes,sse2")]
+fn aes_block(rk: &RoundKeys, n: u64) -> __m128i {
+    let keys = load_keys128(rk);
+    let mut x = _mm_xor_si128(ctr128(n), keys[0]);
+    for k in &keys[1..10] {
+        x = _mm_aesenc_si128(x, *k);
+    }
+    _mm_aesenclast_si128(x, keys[10])
+}
+
+/// VAES on 256-bit registers, with the carried partial block (see the module doc).
+///
+/// # Safety
+/// The CPU must support VAES, AVX2 and AES-NI.
+#[target_feature(enable = "vaes,avx2,aes")]
+pub(crate) unsafe fn vaes256_xor_cell(
+    rk: &RoundKeys,
+    pos: u64,
+    carry: &mut Carry,
+    cell: &mut CellBody,
+) {
+    let k = rk.wide().as_ptr().cast::<u8>();
+    let n = pos >> 4;
+    let off = (pos & 15) as usize;
+    // With `off > 0`, block `n` is shared with the previous cell and fresh blocks start at n + 1.
+    let (d, first) = if off == 0 { (0, n) } else { (16 - off, n + 1) };
+    let s = &SHUFFLES;
+    let head = if d == 0 {
+        _mm_setzero_si128()
+    } else if carry.pos == pos {
+        // SAFETY: `carry.bytes` is 16 readable bytes; `loadu` has no alignment requirement.
+        unsafe { _mm_loadu_si128(carry.bytes.as_ptr().cast()) }
+    } else {
+        _mm_shuffle_epi8(aes_block(rk, n), row(&s.head, d))
+    };
+    // Per 128-bit lane: bytes 0..8 zero, bytes 8..16 the lane's high quadword byte-reversed.
+    let bswap = _mm256_setr_epi8(
+        -128, -128, -128, -128, -128, -128, -128, -128, 15, 14, 13, 12, 11, 10, 9, 8, -128, -128,
+        -128, -128, -128, -128, -128, -128, 15, 14, 13, 12, 11, 10, 9, 8,
+    );
+    let base = _mm256_set1_epi64x(first as i64);
+    // `ymm` j holds fresh blocks 2j and 2j + 1.
+    let mut g: [__m256i; 16] = core::array::from_fn(|j| {
+        let j = j as i64;
+        _mm256_shuffle_epi8(
+            _mm256_add_epi64(base, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0)),
+            bswap,
+        )
+    });
+    // SAFETY: `k` points to the 11 doubled round keys; VAES and AVX2 are enabled here.
+    unsafe { vaes_group16(k, &mut g) };
+    let last = g[15];
+    let (b30, b31) = (
+        _mm256_castsi256_si128(last),
+        _mm256_extracti128_si256::<1>(last),
+    );
+    let w1 = _mm_shuffle_epi8(b30, row(&s.t1, d));
+    let w2 = _mm_or_si128(
+        _mm_shuffle_epi8(b30, row(&s.t2[0], d)),
+        _mm_shuffle_epi8(b31, row(&s.t2[1], d)),
+    );
+    let next = _mm_or_si128(
+        _mm_shuffle_epi8(b30, row(&s.next[0], d)),
+        _mm_shuffle_epi8(b31, row(&s.next[1], d)),
+    );
+    // SAFETY: `carry.bytes` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(carry.bytes.as_mut_ptr().cast(), next) };
+    carry.pos = pos.wrapping_add(CELL_BODY_LEN as u64);
+    let p = cell.as_mut_ptr();
+    // SAFETY: `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at most at `d + 480 <= 495`;
+    // the head and windows are `0..16`, `477..493` and `493..509`: every access lies in `cell`,
+    // and unaligned loads and stores have no alignment requirement. Overlapping vectors are
+    // ordered as the module doc explains.
+    unsafe {
+        let q = |j: usize| p.add(d + 32 * j).cast::<__m256i>();
+        let t1 = p.add(T1).cast::<__m128i>();
+        let t2 = p.add(T2).cast::<__m128i>();
+        let c_head = _mm_loadu_si128(p.cast());
+        let c_first = _mm256_loadu_si256(q(0));
+        _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
+        _mm256_storeu_si256(q(0), _mm256_xor_si256(c_first, g[0]));
+        for (j, ks) in g.iter().enumerate().take(14).skip(1) {
+            _mm256_storeu_si256(q(j), _mm256_xor_si256(_mm256_loadu_si256(q(j)), *ks));
+        }
+        let c_t1 = _mm_loadu_si128(t1);
+        let c_t2 = _mm_loadu_si128(t2);
+        let c_last = _mm256_loadu_si256(q(14));
+        _mm_storeu_si128(t1, _mm_xor_si128(c_t1, w1));
+        _mm_storeu_si128(t2, _mm_xor_si128(c_t2, w2));
+        _mm256_storeu_si256(q(14), _mm256_xor_si256(c_last, g[14]));
+    }
+}
 
 /// Keystream buffer: enough whole blocks for the widest group layout below (36 blocks).
 type Keystream = [[u8; 16]; 36];
@@ -40,18 +323,6 @@ fn xor_cell(cell: &mut CellBody, ks: &Keystream, off: usize) {
     }
 }
 
-/// Counter block `n` as an xmm value (see module doc for the layout).
-#[target_feature(enable = "sse2")]
-fn ctr128(n: u64) -> __m128i {
-    _mm_set_epi64x(n.swap_bytes() as i64, 0)
-}
-
-#[target_feature(enable = "aes,sse2")]
-fn load_keys128(rk: &RoundKeys) -> [__m128i; 11] {
-    // SAFETY: each round key is 16 readable bytes; `loadu` has no alignment requirement.
-    rk.0.map(|k| unsafe { _mm_loadu_si128(k.as_ptr().cast()) })
-}
-
 /// `N` consecutive counter blocks from `ctr`, encrypted, written to the first `N` of `out`.
 #[target_feature(enable = "aes,sse2")]
 fn aesni_group<const N: usize>(keys: &[__m128i; 11], ctr: u64, out: &mut [[u8; 16]]) {
@@ -71,7 +342,7 @@ fn aesni_group<const N: usize>(keys: &[__m128i; 11], ctr: u64, out: &mut [[u8; 1
     }
 }
 
-/// 8-way AES-NI: groups of 8 blocks, the last one widened to 9 when the cell spans 33 blocks.
+/// AES-NI: blocks `n .. n + 33` in three groups of eleven, through a keystream buffer.
 ///
 /// # Safety
 /// The CPU must support AES-NI and SSE2.
@@ -89,51 +360,6 @@ pub(crate) unsafe fn aesni_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBod
     aesni_group::<11>(&keys, first, a);
     aesni_group::<11>(&keys, first + 11, b);
     aesni_group::<11>(&keys, first + 22, c);
-    xor_cell(cell, &ks, off);
-}
-
-/// Counter blocks `n` and `n + 1` as a ymm value.
-#[target_feature(enable = "avx2")]
-fn ctr256(n: u64) -> __m256i {
-    _mm256_set_epi64x((n + 1).swap_bytes() as i64, 0, n.swap_bytes() as i64, 0)
-}
-
-/// `2 * N` consecutive counter blocks from `ctr`, encrypted with VAES on ymm registers.
-#[target_feature(enable = "vaes,avx2,aes")]
-fn vaes256_group<const N: usize>(keys: &[__m256i; 11], ctr: u64, out: &mut [[u8; 16]]) {
-    let mut s: [__m256i; N] = core::array::from_fn(|i| ctr256(ctr + 2 * i as u64));
-    for x in s.iter_mut() {
-        *x = _mm256_xor_si256(*x, keys[0]);
-    }
-    for k in &keys[1..10] {
-        for x in s.iter_mut() {
-            *x = _mm256_aesenc_epi128(*x, *k);
-        }
-    }
-    for (o, x) in out.chunks_exact_mut(2).zip(s) {
-        let x = _mm256_aesenclast_epi128(x, keys[10]);
-        // SAFETY: `o` is two adjacent 16-byte arrays, 32 writable bytes; `storeu` is unaligned.
-        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), x) };
-    }
-}
-
-/// VAES on 256-bit registers: 16 blocks in 8 ymm, then 16 or 18 blocks in 8 or 9 ymm.
-///
-/// # Safety
-/// The CPU must support VAES, AVX2 and AES-NI.
-#[target_feature(enable = "vaes,avx2,aes")]
-pub(crate) unsafe fn vaes256_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBody) {
-    let keys = load_keys128(rk).map(|k| _mm256_broadcastsi128_si256(k));
-    let first = pos >> 4;
-    let off = (pos & 15) as usize;
-    let mut ks: Keystream = [[0; 16]; 36];
-    let (a, b) = ks.split_at_mut(16);
-    vaes256_group::<8>(&keys, first, a);
-    if blocks_for(off) > 32 {
-        vaes256_group::<9>(&keys, first + 16, b);
-    } else {
-        vaes256_group::<8>(&keys, first + 16, b);
-    }
     xor_cell(cell, &ks, off);
 }
 
@@ -468,5 +694,32 @@ mod tests {
         // SAFETY: SHA-NI and SSE4.1 were detected above.
         unsafe { sha1ni_xn(&mut h, refs) };
         assert_eq!(h, want);
+    }
+}
+#[cfg(test)]
+mod dbg_timing {
+    #[test]
+    #[ignore]
+    fn dbg_time_kernels() {
+        let rk = crate::keys::RoundKeys::expand(&[7; 16]);
+        let mut cells = vec![[0u8; 509]; 64];
+        let mut cr = crate::keys::Carry::default();
+        for name in ["aesni", "vaes256"] {
+            let mut best = u64::MAX;
+            for _ in 0..2000 {
+                let t = unsafe { core::arch::x86_64::_rdtsc() };
+                for (i, c) in cells.iter_mut().enumerate() {
+                    let pos = 509 * i as u64;
+                    if name == "aesni" {
+                        unsafe { super::aesni_xor_cell(&rk, pos, c) };
+                    } else {
+                        unsafe { super::vaes256_xor_cell(&rk, pos, &mut cr, c) };
+                    }
+                }
+                let d = unsafe { core::arch::x86_64::_rdtsc() } - t;
+                best = best.min(d);
+            }
+            eprintln!("{name}: {:.1} ns/cell", best as f64 / 64.0 / 2.445);
+        }
     }
 }
