@@ -17,7 +17,7 @@
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
 //! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
-//! side (four interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
+//! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
 //! for figures and what limits them.
 //!
 //! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once

@@ -730,6 +730,21 @@ mod tests {
         assert_eq!(h, want);
     }
 
+    fn sha1ni_xn_case<const N: usize>() {
+        let mut h: [[u32; 5]; N] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
+        let blocks: [[u8; 64]; N] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
+        let mut want = h;
+        for (w, b) in want.iter_mut().zip(&blocks) {
+            compress1(w, b);
+        }
+        let refs: [&[u8; 64]; N] = core::array::from_fn(|i| &blocks[i]);
+        // SAFETY: the caller checked SHA-NI and SSE4.1.
+        unsafe { sha1ni_xn(&mut h, refs) };
+        assert_eq!(h, want, "{N} streams");
+    }
+
     #[test]
     fn sha1ni_xn_matches_single_stream() {
         if !std::arch::is_x86_feature_detected!("sha")
@@ -737,17 +752,8 @@ mod tests {
         {
             return;
         }
-        let mut h: [[u32; 5]; 4] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0303_0101 + j * 91) as u32));
-        let blocks: [[u8; 64]; 4] =
-            core::array::from_fn(|i| core::array::from_fn(|j| (i * 17 + j * 3) as u8));
-        let mut want = h;
-        for (w, b) in want.iter_mut().zip(&blocks) {
-            compress1(w, b);
-        }
-        let refs: [&[u8; 64]; 4] = core::array::from_fn(|i| &blocks[i]);
-        // SAFETY: SHA-NI and SSE4.1 were detected above.
-        unsafe { sha1ni_xn(&mut h, refs) };
-        assert_eq!(h, want);
+        sha1ni_xn_case::<1>();
+        sha1ni_xn_case::<4>();
+        sha1ni_xn_case::<8>();
     }
 }
