@@ -71,18 +71,11 @@ impl Sha1x8 {
                 return;
             }
             let mut lo = [h[0], h[1], h[2], h[3]];
-            let mut hi = [h[4], h[5], h[6], h[7]];
             // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3 and SSE4.1.
             unsafe {
                 crate::x86::sha1ni_xn::<4>(&mut lo, [blocks[0], blocks[1], blocks[2], blocks[3]]);
-                if active[4..].contains(&true) {
-                    crate::x86::sha1ni_xn::<4>(
-                        &mut hi,
-                        [blocks[4], blocks[5], blocks[6], blocks[7]],
-                    );
-                }
             }
-            for ((hs, o), on) in h.iter_mut().zip(lo.into_iter().chain(hi)).zip(active) {
+            for ((hs, o), on) in h.iter_mut().zip(lo).zip(active) {
                 if on {
                     *hs = o;
                 }
