@@ -193,6 +193,85 @@ macro_rules! ymm16 {
     };
 }
 
+/// One AES step of eight `ymm` chains with the key at `[{k} + off]`.
+macro_rules! ymm8m {
+    ($ins:literal, $off:literal) => {
+        concat!(
+            $ins, " {a0}, {a0}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a1}, {a1}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a2}, {a2}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a3}, {a3}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a4}, {a4}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a5}, {a5}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a6}, {a6}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {a7}, {a7}, ymmword ptr [{k} + ", $off, "]\n",
+        )
+    };
+}
+
+/// One AES step of eight `ymm` chains with the key in register operand `$key`.
+macro_rules! ymm8r {
+    ($ins:literal, $key:literal) => {
+        concat!(
+            $ins, " {a0}, {a0}, ", $key, "\n",
+            $ins, " {a1}, {a1}, ", $key, "\n",
+            $ins, " {a2}, {a2}, ", $key, "\n",
+            $ins, " {a3}, {a3}, ", $key, "\n",
+            $ins, " {a4}, {a4}, ", $key, "\n",
+            $ins, " {a5}, {a5}, ", $key, "\n",
+            $ins, " {a6}, {a6}, ", $key, "\n",
+            $ins, " {a7}, {a7}, ", $key, "\n",
+        )
+    };
+}
+
+/// Runs rounds 1..=10 on eight `ymm` counter pairs (already XORed with round key 0) in place:
+/// round keys 1..=8 in registers (`keys`), keys 9 and 10 as memory operands at `k`.
+///
+/// Keys as memory operands in every step would need one 256-bit load per `vaesenc`, and Zen 3
+/// loads at most two 256-bit vectors per cycle: with the cell's own loads on top, the load
+/// ports, not the AES units, bound the kernel (measured: 40 extra loads per 154 AES steps cost
+/// 15 TSC ticks, exactly 2 loads per cycle). Eight chains plus eight key registers fill the
+/// sixteen `ymm` registers.
+///
+/// # Safety
+/// `k` must point to 11 x 32 readable bytes; the CPU must support VAES and AVX.
+#[inline]
+#[target_feature(enable = "vaes,avx2,aes")]
+unsafe fn vaes_group8k(k: *const u8, keys: &[__m256i; 8], s: &mut [__m256i; 8]) {
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = s;
+    // SAFETY: the caller guarantees `k` and CPU support; the block only reads `k` and touches
+    // the named registers.
+    unsafe {
+        asm!(
+            ymm8r!("vaesenc", "{k1}"),
+            ymm8r!("vaesenc", "{k2}"),
+            ymm8r!("vaesenc", "{k3}"),
+            ymm8r!("vaesenc", "{k4}"),
+            ymm8r!("vaesenc", "{k5}"),
+            ymm8r!("vaesenc", "{k6}"),
+            ymm8r!("vaesenc", "{k7}"),
+            ymm8r!("vaesenc", "{k8}"),
+            ymm8m!("vaesenc", "288"),
+            ymm8m!("vaesenclast", "320"),
+            k = in(reg) k,
+            k1 = in(ymm_reg) keys[0], k2 = in(ymm_reg) keys[1],
+            k3 = in(ymm_reg) keys[2], k4 = in(ymm_reg) keys[3],
+            k5 = in(ymm_reg) keys[4], k6 = in(ymm_reg) keys[5],
+            k7 = in(ymm_reg) keys[6], k8 = in(ymm_reg) keys[7],
+            a0 = inout(ymm_reg) *a0,
+            a1 = inout(ymm_reg) *a1,
+            a2 = inout(ymm_reg) *a2,
+            a3 = inout(ymm_reg) *a3,
+            a4 = inout(ymm_reg) *a4,
+            a5 = inout(ymm_reg) *a5,
+            a6 = inout(ymm_reg) *a6,
+            a7 = inout(ymm_reg) *a7,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+}
+
 /// Encrypts sixteen `ymm` counter pairs in place with the doubled round keys at `k`: key 0 XOR,
 /// nine rounds and the last round, round-major so sixteen chains are always in flight.
 ///
@@ -297,17 +376,51 @@ pub(crate) unsafe fn vaes256_xor_cell(
         -128, -128, -128, -128, -128, -128, 15, 14, 13, 12, 11, 10, 9, 8,
     );
     let base = _mm256_set1_epi64x(first as i64);
-    // `ymm` j holds fresh blocks 2j and 2j + 1.
-    let mut g: [__m256i; 16] = core::array::from_fn(|j| {
+    // SAFETY: `k` points to 11 x 32 readable bytes, 32-byte aligned.
+    let key = |i: usize| unsafe { _mm256_load_si256(k.add(32 * i).cast()) };
+    let k0 = key(0);
+    // `ymm` j holds fresh blocks 2j and 2j + 1, already XORed with round key 0.
+    let ctr = |j: usize| {
         let j = j as i64;
-        _mm256_shuffle_epi8(
-            _mm256_add_epi64(base, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0)),
-            bswap,
-        )
+        let c = _mm256_add_epi64(base, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
+        _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
+    };
+    let keys: [__m256i; 8] = core::array::from_fn(|i| key(i + 1));
+    let p = cell.as_mut_ptr();
+    // SAFETY (all blocks below): `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at most at
+    // `d + 480 <= 495`; the head and windows are `0..16`, `477..493` and `493..509`: every
+    // access lies in `cell`, and unaligned loads and stores have no alignment requirement.
+    // Overlapping vectors are ordered as the module doc explains. `k` points to the doubled
+    // round keys and VAES is enabled here.
+    let q = |j: usize| unsafe { p.add(d + 32 * j).cast::<__m256i>() };
+    // First half: `ymm` 0..8, XORed before the second half's rounds so its registers are free.
+    let mut a: [__m256i; 8] = core::array::from_fn(ctr);
+    unsafe {
+        vaes_group8k(k, &keys, &mut a);
+        let c_head = _mm_loadu_si128(p.cast());
+        let c_first = _mm256_loadu_si256(q(0));
+        _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
+        _mm256_storeu_si256(q(0), _mm256_xor_si256(c_first, a[0]));
+        // A plain range, not `iter().enumerate().skip(1)`: those adapters were left out of
+        // line here (a call and a `vzeroupper` per vector), which cost more than the AES.
+        #[allow(clippy::needless_range_loop)]
+        for j in 1..8 {
+            _mm256_storeu_si256(q(j), _mm256_xor_si256(_mm256_loadu_si256(q(j)), a[j]));
+        }
+    }
+    // Left to itself the compiler computes all sixteen counters up front and spills half of
+    // them around the first half's rounds; this empty block (a compiler barrier, no code)
+    // keeps the second half's counters after the first half's stores.
+    let mut base8 = _mm256_add_epi64(base, _mm256_set_epi64x(16, 0, 16, 0));
+    // SAFETY: an empty assembly block; it only names the register.
+    unsafe { asm!("/* {0} */", inout(ymm_reg) base8, options(nostack, preserves_flags)) };
+    let mut b: [__m256i; 8] = core::array::from_fn(|j| {
+        let j = j as i64;
+        let c = _mm256_add_epi64(base8, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
+        _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
     });
-    // SAFETY: `k` points to the 11 doubled round keys; VAES and AVX2 are enabled here.
-    unsafe { vaes_group16(k, &mut g) };
-    let last = g[15];
+    unsafe { vaes_group8k(k, &keys, &mut b) };
+    let last = b[7];
     let (b30, b31) = (
         _mm256_castsi256_si128(last),
         _mm256_extracti128_si256::<1>(last),
@@ -324,31 +437,20 @@ pub(crate) unsafe fn vaes256_xor_cell(
     // SAFETY: `carry.bytes` is 16 writable bytes; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_si128(carry.bytes.as_mut_ptr().cast(), next) };
     carry.pos = pos.wrapping_add(CELL_BODY_LEN as u64);
-    let p = cell.as_mut_ptr();
-    // SAFETY: `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at most at `d + 480 <= 495`;
-    // the head and windows are `0..16`, `477..493` and `493..509`: every access lies in `cell`,
-    // and unaligned loads and stores have no alignment requirement. Overlapping vectors are
-    // ordered as the module doc explains.
     unsafe {
-        let q = |j: usize| p.add(d + 32 * j).cast::<__m256i>();
+        #[allow(clippy::needless_range_loop)]
+        for j in 0..6 {
+            let x = q(8 + j);
+            _mm256_storeu_si256(x, _mm256_xor_si256(_mm256_loadu_si256(x), b[j]));
+        }
         let t1 = p.add(T1).cast::<__m128i>();
         let t2 = p.add(T2).cast::<__m128i>();
-        let c_head = _mm_loadu_si128(p.cast());
-        let c_first = _mm256_loadu_si256(q(0));
-        _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        _mm256_storeu_si256(q(0), _mm256_xor_si256(c_first, g[0]));
-        // A plain range, not `iter().enumerate().skip(1)`: those adapters were left out of
-        // line here (a call and a `vzeroupper` per vector), which cost more than the AES.
-        #[allow(clippy::needless_range_loop)]
-        for j in 1..14 {
-            _mm256_storeu_si256(q(j), _mm256_xor_si256(_mm256_loadu_si256(q(j)), g[j]));
-        }
         let c_t1 = _mm_loadu_si128(t1);
         let c_t2 = _mm_loadu_si128(t2);
         let c_last = _mm256_loadu_si256(q(14));
         _mm_storeu_si128(t1, _mm_xor_si128(c_t1, w1));
         _mm_storeu_si128(t2, _mm_xor_si128(c_t2, w2));
-        _mm256_storeu_si256(q(14), _mm256_xor_si256(c_last, g[14]));
+        _mm256_storeu_si256(q(14), _mm256_xor_si256(c_last, b[6]));
     }
 }
 
