@@ -5,22 +5,26 @@
 //!
 //! **VAES-256** carries the unused tail of the last keystream block of each cell over to the
 //! next cell of the same hop and direction ([`Carry`]), so a cell needs at most 32 fresh blocks:
-//! exactly sixteen `ymm` registers, encrypted as sixteen independent chains in one
-//! inline-assembly block with the round keys as memory operands. Sixteen chains keep both AES
-//! pipes busy past the 4-cycle `vaesenc` latency; with the head block as a seventeenth chain
-//! the work had to be split into two groups of eight, and each group then ran at its latency
-//! bound (about 1.3 instead of 2 `vaesenc` per cycle, measured). With `d` the number of cell
-//! bytes the carry covers (0, or `16 - off`), fresh `ymm` j covers cell bytes `d + 32 j ..`:
+//! exactly sixteen `ymm` registers, encrypted in two inline-assembly groups of eight chains.
+//! Each group keeps round keys 1..=8 in the other eight registers and takes keys 9 and 10 as
+//! memory operands; key 0 is XORed into the counters before. On Zen 3 a `ymm` `vaesenc`
+//! issues two per cycle with 4-cycle latency, so eight chains keep both AES pipes busy; the
+//! keys are in registers because Zen 3 loads at most two 256-bit vectors per cycle, and with
+//! every key a memory operand (one load per `vaesenc`) the load ports bounded the kernel. The
+//! first group's results are XORed into the cell by the same assembly block, freeing its
+//! registers for the second group. With `d` the number of cell bytes the carry covers (0, or
+//! `16 - off`), fresh `ymm` j covers cell bytes `d + 32 j ..`:
 //!
 //! - the carry is stored ready to XOR: keystream for cell bytes `0..d`, zeros after, applied to
 //!   `cell[0..16]`;
-//! - `ymm` 0..=14 are XORed in full with unaligned 32-byte loads and stores;
+//! - `ymm` 0..=14 are XORed in full with unaligned 32-byte loads and stores (0..=13 inside
+//!   the assembly blocks);
 //! - `ymm` 15 (fresh blocks 30 and 31) is shuffled into two windows, `cell[477..493]` and
 //!   `cell[493..509]`, zero where `ymm` 14 writes, and into the next carry.
 //!
 //! The head and tail vectors overlap a neighbouring full vector by a few bytes (XORed with
-//! zero), so both vectors of each overlapping pair are loaded before either is stored, and the
-//! one whose bytes there are unchanged is stored first. If the carry does not belong to this
+//! zero). The head is stored before `ymm` 0 is loaded (it changes no byte `ymm` 0 covers);
+//! the tail windows and `ymm` 14 are all loaded before the windows, then `ymm` 14, are stored. If the carry does not belong to this
 //! position (another backend moved the stream), block `n` is encrypted on its own.
 //!
 //! **AES-NI** (CPUs without VAES) encrypts blocks `n .. n + 33` in three groups of eleven and
@@ -120,9 +124,8 @@ fn row(t: &[[u8; 16]; 16], d: usize) -> __m128i {
     unsafe { _mm_loadu_si128(r.as_ptr().cast()) }
 }
 
-/// One AES step of sixteen `ymm` chains `{a0}`..`{a15}` with the 32-byte round key at
-/// `[{k} + off]`.
-macro_rules! ymm16 {
+/// One AES step of eight `ymm` chains with the key at `[{k} + off]`.
+macro_rules! ymm8m {
     ($ins:literal, $off:literal) => {
         concat!(
             $ins,
@@ -157,54 +160,6 @@ macro_rules! ymm16 {
             " {a7}, {a7}, ymmword ptr [{k} + ",
             $off,
             "]\n",
-            $ins,
-            " {a8}, {a8}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a9}, {a9}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a10}, {a10}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a11}, {a11}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a12}, {a12}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a13}, {a13}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a14}, {a14}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-            $ins,
-            " {a15}, {a15}, ymmword ptr [{k} + ",
-            $off,
-            "]\n",
-        )
-    };
-}
-
-/// One AES step of eight `ymm` chains with the key at `[{k} + off]`.
-macro_rules! ymm8m {
-    ($ins:literal, $off:literal) => {
-        concat!(
-            $ins, " {a0}, {a0}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a1}, {a1}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a2}, {a2}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a3}, {a3}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a4}, {a4}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a5}, {a5}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a6}, {a6}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {a7}, {a7}, ymmword ptr [{k} + ", $off, "]\n",
         )
     };
 }
@@ -213,35 +168,111 @@ macro_rules! ymm8m {
 macro_rules! ymm8r {
     ($ins:literal, $key:literal) => {
         concat!(
-            $ins, " {a0}, {a0}, ", $key, "\n",
-            $ins, " {a1}, {a1}, ", $key, "\n",
-            $ins, " {a2}, {a2}, ", $key, "\n",
-            $ins, " {a3}, {a3}, ", $key, "\n",
-            $ins, " {a4}, {a4}, ", $key, "\n",
-            $ins, " {a5}, {a5}, ", $key, "\n",
-            $ins, " {a6}, {a6}, ", $key, "\n",
-            $ins, " {a7}, {a7}, ", $key, "\n",
+            $ins,
+            " {a0}, {a0}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a1}, {a1}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a2}, {a2}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a3}, {a3}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a4}, {a4}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a5}, {a5}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a6}, {a6}, ",
+            $key,
+            "\n",
+            $ins,
+            " {a7}, {a7}, ",
+            $key,
+            "\n",
         )
     };
 }
 
-/// Runs rounds 1..=10 on eight `ymm` counter pairs (already XORed with round key 0) in place:
-/// round keys 1..=8 in registers (`keys`), keys 9 and 10 as memory operands at `k`.
+/// XORs chains 0..8 into memory at `{q}`.
+macro_rules! xor8 {
+    () => {
+        concat!(
+            "vpxor {a0}, {a0}, ymmword ptr [{q} + 0]\n",
+            "vmovdqu ymmword ptr [{q} + 0], {a0}\n",
+            "vpxor {a1}, {a1}, ymmword ptr [{q} + 32]\n",
+            "vmovdqu ymmword ptr [{q} + 32], {a1}\n",
+            "vpxor {a2}, {a2}, ymmword ptr [{q} + 64]\n",
+            "vmovdqu ymmword ptr [{q} + 64], {a2}\n",
+            "vpxor {a3}, {a3}, ymmword ptr [{q} + 96]\n",
+            "vmovdqu ymmword ptr [{q} + 96], {a3}\n",
+            "vpxor {a4}, {a4}, ymmword ptr [{q} + 128]\n",
+            "vmovdqu ymmword ptr [{q} + 128], {a4}\n",
+            "vpxor {a5}, {a5}, ymmword ptr [{q} + 160]\n",
+            "vmovdqu ymmword ptr [{q} + 160], {a5}\n",
+            "vpxor {a6}, {a6}, ymmword ptr [{q} + 192]\n",
+            "vmovdqu ymmword ptr [{q} + 192], {a6}\n",
+            "vpxor {a7}, {a7}, ymmword ptr [{q} + 224]\n",
+            "vmovdqu ymmword ptr [{q} + 224], {a7}\n",
+        )
+    };
+}
+
+/// XORs chains 0..6 into memory at `{q}`.
+macro_rules! xor6 {
+    () => {
+        concat!(
+            "vpxor {a0}, {a0}, ymmword ptr [{q} + 0]\n",
+            "vmovdqu ymmword ptr [{q} + 0], {a0}\n",
+            "vpxor {a1}, {a1}, ymmword ptr [{q} + 32]\n",
+            "vmovdqu ymmword ptr [{q} + 32], {a1}\n",
+            "vpxor {a2}, {a2}, ymmword ptr [{q} + 64]\n",
+            "vmovdqu ymmword ptr [{q} + 64], {a2}\n",
+            "vpxor {a3}, {a3}, ymmword ptr [{q} + 96]\n",
+            "vmovdqu ymmword ptr [{q} + 96], {a3}\n",
+            "vpxor {a4}, {a4}, ymmword ptr [{q} + 128]\n",
+            "vmovdqu ymmword ptr [{q} + 128], {a4}\n",
+            "vpxor {a5}, {a5}, ymmword ptr [{q} + 160]\n",
+            "vmovdqu ymmword ptr [{q} + 160], {a5}\n",
+        )
+    };
+}
+
+/// Rounds 1..=10 of eight `ymm` counter pairs (already XORed with round key 0), then XORs all
+/// eight results into the 32-byte vectors at `q`, `q + 32`, ... in place.
 ///
-/// Keys as memory operands in every step would need one 256-bit load per `vaesenc`, and Zen 3
-/// loads at most two 256-bit vectors per cycle: with the cell's own loads on top, the load
-/// ports, not the AES units, bound the kernel (measured: 40 extra loads per 154 AES steps cost
-/// 15 TSC ticks, exactly 2 loads per cycle). Eight chains plus eight key registers fill the
-/// sixteen `ymm` registers.
+/// Round keys 1..=8 are in registers (`keys`), keys 9 and 10 memory operands at `k`. Keys as
+/// memory operands in every step need one 256-bit load per `vaesenc`, and Zen 3 loads at most
+/// two 256-bit vectors per cycle: with the cell's own loads on top, the load ports, not the AES
+/// units, bounded the kernel (measured: 40 extra loads per 154 AES steps cost 15 TSC ticks,
+/// exactly two loads per cycle). Eight chains and eight keys fill the sixteen `ymm` registers,
+/// and the XOR reuses the chain registers.
 ///
 /// # Safety
-/// `k` must point to 11 x 32 readable bytes; the CPU must support VAES and AVX.
+/// `k` must point to 11 x 32 readable bytes, `q .. q + 256` must be readable and writable,
+/// and the CPU must support VAES and AVX.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group8k(k: *const u8, keys: &[__m256i; 8], s: &mut [__m256i; 8]) {
-    let [a0, a1, a2, a3, a4, a5, a6, a7] = s;
-    // SAFETY: the caller guarantees `k` and CPU support; the block only reads `k` and touches
-    // the named registers.
+unsafe fn vaes_group8x8(
+    k: *const u8,
+    keys: [__m256i; 8],
+    s: [__m256i; 8],
+    q: *mut u8,
+) -> [__m256i; 8] {
+    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = s;
+    let [k1, k2, k3, k4, k5, k6, k7, k8] = keys;
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; the block reads `k`, reads and
+    // writes `q .. q + 256`, and touches the named registers.
     unsafe {
         asm!(
             ymm8r!("vaesenc", "{k1}"),
@@ -254,68 +285,76 @@ unsafe fn vaes_group8k(k: *const u8, keys: &[__m256i; 8], s: &mut [__m256i; 8]) 
             ymm8r!("vaesenc", "{k8}"),
             ymm8m!("vaesenc", "288"),
             ymm8m!("vaesenclast", "320"),
+            xor8!(),
             k = in(reg) k,
-            k1 = in(ymm_reg) keys[0], k2 = in(ymm_reg) keys[1],
-            k3 = in(ymm_reg) keys[2], k4 = in(ymm_reg) keys[3],
-            k5 = in(ymm_reg) keys[4], k6 = in(ymm_reg) keys[5],
-            k7 = in(ymm_reg) keys[6], k8 = in(ymm_reg) keys[7],
-            a0 = inout(ymm_reg) *a0,
-            a1 = inout(ymm_reg) *a1,
-            a2 = inout(ymm_reg) *a2,
-            a3 = inout(ymm_reg) *a3,
-            a4 = inout(ymm_reg) *a4,
-            a5 = inout(ymm_reg) *a5,
-            a6 = inout(ymm_reg) *a6,
-            a7 = inout(ymm_reg) *a7,
-            options(pure, readonly, nostack, preserves_flags),
+            q = in(reg) q,
+            k1 = in(ymm_reg) k1, k2 = in(ymm_reg) k2,
+            k3 = in(ymm_reg) k3, k4 = in(ymm_reg) k4,
+            k5 = in(ymm_reg) k5, k6 = in(ymm_reg) k6,
+            k7 = in(ymm_reg) k7, k8 = in(ymm_reg) k8,
+            a0 = inout(ymm_reg) a0,
+            a1 = inout(ymm_reg) a1,
+            a2 = inout(ymm_reg) a2,
+            a3 = inout(ymm_reg) a3,
+            a4 = inout(ymm_reg) a4,
+            a5 = inout(ymm_reg) a5,
+            a6 = inout(ymm_reg) a6,
+            a7 = inout(ymm_reg) a7,
+            options(nostack, preserves_flags),
         );
     }
+    [a0, a1, a2, a3, a4, a5, a6, a7]
 }
 
-/// Encrypts sixteen `ymm` counter pairs in place with the doubled round keys at `k`: key 0 XOR,
-/// nine rounds and the last round, round-major so sixteen chains are always in flight.
+/// [`vaes_group8x8`], XORing only the first six results into memory (the last two go to the
+/// cell's tail and the next carry).
 ///
 /// # Safety
-/// `k` must point to 11 x 32 readable bytes; the CPU must support VAES and AVX.
+/// `k` must point to 11 x 32 readable bytes, `q .. q + 192` must be readable and writable,
+/// and the CPU must support VAES and AVX.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group16(k: *const u8, s: &mut [__m256i; 16]) {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15] = s;
-    // SAFETY: the caller guarantees `k` and CPU support; the block only reads `k` and touches
-    // the named registers.
+unsafe fn vaes_group8x6(
+    k: *const u8,
+    keys: [__m256i; 8],
+    s: [__m256i; 8],
+    q: *mut u8,
+) -> [__m256i; 8] {
+    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = s;
+    let [k1, k2, k3, k4, k5, k6, k7, k8] = keys;
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; the block reads `k`, reads and
+    // writes `q .. q + 192`, and touches the named registers.
     unsafe {
         asm!(
-            ymm16!("vpxor", "0"),
-            ymm16!("vaesenc", "32"),
-            ymm16!("vaesenc", "64"),
-            ymm16!("vaesenc", "96"),
-            ymm16!("vaesenc", "128"),
-            ymm16!("vaesenc", "160"),
-            ymm16!("vaesenc", "192"),
-            ymm16!("vaesenc", "224"),
-            ymm16!("vaesenc", "256"),
-            ymm16!("vaesenc", "288"),
-            ymm16!("vaesenclast", "320"),
+            ymm8r!("vaesenc", "{k1}"),
+            ymm8r!("vaesenc", "{k2}"),
+            ymm8r!("vaesenc", "{k3}"),
+            ymm8r!("vaesenc", "{k4}"),
+            ymm8r!("vaesenc", "{k5}"),
+            ymm8r!("vaesenc", "{k6}"),
+            ymm8r!("vaesenc", "{k7}"),
+            ymm8r!("vaesenc", "{k8}"),
+            ymm8m!("vaesenc", "288"),
+            ymm8m!("vaesenclast", "320"),
+            xor6!(),
             k = in(reg) k,
-            a0 = inout(ymm_reg) *a0,
-            a1 = inout(ymm_reg) *a1,
-            a2 = inout(ymm_reg) *a2,
-            a3 = inout(ymm_reg) *a3,
-            a4 = inout(ymm_reg) *a4,
-            a5 = inout(ymm_reg) *a5,
-            a6 = inout(ymm_reg) *a6,
-            a7 = inout(ymm_reg) *a7,
-            a8 = inout(ymm_reg) *a8,
-            a9 = inout(ymm_reg) *a9,
-            a10 = inout(ymm_reg) *a10,
-            a11 = inout(ymm_reg) *a11,
-            a12 = inout(ymm_reg) *a12,
-            a13 = inout(ymm_reg) *a13,
-            a14 = inout(ymm_reg) *a14,
-            a15 = inout(ymm_reg) *a15,
-            options(pure, readonly, nostack, preserves_flags),
+            q = in(reg) q,
+            k1 = in(ymm_reg) k1, k2 = in(ymm_reg) k2,
+            k3 = in(ymm_reg) k3, k4 = in(ymm_reg) k4,
+            k5 = in(ymm_reg) k5, k6 = in(ymm_reg) k6,
+            k7 = in(ymm_reg) k7, k8 = in(ymm_reg) k8,
+            a0 = inout(ymm_reg) a0,
+            a1 = inout(ymm_reg) a1,
+            a2 = inout(ymm_reg) a2,
+            a3 = inout(ymm_reg) a3,
+            a4 = inout(ymm_reg) a4,
+            a5 = inout(ymm_reg) a5,
+            a6 = inout(ymm_reg) a6,
+            a7 = inout(ymm_reg) a7,
+            options(nostack, preserves_flags),
         );
     }
+    [a0, a1, a2, a3, a4, a5, a6, a7]
 }
 
 /// Counter block `n` as an xmm value (see module doc for the layout).
@@ -385,28 +424,42 @@ pub(crate) unsafe fn vaes256_xor_cell(
         let c = _mm256_add_epi64(base, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
         _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
     };
-    let keys: [__m256i; 8] = core::array::from_fn(|i| key(i + 1));
+    let keys = [
+        key(1),
+        key(2),
+        key(3),
+        key(4),
+        key(5),
+        key(6),
+        key(7),
+        key(8),
+    ];
     let p = cell.as_mut_ptr();
-    // SAFETY (all blocks below): `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at most at
-    // `d + 480 <= 495`; the head and windows are `0..16`, `477..493` and `493..509`: every
-    // access lies in `cell`, and unaligned loads and stores have no alignment requirement.
-    // Overlapping vectors are ordered as the module doc explains. `k` points to the doubled
-    // round keys and VAES is enabled here.
+    // Memory safety of the accesses below: `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at
+    // most at `d + 480 <= 495`; the head and windows are `0..16`, `477..493` and `493..509`:
+    // every access lies in `cell`, and unaligned loads and stores have no alignment
+    // requirement. Overlapping vectors are ordered as the module doc explains.
+    // SAFETY: `d + 32 j <= 463` for every `j` used (0..=14), inside `cell`.
     let q = |j: usize| unsafe { p.add(d + 32 * j).cast::<__m256i>() };
     // First half: `ymm` 0..8, XORed before the second half's rounds so its registers are free.
-    let mut a: [__m256i; 8] = core::array::from_fn(ctr);
+    let a = [
+        ctr(0),
+        ctr(1),
+        ctr(2),
+        ctr(3),
+        ctr(4),
+        ctr(5),
+        ctr(6),
+        ctr(7),
+    ];
+    // SAFETY: the head is `cell[0..16]`, `ymm` 0..8 are `cell[d .. d + 256]` (see above); `k`
+    // points to the doubled round keys and VAES is enabled here.
     unsafe {
-        vaes_group8k(k, &keys, &mut a);
+        // The head first: it changes only bytes `0..d`, which `ymm` 0 does not cover, so the
+        // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
-        let c_first = _mm256_loadu_si256(q(0));
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        _mm256_storeu_si256(q(0), _mm256_xor_si256(c_first, a[0]));
-        // A plain range, not `iter().enumerate().skip(1)`: those adapters were left out of
-        // line here (a call and a `vzeroupper` per vector), which cost more than the AES.
-        #[allow(clippy::needless_range_loop)]
-        for j in 1..8 {
-            _mm256_storeu_si256(q(j), _mm256_xor_si256(_mm256_loadu_si256(q(j)), a[j]));
-        }
+        vaes_group8x8(k, keys, a, q(0).cast());
     }
     // Left to itself the compiler computes all sixteen counters up front and spills half of
     // them around the first half's rounds; this empty block (a compiler barrier, no code)
@@ -414,12 +467,23 @@ pub(crate) unsafe fn vaes256_xor_cell(
     let mut base8 = _mm256_add_epi64(base, _mm256_set_epi64x(16, 0, 16, 0));
     // SAFETY: an empty assembly block; it only names the register.
     unsafe { asm!("/* {0} */", inout(ymm_reg) base8, options(nostack, preserves_flags)) };
-    let mut b: [__m256i; 8] = core::array::from_fn(|j| {
-        let j = j as i64;
+    let ctr8 = |j: i64| {
         let c = _mm256_add_epi64(base8, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
         _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
-    });
-    unsafe { vaes_group8k(k, &keys, &mut b) };
+    };
+    let b = [
+        ctr8(0),
+        ctr8(1),
+        ctr8(2),
+        ctr8(3),
+        ctr8(4),
+        ctr8(5),
+        ctr8(6),
+        ctr8(7),
+    ];
+    // SAFETY: `ymm` 8..14 are `cell[d + 256 .. d + 448]` (see above); `k` points to the
+    // doubled round keys and VAES is enabled here.
+    let b = unsafe { vaes_group8x6(k, keys, b, q(8).cast()) };
     let last = b[7];
     let (b30, b31) = (
         _mm256_castsi256_si128(last),
@@ -437,12 +501,9 @@ pub(crate) unsafe fn vaes256_xor_cell(
     // SAFETY: `carry.bytes` is 16 writable bytes; `storeu` has no alignment requirement.
     unsafe { _mm_storeu_si128(carry.bytes.as_mut_ptr().cast(), next) };
     carry.pos = pos.wrapping_add(CELL_BODY_LEN as u64);
+    // SAFETY: windows `cell[477..493]`, `cell[493..509]` and `ymm` 14 at `d + 448 .. d + 480`
+    // (see above); all three loaded before any is stored.
     unsafe {
-        #[allow(clippy::needless_range_loop)]
-        for j in 0..6 {
-            let x = q(8 + j);
-            _mm256_storeu_si256(x, _mm256_xor_si256(_mm256_loadu_si256(x), b[j]));
-        }
         let t1 = p.add(T1).cast::<__m128i>();
         let t2 = p.add(T2).cast::<__m128i>();
         let c_t1 = _mm_loadu_si128(t1);
