@@ -72,6 +72,7 @@ impl RoundKeys {
     }
 
     /// Round key `i` (0..=10), 16 bytes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn key(&self, i: usize) -> [u8; 16] {
         let mut k = [0u8; 16];
         if let Some(w) = self.0.get(i) {
@@ -81,6 +82,7 @@ impl RoundKeys {
     }
 
     /// The doubled keys: 11 x 32 bytes, 32-byte aligned, for the kernels' memory operands.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn wide(&self) -> &[[u8; 32]; 11] {
         &self.0
     }
@@ -89,6 +91,7 @@ impl RoundKeys {
 /// The unused end of a cell's last keystream block, kept for the next cell of the same stream
 /// (VAES-256 kernel only).
 #[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Carry {
     /// The stream position the carry belongs to: it is used only when the next cell starts
     /// there, so a stream moved by another backend recomputes its head block instead.

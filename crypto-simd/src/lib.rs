@@ -189,6 +189,7 @@ struct Layer {
     /// SHA-1 running digest, seeded with `Df` or `Db` (zeroized on drop).
     digest: Sha1State,
     /// Keystream left over from the last cell, for kernels that keep it (zeroized on drop).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     carry: Carry,
 }
 
