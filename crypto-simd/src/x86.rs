@@ -248,33 +248,102 @@ macro_rules! xor6 {
     };
 }
 
-/// Rounds 1..=10 of eight `ymm` counter pairs (already XORed with round key 0), then XORs all
-/// eight results into the 32-byte vectors at `q`, `q + 32`, ... in place.
+/// Counter set-up constants: the byte swap (per 128-bit lane, bytes 0..8 zero, bytes 8..16 the
+/// high quadword reversed), lane increments (0, 1) in the high quadwords, and the step (2, 2).
+#[repr(C, align(32))]
+struct CtrConsts([u8; 96]);
+
+static CTR_CONSTS: CtrConsts = CtrConsts([
+    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 15, 14, 13, 12, 11, 10, 9, 8, //
+    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 15, 14, 13, 12, 11, 10, 9, 8, //
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, //
+    0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
+    0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
+]);
+
+/// Builds eight counter vectors in `{a0}`..`{a7}` and loads round keys 1..=8 into
+/// `{k1}`..`{k8}` (see [`vaes_group8x8`]).
+macro_rules! ctr8_keys {
+    () => {
+        concat!(
+            "vmovq {k1:x}, {first}\n",
+            "vpbroadcastq {k1}, {k1:x}\n",
+            "vpaddq {k1}, {k1}, ymmword ptr [{c} + 32]\n",
+            "vmovdqa {k2}, ymmword ptr [{c}]\n",
+            "vmovdqa {k3}, ymmword ptr [{c} + 64]\n",
+            "vmovdqa {k4}, ymmword ptr [{k}]\n",
+            "vpshufb {a0}, {k1}, {k2}\n",
+            "vpxor {a0}, {a0}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a1}, {k1}, {k2}\n",
+            "vpxor {a1}, {a1}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a2}, {k1}, {k2}\n",
+            "vpxor {a2}, {a2}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a3}, {k1}, {k2}\n",
+            "vpxor {a3}, {a3}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a4}, {k1}, {k2}\n",
+            "vpxor {a4}, {a4}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a5}, {k1}, {k2}\n",
+            "vpxor {a5}, {a5}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a6}, {k1}, {k2}\n",
+            "vpxor {a6}, {a6}, {k4}\n",
+            "vpaddq {k1}, {k1}, {k3}\n",
+            "vpshufb {a7}, {k1}, {k2}\n",
+            "vpxor {a7}, {a7}, {k4}\n",
+            "vmovdqa {k1}, ymmword ptr [{k} + 32]\n",
+            "vmovdqa {k2}, ymmword ptr [{k} + 64]\n",
+            "vmovdqa {k3}, ymmword ptr [{k} + 96]\n",
+            "vmovdqa {k4}, ymmword ptr [{k} + 128]\n",
+            "vmovdqa {k5}, ymmword ptr [{k} + 160]\n",
+            "vmovdqa {k6}, ymmword ptr [{k} + 192]\n",
+            "vmovdqa {k7}, ymmword ptr [{k} + 224]\n",
+            "vmovdqa {k8}, ymmword ptr [{k} + 256]\n",
+        )
+    };
+}
+
+/// Encrypts fresh blocks `first .. first + 16` (eight `ymm` chains) and XORs all eight results
+/// into the 32-byte vectors at `q`, `q + 32`, ... in place; one assembly block from counters to
+/// stores, so nothing goes through the stack.
 ///
-/// Round keys 1..=8 are in registers (`keys`), keys 9 and 10 memory operands at `k`. Keys as
-/// memory operands in every step need one 256-bit load per `vaesenc`, and Zen 3 loads at most
-/// two 256-bit vectors per cycle: with the cell's own loads on top, the load ports, not the AES
-/// units, bounded the kernel (measured: 40 extra loads per 154 AES steps cost 15 TSC ticks,
-/// exactly two loads per cycle). Eight chains and eight keys fill the sixteen `ymm` registers,
-/// and the XOR reuses the chain registers.
+/// Counters: `first` broadcast, plus 0 and 1 in the two lanes' high quadwords, byte-swapped
+/// with `vpshufb` (which also zeroes the low quadwords), XORed with round key 0; then plus 2
+/// per vector. Round keys 1..=8 are then loaded into the registers the counter set-up used,
+/// keys 9 and 10 are memory operands. Keys as memory operands in every step need one 256-bit
+/// load per `vaesenc`, and Zen 3 loads at most two 256-bit vectors per cycle: with the cell's
+/// own loads on top, the load ports, not the AES units, bounded the kernel (measured: 40 extra
+/// loads per 154 AES steps cost 15 TSC ticks, exactly two loads per cycle). Eight chains and
+/// eight keys fill the sixteen `ymm` registers; the XOR reuses the chain registers.
 ///
 /// # Safety
-/// `k` must point to 11 x 32 readable bytes, `q .. q + 256` must be readable and writable,
-/// and the CPU must support VAES and AVX.
+/// `k` must point to 11 x 32 readable bytes (32-byte aligned), `q .. q + 256` must be
+/// readable and writable, and the CPU must support VAES and AVX2.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group8x8(
-    k: *const u8,
-    keys: [__m256i; 8],
-    s: [__m256i; 8],
-    q: *mut u8,
-) -> [__m256i; 8] {
-    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = s;
-    let [k1, k2, k3, k4, k5, k6, k7, k8] = keys;
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; the block reads `k`, reads and
-    // writes `q .. q + 256`, and touches the named registers.
+unsafe fn vaes_group8x8(k: *const u8, first: u64, q: *mut u8) -> [__m256i; 8] {
+    let c = CTR_CONSTS.0.as_ptr();
+    let (a0, a1, a2, a3, a4, a5, a6, a7): (
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+    );
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 96-byte aligned
+    // constant table; the block reads `k` and `c`, reads and writes `q .. q + 256`, and
+    // touches only the named registers.
     unsafe {
         asm!(
+            ctr8_keys!(),
             ymm8r!("vaesenc", "{k1}"),
             ymm8r!("vaesenc", "{k2}"),
             ymm8r!("vaesenc", "{k3}"),
@@ -288,18 +357,16 @@ unsafe fn vaes_group8x8(
             xor8!(),
             k = in(reg) k,
             q = in(reg) q,
-            k1 = in(ymm_reg) k1, k2 = in(ymm_reg) k2,
-            k3 = in(ymm_reg) k3, k4 = in(ymm_reg) k4,
-            k5 = in(ymm_reg) k5, k6 = in(ymm_reg) k6,
-            k7 = in(ymm_reg) k7, k8 = in(ymm_reg) k8,
-            a0 = inout(ymm_reg) a0,
-            a1 = inout(ymm_reg) a1,
-            a2 = inout(ymm_reg) a2,
-            a3 = inout(ymm_reg) a3,
-            a4 = inout(ymm_reg) a4,
-            a5 = inout(ymm_reg) a5,
-            a6 = inout(ymm_reg) a6,
-            a7 = inout(ymm_reg) a7,
+            c = in(reg) c,
+            first = in(reg) first,
+            k1 = out(ymm_reg) _, k2 = out(ymm_reg) _,
+            k3 = out(ymm_reg) _, k4 = out(ymm_reg) _,
+            k5 = out(ymm_reg) _, k6 = out(ymm_reg) _,
+            k7 = out(ymm_reg) _, k8 = out(ymm_reg) _,
+            a0 = out(ymm_reg) a0, a1 = out(ymm_reg) a1,
+            a2 = out(ymm_reg) a2, a3 = out(ymm_reg) a3,
+            a4 = out(ymm_reg) a4, a5 = out(ymm_reg) a5,
+            a6 = out(ymm_reg) a6, a7 = out(ymm_reg) a7,
             options(nostack, preserves_flags),
         );
     }
@@ -310,22 +377,28 @@ unsafe fn vaes_group8x8(
 /// cell's tail and the next carry).
 ///
 /// # Safety
-/// `k` must point to 11 x 32 readable bytes, `q .. q + 192` must be readable and writable,
-/// and the CPU must support VAES and AVX.
+/// `k` must point to 11 x 32 readable bytes (32-byte aligned), `q .. q + 192` must be
+/// readable and writable, and the CPU must support VAES and AVX2.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group8x6(
-    k: *const u8,
-    keys: [__m256i; 8],
-    s: [__m256i; 8],
-    q: *mut u8,
-) -> [__m256i; 8] {
-    let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = s;
-    let [k1, k2, k3, k4, k5, k6, k7, k8] = keys;
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; the block reads `k`, reads and
-    // writes `q .. q + 192`, and touches the named registers.
+unsafe fn vaes_group8x6(k: *const u8, first: u64, q: *mut u8) -> [__m256i; 8] {
+    let c = CTR_CONSTS.0.as_ptr();
+    let (a0, a1, a2, a3, a4, a5, a6, a7): (
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+        __m256i,
+    );
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 96-byte aligned
+    // constant table; the block reads `k` and `c`, reads and writes `q .. q + 192`, and
+    // touches only the named registers.
     unsafe {
         asm!(
+            ctr8_keys!(),
             ymm8r!("vaesenc", "{k1}"),
             ymm8r!("vaesenc", "{k2}"),
             ymm8r!("vaesenc", "{k3}"),
@@ -339,18 +412,16 @@ unsafe fn vaes_group8x6(
             xor6!(),
             k = in(reg) k,
             q = in(reg) q,
-            k1 = in(ymm_reg) k1, k2 = in(ymm_reg) k2,
-            k3 = in(ymm_reg) k3, k4 = in(ymm_reg) k4,
-            k5 = in(ymm_reg) k5, k6 = in(ymm_reg) k6,
-            k7 = in(ymm_reg) k7, k8 = in(ymm_reg) k8,
-            a0 = inout(ymm_reg) a0,
-            a1 = inout(ymm_reg) a1,
-            a2 = inout(ymm_reg) a2,
-            a3 = inout(ymm_reg) a3,
-            a4 = inout(ymm_reg) a4,
-            a5 = inout(ymm_reg) a5,
-            a6 = inout(ymm_reg) a6,
-            a7 = inout(ymm_reg) a7,
+            c = in(reg) c,
+            first = in(reg) first,
+            k1 = out(ymm_reg) _, k2 = out(ymm_reg) _,
+            k3 = out(ymm_reg) _, k4 = out(ymm_reg) _,
+            k5 = out(ymm_reg) _, k6 = out(ymm_reg) _,
+            k7 = out(ymm_reg) _, k8 = out(ymm_reg) _,
+            a0 = out(ymm_reg) a0, a1 = out(ymm_reg) a1,
+            a2 = out(ymm_reg) a2, a3 = out(ymm_reg) a3,
+            a4 = out(ymm_reg) a4, a5 = out(ymm_reg) a5,
+            a6 = out(ymm_reg) a6, a7 = out(ymm_reg) a7,
             options(nostack, preserves_flags),
         );
     }
@@ -395,7 +466,6 @@ pub(crate) unsafe fn vaes256_xor_cell(
     carry: &mut Carry,
     cell: &mut CellBody,
 ) {
-    let k = rk.wide().as_ptr().cast::<u8>();
     let n = pos >> 4;
     let off = (pos & 15) as usize;
     // With `off > 0`, block `n` is shared with the previous cell and fresh blocks start at n + 1.
@@ -409,31 +479,7 @@ pub(crate) unsafe fn vaes256_xor_cell(
     } else {
         _mm_shuffle_epi8(aes_block(rk, n), row(&s.head, d))
     };
-    // Per 128-bit lane: bytes 0..8 zero, bytes 8..16 the lane's high quadword byte-reversed.
-    let bswap = _mm256_setr_epi8(
-        -128, -128, -128, -128, -128, -128, -128, -128, 15, 14, 13, 12, 11, 10, 9, 8, -128, -128,
-        -128, -128, -128, -128, -128, -128, 15, 14, 13, 12, 11, 10, 9, 8,
-    );
-    let base = _mm256_set1_epi64x(first as i64);
-    // SAFETY: `k` points to 11 x 32 readable bytes, 32-byte aligned.
-    let key = |i: usize| unsafe { _mm256_load_si256(k.add(32 * i).cast()) };
-    let k0 = key(0);
-    // `ymm` j holds fresh blocks 2j and 2j + 1, already XORed with round key 0.
-    let ctr = |j: usize| {
-        let j = j as i64;
-        let c = _mm256_add_epi64(base, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
-        _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
-    };
-    let keys = [
-        key(1),
-        key(2),
-        key(3),
-        key(4),
-        key(5),
-        key(6),
-        key(7),
-        key(8),
-    ];
+    let k = rk.wide().as_ptr().cast::<u8>();
     let p = cell.as_mut_ptr();
     // Memory safety of the accesses below: `d < 16`, so `ymm` j (0..=14) at `d + 32 j` ends at
     // most at `d + 480 <= 495`; the head and windows are `0..16`, `477..493` and `493..509`:
@@ -441,17 +487,6 @@ pub(crate) unsafe fn vaes256_xor_cell(
     // requirement. Overlapping vectors are ordered as the module doc explains.
     // SAFETY: `d + 32 j <= 463` for every `j` used (0..=14), inside `cell`.
     let q = |j: usize| unsafe { p.add(d + 32 * j).cast::<__m256i>() };
-    // First half: `ymm` 0..8, XORed before the second half's rounds so its registers are free.
-    let a = [
-        ctr(0),
-        ctr(1),
-        ctr(2),
-        ctr(3),
-        ctr(4),
-        ctr(5),
-        ctr(6),
-        ctr(7),
-    ];
     // SAFETY: the head is `cell[0..16]`, `ymm` 0..8 are `cell[d .. d + 256]` (see above); `k`
     // points to the doubled round keys and VAES is enabled here.
     unsafe {
@@ -459,31 +494,11 @@ pub(crate) unsafe fn vaes256_xor_cell(
         // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        vaes_group8x8(k, keys, a, q(0).cast());
+        vaes_group8x8(k, first, q(0).cast());
     }
-    // Left to itself the compiler computes all sixteen counters up front and spills half of
-    // them around the first half's rounds; this empty block (a compiler barrier, no code)
-    // keeps the second half's counters after the first half's stores.
-    let mut base8 = _mm256_add_epi64(base, _mm256_set_epi64x(16, 0, 16, 0));
-    // SAFETY: an empty assembly block; it only names the register.
-    unsafe { asm!("/* {0} */", inout(ymm_reg) base8, options(nostack, preserves_flags)) };
-    let ctr8 = |j: i64| {
-        let c = _mm256_add_epi64(base8, _mm256_set_epi64x(2 * j + 1, 0, 2 * j, 0));
-        _mm256_xor_si256(_mm256_shuffle_epi8(c, bswap), k0)
-    };
-    let b = [
-        ctr8(0),
-        ctr8(1),
-        ctr8(2),
-        ctr8(3),
-        ctr8(4),
-        ctr8(5),
-        ctr8(6),
-        ctr8(7),
-    ];
     // SAFETY: `ymm` 8..14 are `cell[d + 256 .. d + 448]` (see above); `k` points to the
     // doubled round keys and VAES is enabled here.
-    let b = unsafe { vaes_group8x6(k, keys, b, q(8).cast()) };
+    let b = unsafe { vaes_group8x6(k, first.wrapping_add(16), q(8).cast()) };
     let last = b[7];
     let (b30, b31) = (
         _mm256_castsi256_si128(last),
