@@ -85,7 +85,7 @@ impl Backend {
     /// VAES-256 ranks above 8-way AES-NI: on the CPUs with VAES but no AVX-512 (AMD Zen 3,
     /// the development machine) a `ymm` `vaesenc` has the same throughput as an `xmm` one (two
     /// per cycle, 4-cycle latency, measured), so it encrypts twice the blocks per cycle; the
-    /// kernel measures about 1.9x the AES-NI one per cell (`chive-bench crypto`, see README).
+    /// kernel measures about 2x the AES-NI one per cell (`chive-bench crypto`, see README).
     /// Every CPU with AVX-512 VAES has 256-bit VAES too, and ranks `vaes512` first.
     pub const ALL: [Backend; 4] = [
         Backend::Vaes512,
