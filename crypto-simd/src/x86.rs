@@ -24,8 +24,9 @@
 //!
 //! The head and tail vectors overlap a neighbouring full vector by a few bytes (XORed with
 //! zero). The head is stored before `ymm` 0 is loaded (it changes no byte `ymm` 0 covers);
-//! the tail windows and `ymm` 14 are all loaded before the windows, then `ymm` 14, are stored. If the carry does not belong to this
-//! position (another backend moved the stream), block `n` is encrypted on its own.
+//! the tail windows and `ymm` 14 are all loaded before the windows, then `ymm` 14, are
+//! stored. If the carry does not belong to this position (another backend moved the stream),
+//! block `n` is encrypted on its own.
 //!
 //! **AES-NI** (CPUs without VAES) encrypts blocks `n .. n + 33` in three groups of eleven and
 //! XORs them through a keystream buffer.
