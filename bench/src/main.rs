@@ -151,8 +151,8 @@ fn measure(engine: Engine, path: Path, batch: usize, budget: Duration) -> Figure
     for _ in 0..16 {
         run(&mut hops, &mut cells);
     }
-    // Many short samples, median taken: on a shared machine a sample the scheduler preempted
-    // is an outlier, not a slower CPU.
+    // Many short samples: on a shared machine (other processes on the core, interrupts) noise
+    // only adds time, so the minimum is the figure and the median shows the spread.
     let calls_per_sample = (256 / batch).max(1);
     let mut samples: Vec<f64> = Vec::new();
     let start = Instant::now();
@@ -214,7 +214,7 @@ fn crypto(
         }
         println!(
             "{:<7} {:<9} {:>6} {:>11} {:>9} {:>13} {:>13} {:>7}  cpu",
-            "path", "backend", "batch", "ns/cell", "best", "cells/s", "openssl ns", "ratio"
+            "path", "backend", "batch", "ns/cell", "median", "cells/s", "openssl ns", "ratio"
         );
     }
     let budget = Duration::from_millis(ms);
@@ -228,7 +228,7 @@ fn crypto(
             };
             for &batch in batches.iter().filter(|&&b| b > 0) {
                 let fig = measure(engine, path, batch, budget);
-                let ns = fig.median;
+                let ns = fig.best;
                 let ossl_ns = ossl.map(|o| match path {
                     Path::Middle => o.aes_ctr,
                     Path::Edge => o.aes_ctr + o.sha1,
@@ -240,7 +240,7 @@ fn crypto(
                         "backend": backend.name(),
                         "batch": batch,
                         "ns_per_cell": ns,
-                        "ns_per_cell_best": fig.best,
+                        "ns_per_cell_median": fig.median,
                         "cells_per_s": 1e9 / ns,
                         "openssl_ns_per_cell": ossl_ns,
                         "ratio": ratio,
@@ -254,7 +254,7 @@ fn crypto(
                         backend.name(),
                         batch,
                         ns,
-                        fig.best,
+                        fig.median,
                         1e9 / ns,
                         ossl_ns.map_or("-".into(), |o| format!("{o:.1}")),
                         ratio.map_or("-".into(), |r| format!("{r:.2}x")),

@@ -3,12 +3,18 @@
 //! The `aes` crate keeps its round keys private, so the SIMD backends expand the key themselves.
 //! This runs once per hop (at circuit extension), never per cell, so a plain table-based version
 //! is enough; it is checked against FIPS-197 Appendix A.1 below.
+//!
+//! Each round key is stored twice side by side (32 bytes, 32-byte aligned), so the VAES-256
+//! kernel can use it directly as a `ymm` memory operand, while the AES-NI kernels read the low
+//! 16 bytes (16-byte aligned, as legacy-SSE memory operands require).
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// The eleven AES-128 round keys, in the byte order `aesenc` expects.
+/// The eleven AES-128 round keys, in the byte order `aesenc` expects, each one doubled to
+/// 32 bytes (see the module doc).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct RoundKeys(pub(crate) [[u8; 16]; 11]);
+#[repr(C, align(32))]
+pub(crate) struct RoundKeys([[u8; 32]; 11]);
 
 /// FIPS-197 Figure 7.
 const SBOX: [u8; 256] = [
@@ -56,8 +62,43 @@ impl RoundKeys {
             }
             rk[round] = next;
         }
-        RoundKeys(rk)
+        let mut wide = [[0u8; 32]; 11];
+        for (w, k) in wide.iter_mut().zip(&rk) {
+            w[..16].copy_from_slice(k);
+            w[16..].copy_from_slice(k);
+        }
+        rk.zeroize();
+        RoundKeys(wide)
     }
+
+    /// Round key `i` (0..=10), 16 bytes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn key(&self, i: usize) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        if let Some(w) = self.0.get(i) {
+            k.copy_from_slice(&w[..16]);
+        }
+        k
+    }
+
+    /// The doubled keys: 11 x 32 bytes, 32-byte aligned, for the kernels' memory operands.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn wide(&self) -> &[[u8; 32]; 11] {
+        &self.0
+    }
+}
+
+/// The unused end of a cell's last keystream block, kept for the next cell of the same stream
+/// (VAES-256 kernel only).
+#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct Carry {
+    /// The stream position the carry belongs to: it is used only when the next cell starts
+    /// there, so a stream moved by another backend recomputes its head block instead.
+    pub(crate) pos: u64,
+    /// Keystream for the next cell's first `16 - pos % 16` bytes (none if `pos % 16 == 0`),
+    /// zeros after: ready to XOR over the cell's first 16 bytes.
+    pub(crate) bytes: [u8; 16],
 }
 
 #[cfg(test)]
@@ -72,8 +113,12 @@ mod tests {
             .try_into()
             .unwrap();
         let rk = RoundKeys::expand(&key);
-        assert_eq!(hex::encode(rk.0[1]), "a0fafe1788542cb123a339392a6c7605");
-        assert_eq!(hex::encode(rk.0[2]), "f2c295f27a96b9435935807a7359f67f");
-        assert_eq!(hex::encode(rk.0[10]), "d014f9a8c9ee2589e13f0cc8b6630ca6");
+        assert_eq!(hex::encode(rk.key(1)), "a0fafe1788542cb123a339392a6c7605");
+        assert_eq!(hex::encode(rk.key(2)), "f2c295f27a96b9435935807a7359f67f");
+        assert_eq!(hex::encode(rk.key(10)), "d014f9a8c9ee2589e13f0cc8b6630ca6");
+        for w in rk.wide() {
+            assert_eq!(w[..16], w[16..]);
+        }
+        assert_eq!(rk.wide().as_ptr() as usize % 32, 0);
     }
 }

@@ -17,7 +17,7 @@
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
 //! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
-//! side (four interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
+//! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
 //! for figures and what limits them.
 //!
 //! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once
@@ -37,7 +37,7 @@ mod x86;
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 
-use keys::RoundKeys;
+use keys::{Carry, RoundKeys};
 use sha1state::Sha1State;
 
 /// Length of a relay cell body (the part every tor1 layer encrypts).
@@ -59,7 +59,8 @@ const _: () = assert!(KDF_LEN == 20 + 20 + 16 + 16);
 pub enum Backend {
     /// VAES on 512-bit registers (AVX-512F + VAES): a cell in 8-9 zmm registers.
     Vaes512,
-    /// VAES on 256-bit registers (AVX2 + VAES): a cell in 16-17 ymm registers.
+    /// VAES on 256-bit registers (AVX2 + VAES): a cell's fresh blocks in 16 ymm registers,
+    /// the partial block at each cell boundary carried to the next cell.
     Vaes256,
     /// AES-NI, eight independent blocks at a time.
     AesNi8,
@@ -81,13 +82,15 @@ cpufeatures::new!(cpuid_avx512_vaes, "avx512f", "vaes", "avx2", "aes");
 impl Backend {
     /// Every backend, best first.
     ///
-    /// VAES-256 ranks below 8-way AES-NI: on Zen 3, the only CPUs here with VAES but no
-    /// AVX-512, a ymm `vaesenc` issues as two 128-bit operations, so it gains nothing and its
-    /// 17-register groups measure about 15% slower (`chive-bench crypto`, see README).
+    /// VAES-256 ranks above 8-way AES-NI: on the CPUs with VAES but no AVX-512 (AMD Zen 3,
+    /// the development machine) a `ymm` `vaesenc` has the same throughput as an `xmm` one (two
+    /// per cycle, 4-cycle latency, measured), so it encrypts twice the blocks per cycle; the
+    /// kernel measures about 2x the AES-NI one per cell (`chive-bench crypto`, see README).
+    /// Every CPU with AVX-512 VAES has 256-bit VAES too, and ranks `vaes512` first.
     pub const ALL: [Backend; 4] = [
         Backend::Vaes512,
-        Backend::AesNi8,
         Backend::Vaes256,
+        Backend::AesNi8,
         Backend::Portable,
     ];
 
@@ -185,6 +188,9 @@ struct Layer {
     pos: u64,
     /// SHA-1 running digest, seeded with `Df` or `Db` (zeroized on drop).
     digest: Sha1State,
+    /// Keystream left over from the last cell, for kernels that keep it (zeroized on drop).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    carry: Carry,
 }
 
 impl Layer {
@@ -196,6 +202,7 @@ impl Layer {
             aes: aes::Aes128::new(key.into()),
             pos: 0,
             digest,
+            carry: Carry::default(),
         }
     }
 
@@ -449,7 +456,7 @@ impl Default for Engine {
 
 /// A keystream kernel: XORs the next 509 bytes of `layer`'s keystream into `cell`.
 trait Kernel: Copy {
-    fn xor_cell(self, layer: &Layer, cell: &mut CellBody);
+    fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody);
 }
 
 #[derive(Clone, Copy)]
@@ -468,7 +475,7 @@ enum AnyKernel {
 struct Portable;
 
 impl Kernel for Portable {
-    fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+    fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
         const BLOCKS: usize = (15 + CELL_BODY_LEN).div_ceil(16);
         let first = u128::from(layer.pos >> 4);
         let off = (layer.pos & 15) as usize;
@@ -525,21 +532,21 @@ mod x86k {
 
     impl Kernel for AesNi {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: an `AesNi` token exists only after `detect` saw AES-NI, SSE2 and SSSE3.
             unsafe { crate::x86::aesni_xor_cell(&layer.rk, layer.pos, cell) }
         }
     }
     impl Kernel for Vaes256 {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: a `Vaes256` token exists only after `detect` saw VAES, AVX2 and AES-NI.
-            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, cell) }
+            unsafe { crate::x86::vaes256_xor_cell(&layer.rk, layer.pos, &mut layer.carry, cell) }
         }
     }
     impl Kernel for Vaes512 {
         #[inline(always)]
-        fn xor_cell(self, layer: &Layer, cell: &mut CellBody) {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
             // SAFETY: a `Vaes512` token exists only after `detect` saw AVX-512F, VAES, AVX2 and
             // AES-NI.
             unsafe { crate::x86::vaes512_xor_cell(&layer.rk, layer.pos, cell) }
@@ -631,13 +638,25 @@ fn run_batch_x86<K: Kernel>(
         // order inside it does not matter, with at most one lane's worth of hashing.
         let mut end = start;
         let mut n_hash = 0;
+        // One bit per hop and cell index modulo 64: a clear bit proves the index is new to the
+        // window, so the exact (quadratic) scan runs only on a bit collision.
+        let (mut hop_bits, mut cell_bits) = (0u64, 0u64);
         while let Some(j) = jobs.get(end) {
-            let before = jobs.get(start..end).unwrap_or_default();
-            if end - start == WINDOW_MAX
-                || before.iter().any(|p| p.hop == j.hop || p.cell == j.cell)
+            if end - start == WINDOW_MAX {
+                break;
+            }
+            let (hb, cb) = (1u64 << (j.hop % 64), 1u64 << (j.cell % 64));
+            if (hop_bits & hb != 0 || cell_bits & cb != 0)
+                && jobs
+                    .get(start..end)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|p| p.hop == j.hop || p.cell == j.cell)
             {
                 break;
             }
+            hop_bits |= hb;
+            cell_bits |= cb;
             if j.op.hashes() {
                 if n_hash == multi::LANES {
                     break;
@@ -1007,6 +1026,123 @@ mod tests {
                 assert_eq!(back, rback);
             }
             assert_eq!(engine.origin_send(origin, 3, &mut [0; 509]), None);
+        }
+    }
+
+    /// The keystream from byte `pos` of the stream with key `key`, from the `ctr` crate.
+    fn ctr_keystream(key: &[u8; 16], pos: u64, len: usize) -> Vec<u8> {
+        use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        let mut c = ctr::Ctr128BE::<aes::Aes128>::new(key.into(), &[0u8; 16].into());
+        c.seek(pos);
+        let mut ks = vec![0u8; len];
+        c.apply_keystream(&mut ks);
+        ks
+    }
+
+    /// Stream positions near counter boundaries: the low 32 bits of the block counter wrapping
+    /// (2^32 blocks = 2^36 bytes), and the largest positions a `u64` byte count reaches (block
+    /// counter near 2^60; it cannot reach 2^64, so the high 64 counter bits never change), at
+    /// every offset within a block; then runs of consecutive cells across them.
+    #[test]
+    fn every_backend_at_counter_boundaries() {
+        let mut kdf = [0u8; KDF_LEN];
+        for (i, b) in kdf.iter_mut().enumerate() {
+            *b = (i * 37 + 11) as u8;
+        }
+        let key: [u8; 16] = kdf[40..56].try_into().unwrap();
+        let starts = [
+            0u64,
+            (1 << 36) - 40 * 16,
+            (1 << 36) - 33 * 16 + 5,
+            (1 << 40) - 7 * 16,
+            (1 << 56) - 2 * 509,
+            u64::MAX - 40 * 509,
+        ];
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            for &start in &starts {
+                for off in 0..16u64 {
+                    // A fresh position (no carried block) at every offset.
+                    let pos = start.wrapping_add(off * 16 + off);
+                    let mut hop = Tor1Hop::from_kdf(&kdf);
+                    hop.fwd.pos = pos;
+                    let mut cell = [0u8; CELL_BODY_LEN];
+                    engine.process_one(&mut hop, &mut cell, Op::OriginCryptForward);
+                    assert_eq!(
+                        cell[..],
+                        ctr_keystream(&key, pos, CELL_BODY_LEN)[..],
+                        "{backend} at {pos:#x}"
+                    );
+                }
+                // 40 consecutive cells: every offset, carried blocks, counters crossing the
+                // boundary.
+                let mut hop = Tor1Hop::from_kdf(&kdf);
+                hop.fwd.pos = start;
+                let want = ctr_keystream(&key, start, 40 * CELL_BODY_LEN);
+                for (i, w) in want.chunks_exact(CELL_BODY_LEN).enumerate() {
+                    let mut cell = [0u8; CELL_BODY_LEN];
+                    engine.process_one(&mut hop, &mut cell, Op::OriginCryptForward);
+                    assert_eq!(cell[..], w[..], "{backend} from {start:#x}, cell {i}");
+                }
+            }
+        }
+    }
+
+    /// Backends alternating on one stream: a kernel that carries a partial block must notice
+    /// that another backend moved the stream, and recompute instead of using a stale carry.
+    #[test]
+    fn backends_alternating_on_one_stream() {
+        let kdf = [0x5au8; KDF_LEN];
+        let key: [u8; 16] = kdf[40..56].try_into().unwrap();
+        let engines: Vec<Engine> = Backend::supported()
+            .map(|b| Engine::new(b).unwrap())
+            .collect();
+        let want = ctr_keystream(&key, 0, 200 * CELL_BODY_LEN);
+        let mut hop = Tor1Hop::from_kdf(&kdf);
+        let mut rng = StdRng::seed_from_u64(9);
+        for (i, w) in want.chunks_exact(CELL_BODY_LEN).enumerate() {
+            let e = engines[rng.gen_range(0..engines.len())];
+            let mut cell = [0u8; CELL_BODY_LEN];
+            e.process_one(&mut hop, &mut cell, Op::OriginCryptForward);
+            assert_eq!(cell[..], w[..], "{} at cell {i}", e.backend());
+        }
+    }
+
+    /// One batch holding consecutive cells of many hops interleaved (each hop's cells in
+    /// order), on both directions, against the reference.
+    #[test]
+    fn batches_interleaving_many_hops() {
+        let mut rng = StdRng::seed_from_u64(21);
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            let (mut hops, mut refs) = circuits(&mut rng, 40);
+            let mut cells: Vec<CellBody> = (0..256).map(|_| random_cell(&mut rng)).collect();
+            for round in 0..6 {
+                let jobs: Vec<Job> = (0..256u32)
+                    .map(|i| Job {
+                        hop: rng.gen_range(0..80),
+                        cell: i,
+                        op: if (i + round) % 3 == 0 {
+                            Op::RelayPassBackward
+                        } else {
+                            Op::OriginCryptForward
+                        },
+                    })
+                    .collect();
+                let mut rcells = cells.clone();
+                let mut out = vec![Outcome::Done; jobs.len()];
+                engine
+                    .process_batch(&mut hops, &mut cells, &jobs, &mut out)
+                    .unwrap();
+                for j in &jobs {
+                    ref_op(
+                        &mut refs[j.hop as usize],
+                        &mut rcells[j.cell as usize],
+                        j.op,
+                    );
+                }
+                assert_eq!(cells, rcells, "{backend} round {round}");
+            }
         }
     }
 
