@@ -5,6 +5,8 @@
 //!   extends, relays and tears down circuits, and the client's [`circuit::OriginCircuit`].
 //! - [`keygen`]: `chive keygen`, which loads or creates a relay's keys in C tor's data-directory
 //!   format and prints its identities as `tor --list-fingerprint` does.
+//! - [`shard`]: one data shard, sans-io: the connections of one reactor thread (TLS, link
+//!   handshake, cell framing) around one [`circuit::RelayCore`].
 //! - [`tls`]: the TLS layer of Tor links: our link certificate, rustls configurations for
 //!   responder and initiator, and the sans-io [`tls::TlsLink`].
 
@@ -12,4 +14,5 @@
 
 pub mod circuit;
 pub mod keygen;
+pub mod shard;
 pub mod tls;
