@@ -68,6 +68,8 @@ fn relay_main(path: &std::path::Path) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_thread_names(true)
         .init();
     let config = match relay::config::Config::load(path) {
         Ok(c) => c,
