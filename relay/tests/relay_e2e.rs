@@ -5,6 +5,7 @@
 //!   BEGIN to the last hop comes back as END(EXITPOLICY) through two relays' crypto, TRUNCATE
 //!   to the middle hop comes back as TRUNCATED. Every relay logs accepted connections on both
 //!   of its shards, and exits cleanly on SIGTERM.
+//! - [`three_chive_relays_io_uring`]: the same on the io_uring backend.
 //! - [`mixed_with_c_tor`]: circuits chive → C tor → chive and C tor → chive → C tor (C tor
 //!   0.4.9 relays from `common/ctor.rs` with `ExtendAllowPrivateAddresses 1`): each relay
 //!   extends to the other implementation, authenticating as initiator and checked as
@@ -320,6 +321,8 @@ fn run_three_chive_relays(backend: &str) {
         }
     }
     for r in &relays {
+        let want = if backend == "poll" { "Poll" } else { "IoUring" };
+        assert!(r.log().contains(&format!("backend={want}")), "{}", r.log());
         let shards = accepting_shards(&r.log());
         assert_eq!(
             shards.len(),
@@ -336,6 +339,17 @@ fn run_three_chive_relays(backend: &str) {
 #[test]
 fn three_chive_relays() {
     run_three_chive_relays("poll");
+}
+
+/// The same scenario on the io_uring backend (skipped, loudly, where the kernel refuses
+/// io_uring: the daemon's "auto" then runs on poll, which the test above covers).
+#[test]
+fn three_chive_relays_io_uring() {
+    if let Err(e) = relay::reactor::uring_probe() {
+        eprintln!("SKIPPED: io_uring unavailable here: {e}");
+        return;
+    }
+    run_three_chive_relays("io_uring");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The reactors: the loops that drive one [`Shard`] per thread with sockets and a clock.
 //!
 //! - [`poll`]: the portable backend (`mio`: epoll on Linux, kqueue elsewhere).
-//! - `uring` (Linux): io_uring.
+//! - `uring` (Linux): io_uring; the only module of the crate with `unsafe` code.
 //!
 //! Each shard thread has its own listening socket bound with `SO_REUSEPORT` on the same ORPort
 //! ([`bind_reuseport`]), so the kernel spreads incoming connections over the shards and no
@@ -9,6 +9,8 @@
 //! opened by the shard whose circuit needs them (see [`crate::shard`]).
 
 pub mod poll;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -62,9 +64,12 @@ pub fn run_shard(
 ) -> io::Result<()> {
     match backend {
         Backend::Poll => poll::run(shard, listener, stop),
+        #[cfg(target_os = "linux")]
+        Backend::IoUring => uring::run(shard, listener, stop),
+        #[cfg(not(target_os = "linux"))]
         Backend::IoUring => Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "io_uring backend not built",
+            "io_uring needs Linux",
         )),
     }
 }
@@ -76,8 +81,11 @@ fn stopped(stop: &AtomicBool) -> bool {
 
 /// Whether this kernel lets us set up an io_uring (seccomp or `io_uring_disabled` may refuse).
 pub fn uring_probe() -> io::Result<()> {
-    Err(io::Error::new(
+    #[cfg(target_os = "linux")]
+    return uring::probe();
+    #[cfg(not(target_os = "linux"))]
+    return Err(io::Error::new(
         io::ErrorKind::Unsupported,
-        "io_uring backend not built",
-    ))
+        "io_uring needs Linux",
+    ));
 }
