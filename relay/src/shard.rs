@@ -50,6 +50,8 @@
 //!
 //! Events ([`ShardEvent`]) are bounded by the connection table: at most one Connect and one
 //! Close per connection.
+//!
+//! Fuzz entry: [`fuzz_recv`] (arbitrary bytes from an inbound connection).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -994,6 +996,69 @@ impl Shard {
     }
 }
 
+/// Fuzz entry: `data` as bytes from a fresh inbound connection, in chunks split at every 0xFF
+/// byte, through TLS and the responder's link handshake (all in memory; never panics). The
+/// relay's keys are made once, from a fixed seed.
+pub fn fuzz_recv(data: &[u8]) {
+    use rand::SeedableRng;
+    static CTX: std::sync::OnceLock<Option<Arc<RelayContext>>> = std::sync::OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let now = 1_750_000_000;
+        let keys = RelayKeys::generate(now, &mut rng).ok()?;
+        let cert = crate::tls::LinkCert::generate(
+            crate::tls::LinkKeyAlg::EcdsaP256,
+            now,
+            86_400,
+            &mut rng,
+        )
+        .ok()?;
+        Some(Arc::new(RelayContext {
+            identity_certs: keys.identity_certs(now, &mut rng).ok()?,
+            server: crate::tls::server_config(&cert).ok()?,
+            client: crate::tls::client_config().ok()?,
+            link_cert_digest: cert.digest(),
+            our_addrs: vec![IpAddr::from([127, 0, 0, 1])],
+            keys,
+        }))
+    });
+    let (Some(ctx), Ok(engine)) = (ctx, Engine::from_env()) else {
+        return;
+    };
+    let limits = ShardLimits {
+        conns_max: 2,
+        ..ShardLimits::default()
+    };
+    let circuit_limits = Limits {
+        circuits_max: 4,
+        pending_extends_max: 2,
+        ..Limits::default()
+    };
+    let Ok(mut shard) = Shard::new(ctx.clone(), engine, limits, circuit_limits) else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let now = 1_750_000_000;
+    let peer = SocketAddr::from(([10, 0, 0, 1], 1000));
+    let Some(conn) = shard.handle_accepted(&mut rng, peer, now) else {
+        return;
+    };
+    for chunk in data.split(|&b| b == 0xff) {
+        if shard.wants_read(conn) {
+            shard.handle_recv(conn, chunk, now);
+        }
+        shard.process_batch(&mut rng, now);
+        while let Some(c) = shard.poll_writable() {
+            let n = shard.poll_transmit(c).len();
+            shard.handle_sent(c, n);
+        }
+        while shard.poll_event().is_some() {}
+    }
+    shard.handle_eof(conn);
+    shard.process_batch(&mut rng, now);
+    shard.handle_timeout(now + 3600);
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -1370,6 +1435,23 @@ mod tests {
             "{ev:?}"
         );
         assert_eq!(got[0].cmd == ChanCmd::DESTROY, circ.is_closed());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_input_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            fuzz_recv(&data);
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_reaches_the_handshake() {
+        // A TLS ClientHello prefix, then garbage: TLS rejects it and the connection closes.
+        fuzz_recv(&[
+            0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00, 0xff, 0x00,
+        ]);
+        fuzz_recv(&[]);
     }
 
     #[test]

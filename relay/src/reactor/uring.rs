@@ -155,7 +155,9 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
             r.push(&e)?;
             r.timer_armed = true;
         }
-        match r.ring.submit_and_wait(1) {
+        // Cells already waiting in TLS: submit without sleeping.
+        let want = usize::from(!shard.has_ready_cells());
+        match r.ring.submit_and_wait(want) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(e),
