@@ -281,6 +281,23 @@ impl Chan {
     }
 }
 
+/// ntor v3 to a C tor hop. Ignored: `OriginCircuit` sends an EMPTY ntor v3 client message,
+/// which C tor 0.4.9 rejects in its cpuworker (DESTROY, reason PROTOCOL): the message must be an
+/// extension list, so "no extensions" is the single byte 0 (N_EXTENSIONS = 0). Checked by hand:
+/// with `&[0]` as the message in `circuit/client.rs`, C tor answers CREATED2 and this passes.
+/// `RelayCore`'s ntor v3 reply message is empty as well, which a C tor client would reject
+/// the same way.
+#[test]
+#[ignore = "OriginCircuit's ntor v3 client message is empty; C tor wants an extension list"]
+fn ntor_v3_to_c_tor() {
+    let allow = ["--ExtendAllowPrivateAddresses", "1"];
+    let t = CTorRelay::start("ctorV3", &allow);
+    let x = relay_info(&t.data_dir(), t.or_addr());
+    let mut chan = Chan::open(&x);
+    let circ = chan.build(1, &[&x], &[HandshakeKind::NtorV3]);
+    assert_eq!(circ.hops(), 1);
+}
+
 /// Threads named in `log` that accepted a connection.
 fn accepting_shards(log: &str) -> std::collections::BTreeSet<String> {
     log.lines()
@@ -372,10 +389,7 @@ fn mixed_with_c_tor() {
     let (a, b) = (&chives[0].info, &chives[1].info);
     let (x, y) = (&ctor_infos[0], &ctor_infos[1]);
     use HandshakeKind::*;
-    // C tor hops use ntor only: a CREATE2 with ntor v3 (htype 3) made by
-    // `OriginCircuit` is answered by C tor 0.4.9 with DESTROY, whichever relay carries the
-    // EXTEND2 (chive or C tor); between chive relays ntor v3 works. Left to the owners of
-    // `proto::ntor_v3` / `circuit::client`.
+    // C tor hops use ntor only: see `ntor_v3_to_c_tor` for why not ntor v3 yet.
 
     // chive → C tor → chive: chive initiates to C tor, C tor initiates to chive.
     let mut chan = Chan::open(a);
