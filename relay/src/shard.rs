@@ -1437,6 +1437,66 @@ mod tests {
         assert_eq!(got[0].cmd == ChanCmd::DESTROY, circ.is_closed());
     }
 
+    #[test]
+    fn a_peer_that_does_not_read_stops_being_read() {
+        let mut net = Net::new();
+        net.run();
+        net.shards[0].core_mut().set_echo_drop_for_tests(true);
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        let id = CircId::new(0x8000_0001).unwrap();
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        assert_eq!(
+            net.exchange(&mut circ, cell),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        // The client sends DROPs (echoed back) but never reads: the shard's output to it
+        // grows to the TLS bound, then the shard stops reading the connection.
+        let mut paused_after = None;
+        for i in 0..1000 {
+            let cell = circ
+                .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[7u8; 400])
+                .unwrap();
+            net.client.send(&cell);
+            let mut out = Vec::new();
+            net.client.tls.poll_tls(&mut out, usize::MAX);
+            if !net.shards[0].wants_read(conn) {
+                paused_after = Some(i);
+                break;
+            }
+            net.shards[0].handle_recv(conn, &out, NOW);
+            net.shards[0].process_batch(&mut net.rng, NOW);
+            while net.shards[0].poll_event().is_some() {}
+        }
+        let paused_after = paused_after.expect("reading never paused");
+        assert!(paused_after > 10, "{paused_after}");
+        assert!(
+            net.shards[0].peer_addr(conn).is_some(),
+            "the connection stays open"
+        );
+        // Once its output drains, the connection is read again.
+        while let Some(c) = net.shards[0].poll_writable() {
+            loop {
+                let n = net.shards[0].poll_transmit(c).len();
+                if n == 0 {
+                    break;
+                }
+                net.shards[0].handle_sent(c, n);
+            }
+        }
+        assert!(net.shards[0].wants_read(conn));
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]

@@ -49,8 +49,14 @@ impl Socks {
             .filter(|s| s.conn == conn)
     }
 
+    /// Registers `sock` under its index. A socket still there belongs to a connection the
+    /// shard already forgot (its Close event not yet seen): it is closed now.
     fn insert(&mut self, poll: &Poll, mut sock: Sock, interest: Interest) -> io::Result<()> {
         let i = sock.conn.index();
+        if let Some(Some(old)) = self.socks.get(i) {
+            let old = old.conn;
+            self.remove(poll, old);
+        }
         poll.registry()
             .register(&mut sock.stream, Token(i), interest)?;
         if self.socks.len() <= i {

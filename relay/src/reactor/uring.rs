@@ -19,6 +19,7 @@
 
 #![allow(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -106,8 +107,9 @@ struct Reactor {
     ring: IoUring,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    /// Our slot for each [`ConnId::index`].
-    by_conn: Vec<Option<(ConnId, u32)>>,
+    /// Our slot for each live connection. Keyed by the whole id: the shard reuses an index
+    /// as soon as it forgets a connection, possibly before we saw its Close event.
+    by_conn: HashMap<ConnId, u32>,
     listener: TcpListener,
     accept_armed: bool,
     timer_armed: bool,
@@ -124,7 +126,7 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         ring: IoUring::new(RING_ENTRIES)?,
         slots: Vec::new(),
         free: Vec::new(),
-        by_conn: Vec::new(),
+        by_conn: HashMap::new(),
         listener,
         accept_armed: false,
         timer_armed: false,
@@ -203,13 +205,6 @@ impl Reactor {
         pushed.map_err(|_| io::Error::other("io_uring submission queue full"))
     }
 
-    fn slot_of(&self, conn: ConnId) -> Option<u32> {
-        match self.by_conn.get(conn.index()) {
-            Some(Some((c, s))) if *c == conn => Some(*s),
-            _ => None,
-        }
-    }
-
     fn insert(&mut self, slot: Slot) -> u32 {
         let conn = slot.conn;
         let index = match self.free.pop() {
@@ -224,12 +219,7 @@ impl Reactor {
                 (self.slots.len() - 1) as u32
             }
         };
-        if self.by_conn.len() <= conn.index() {
-            self.by_conn.resize(conn.index() + 1, None);
-        }
-        if let Some(b) = self.by_conn.get_mut(conn.index()) {
-            *b = Some((conn, index));
-        }
+        self.by_conn.insert(conn, index);
         index
     }
 
@@ -363,12 +353,9 @@ impl Reactor {
                     }
                 }
                 ShardEvent::Close { conn } => {
-                    let Some(index) = self.slot_of(conn) else {
+                    let Some(index) = self.by_conn.remove(&conn) else {
                         continue;
                     };
-                    if let Some(b) = self.by_conn.get_mut(conn.index()) {
-                        *b = None;
-                    }
                     self.close_slot(index)?;
                 }
             }
