@@ -21,6 +21,8 @@ use crate::shard::{RelayContext, Shard, ShardError};
 use crate::tls::{self, LinkCert, LinkKeyAlg};
 
 /// Lifetime of the TLS link certificate made at start. The daemon does not rotate it yet.
+/// The link key is RSA 2048, as C tor's: C tor 0.4.9 logs a warning ("expecting an rsa key")
+/// for every connection to a relay whose link certificate has another key type.
 const LINK_CERT_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 /// Why the relay could not start.
@@ -61,12 +63,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut rng = OsRng;
     let keys = RelayKeys::load_or_generate(&config.data_dir, now, &mut rng)?;
     keys.write_fingerprint_files(&config.data_dir, &config.nickname)?;
-    let cert = LinkCert::generate(
-        LinkKeyAlg::EcdsaP256,
-        now,
-        LINK_CERT_LIFETIME_SECS,
-        &mut rng,
-    )?;
+    let cert = LinkCert::generate(LinkKeyAlg::Rsa2048, now, LINK_CERT_LIFETIME_SECS, &mut rng)?;
     let identity_certs = keys.identity_certs(now, &mut rng)?;
     let ctx = Arc::new(RelayContext {
         server: tls::server_config(&cert)?,
