@@ -176,7 +176,30 @@ pub enum ShardEvent {
     Close {
         /// The connection.
         conn: ConnId,
+        /// Why (for the reactor's connection-level log).
+        reason: CloseReason,
     },
+}
+
+/// Why a [`Shard`] closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side.
+    Eof,
+    /// The outbound TCP connect failed.
+    ConnectFailed,
+    /// TLS failed (the peer's fault, or the link broke).
+    Tls,
+    /// The link handshake failed (the peer broke the protocol or proved other identities).
+    Handshake,
+    /// The link handshake did not finish in time.
+    HandshakeTimeout,
+    /// The circuits asked for it: a circuit cell on circuit id 0.
+    Protocol,
+    /// The peer did not read its cells and its queue overflowed.
+    Overflow,
+    /// The reactor asked for it ([`Shard::handle_close`]).
+    Local,
 }
 
 /// Counters of connection-level happenings (the reactor logs them; nothing per cell).
@@ -405,7 +428,7 @@ impl Shard {
         c.tls.handle_eof();
         if matches!(c.state, ConnState::Handshaking(_)) {
             self.stats.handshakes_failed += 1;
-            self.close(conn);
+            self.close(conn, CloseReason::Eof);
         }
     }
 
@@ -421,7 +444,7 @@ impl Shard {
     pub fn handle_connect_failed(&mut self, conn: ConnId) {
         if self.get(conn).is_some() {
             self.stats.handshakes_failed += 1;
-            self.close(conn);
+            self.close(conn, CloseReason::ConnectFailed);
         }
     }
 
@@ -472,7 +495,7 @@ impl Shard {
             match c.tls.write_plaintext(&c.plain_out) {
                 Ok(taken) => drop(c.plain_out.drain(..taken)),
                 Err(_) => {
-                    self.close(conn);
+                    self.close(conn, CloseReason::Tls);
                     return;
                 }
             }
@@ -501,7 +524,7 @@ impl Shard {
         for i in 0..self.slots.len() {
             let Some(conn) = self.id_at(i) else { continue };
             if self.get(conn).is_some_and(|c| c.eof) && !self.ready_cells {
-                self.close(conn);
+                self.close(conn, CloseReason::Eof);
             }
         }
     }
@@ -529,14 +552,14 @@ impl Shard {
                 .is_some_and(|d| d <= now)
             {
                 self.stats.handshakes_failed += 1;
-                self.close(conn);
+                self.close(conn, CloseReason::HandshakeTimeout);
             }
         }
     }
 
     /// Closes `conn` at once (shutdown, or the reactor's socket failed).
     pub fn handle_close(&mut self, conn: ConnId) {
-        self.close(conn);
+        self.close(conn, CloseReason::Local);
     }
 
     fn batch_round(&mut self, rng: &mut impl CryptoRngCore, now: u64) -> bool {
@@ -594,7 +617,7 @@ impl Shard {
                 } => self.open_channel(rng, now, request, rsa_id, ed_id, &link_specs),
                 Event::CloseChannel { chan } => {
                     if let Some(&conn) = self.chans.get(&chan) {
-                        self.close(conn);
+                        self.close(conn, CloseReason::Protocol);
                     }
                 }
             }
@@ -694,7 +717,7 @@ impl Shard {
         let Some(i) = self.live_index(conn) else {
             return;
         };
-        let mut failed = false;
+        let mut failed: Option<CloseReason> = None;
         let mut finished = None;
         {
             let Some(c) = self.slots.get_mut(i).and_then(|s| s.conn.as_mut()) else {
@@ -709,7 +732,7 @@ impl Shard {
                             c.wire_in.drain(..n);
                         }
                         Err(_) => {
-                            failed = true;
+                            failed = Some(CloseReason::Tls);
                             break;
                         }
                     }
@@ -728,12 +751,12 @@ impl Shard {
                         Err(_) => {
                             // An EOF without close_notify after the last cell: the data
                             // already buffered is still processed.
-                            failed = !c.eof;
+                            failed = (!c.eof).then_some(CloseReason::Tls);
                             break;
                         }
                     }
                 }
-                if failed {
+                if failed.is_some() {
                     break;
                 }
                 if let ConnState::Handshaking(hs) = &mut c.state {
@@ -754,7 +777,7 @@ impl Shard {
                             c.inbuf.drain(..n.min(c.inbuf.len()));
                         }
                         Err(_) => {
-                            failed = true;
+                            failed = Some(CloseReason::Handshake);
                             break;
                         }
                     }
@@ -767,7 +790,7 @@ impl Shard {
                     self.scratch.clear();
                     self.scratch.resize(PLAINTEXT_STEP_BYTES, 0);
                     if sent.is_err() {
-                        failed = true;
+                        failed = Some(CloseReason::Tls);
                         break;
                     }
                     if done {
@@ -790,9 +813,9 @@ impl Shard {
             }
         }
         self.mark_writable(conn);
-        if failed {
+        if let Some(reason) = failed {
             self.stats.handshakes_failed += u64::from(finished.is_none() && !self.is_open(conn));
-            self.close(conn);
+            self.close(conn, reason);
             return;
         }
         if let Some(hs) = finished {
@@ -813,7 +836,7 @@ impl Shard {
             Handshake::Initiator { hs, requests, .. } => (hs.finish(), requests),
         };
         let Some(info) = info else {
-            self.close(conn);
+            self.close(conn, CloseReason::Handshake);
             return;
         };
         self.next_chan = self.next_chan.wrapping_add(1);
@@ -876,13 +899,13 @@ impl Shard {
         }
         self.out = out;
         for conn in overflowed {
-            self.close(conn);
+            self.close(conn, CloseReason::Overflow);
         }
     }
 
     /// Forgets `conn`: its circuits are destroyed (DESTROY to their other side), waiting
     /// EXTEND2s fail, and the reactor is told to close the socket.
-    fn close(&mut self, conn: ConnId) {
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
         let Some(i) = self.live_index(conn) else {
             return;
         };
@@ -894,7 +917,7 @@ impl Shard {
         }
         self.free.push(conn.index);
         self.stats.closed += 1;
-        self.events.push_back(ShardEvent::Close { conn });
+        self.events.push_back(ShardEvent::Close { conn, reason });
         match c.state {
             ConnState::Open { chan, .. } => {
                 self.chans.remove(&chan);
@@ -1270,7 +1293,7 @@ mod tests {
                                 self.pipes.push((End_::Shard(s, conn), End_::Shard(t, tc)));
                                 self.shards[s].handle_connected(conn);
                             }
-                            ShardEvent::Close { conn } => {
+                            ShardEvent::Close { conn, .. } => {
                                 let me = End_::Shard(s, conn);
                                 if let Some(p) = self.peer(me) {
                                     self.pipes.retain(|&(a, b)| a != me && b != me);
@@ -1417,7 +1440,13 @@ mod tests {
         net.shards[0].handle_timeout(NOW + 1);
         assert_eq!(net.shards[0].poll_event(), None);
         net.shards[0].handle_timeout(NOW + 30);
-        assert_eq!(net.shards[0].poll_event(), Some(ShardEvent::Close { conn }));
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn,
+                reason: CloseReason::HandshakeTimeout
+            })
+        );
         net.run();
         let got = net.client.cells();
         assert_eq!(got.len(), 1);
@@ -1529,7 +1558,11 @@ mod tests {
         s.handle_recv(conn, b"GET / HTTP/1.0\r\n\r\n", NOW);
         let mut closed = false;
         while let Some(ev) = s.poll_event() {
-            closed |= ev == ShardEvent::Close { conn };
+            closed |= ev
+                == ShardEvent::Close {
+                    conn,
+                    reason: CloseReason::Tls,
+                };
         }
         assert!(closed);
         // Every call on the closed id is ignored.

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::{stopped, unix_now, TICK};
-use crate::shard::{ConnId, Shard, ShardEvent};
+use crate::shard::{CloseReason, ConnId, Shard, ShardEvent};
 
 const LISTENER: Token = Token(usize::MAX);
 /// Readiness events drained per wait.
@@ -55,7 +55,7 @@ impl Socks {
         let i = sock.conn.index();
         if let Some(Some(old)) = self.socks.get(i) {
             let old = old.conn;
-            self.remove(poll, old);
+            self.remove(poll, old, CloseReason::Local);
         }
         poll.registry()
             .register(&mut sock.stream, Token(i), interest)?;
@@ -68,12 +68,12 @@ impl Socks {
         Ok(())
     }
 
-    fn remove(&mut self, poll: &Poll, conn: ConnId) {
+    fn remove(&mut self, poll: &Poll, conn: ConnId, reason: CloseReason) {
         if let Some(slot) = self.socks.get_mut(conn.index()) {
             if slot.as_ref().is_some_and(|s| s.conn == conn) {
                 if let Some(mut s) = slot.take() {
                     let _ = poll.registry().deregister(&mut s.stream);
-                    tracing::debug!(peer = ?s.stream.peer_addr().ok(), "connection closed");
+                    tracing::debug!(peer = ?s.stream.peer_addr().ok(), ?reason, "connection closed");
                 }
             }
         }
@@ -299,7 +299,7 @@ fn handle_events(shard: &mut Shard, poll: &Poll, socks: &mut Socks) {
                     shard.handle_connect_failed(conn);
                 }
             }
-            ShardEvent::Close { conn } => socks.remove(poll, conn),
+            ShardEvent::Close { conn, reason } => socks.remove(poll, conn, reason),
         }
     }
 }

@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::{stopped, unix_now, TICK};
-use crate::shard::{ConnId, Shard, ShardEvent};
+use crate::shard::{CloseReason, ConnId, Shard, ShardEvent};
 
 /// Submission queue entries per ring.
 const RING_ENTRIES: u32 = 1024;
@@ -352,11 +352,11 @@ impl Reactor {
                         Err(_) => shard.handle_connect_failed(conn),
                     }
                 }
-                ShardEvent::Close { conn } => {
+                ShardEvent::Close { conn, reason } => {
                     let Some(index) = self.by_conn.remove(&conn) else {
                         continue;
                     };
-                    self.close_slot(index)?;
+                    self.close_slot(index, reason)?;
                 }
             }
         }
@@ -364,10 +364,10 @@ impl Reactor {
     }
 
     /// Cancels a slot's operations; it is freed when they complete.
-    fn close_slot(&mut self, index: u32) -> io::Result<()> {
+    fn close_slot(&mut self, index: u32, reason: CloseReason) -> io::Result<()> {
         let mut cancels = Vec::new();
         if let Some(Some(s)) = self.slots.get_mut(index as usize) {
-            tracing::debug!(peer = ?s.stream.peer_addr().ok(), "connection closed");
+            tracing::debug!(peer = ?s.stream.peer_addr().ok(), ?reason, "connection closed");
             s.closing = true;
             let _ = s.stream.shutdown(std::net::Shutdown::Both);
             for (inflight, op) in [
@@ -446,7 +446,7 @@ impl Reactor {
     fn shutdown(&mut self) {
         let indices: Vec<u32> = (0..self.slots.len() as u32).collect();
         for i in indices {
-            let _ = self.close_slot(i);
+            let _ = self.close_slot(i, CloseReason::Local);
         }
         for _ in 0..DRAIN_ROUNDS_MAX {
             if self.slots.iter().all(Option::is_none) {
