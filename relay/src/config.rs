@@ -32,6 +32,8 @@ pub enum BackendChoice {
 pub struct LimitsConfig {
     /// Connections per shard.
     pub conns_per_shard_max: usize,
+    /// Inbound connections from one IP address, per shard.
+    pub conns_per_ip_max: u32,
     /// Circuits per shard.
     pub circuits_per_shard_max: usize,
     /// Circuits on one channel.
@@ -50,6 +52,7 @@ impl Default for LimitsConfig {
         let c = Limits::default();
         LimitsConfig {
             conns_per_shard_max: s.conns_max,
+            conns_per_ip_max: s.conns_per_ip_max,
             circuits_per_shard_max: c.circuits_max,
             circuits_per_channel_max: c.circuits_per_channel_max,
             handshake_timeout_secs: s.handshake_timeout_secs,
@@ -64,6 +67,7 @@ impl LimitsConfig {
     pub fn shard_limits(&self) -> ShardLimits {
         ShardLimits {
             conns_max: self.conns_per_shard_max,
+            conns_per_ip_max: self.conns_per_ip_max,
             handshake_timeout_secs: self.handshake_timeout_secs,
             tls_out_max_bytes: self.tls_out_max_bytes,
             plain_out_max_bytes: self.plain_out_max_bytes,
@@ -144,6 +148,7 @@ impl Config {
             ));
         }
         if config.limits.conns_per_shard_max == 0
+            || config.limits.conns_per_ip_max == 0
             || config.limits.circuits_per_shard_max == 0
             || config.limits.circuits_per_channel_max == 0
             || config.limits.handshake_timeout_secs == 0

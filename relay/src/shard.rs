@@ -112,6 +112,9 @@ impl std::fmt::Debug for RelayContext {
 pub struct ShardLimits {
     /// Connections (inbound and outbound) at once.
     pub conns_max: usize,
+    /// Inbound connections from one IP address at once (C tor's
+    /// `DoSConnectionMaxConcurrentCount` defaults to 50 per relay).
+    pub conns_per_ip_max: u32,
     /// Seconds a link handshake may take.
     pub handshake_timeout_secs: u64,
     /// Received plaintext buffered per connection.
@@ -126,6 +129,7 @@ impl Default for ShardLimits {
     fn default() -> Self {
         ShardLimits {
             conns_max: 4096,
+            conns_per_ip_max: 50,
             handshake_timeout_secs: 30,
             inbuf_max_bytes: 2 * (VAR_BODY_LEN_MAX + 8),
             tls_out_max_bytes: DEFAULT_PENDING_TLS_MAX_BYTES,
@@ -260,6 +264,8 @@ struct Conn {
     plain_out: Vec<u8>,
     /// On the writable list already.
     listed: bool,
+    /// Accepted (counted in `per_ip`), not opened by us.
+    inbound: bool,
 }
 
 struct Slot {
@@ -275,6 +281,8 @@ pub struct Shard {
     slots: Vec<Slot>,
     free: Vec<u32>,
     chans: HashMap<ChanId, ConnId>,
+    /// Inbound connections per peer address.
+    per_ip: HashMap<IpAddr, u32>,
     next_chan: u32,
     events: VecDeque<ShardEvent>,
     writable: VecDeque<ConnId>,
@@ -307,6 +315,9 @@ impl Shard {
         if limits.conns_max == 0 || u32::try_from(limits.conns_max).is_err() {
             return Err(ShardError::BadLimit("conns_max"));
         }
+        if limits.conns_per_ip_max == 0 {
+            return Err(ShardError::BadLimit("conns_per_ip_max"));
+        }
         if limits.inbuf_max_bytes < VAR_BODY_LEN_MAX + 8 {
             return Err(ShardError::BadLimit("inbuf_max_bytes"));
         }
@@ -324,6 +335,7 @@ impl Shard {
             slots: Vec::with_capacity(limits.conns_max),
             free: Vec::with_capacity(limits.conns_max),
             chans: HashMap::with_capacity(limits.conns_max),
+            per_ip: HashMap::with_capacity(limits.conns_max),
             next_chan: 0,
             events: VecDeque::with_capacity(2 * limits.conns_max),
             writable: VecDeque::with_capacity(limits.conns_max),
@@ -363,13 +375,18 @@ impl Shard {
     }
 
     /// A new inbound TCP connection from `peer`; `None` (close the socket) when the table is
-    /// full. `now` is UNIX seconds.
+    /// full or `peer`'s address has [`ShardLimits::conns_per_ip_max`] connections already.
+    /// `now` is UNIX seconds.
     pub fn handle_accepted(
         &mut self,
         rng: &mut impl CryptoRngCore,
         peer: SocketAddr,
         now: u64,
     ) -> Option<ConnId> {
+        if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.limits.conns_per_ip_max {
+            self.stats.refused += 1;
+            return None;
+        }
         let creds = RelayCredentials {
             keys: &self.ctx.keys,
             identity_certs: &self.ctx.identity_certs,
@@ -391,7 +408,13 @@ impl Shard {
             now.saturating_add(self.limits.handshake_timeout_secs),
         ));
         match conn {
-            Some(_) => self.stats.accepted += 1,
+            Some(id) => {
+                self.stats.accepted += 1;
+                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                if let Some(c) = self.get_mut(id) {
+                    c.inbound = true;
+                }
+            }
             None => self.stats.refused += 1,
         }
         conn
@@ -918,6 +941,14 @@ impl Shard {
         self.free.push(conn.index);
         self.stats.closed += 1;
         self.events.push_back(ShardEvent::Close { conn, reason });
+        if c.inbound {
+            if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_ip.remove(&c.peer.ip());
+                }
+            }
+        }
         match c.state {
             ConnState::Open { chan, .. } => {
                 self.chans.remove(&chan);
@@ -1008,6 +1039,7 @@ impl Conn {
             out_off: 0,
             plain_out: Vec::new(),
             listed: false,
+            inbound: false,
         }
     }
 }
@@ -1541,6 +1573,28 @@ mod tests {
             0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00, 0xff, 0x00,
         ]);
         fuzz_recv(&[]);
+    }
+
+    #[test]
+    fn connections_per_address_are_limited() {
+        let ctx = context(9, "10.0.0.9:9001".parse().unwrap());
+        let limits = ShardLimits {
+            conns_per_ip_max: 2,
+            ..ShardLimits::default()
+        };
+        let mut s =
+            Shard::new(ctx, Engine::from_env().unwrap(), limits, Limits::default()).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
+        let first = s.handle_accepted(&mut rng, a, NOW).unwrap();
+        s.handle_accepted(&mut rng, a, NOW).unwrap();
+        assert_eq!(s.handle_accepted(&mut rng, a, NOW), None);
+        assert!(s.handle_accepted(&mut rng, b, NOW).is_some());
+        s.handle_close(first);
+        assert!(s.handle_accepted(&mut rng, a, NOW).is_some());
+        assert_eq!(s.stats().refused, 1);
+        assert_eq!(s.stats().accepted, 4);
     }
 
     #[test]
