@@ -281,6 +281,31 @@ impl Chan {
     }
 }
 
+/// A bad configuration stops `chive relay` at once with a message naming the problem.
+#[test]
+fn bad_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chive"))
+            .args(["relay", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("missing.toml");
+    assert!(run(&missing).contains("cannot read"));
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "or_address = \"127.0.0.1:9001\"\ndata_dir = \"d\"\nshard = 2\n",
+    )
+    .unwrap();
+    let err = run(&typo);
+    assert!(err.contains("unknown field `shard`"), "{err}");
+}
+
 /// ntor v3 to a C tor hop. Ignored: `OriginCircuit` sends an EMPTY ntor v3 client message,
 /// which C tor 0.4.9 rejects in its cpuworker (DESTROY, reason PROTOCOL): the message must be an
 /// extension list, so "no extensions" is the single byte 0 (N_EXTENSIONS = 0). Checked by hand:
