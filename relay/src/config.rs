@@ -108,6 +108,11 @@ pub struct Config {
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Test networks only: answer every RELAY_DROP addressed to this relay with the same
+    /// DROP, so that tests can check bytes end to end before exits exist. Reflects traffic:
+    /// never on a public relay.
+    #[serde(default)]
+    pub testing_echo_drop: bool,
 }
 
 fn default_nickname() -> String {

@@ -102,12 +102,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     }
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(n);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let shard = Shard::new(
+        let mut shard = Shard::new(
             ctx.clone(),
             engine,
             config.limits.shard_limits(),
             config.limits.circuit_limits(),
         )?;
+        shard
+            .core_mut()
+            .set_echo_drop_for_tests(config.testing_echo_drop);
         let core = (!cores.is_empty())
             .then(|| cores.get(i % cores.len()).copied())
             .flatten();
@@ -130,6 +133,11 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                 source,
             })?;
         threads.push(t);
+    }
+    if config.testing_echo_drop {
+        tracing::warn!(
+            "testing_echo_drop is on: RELAY_DROP cells are reflected (test networks only)"
+        );
     }
     tracing::info!("chive relay running");
     for t in threads {

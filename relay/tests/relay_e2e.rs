@@ -3,13 +3,14 @@
 //! - [`three_chive_relays`]: three `chive relay` processes (2 shards each, poll backend) and
 //!   many client connections; 3-hop circuits with ntor, ntor v3 and CREATE_FAST first hops;
 //!   BEGIN to the last hop comes back as END(EXITPOLICY) through two relays' crypto, TRUNCATE
-//!   to the middle hop comes back as TRUNCATED. Every relay logs accepted connections on both
+//!   to the middle hop comes back as TRUNCATED; RELAY_DROPs echoed by the relays (their
+//!   test-only `testing_echo_drop`) are checked byte for byte from the middle and last hops. Every relay logs accepted connections on both
 //!   of its shards, and exits cleanly on SIGTERM.
 //! - [`three_chive_relays_io_uring`]: the same on the io_uring backend.
 //! - [`mixed_with_c_tor`]: circuits chive → C tor → chive and C tor → chive → C tor (C tor
 //!   0.4.9 relays from `common/ctor.rs` with `ExtendAllowPrivateAddresses 1`): each relay
 //!   extends to the other implementation, authenticating as initiator and checked as
-//!   responder.
+//!   responder; DROPs echoed by the chive hop cross C tor's relay crypto both ways.
 //!
 //! The relays run as the test binary's sibling `chive` (`CARGO_BIN_EXE_chive`) in temporary
 //! data directories; each test finishes in seconds.
@@ -70,7 +71,7 @@ impl Chive {
             &config,
             format!(
                 "or_address = \"{addr}\"\ndata_dir = \"{}\"\nnickname = \"{nickname}\"\n\
-                 shards = 2\nbackend = \"{backend}\"\n[limits]\nhandshake_timeout_secs = 10\n",
+                 shards = 2\nbackend = \"{backend}\"\ntesting_echo_drop = true\n[limits]\nhandshake_timeout_secs = 10\n",
                 data.display()
             ),
         )
@@ -265,6 +266,37 @@ impl Chan {
         }
     }
 
+    /// Sends `cells` RELAY_DROPs with random data to `hop` in windows of `WINDOW`, and checks
+    /// every echo (the relays run with `testing_echo_drop`) byte for byte.
+    fn echo(&mut self, circ: &mut OriginCircuit, hop: usize, cells: usize) {
+        const WINDOW: usize = 32;
+        let mut rng = rand::rngs::OsRng;
+        let mut sent = std::collections::VecDeque::new();
+        for i in 0..cells {
+            let mut data = vec![0u8; 1 + i % proto::relay_cell::RELAY_DATA_MAX_V0];
+            rand::RngCore::fill_bytes(&mut rng, &mut data);
+            let cell = circ
+                .send_raw(&mut rng, hop, RelayCmd::DROP, None, &data)
+                .unwrap();
+            self.send(&cell);
+            sent.push_back(data);
+            if sent.len() == WINDOW || i + 1 == cells {
+                while let Some(want) = sent.pop_front() {
+                    let reply = self.recv(circ.circ_id());
+                    match circ.handle_cell(&reply).unwrap() {
+                        ClientEvent::Msg {
+                            hop: from, data, ..
+                        } => {
+                            assert_eq!(from, hop);
+                            assert_eq!(data, want);
+                        }
+                        other => panic!("expected a DROP echo, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
     /// TRUNCATE at `hop`; returns the TRUNCATED reason.
     fn truncate(&mut self, circ: &mut OriginCircuit, hop: usize) -> DestroyReason {
         let cell = circ
@@ -358,6 +390,8 @@ fn run_three_chive_relays(backend: &str) {
         for k in 0..2u32 {
             let kinds = &plans[(c + k as usize) % 3];
             let mut circ = chan.build(k + 1, &path, kinds);
+            chan.echo(&mut circ, 2, 64);
+            chan.echo(&mut circ, 1, 8);
             assert_eq!(chan.begin_refused(&mut circ), EndReason::EXITPOLICY);
             assert_eq!(chan.truncate(&mut circ, 1), DestroyReason::REQUESTED);
         }
@@ -423,6 +457,8 @@ fn mixed_with_c_tor() {
         .enumerate()
     {
         let mut circ = chan.build(n as u32 + 1, &[a, x, b], kinds);
+        // Through C tor's relay crypto both ways, echoed by chive.
+        chan.echo(&mut circ, 2, 48);
         assert_eq!(chan.begin_refused(&mut circ), EndReason::EXITPOLICY);
         // chive truncates towards C tor: DESTROY forward, TRUNCATED back.
         assert_eq!(chan.truncate(&mut circ, 0), DestroyReason::REQUESTED);
@@ -445,6 +481,7 @@ fn mixed_with_c_tor() {
         .enumerate()
     {
         let mut circ = chan.build(n as u32 + 1, &[x, a, y], kinds);
+        chan.echo(&mut circ, 1, 48);
         // C tor as a non-exit refuses streams with END too (its reason is its own).
         let reason = chan.begin_refused(&mut circ);
         eprintln!("C tor last hop refused BEGIN with {reason:?}");
