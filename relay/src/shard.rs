@@ -374,6 +374,11 @@ impl Shard {
         self.chans.len()
     }
 
+    /// The peer address of `conn`, for logs.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.get(conn).map(|c| c.peer)
+    }
+
     /// A new inbound TCP connection from `peer`; `None` (close the socket) when the table is
     /// full or `peer`'s address has [`ShardLimits::conns_per_ip_max`] connections already.
     /// `now` is UNIX seconds.
@@ -1041,13 +1046,6 @@ impl Conn {
             listed: false,
             inbound: false,
         }
-    }
-}
-
-impl Shard {
-    /// The peer address of `conn`, for logs.
-    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
-        self.get(conn).map(|c| c.peer)
     }
 }
 

@@ -279,6 +279,7 @@ impl Reactor {
                     OP_RECV => {
                         slot.recv_inflight = false;
                         if slot.closing {
+                            // Cancelled or late: the shard has forgotten the connection.
                         } else if res > 0 {
                             let data = slot.recv_buf.get(..res as usize).unwrap_or_default();
                             shard.handle_recv(conn, data, now);
@@ -291,6 +292,7 @@ impl Reactor {
                     OP_SEND => {
                         slot.send_inflight = false;
                         if slot.closing {
+                            // As above.
                         } else if res >= 0 {
                             shard.handle_sent(conn, res as usize);
                         } else {
@@ -301,6 +303,7 @@ impl Reactor {
                         slot.connect_inflight = false;
                         slot.connect_addr = None;
                         if slot.closing {
+                            // As above.
                         } else if res == 0 {
                             tracing::debug!(peer = ?slot.stream.peer_addr().ok(), "connected");
                             shard.handle_connected(conn);
