@@ -3,14 +3,24 @@
 //!
 //! - [`circuit`]: circuits, sans-io: the per-shard [`circuit::RelayCore`] that creates,
 //!   extends, relays and tears down circuits, and the client's [`circuit::OriginCircuit`].
+//! - [`config`]: the TOML configuration of `chive relay --config FILE`.
+//! - [`daemon`]: `chive relay`: keys, shard threads, shutdown.
 //! - [`keygen`]: `chive keygen`, which loads or creates a relay's keys in C tor's data-directory
 //!   format and prints its identities as `tor --list-fingerprint` does.
+//! - [`reactor`]: the loops that drive one shard per thread with sockets (poll, io_uring).
+//! - [`shard`]: one data shard, sans-io: the connections of one reactor thread (TLS, link
+//!   handshake, cell framing) around one [`circuit::RelayCore`].
 //! - [`tls`]: the TLS layer of Tor links: our link certificate, rustls configurations for
 //!   responder and initiator, and the sans-io [`tls::TlsLink`].
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `reactor::uring` alone allows unsafe code (io_uring submissions).
+#![deny(unsafe_code)]
 
 pub mod circuit;
 pub mod fuzzing;
+pub mod config;
+pub mod daemon;
 pub mod keygen;
+pub mod reactor;
+pub mod shard;
 pub mod tls;

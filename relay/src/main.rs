@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! chive keygen --data-dir DIR [--nickname NAME]
+//! chive relay --config FILE
 //! chive --version
 //! ```
 
@@ -9,6 +10,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use relay::keygen::{keygen_now, DEFAULT_NICKNAME};
@@ -33,6 +36,13 @@ enum Command {
         #[arg(long, value_name = "NAME", default_value = DEFAULT_NICKNAME)]
         nickname: String,
     },
+    /// Run the relay described by FILE (see deploy/chive-relay.example.toml) until SIGINT or
+    /// SIGTERM.
+    Relay {
+        /// The TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,5 +57,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Relay { config } => relay_main(&config),
+    }
+}
+
+fn relay_main(path: &std::path::Path) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_thread_names(true)
+        .init();
+    let config = match relay::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chive relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("chive relay: cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match relay::daemon::run(&config, stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "chive relay failed");
+            ExitCode::FAILURE
+        }
     }
 }

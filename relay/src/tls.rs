@@ -532,6 +532,18 @@ impl TlsLink {
     }
 }
 
+/// The link handshake reads the peer's certificate digest and the AUTHENTICATE exporter
+/// straight from the TLS session.
+impl proto::link_handshake::LinkTls for TlsLink {
+    fn peer_cert_sha256(&self) -> Option<[u8; 32]> {
+        self.peer_cert_digest()
+    }
+
+    fn auth3_exporter(&self, context: &[u8; 32]) -> Option<[u8; 32]> {
+        TlsLink::auth3_exporter(self, context).ok()
+    }
+}
+
 impl std::fmt::Debug for TlsLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsLink")

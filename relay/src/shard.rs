@@ -1,0 +1,1629 @@
+//! One data shard, sans-io: the connections (TLS links) of one reactor thread and the circuits
+//! that arrived on them.
+//!
+//! tor-spec §2 and §4 (<https://spec.torproject.org/tor-spec/negotiating-channels.html>) for the
+//! link, §5 (<https://spec.torproject.org/tor-spec/circuit-management.html>) for what the
+//! [`RelayCore`] does with the cells. A [`Shard`] takes bytes from sockets and gives bytes for
+//! sockets; it never touches a socket, a clock or a global RNG: the reactor (`reactor::poll`,
+//! `reactor::uring`) owns those.
+//!
+//! A connection goes: TLS → link handshake ([`Responder`] for accepted connections,
+//! [`Initiator`] authenticating with our [`RelayCredentials`] for channels we open) → after the
+//! NETINFO cells, an open channel whose cells are framed with [`RawCell::decode`].
+//!
+//! # Call order (one reactor iteration)
+//!
+//! 1. Socket events: [`Shard::handle_accepted`], [`Shard::handle_recv`] (only while
+//!    [`Shard::wants_read`]), [`Shard::handle_eof`], [`Shard::handle_connected`],
+//!    [`Shard::handle_connect_failed`].
+//! 2. [`Shard::process_batch`]: every cell received on every connection since the last call
+//!    goes to [`RelayCore::handle_batch`] in ONE call, so the relay crypto runs over a batch.
+//! 3. [`Shard::poll_event`] until `None`: connect or close sockets.
+//! 4. [`Shard::poll_writable`] names connections with bytes to send: write
+//!    [`Shard::poll_transmit`], report [`Shard::handle_sent`].
+//! 5. Sleep until a socket is ready or [`Shard::next_timeout`], then [`Shard::handle_timeout`].
+//!    If [`Shard::has_ready_cells`], do not sleep.
+//!
+//! # Circuits stay on their shard
+//!
+//! Each circuit lives on the shard that accepted its first channel, and the channel an EXTEND2
+//! needs is opened (or reused) by that same shard: no cell ever crosses shards and the per-cell
+//! path takes no lock. The price: a canonical channel to a given peer may exist once per shard
+//! rather than once per relay (tor-spec §5.3.1 asks relays to avoid duplicate channels but
+//! tolerates them; peers only see more TLS connections).
+//!
+//! # Limits and overflow policy
+//!
+//! - [`ShardLimits::conns_max`] connections: more accepted sockets are refused
+//!   ([`Shard::handle_accepted`] returns `None`); an EXTEND2 needing a new channel fails with
+//!   CONNECTFAILED.
+//! - [`ShardLimits::inbuf_max_bytes`] of received plaintext per connection: at least one
+//!   maximal variable-length cell; when full, the connection is not read until
+//!   [`Shard::process_batch`] takes its cells.
+//! - [`ShardLimits::tls_out_max_bytes`] of ciphertext waiting per connection: above it,
+//!   [`Shard::wants_read`] is false (backpressure: a peer that does not read stops being read).
+//! - [`ShardLimits::plain_out_max_bytes`] of cells waiting for room in TLS: a connection whose
+//!   peer does not read beyond that is closed (dropping a relay cell would break the circuit's
+//!   running digest, so closing is the only safe choice).
+//! - [`ShardLimits::handshake_timeout_secs`]: a connection (outbound: from the connect) whose
+//!   link handshake is not done by then is closed.
+//!
+//! Events ([`ShardEvent`]) are bounded by the connection table: at most one Connect and one
+//! Close per connection.
+//!
+//! Fuzz entry: [`fuzz_recv`] (arbitrary bytes from an inbound connection).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crypto_simd::Engine;
+use proto::cell::{CircIdLen, RawCell, VAR_BODY_LEN_MAX};
+use proto::certs_cell::IdentityCerts;
+use proto::ids::{Ed25519Identity, RsaIdentity};
+use proto::keys::RelayKeys;
+use proto::link_handshake::{
+    ExpectedPeer, Initiator, LinkInfo, NetinfoAddrs, RelayCredentials, Responder,
+};
+use proto::link_spec::LinkSpec;
+use rand_core::CryptoRngCore;
+use rustls::{ClientConfig, ServerConfig};
+use thiserror::Error;
+
+use crate::circuit::{
+    ChanId, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
+};
+use crate::tls::{TlsLink, DEFAULT_PENDING_TLS_MAX_BYTES};
+
+/// Largest slice [`Shard::poll_transmit`] prepares at once.
+const TRANSMIT_CHUNK_BYTES: usize = 64 * 1024;
+/// Plaintext read out of TLS per step.
+const PLAINTEXT_STEP_BYTES: usize = 16 * 1024;
+/// Rounds of [`Shard::process_batch`] per call before the reactor gets control back.
+const BATCH_ROUNDS_MAX: usize = 4;
+
+/// What every shard of a relay shares, read-only: keys, certificates and TLS configurations.
+pub struct RelayContext {
+    /// The relay's keys.
+    pub keys: RelayKeys,
+    /// The CERTS entries made from `keys` (types 2, 4, 7).
+    pub identity_certs: IdentityCerts,
+    /// The responder's TLS configuration (our link certificate).
+    pub server: Arc<ServerConfig>,
+    /// The initiator's TLS configuration.
+    pub client: Arc<ClientConfig>,
+    /// SHA-256 of our link certificate (CERTS type 5).
+    pub link_cert_digest: [u8; 32],
+    /// The addresses our NETINFO cells advertise.
+    pub our_addrs: Vec<IpAddr>,
+}
+
+impl std::fmt::Debug for RelayContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayContext")
+            .field("rsa_id", &self.keys.fingerprint())
+            .field("our_addrs", &self.our_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bounds of a [`Shard`]; see the module docs for what happens at each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardLimits {
+    /// Connections (inbound and outbound) at once.
+    pub conns_max: usize,
+    /// Inbound connections from one IP address at once (C tor's
+    /// `DoSConnectionMaxConcurrentCount` defaults to 50 per relay).
+    pub conns_per_ip_max: u32,
+    /// Seconds a link handshake may take.
+    pub handshake_timeout_secs: u64,
+    /// Received plaintext buffered per connection.
+    pub inbuf_max_bytes: usize,
+    /// Ciphertext waiting to be sent per connection before reading it stops.
+    pub tls_out_max_bytes: usize,
+    /// Cells waiting for TLS room per connection before it is closed.
+    pub plain_out_max_bytes: usize,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        ShardLimits {
+            conns_max: 4096,
+            conns_per_ip_max: 50,
+            handshake_timeout_secs: 30,
+            inbuf_max_bytes: 2 * (VAR_BODY_LEN_MAX + 8),
+            tls_out_max_bytes: DEFAULT_PENDING_TLS_MAX_BYTES,
+            plain_out_max_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// Misuse of the [`Shard`] API (never caused by network input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ShardError {
+    /// A limit is out of range.
+    #[error("shard limit {0} is out of range")]
+    BadLimit(&'static str),
+    /// The circuit limits were refused.
+    #[error(transparent)]
+    Core(#[from] RelayCoreError),
+}
+
+/// Names a connection of one shard. Stale ids (of closed connections) are ignored by every
+/// method, so a reactor may hold one a little longer than the connection lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    gen: u32,
+}
+
+impl ConnId {
+    /// A small dense number for the reactor's own tables (poll tokens, io_uring user data);
+    /// reused after the connection closes.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// What the reactor must do with sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// Open a TCP connection to `addr` for `conn`, then call [`Shard::handle_connected`] or
+    /// [`Shard::handle_connect_failed`].
+    Connect {
+        /// The connection.
+        conn: ConnId,
+        /// Where to.
+        addr: SocketAddr,
+    },
+    /// Close and forget `conn`'s socket; the shard has already forgotten the connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why (for the reactor's connection-level log).
+        reason: CloseReason,
+    },
+}
+
+/// Why a [`Shard`] closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side.
+    Eof,
+    /// The outbound TCP connect failed.
+    ConnectFailed,
+    /// TLS failed (the peer's fault, or the link broke).
+    Tls,
+    /// The link handshake failed (the peer broke the protocol or proved other identities).
+    Handshake,
+    /// The link handshake did not finish in time.
+    HandshakeTimeout,
+    /// The circuits asked for it: a circuit cell on circuit id 0.
+    Protocol,
+    /// The peer did not read its cells and its queue overflowed.
+    Overflow,
+    /// The reactor asked for it ([`Shard::handle_close`]).
+    Local,
+}
+
+/// Counters of connection-level happenings (the reactor logs them; nothing per cell).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Accepted connections refused because the table was full.
+    pub refused: u64,
+    /// Outbound connections started for EXTEND2.
+    pub connects: u64,
+    /// Link handshakes finished.
+    pub channels_opened: u64,
+    /// Link handshakes that failed (TLS, protocol or timeout).
+    pub handshakes_failed: u64,
+    /// Connections closed for any reason.
+    pub closed: u64,
+    /// Batches given to the circuit core.
+    pub batches: u64,
+}
+
+enum Handshake {
+    Responder(Box<Responder>),
+    Initiator {
+        hs: Box<Initiator>,
+        rsa_id: RsaIdentity,
+        /// EXTEND2 requests waiting for this channel (deduplicated by identity).
+        requests: Vec<RequestId>,
+    },
+}
+
+enum ConnState {
+    Handshaking(Handshake),
+    Open {
+        chan: ChanId,
+        circ_id_len: CircIdLen,
+    },
+}
+
+struct Conn {
+    tls: TlsLink,
+    state: ConnState,
+    peer: SocketAddr,
+    /// Outbound connection whose TCP connect has not finished.
+    connecting: bool,
+    /// The transport's read side ended.
+    eof: bool,
+    /// UNIX seconds by which the handshake must finish.
+    deadline: Option<u64>,
+    /// Ciphertext received but not yet taken by TLS.
+    wire_in: Vec<u8>,
+    /// Plaintext received and not yet consumed (handshake or cells).
+    inbuf: Vec<u8>,
+    /// Ciphertext prepared for the socket; `out_off` bytes of it are already sent.
+    outbuf: Vec<u8>,
+    out_off: usize,
+    /// Plaintext (whole cells) TLS had no room for yet.
+    plain_out: Vec<u8>,
+    /// On the writable list already.
+    listed: bool,
+    /// Accepted (counted in `per_ip`), not opened by us.
+    inbound: bool,
+}
+
+struct Slot {
+    gen: u32,
+    conn: Option<Conn>,
+}
+
+/// The connections and circuits of one reactor thread; see the module docs.
+pub struct Shard {
+    ctx: Arc<RelayContext>,
+    limits: ShardLimits,
+    core: RelayCore,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    chans: HashMap<ChanId, ConnId>,
+    /// Inbound connections per peer address.
+    per_ip: HashMap<IpAddr, u32>,
+    next_chan: u32,
+    events: VecDeque<ShardEvent>,
+    writable: VecDeque<ConnId>,
+    out: Vec<OutCell>,
+    core_events: Vec<Event>,
+    scratch: Vec<u8>,
+    consumed: Vec<(u32, usize)>,
+    ready_cells: bool,
+    stats: ShardStats,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("limits", &self.limits)
+            .field("stats", &self.stats)
+            .field("conns", &self.conns())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shard {
+    /// A shard of the relay `ctx`, with its tables allocated.
+    pub fn new(
+        ctx: Arc<RelayContext>,
+        engine: Engine,
+        limits: ShardLimits,
+        circuit_limits: Limits,
+    ) -> Result<Self, ShardError> {
+        if limits.conns_max == 0 || u32::try_from(limits.conns_max).is_err() {
+            return Err(ShardError::BadLimit("conns_max"));
+        }
+        if limits.conns_per_ip_max == 0 {
+            return Err(ShardError::BadLimit("conns_per_ip_max"));
+        }
+        if limits.inbuf_max_bytes < VAR_BODY_LEN_MAX + 8 {
+            return Err(ShardError::BadLimit("inbuf_max_bytes"));
+        }
+        if limits.tls_out_max_bytes == 0 {
+            return Err(ShardError::BadLimit("tls_out_max_bytes"));
+        }
+        if limits.plain_out_max_bytes < proto::cell::CELL_LEN_V4 {
+            return Err(ShardError::BadLimit("plain_out_max_bytes"));
+        }
+        let core = RelayCore::new(&ctx.keys, engine, circuit_limits)?;
+        Ok(Shard {
+            ctx,
+            limits,
+            core,
+            slots: Vec::with_capacity(limits.conns_max),
+            free: Vec::with_capacity(limits.conns_max),
+            chans: HashMap::with_capacity(limits.conns_max),
+            per_ip: HashMap::with_capacity(limits.conns_max),
+            next_chan: 0,
+            events: VecDeque::with_capacity(2 * limits.conns_max),
+            writable: VecDeque::with_capacity(limits.conns_max),
+            out: Vec::with_capacity(circuit_limits.batch_cells_max),
+            core_events: Vec::new(),
+            scratch: vec![0; PLAINTEXT_STEP_BYTES],
+            consumed: Vec::with_capacity(limits.conns_max),
+            ready_cells: false,
+            stats: ShardStats::default(),
+        })
+    }
+
+    /// The circuit core (counters, test hooks).
+    pub fn core(&self) -> &RelayCore {
+        &self.core
+    }
+
+    /// The circuit core, mutably (test hooks such as
+    /// [`RelayCore::set_echo_drop_for_tests`]).
+    pub fn core_mut(&mut self) -> &mut RelayCore {
+        &mut self.core
+    }
+
+    /// The connection counters so far.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// Live connections.
+    pub fn conns(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Open channels.
+    pub fn channels(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// The peer address of `conn`, for logs.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.get(conn).map(|c| c.peer)
+    }
+
+    /// A new inbound TCP connection from `peer`; `None` (close the socket) when the table is
+    /// full or `peer`'s address has [`ShardLimits::conns_per_ip_max`] connections already.
+    /// `now` is UNIX seconds.
+    pub fn handle_accepted(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        peer: SocketAddr,
+        now: u64,
+    ) -> Option<ConnId> {
+        if self.per_ip.get(&peer.ip()).copied().unwrap_or(0) >= self.limits.conns_per_ip_max {
+            self.stats.refused += 1;
+            return None;
+        }
+        let creds = RelayCredentials {
+            keys: &self.ctx.keys,
+            identity_certs: &self.ctx.identity_certs,
+        };
+        let addrs = NetinfoAddrs {
+            peer: peer.ip(),
+            ours: self.ctx.our_addrs.clone(),
+        };
+        let hs = Responder::new(creds, self.ctx.link_cert_digest, addrs, now, rng).ok();
+        let tls = TlsLink::server(self.ctx.server.clone(), self.limits.tls_out_max_bytes).ok();
+        let (Some(hs), Some(tls)) = (hs, tls) else {
+            self.stats.refused += 1;
+            return None;
+        };
+        let conn = self.insert(Conn::new(
+            tls,
+            ConnState::Handshaking(Handshake::Responder(Box::new(hs))),
+            peer,
+            now.saturating_add(self.limits.handshake_timeout_secs),
+        ));
+        match conn {
+            Some(id) => {
+                self.stats.accepted += 1;
+                *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+                if let Some(c) = self.get_mut(id) {
+                    c.inbound = true;
+                }
+            }
+            None => self.stats.refused += 1,
+        }
+        conn
+    }
+
+    /// Whether the reactor should read `conn`'s socket now (false: backpressure or closed).
+    pub fn wants_read(&self, conn: ConnId) -> bool {
+        self.get(conn).is_some_and(|c| {
+            !c.connecting
+                && !c.eof
+                && c.inbuf.len() < self.limits.inbuf_max_bytes
+                && c.wire_in.len() < self.limits.inbuf_max_bytes
+                && c.outbuf.len() - c.out_off < self.limits.tls_out_max_bytes
+                && c.plain_out.is_empty()
+        })
+    }
+
+    /// Bytes read from `conn`'s socket. `now` is UNIX seconds.
+    pub fn handle_recv(&mut self, conn: ConnId, data: &[u8], now: u64) {
+        let Some(c) = self.get_mut(conn) else {
+            return;
+        };
+        c.wire_in.extend_from_slice(data);
+        self.pump_in(conn, now);
+    }
+
+    /// `conn`'s peer closed its side; cells already received are still processed by the next
+    /// [`Shard::process_batch`], then the connection closes.
+    pub fn handle_eof(&mut self, conn: ConnId) {
+        let Some(c) = self.get_mut(conn) else {
+            return;
+        };
+        c.eof = true;
+        c.tls.handle_eof();
+        if matches!(c.state, ConnState::Handshaking(_)) {
+            self.stats.handshakes_failed += 1;
+            self.close(conn, CloseReason::Eof);
+        }
+    }
+
+    /// The outbound TCP connection of `conn` is established.
+    pub fn handle_connected(&mut self, conn: ConnId) {
+        if let Some(c) = self.get_mut(conn) {
+            c.connecting = false;
+        }
+        self.mark_writable(conn);
+    }
+
+    /// The outbound TCP connection of `conn` failed.
+    pub fn handle_connect_failed(&mut self, conn: ConnId) {
+        if self.get(conn).is_some() {
+            self.stats.handshakes_failed += 1;
+            self.close(conn, CloseReason::ConnectFailed);
+        }
+    }
+
+    /// The next connection with bytes to send, each named once per [`Shard::handle_sent`]
+    /// round; write [`Shard::poll_transmit`] to it.
+    pub fn poll_writable(&mut self) -> Option<ConnId> {
+        while let Some(conn) = self.writable.pop_front() {
+            if let Some(c) = self.get_mut(conn) {
+                c.listed = false;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// The bytes to write to `conn`'s socket now (empty if none); report what was written
+    /// with [`Shard::handle_sent`].
+    pub fn poll_transmit(&mut self, conn: ConnId) -> &[u8] {
+        let Some(c) = self.get_mut(conn) else {
+            return &[];
+        };
+        if c.connecting {
+            return &[];
+        }
+        if c.out_off == c.outbuf.len() {
+            c.outbuf.clear();
+            c.out_off = 0;
+        }
+        let pending = c.outbuf.len() - c.out_off;
+        if pending < TRANSMIT_CHUNK_BYTES {
+            c.tls
+                .poll_tls(&mut c.outbuf, TRANSMIT_CHUNK_BYTES - pending);
+        }
+        c.outbuf.get(c.out_off..).unwrap_or_default()
+    }
+
+    /// `n` bytes of what [`Shard::poll_transmit`] gave were written.
+    pub fn handle_sent(&mut self, conn: ConnId, n: usize) {
+        let Some(c) = self.get_mut(conn) else {
+            return;
+        };
+        c.out_off = (c.out_off + n).min(c.outbuf.len());
+        if c.out_off == c.outbuf.len() {
+            c.outbuf.clear();
+            c.out_off = 0;
+        }
+        if !c.plain_out.is_empty() {
+            match c.tls.write_plaintext(&c.plain_out) {
+                Ok(taken) => drop(c.plain_out.drain(..taken)),
+                Err(_) => {
+                    self.close(conn, CloseReason::Tls);
+                    return;
+                }
+            }
+        }
+        let more = c.out_off < c.outbuf.len() || c.tls.wants_tls_out();
+        if more {
+            self.mark_writable(conn);
+        }
+    }
+
+    /// Whether cells are waiting for [`Shard::process_batch`] (the reactor must not sleep).
+    pub fn has_ready_cells(&self) -> bool {
+        self.ready_cells
+    }
+
+    /// Processes every cell received since the last call in one [`RelayCore::handle_batch`]
+    /// call (a few rounds if buffers were full), then acts on what the circuits asked for.
+    pub fn process_batch(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+        for _ in 0..BATCH_ROUNDS_MAX {
+            self.ready_cells = false;
+            if !self.batch_round(rng, now) {
+                break;
+            }
+        }
+        // Connections whose peer ended: their last cells are processed now.
+        for i in 0..self.slots.len() {
+            let Some(conn) = self.id_at(i) else { continue };
+            if self.get(conn).is_some_and(|c| c.eof) && !self.ready_cells {
+                self.close(conn, CloseReason::Eof);
+            }
+        }
+    }
+
+    /// The next event for the reactor.
+    pub fn poll_event(&mut self) -> Option<ShardEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline (UNIX seconds) at which [`Shard::handle_timeout`] must be called.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref().and_then(|c| c.deadline))
+            .min()
+    }
+
+    /// Closes the connections whose handshake deadline passed.
+    pub fn handle_timeout(&mut self, now: u64) {
+        for i in 0..self.slots.len() {
+            let Some(conn) = self.id_at(i) else { continue };
+            if self
+                .get(conn)
+                .and_then(|c| c.deadline)
+                .is_some_and(|d| d <= now)
+            {
+                self.stats.handshakes_failed += 1;
+                self.close(conn, CloseReason::HandshakeTimeout);
+            }
+        }
+    }
+
+    /// Closes `conn` at once (shutdown, or the reactor's socket failed).
+    pub fn handle_close(&mut self, conn: ConnId) {
+        self.close(conn, CloseReason::Local);
+    }
+
+    fn batch_round(&mut self, rng: &mut impl CryptoRngCore, now: u64) -> bool {
+        let mut cells: Vec<InCell<'_>> = Vec::new();
+        self.consumed.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(c) = &slot.conn else { continue };
+            let ConnState::Open { chan, circ_id_len } = c.state else {
+                continue;
+            };
+            let mut off = 0;
+            while let Some((cell, used)) =
+                RawCell::decode(c.inbuf.get(off..).unwrap_or_default(), circ_id_len)
+            {
+                cells.push(InCell { chan, cell });
+                off += used;
+            }
+            if off > 0 {
+                self.consumed.push((i as u32, off));
+            }
+        }
+        if cells.is_empty() {
+            return false;
+        }
+        self.stats.batches += 1;
+        self.core
+            .handle_batch(rng, &cells, &mut self.out, &mut self.core_events);
+        drop(cells);
+        let consumed = std::mem::take(&mut self.consumed);
+        for &(i, off) in &consumed {
+            let Some(conn) = self.id_at(i as usize) else {
+                continue;
+            };
+            if let Some(c) = self.get_mut(conn) {
+                c.inbuf.drain(..off);
+            }
+            // TLS may hold more plaintext that did not fit before.
+            self.pump_in(conn, now);
+        }
+        self.consumed = consumed;
+        self.route_out();
+        self.handle_core_events(rng, now);
+        true
+    }
+
+    fn handle_core_events(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+        let mut events = std::mem::take(&mut self.core_events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::OpenChannel {
+                    request,
+                    rsa_id,
+                    ed_id,
+                    link_specs,
+                } => self.open_channel(rng, now, request, rsa_id, ed_id, &link_specs),
+                Event::CloseChannel { chan } => {
+                    if let Some(&conn) = self.chans.get(&chan) {
+                        self.close(conn, CloseReason::Protocol);
+                    }
+                }
+            }
+        }
+        self.core_events = events;
+    }
+
+    fn open_channel(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        now: u64,
+        request: RequestId,
+        rsa_id: RsaIdentity,
+        ed_id: Option<Ed25519Identity>,
+        link_specs: &[LinkSpec],
+    ) {
+        // A channel to this relay already being opened serves this request too.
+        for slot in &mut self.slots {
+            if let Some(Conn {
+                state:
+                    ConnState::Handshaking(Handshake::Initiator {
+                        rsa_id: r,
+                        requests,
+                        ..
+                    }),
+                ..
+            }) = &mut slot.conn
+            {
+                if *r == rsa_id {
+                    requests.push(request);
+                    return;
+                }
+            }
+        }
+        let addr = link_specs
+            .iter()
+            .find_map(|s| match s {
+                LinkSpec::Ipv4(a, p) => Some(SocketAddr::new(IpAddr::V4(*a), *p)),
+                _ => None,
+            })
+            .or_else(|| {
+                link_specs.iter().find_map(|s| match s {
+                    LinkSpec::Ipv6(a, p) => Some(SocketAddr::new(IpAddr::V6(*a), *p)),
+                    _ => None,
+                })
+            });
+        let conn = addr.and_then(|addr| {
+            let creds = RelayCredentials {
+                keys: &self.ctx.keys,
+                identity_certs: &self.ctx.identity_certs,
+            };
+            let expected = ExpectedPeer {
+                rsa_identity: Some(rsa_id),
+                ed25519_identity: ed_id,
+            };
+            let addrs = NetinfoAddrs {
+                peer: addr.ip(),
+                ours: self.ctx.our_addrs.clone(),
+            };
+            let mut hs = Initiator::new(Some(creds), expected, addrs, now, rng).ok()?;
+            let mut tls =
+                TlsLink::client(self.ctx.client.clone(), self.limits.tls_out_max_bytes).ok()?;
+            let mut versions = Vec::new();
+            hs.poll_transmit(&mut versions);
+            // Held by TLS until its handshake is done; a VERSIONS cell is far below the bound.
+            tls.write_plaintext(&versions).ok()?;
+            let requests = vec![request];
+            let mut c = Conn::new(
+                tls,
+                ConnState::Handshaking(Handshake::Initiator {
+                    hs: Box::new(hs),
+                    rsa_id,
+                    requests,
+                }),
+                addr,
+                now.saturating_add(self.limits.handshake_timeout_secs),
+            );
+            c.connecting = true;
+            let conn = self.insert(c)?;
+            Some((conn, addr))
+        });
+        match conn {
+            Some((conn, addr)) => {
+                self.stats.connects += 1;
+                self.events.push_back(ShardEvent::Connect { conn, addr });
+            }
+            None => {
+                self.core.handle_channel_failed(request, &mut self.out);
+                self.route_out();
+            }
+        }
+    }
+
+    /// Moves received bytes through TLS and, during the handshake, the link handshake.
+    fn pump_in(&mut self, conn: ConnId, now: u64) {
+        let inbuf_max = self.limits.inbuf_max_bytes;
+        let Some(i) = self.live_index(conn) else {
+            return;
+        };
+        let mut failed: Option<CloseReason> = None;
+        let mut finished = None;
+        {
+            let Some(c) = self.slots.get_mut(i).and_then(|s| s.conn.as_mut()) else {
+                return;
+            };
+            loop {
+                let mut progress = false;
+                if !c.wire_in.is_empty() {
+                    match c.tls.handle_tls(&c.wire_in) {
+                        Ok(n) => {
+                            progress |= n > 0;
+                            c.wire_in.drain(..n);
+                        }
+                        Err(_) => {
+                            failed = Some(CloseReason::Tls);
+                            break;
+                        }
+                    }
+                }
+                while c.inbuf.len() < inbuf_max {
+                    let room = (inbuf_max - c.inbuf.len()).min(self.scratch.len());
+                    let Some(buf) = self.scratch.get_mut(..room) else {
+                        break;
+                    };
+                    match c.tls.read_plaintext(buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            progress = true;
+                            c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
+                        }
+                        Err(_) => {
+                            // An EOF without close_notify after the last cell: the data
+                            // already buffered is still processed.
+                            failed = (!c.eof).then_some(CloseReason::Tls);
+                            break;
+                        }
+                    }
+                }
+                if failed.is_some() {
+                    break;
+                }
+                if let ConnState::Handshaking(hs) = &mut c.state {
+                    let tls_view = &c.tls;
+                    let (r, done) = match hs {
+                        Handshake::Responder(r) => {
+                            let res = r.handle_input(&c.inbuf, now, tls_view);
+                            (res, r.is_finished())
+                        }
+                        Handshake::Initiator { hs, .. } => {
+                            let res = hs.handle_input(&c.inbuf, now, tls_view);
+                            (res, hs.is_finished())
+                        }
+                    };
+                    match r {
+                        Ok(n) => {
+                            progress |= n > 0;
+                            c.inbuf.drain(..n.min(c.inbuf.len()));
+                        }
+                        Err(_) => {
+                            failed = Some(CloseReason::Handshake);
+                            break;
+                        }
+                    }
+                    self.scratch.clear();
+                    match hs {
+                        Handshake::Responder(r) => r.poll_transmit(&mut self.scratch),
+                        Handshake::Initiator { hs, .. } => hs.poll_transmit(&mut self.scratch),
+                    }
+                    let sent = c.tls.write_plaintext(&self.scratch);
+                    self.scratch.clear();
+                    self.scratch.resize(PLAINTEXT_STEP_BYTES, 0);
+                    if sent.is_err() {
+                        failed = Some(CloseReason::Tls);
+                        break;
+                    }
+                    if done {
+                        let state = std::mem::replace(
+                            &mut c.state,
+                            ConnState::Open {
+                                chan: ChanId(0),
+                                circ_id_len: CircIdLen::Four,
+                            },
+                        );
+                        if let ConnState::Handshaking(hs) = state {
+                            finished = Some(hs);
+                        }
+                        break;
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+        }
+        self.mark_writable(conn);
+        if let Some(reason) = failed {
+            self.stats.handshakes_failed += u64::from(finished.is_none() && !self.is_open(conn));
+            self.close(conn, reason);
+            return;
+        }
+        if let Some(hs) = finished {
+            self.finish_handshake(conn, hs);
+        }
+        if let Some(c) = self.get(conn) {
+            if matches!(c.state, ConnState::Open { .. })
+                && RawCell::decode(&c.inbuf, CircIdLen::Four).is_some()
+            {
+                self.ready_cells = true;
+            }
+        }
+    }
+
+    fn finish_handshake(&mut self, conn: ConnId, hs: Handshake) {
+        let (info, requests): (Option<LinkInfo>, Vec<RequestId>) = match hs {
+            Handshake::Responder(r) => (r.finish(), Vec::new()),
+            Handshake::Initiator { hs, requests, .. } => (hs.finish(), requests),
+        };
+        let Some(info) = info else {
+            self.close(conn, CloseReason::Handshake);
+            return;
+        };
+        self.next_chan = self.next_chan.wrapping_add(1);
+        let chan = ChanId(self.next_chan);
+        if let Some(c) = self.get_mut(conn) {
+            c.state = ConnState::Open {
+                chan,
+                circ_id_len: info.circ_id_len,
+            };
+            c.deadline = None;
+        }
+        self.chans.insert(chan, conn);
+        self.stats.channels_opened += 1;
+        let chan_info = ChanInfo {
+            link_version: info.link_version,
+            initiator: info.we_initiated,
+            rsa_id: info.peer.as_ref().map(|p| p.rsa_identity),
+            ed_id: info.peer.as_ref().map(|p| p.ed25519_identity),
+        };
+        if requests.is_empty() {
+            self.core.add_channel(chan, chan_info);
+        }
+        for r in requests {
+            self.core
+                .handle_channel_opened(r, chan, chan_info, &mut self.out);
+        }
+        self.route_out();
+    }
+
+    /// Encodes and queues the circuits' output cells on their connections.
+    fn route_out(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        let mut overflowed: Vec<ConnId> = Vec::new();
+        for o in out.drain(..) {
+            let Some(&conn) = self.chans.get(&o.chan) else {
+                continue;
+            };
+            let plain_max = self.limits.plain_out_max_bytes;
+            let Some(c) = self.get_mut(conn) else {
+                continue;
+            };
+            let ConnState::Open { circ_id_len, .. } = c.state else {
+                continue;
+            };
+            let start = c.plain_out.len();
+            if o.cell.encode(circ_id_len, &mut c.plain_out).is_err() {
+                c.plain_out.truncate(start);
+                continue;
+            }
+            if start == 0 {
+                match c.tls.write_plaintext(&c.plain_out) {
+                    Ok(n) => drop(c.plain_out.drain(..n)),
+                    Err(_) => overflowed.push(conn),
+                }
+            }
+            if c.plain_out.len() > plain_max {
+                overflowed.push(conn);
+            }
+            self.mark_writable(conn);
+        }
+        self.out = out;
+        for conn in overflowed {
+            self.close(conn, CloseReason::Overflow);
+        }
+    }
+
+    /// Forgets `conn`: its circuits are destroyed (DESTROY to their other side), waiting
+    /// EXTEND2s fail, and the reactor is told to close the socket.
+    fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        let Some(i) = self.live_index(conn) else {
+            return;
+        };
+        let Some(c) = self.slots.get_mut(i).and_then(|s| s.conn.take()) else {
+            return;
+        };
+        if let Some(s) = self.slots.get_mut(i) {
+            s.gen = s.gen.wrapping_add(1);
+        }
+        self.free.push(conn.index);
+        self.stats.closed += 1;
+        self.events.push_back(ShardEvent::Close { conn, reason });
+        if c.inbound {
+            if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_ip.remove(&c.peer.ip());
+                }
+            }
+        }
+        match c.state {
+            ConnState::Open { chan, .. } => {
+                self.chans.remove(&chan);
+                self.core.handle_channel_closed(chan, &mut self.out);
+            }
+            ConnState::Handshaking(Handshake::Initiator { requests, .. }) => {
+                for r in requests {
+                    self.core.handle_channel_failed(r, &mut self.out);
+                }
+            }
+            ConnState::Handshaking(Handshake::Responder(_)) => {}
+        }
+        self.route_out();
+    }
+
+    fn insert(&mut self, conn: Conn) -> Option<ConnId> {
+        if let Some(index) = self.free.pop() {
+            let slot = self.slots.get_mut(index as usize)?;
+            slot.conn = Some(conn);
+            return Some(ConnId {
+                index,
+                gen: slot.gen,
+            });
+        }
+        if self.slots.len() >= self.limits.conns_max {
+            return None;
+        }
+        let index = u32::try_from(self.slots.len()).ok()?;
+        self.slots.push(Slot {
+            gen: 0,
+            conn: Some(conn),
+        });
+        Some(ConnId { index, gen: 0 })
+    }
+
+    fn mark_writable(&mut self, conn: ConnId) {
+        if let Some(c) = self.get_mut(conn) {
+            let has = c.out_off < c.outbuf.len() || c.tls.wants_tls_out();
+            if has && !c.listed {
+                c.listed = true;
+                self.writable.push_back(conn);
+            }
+        }
+    }
+
+    fn is_open(&self, conn: ConnId) -> bool {
+        self.get(conn)
+            .is_some_and(|c| matches!(c.state, ConnState::Open { .. }))
+    }
+
+    fn id_at(&self, i: usize) -> Option<ConnId> {
+        let s = self.slots.get(i)?;
+        s.conn.as_ref()?;
+        Some(ConnId {
+            index: u32::try_from(i).ok()?,
+            gen: s.gen,
+        })
+    }
+
+    fn live_index(&self, conn: ConnId) -> Option<usize> {
+        let s = self.slots.get(conn.index())?;
+        (s.gen == conn.gen && s.conn.is_some()).then_some(conn.index())
+    }
+
+    fn get(&self, conn: ConnId) -> Option<&Conn> {
+        let i = self.live_index(conn)?;
+        self.slots.get(i)?.conn.as_ref()
+    }
+
+    fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        let i = self.live_index(conn)?;
+        self.slots.get_mut(i)?.conn.as_mut()
+    }
+}
+
+impl Conn {
+    fn new(tls: TlsLink, state: ConnState, peer: SocketAddr, deadline: u64) -> Self {
+        Conn {
+            tls,
+            state,
+            peer,
+            connecting: false,
+            eof: false,
+            deadline: Some(deadline),
+            wire_in: Vec::new(),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            out_off: 0,
+            plain_out: Vec::new(),
+            listed: false,
+            inbound: false,
+        }
+    }
+}
+
+/// Fuzz entry: `data` as bytes from a fresh inbound connection, in chunks split at every 0xFF
+/// byte, through TLS and the responder's link handshake (all in memory; never panics). The
+/// relay's keys are made once, from a fixed seed.
+pub fn fuzz_recv(data: &[u8]) {
+    use rand::SeedableRng;
+    static CTX: std::sync::OnceLock<Option<Arc<RelayContext>>> = std::sync::OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let now = 1_750_000_000;
+        let keys = RelayKeys::generate(now, &mut rng).ok()?;
+        let cert = crate::tls::LinkCert::generate(
+            crate::tls::LinkKeyAlg::EcdsaP256,
+            now,
+            86_400,
+            &mut rng,
+        )
+        .ok()?;
+        Some(Arc::new(RelayContext {
+            identity_certs: keys.identity_certs(now, &mut rng).ok()?,
+            server: crate::tls::server_config(&cert).ok()?,
+            client: crate::tls::client_config().ok()?,
+            link_cert_digest: cert.digest(),
+            our_addrs: vec![IpAddr::from([127, 0, 0, 1])],
+            keys,
+        }))
+    });
+    let (Some(ctx), Ok(engine)) = (ctx, Engine::from_env()) else {
+        return;
+    };
+    let limits = ShardLimits {
+        conns_max: 2,
+        ..ShardLimits::default()
+    };
+    let circuit_limits = Limits {
+        circuits_max: 4,
+        pending_extends_max: 2,
+        ..Limits::default()
+    };
+    let Ok(mut shard) = Shard::new(ctx.clone(), engine, limits, circuit_limits) else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let now = 1_750_000_000;
+    let peer = SocketAddr::from(([10, 0, 0, 1], 1000));
+    let Some(conn) = shard.handle_accepted(&mut rng, peer, now) else {
+        return;
+    };
+    for chunk in data.split(|&b| b == 0xff) {
+        if shard.wants_read(conn) {
+            shard.handle_recv(conn, chunk, now);
+        }
+        shard.process_batch(&mut rng, now);
+        while let Some(c) = shard.poll_writable() {
+            let n = shard.poll_transmit(c).len();
+            shard.handle_sent(c, n);
+        }
+        while shard.poll_event().is_some() {}
+    }
+    shard.handle_eof(conn);
+    shard.process_batch(&mut rng, now);
+    shard.handle_timeout(now + 3600);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Two shards (two relays) and a client wired by in-memory byte pipes: TLS, both link
+    //! handshake roles, EXTEND2 through a shard-opened channel, and circuit replies.
+    use super::*;
+    use crate::circuit::{CircCell, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
+    use crate::tls::{client_config, server_config, LinkCert, LinkKeyAlg};
+    use proto::cell::ChanCmd;
+    use proto::chan_msg::DestroyReason;
+    use proto::ids::{CircId, StreamId};
+    use proto::relay_cell::RelayCmd;
+    use proto::relay_msg::{Begin, End, EndReason, Host, RelayMsg};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    const NOW: u64 = 1_750_000_000;
+
+    fn context(seed: u64, addr: SocketAddr) -> Arc<RelayContext> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let keys = RelayKeys::generate(NOW, &mut rng).unwrap();
+        let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, NOW, 86_400, &mut rng).unwrap();
+        let identity_certs = keys.identity_certs(NOW, &mut rng).unwrap();
+        Arc::new(RelayContext {
+            identity_certs,
+            server: server_config(&cert).unwrap(),
+            client: client_config().unwrap(),
+            link_cert_digest: cert.digest(),
+            our_addrs: vec![addr.ip()],
+            keys,
+        })
+    }
+
+    /// The client's end of its connection: TLS, then our Initiator as a client.
+    struct Client {
+        tls: TlsLink,
+        hs: Option<Initiator>,
+        info: Option<LinkInfo>,
+        inbuf: Vec<u8>,
+        wire_in: Vec<u8>,
+    }
+
+    impl Client {
+        fn new(relay: &RelayContext, addr: SocketAddr, rng: &mut StdRng) -> Client {
+            let expected = ExpectedPeer {
+                rsa_identity: Some(relay.keys.fingerprint()),
+                ed25519_identity: Some(relay.keys.ed25519_identity()),
+            };
+            let addrs = NetinfoAddrs {
+                peer: addr.ip(),
+                ours: vec![],
+            };
+            let mut hs = Initiator::new(None, expected, addrs, NOW, rng).unwrap();
+            let mut tls = TlsLink::client(client_config().unwrap(), 1 << 20).unwrap();
+            let mut v = Vec::new();
+            hs.poll_transmit(&mut v);
+            tls.write_plaintext(&v).unwrap();
+            Client {
+                tls,
+                hs: Some(hs),
+                info: None,
+                inbuf: Vec::new(),
+                wire_in: Vec::new(),
+            }
+        }
+
+        fn recv(&mut self, data: &[u8]) {
+            self.wire_in.extend_from_slice(data);
+            let n = self.tls.handle_tls(&self.wire_in).unwrap();
+            self.wire_in.drain(..n);
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = self.tls.read_plaintext(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                self.inbuf.extend_from_slice(&buf[..n]);
+            }
+            if let Some(hs) = &mut self.hs {
+                let used = hs.handle_input(&self.inbuf, NOW, &self.tls).unwrap();
+                self.inbuf.drain(..used);
+                let mut v = Vec::new();
+                hs.poll_transmit(&mut v);
+                self.tls.write_plaintext(&v).unwrap();
+                if hs.is_finished() {
+                    self.info = self.hs.take().unwrap().finish();
+                }
+            }
+        }
+
+        fn send(&mut self, cell: &CircCell) {
+            let mut v = Vec::new();
+            cell.encode(CircIdLen::Four, &mut v).unwrap();
+            assert_eq!(self.tls.write_plaintext(&v).unwrap(), v.len());
+        }
+
+        fn cells(&mut self) -> Vec<CircCell> {
+            let mut got = Vec::new();
+            if self.info.is_none() {
+                return got;
+            }
+            while let Some((raw, used)) = RawCell::decode(&self.inbuf, CircIdLen::Four) {
+                if let Some(c) = CircCell::from_raw(&raw) {
+                    got.push(c);
+                }
+                self.inbuf.drain(..used);
+            }
+            got
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum End_ {
+        Client,
+        Shard(usize, ConnId),
+    }
+
+    struct Net {
+        rng: StdRng,
+        shards: Vec<Shard>,
+        addrs: Vec<SocketAddr>,
+        client: Client,
+        pipes: Vec<(End_, End_)>,
+        connects: usize,
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let mut rng = StdRng::seed_from_u64(7);
+            let addrs: Vec<SocketAddr> = vec![
+                "10.0.0.1:9001".parse().unwrap(),
+                "10.0.0.2:9001".parse().unwrap(),
+            ];
+            let ctxs: Vec<_> = (0..2).map(|i| context(i as u64 + 1, addrs[i])).collect();
+            let engine = Engine::from_env().unwrap();
+            let shards = ctxs
+                .iter()
+                .map(|c| {
+                    Shard::new(c.clone(), engine, ShardLimits::default(), Limits::default())
+                        .unwrap()
+                })
+                .collect();
+            let client = Client::new(&ctxs[0], addrs[0], &mut rng);
+            let mut net = Net {
+                rng,
+                shards,
+                addrs,
+                client,
+                pipes: Vec::new(),
+                connects: 0,
+            };
+            let conn = net.shards[0]
+                .handle_accepted(&mut net.rng, "10.9.9.9:5555".parse().unwrap(), NOW)
+                .unwrap();
+            net.pipes.push((End_::Client, End_::Shard(0, conn)));
+            net
+        }
+
+        fn info(&self, i: usize) -> RelayInfo {
+            RelayInfo::from_keys(&self.shards[i].ctx.keys, vec![self.addrs[i]])
+        }
+
+        fn peer(&self, e: End_) -> Option<End_> {
+            self.pipes.iter().find_map(|&(a, b)| {
+                if a == e {
+                    Some(b)
+                } else if b == e {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+        }
+
+        fn deliver(&mut self, to: End_, data: &[u8]) {
+            match to {
+                End_::Client => self.client.recv(data),
+                End_::Shard(s, c) => {
+                    assert!(self.shards[s].wants_read(c));
+                    self.shards[s].handle_recv(c, data, NOW)
+                }
+            }
+        }
+
+        /// Moves bytes until nothing moves.
+        fn run(&mut self) {
+            for _ in 0..200 {
+                let mut busy = false;
+                // Client output.
+                let mut out = Vec::new();
+                self.client.tls.poll_tls(&mut out, usize::MAX);
+                if !out.is_empty() {
+                    busy = true;
+                    let to = self.peer(End_::Client).unwrap();
+                    self.deliver(to, &out);
+                }
+                for s in 0..self.shards.len() {
+                    self.shards[s].process_batch(&mut self.rng, NOW);
+                    while let Some(ev) = self.shards[s].poll_event() {
+                        busy = true;
+                        match ev {
+                            ShardEvent::Connect { conn, addr } => {
+                                self.connects += 1;
+                                let t = self.addrs.iter().position(|a| *a == addr).unwrap();
+                                let from = SocketAddr::new(self.addrs[s].ip(), 40000);
+                                let tc = self.shards[t]
+                                    .handle_accepted(&mut self.rng, from, NOW)
+                                    .unwrap();
+                                self.pipes.push((End_::Shard(s, conn), End_::Shard(t, tc)));
+                                self.shards[s].handle_connected(conn);
+                            }
+                            ShardEvent::Close { conn, .. } => {
+                                let me = End_::Shard(s, conn);
+                                if let Some(p) = self.peer(me) {
+                                    self.pipes.retain(|&(a, b)| a != me && b != me);
+                                    if let End_::Shard(t, tc) = p {
+                                        self.shards[t].handle_eof(tc);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    while let Some(conn) = self.shards[s].poll_writable() {
+                        let data = self.shards[s].poll_transmit(conn).to_vec();
+                        if data.is_empty() {
+                            continue;
+                        }
+                        busy = true;
+                        self.shards[s].handle_sent(conn, data.len());
+                        if let Some(to) = self.peer(End_::Shard(s, conn)) {
+                            self.deliver(to, &data);
+                        }
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+            panic!("network not quiet");
+        }
+
+        fn exchange(&mut self, circ: &mut OriginCircuit, cell: CircCell) -> ClientEvent {
+            self.client.send(&cell);
+            self.run();
+            let got = self.client.cells();
+            assert_eq!(got.len(), 1, "{got:?}");
+            circ.handle_cell(&got[0]).unwrap()
+        }
+    }
+
+    #[test]
+    fn two_shards_and_a_client_over_byte_pipes() {
+        let mut net = Net::new();
+        net.run();
+        let info = net.client.info.clone().expect("client handshake finished");
+        assert_eq!(info.link_version, 5);
+        assert_eq!(net.shards[0].channels(), 1);
+        let engine = Engine::from_env().unwrap();
+        let (first, second) = (net.info(0), net.info(1));
+        for (n, kinds) in [
+            [HandshakeKind::CreateFast, HandshakeKind::Ntor],
+            [HandshakeKind::Ntor, HandshakeKind::NtorV3],
+            [HandshakeKind::NtorV3, HandshakeKind::Ntor],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let id = CircId::new(0x8000_0000 | (n as u32 + 1)).unwrap();
+            let (mut circ, cell) =
+                OriginCircuit::create_first_hop(&mut net.rng, engine, id, kinds[0], &first)
+                    .unwrap();
+            assert_eq!(
+                net.exchange(&mut circ, cell),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+            let cell = circ.extend(&mut net.rng, kinds[1], &second).unwrap();
+            assert_eq!(
+                net.exchange(&mut circ, cell),
+                ClientEvent::HopAdded { hops: 2 }
+            );
+            let begin = RelayMsg::Begin(Begin {
+                host: Host::parse("example.com").unwrap(),
+                port: 443,
+                flags: Default::default(),
+            });
+            let stream = StreamId::new(3);
+            let cell = circ.send(&mut net.rng, 1, stream, &begin).unwrap();
+            let ClientEvent::Msg {
+                hop,
+                stream_id,
+                msg,
+                ..
+            } = net.exchange(&mut circ, cell)
+            else {
+                panic!("expected END")
+            };
+            assert_eq!((hop, stream_id), (1, stream));
+            assert_eq!(msg, RelayMsg::End(End::new(EndReason::EXITPOLICY)));
+            let cell = circ
+                .send_raw(&mut net.rng, 0, RelayCmd::TRUNCATE, None, &[])
+                .unwrap();
+            assert_eq!(
+                net.exchange(&mut circ, cell),
+                ClientEvent::Truncated {
+                    hop: 0,
+                    reason: DestroyReason::REQUESTED
+                }
+            );
+        }
+        // One channel from shard 0 to shard 1 served every EXTEND2.
+        assert_eq!(net.connects, 1);
+        assert_eq!(net.shards[1].channels(), 1);
+        assert_eq!(net.shards[1].core().circuits(), 0);
+    }
+
+    #[test]
+    fn extend_to_unreachable_fails_and_handshake_times_out() {
+        let mut net = Net::new();
+        net.run();
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        let mut nowhere = net.info(1);
+        nowhere.addrs = vec!["10.0.0.3:9001".parse().unwrap()];
+        let id = CircId::new(0x8000_0001).unwrap();
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        assert_eq!(
+            net.exchange(&mut circ, cell),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        let cell = circ
+            .extend(&mut net.rng, HandshakeKind::Ntor, &nowhere)
+            .unwrap();
+        net.client.send(&cell);
+        // Shard 0 asks for a connect; nobody answers it.
+        net.client.tls.poll_tls(&mut Vec::new(), 0);
+        let mut out = Vec::new();
+        net.client.tls.poll_tls(&mut out, usize::MAX);
+        let to = net.peer(End_::Client).unwrap();
+        net.deliver(to, &out);
+        net.shards[0].process_batch(&mut net.rng, NOW);
+        let Some(ShardEvent::Connect { conn, addr }) = net.shards[0].poll_event() else {
+            panic!("expected a connect")
+        };
+        assert_eq!(addr, nowhere.addrs[0]);
+        assert_eq!(
+            net.shards[0].next_timeout(),
+            Some(NOW + ShardLimits::default().handshake_timeout_secs)
+        );
+        net.shards[0].handle_timeout(NOW + 1);
+        assert_eq!(net.shards[0].poll_event(), None);
+        net.shards[0].handle_timeout(NOW + 30);
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn,
+                reason: CloseReason::HandshakeTimeout
+            })
+        );
+        net.run();
+        let got = net.client.cells();
+        assert_eq!(got.len(), 1);
+        // The EXTEND2 failed: the first hop answers with TRUNCATED (CONNECTFAILED) or
+        // DESTROY, depending on the core's policy; either way the circuit did not grow.
+        let ev = circ.handle_cell(&got[0]).unwrap();
+        assert!(
+            matches!(
+                ev,
+                ClientEvent::Truncated {
+                    reason: DestroyReason::CONNECTFAILED,
+                    ..
+                } | ClientEvent::Destroyed { .. }
+            ),
+            "{ev:?}"
+        );
+        assert_eq!(got[0].cmd == ChanCmd::DESTROY, circ.is_closed());
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_stops_being_read() {
+        let mut net = Net::new();
+        net.run();
+        net.shards[0].core_mut().set_echo_drop_for_tests(true);
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        let id = CircId::new(0x8000_0001).unwrap();
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        assert_eq!(
+            net.exchange(&mut circ, cell),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        // The client sends DROPs (echoed back) but never reads: the shard's output to it
+        // grows to the TLS bound, then the shard stops reading the connection.
+        let mut paused_after = None;
+        for i in 0..1000 {
+            let cell = circ
+                .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[7u8; 400])
+                .unwrap();
+            net.client.send(&cell);
+            let mut out = Vec::new();
+            net.client.tls.poll_tls(&mut out, usize::MAX);
+            if !net.shards[0].wants_read(conn) {
+                paused_after = Some(i);
+                break;
+            }
+            net.shards[0].handle_recv(conn, &out, NOW);
+            net.shards[0].process_batch(&mut net.rng, NOW);
+            while net.shards[0].poll_event().is_some() {}
+        }
+        let paused_after = paused_after.expect("reading never paused");
+        assert!(paused_after > 10, "{paused_after}");
+        assert!(
+            net.shards[0].peer_addr(conn).is_some(),
+            "the connection stays open"
+        );
+        // Once its output drains, the connection is read again.
+        while let Some(c) = net.shards[0].poll_writable() {
+            loop {
+                let n = net.shards[0].poll_transmit(c).len();
+                if n == 0 {
+                    break;
+                }
+                net.shards[0].handle_sent(c, n);
+            }
+        }
+        assert!(net.shards[0].wants_read(conn));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_input_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            fuzz_recv(&data);
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_reaches_the_handshake() {
+        // A TLS ClientHello prefix, then garbage: TLS rejects it and the connection closes.
+        fuzz_recv(&[
+            0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00, 0xff, 0x00,
+        ]);
+        fuzz_recv(&[]);
+    }
+
+    #[test]
+    fn connections_per_address_are_limited() {
+        let ctx = context(9, "10.0.0.9:9001".parse().unwrap());
+        let limits = ShardLimits {
+            conns_per_ip_max: 2,
+            ..ShardLimits::default()
+        };
+        let mut s =
+            Shard::new(ctx, Engine::from_env().unwrap(), limits, Limits::default()).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let a: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1000".parse().unwrap();
+        let first = s.handle_accepted(&mut rng, a, NOW).unwrap();
+        s.handle_accepted(&mut rng, a, NOW).unwrap();
+        assert_eq!(s.handle_accepted(&mut rng, a, NOW), None);
+        assert!(s.handle_accepted(&mut rng, b, NOW).is_some());
+        s.handle_close(first);
+        assert!(s.handle_accepted(&mut rng, a, NOW).is_some());
+        assert_eq!(s.stats().refused, 1);
+        assert_eq!(s.stats().accepted, 4);
+    }
+
+    #[test]
+    fn stale_ids_and_garbage_are_harmless() {
+        let mut net = Net::new();
+        net.run();
+        let s = &mut net.shards[1];
+        let conn = s
+            .handle_accepted(
+                &mut StdRng::seed_from_u64(1),
+                "1.2.3.4:5".parse().unwrap(),
+                NOW,
+            )
+            .unwrap();
+        s.handle_recv(conn, b"GET / HTTP/1.0\r\n\r\n", NOW);
+        let mut closed = false;
+        while let Some(ev) = s.poll_event() {
+            closed |= ev
+                == ShardEvent::Close {
+                    conn,
+                    reason: CloseReason::Tls,
+                };
+        }
+        assert!(closed);
+        // Every call on the closed id is ignored.
+        s.handle_recv(conn, b"more", NOW);
+        s.handle_sent(conn, 10);
+        s.handle_eof(conn);
+        assert!(s.poll_transmit(conn).is_empty());
+        assert!(!s.wants_read(conn));
+        assert_eq!(s.poll_event(), None);
+        assert_eq!(s.conns(), 0);
+    }
+}
