@@ -17,9 +17,9 @@
 #![deny(unsafe_code)]
 
 pub mod circuit;
-pub mod fuzzing;
 pub mod config;
 pub mod daemon;
+pub mod fuzzing;
 pub mod keygen;
 pub mod reactor;
 pub mod shard;

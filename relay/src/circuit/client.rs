@@ -488,12 +488,16 @@ fn onionskin(
         HandshakeKind::NtorV3 => {
             let id = relay.ed_id.ok_or(ClientError::BadHandshakeKind)?;
             let mut msg = Vec::new();
-            // No extensions requested: congestion control is not negotiated yet.
+            // No extensions requested (congestion control is not negotiated yet). The message is
+            // an extension list, so "none" is one zero byte: C tor refuses an empty message.
+            let mut no_extensions = Vec::with_capacity(1);
+            proto::ntor_v3::encode_extensions(&[], &mut no_extensions)
+                .map_err(|_| ClientError::BadHandshakeKind)?;
             let state = proto::ntor_v3::client1(
                 rng,
                 &NtorV3PublicKey { id, pk },
                 CIRCUIT_EXTEND_VERIFICATION,
-                &[],
+                &no_extensions,
                 &mut msg,
             )?;
             Ok((Pending::NtorV3(state), HandshakeType::NTOR_V3, msg))

@@ -797,13 +797,14 @@ impl RelayCore {
             }
             HandshakeType::NTOR_V3 => {
                 let mut reply = Vec::new();
-                // No extension is answered yet: an empty message declines congestion control.
+                // No extension is answered yet: an empty extension list (one zero byte, as C tor
+                // expects) declines congestion control.
                 let (kg, _client_msg) = proto::ntor_v3::server(
                     rng,
                     &self.ntor_v3,
                     CIRCUIT_EXTEND_VERIFICATION,
                     &c.hdata,
-                    |_| Some(Vec::new()),
+                    |_| Some(vec![0]),
                     &mut reply,
                 )
                 .ok()?;
