@@ -21,11 +21,22 @@ pub fn tls(data: &[u8]) {
     crate::tls::fuzz_handle_tls(data);
 }
 
+/// Bytes on an inbound connection of a shard: TLS, the responder's link handshake and cell
+/// framing ([`crate::shard::fuzz_recv`]).
+pub fn shard(data: &[u8]) {
+    crate::shard::fuzz_recv(data);
+}
+
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name, as `cargo fuzz` knows them.
-pub const TARGETS: &[(&str, Target)] = &[("circuit", circuit), ("origin", origin), ("tls", tls)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("circuit", circuit),
+    ("origin", origin),
+    ("tls", tls),
+    ("shard", shard),
+];
 
 #[cfg(test)]
 mod tests {
