@@ -25,12 +25,12 @@
 //! point forwards them unchanged as C tor does. Everything else rejects trailing bytes.
 
 use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
-use sha3::{Digest, Sha3_256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::ids::Ed25519Identity;
+use crate::kdf::hs_mac;
 use crate::link_spec::LinkSpec;
 
 /// MAC_LEN (and HASH_LEN): SHA3-256 output size.
@@ -46,18 +46,6 @@ const EST_INTRO_SIG_PREFIX: &[u8] = b"Tor establish-intro cell v1";
 
 const ED25519_KEY_LEN: usize = 32;
 const ED25519_SIG_LEN: usize = 64;
-
-/// rend-spec-v3 §0.3: `MAC(key=k, message=m) = H(k_len | k | m)` with `k_len = htonll(len(k))`
-/// and H = SHA3-256. `msg` is given in pieces so callers need not concatenate.
-fn hs_mac(key: &[u8], msg: &[&[u8]]) -> [u8; MAC_LEN] {
-    let mut h = Sha3_256::new();
-    h.update((key.len() as u64).to_be_bytes());
-    h.update(key);
-    for part in msg {
-        h.update(part);
-    }
-    h.finalize().into()
-}
 
 /// Reads AUTH_KEY_TYPE, AUTH_KEY_LEN and AUTH_KEY, accepting only a 32-byte ed25519 key.
 fn decode_auth_key(r: &mut Reader<'_>) -> Result<Ed25519Identity, CodecError> {
@@ -1115,6 +1103,7 @@ mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
+    use sha3::{Digest, Sha3_256};
     use std::net::Ipv4Addr;
 
     fn unhex(s: &str) -> Vec<u8> {

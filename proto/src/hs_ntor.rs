@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
 use crate::ids::Ed25519Identity;
-use crate::kdf::{encap_len, sha3_256, shake256, HandshakeError, KeyGenerator};
+use crate::kdf::{hs_mac, shake256, HandshakeError, KeyGenerator};
 use crate::keys::NtorOnionKeypair;
 use crate::ntor::checked_dh;
 use crate::ntor_v3::aes256_ctr;
@@ -284,14 +284,6 @@ pub fn client_recv_rendezvous(
         return Err(HandshakeError::BadAuth);
     }
     Ok(hs_key_generator(&key_seed))
-}
-
-/// `MAC(k, m) = SHA3_256(htonll(len(k)) | k | m)` (rend-spec-v3 §0.3), `m` given in parts.
-fn hs_mac(k: &[u8], m: &[&[u8]]) -> [u8; 32] {
-    let len_k = encap_len(k);
-    let mut all: Vec<&[u8]> = vec![&len_k, k];
-    all.extend_from_slice(m);
-    sha3_256(&all)
 }
 
 /// (ENC_KEY, MAC_KEY) for the INTRODUCE1 encrypted section.

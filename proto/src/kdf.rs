@@ -346,6 +346,21 @@ pub(crate) fn encap_len(s: &[u8]) -> [u8; 8] {
     (s.len() as u64).to_be_bytes()
 }
 
+/// The onion-service MAC of rend-spec-v3 §0.3: `MAC(k, m) = SHA3_256(htonll(len(k)) | k | m)`.
+///
+/// Both the ESTABLISH_INTRO MAC (`hs_msg`) and the hs-ntor handshake (`hs_ntor`) use it. `msg`
+/// is given in pieces so callers need not concatenate.
+pub(crate) fn hs_mac(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
+    let len_k = encap_len(key);
+    let mut h = sha3::Sha3_256::new();
+    Digest::update(&mut h, len_k);
+    Digest::update(&mut h, key);
+    for part in msg {
+        Digest::update(&mut h, part);
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
