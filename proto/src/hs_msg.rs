@@ -44,8 +44,8 @@ pub const AUTH_KEY_TYPE_ED25519: u8 = 0x02;
 /// The distinguishing prefix of the ESTABLISH_INTRO signature (rend-spec-v3 §3.1.1).
 const EST_INTRO_SIG_PREFIX: &[u8] = b"Tor establish-intro cell v1";
 
-const ED25519_KEY_LEN: usize = 32;
-const ED25519_SIG_LEN: usize = 64;
+const ED25519_KEY_LEN: usize = Ed25519Identity::LEN;
+const ED25519_SIG_LEN: usize = ed25519_dalek::SIGNATURE_LENGTH;
 
 /// Reads AUTH_KEY_TYPE, AUTH_KEY_LEN and AUTH_KEY, accepting only a 32-byte ed25519 key.
 fn decode_auth_key(r: &mut Reader<'_>) -> Result<Ed25519Identity, CodecError> {

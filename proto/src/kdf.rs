@@ -48,9 +48,13 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::codec::CodecError;
 
+/// `HASH_LEN` (tor-spec §0.2): SHA-1 output, the unit of KDF-TOR and the size of tor1 digest seeds
+/// and of CREATE_FAST key material.
+pub const HASH_LEN: usize = 20;
+
 /// Length of the tor1 relay crypto key material: Df, Db (SHA-1 seeds), Kf, Kb (AES-128 keys) and
 /// KH.
-pub const TOR1_KEY_MATERIAL_LEN: usize = 20 + 20 + 16 + 16 + 20;
+pub const TOR1_KEY_MATERIAL_LEN: usize = HASH_LEN + HASH_LEN + 16 + 16 + HASH_LEN;
 
 /// Length of the hs-ntor end-to-end key material: Df, Db (SHA3-256 seeds), Kf, Kb (AES-256 keys).
 pub const HS_KEY_MATERIAL_LEN: usize = 32 * 4;
@@ -59,7 +63,7 @@ pub const HS_KEY_MATERIAL_LEN: usize = 32 * 4;
 const HKDF_MAX_LEN: usize = 255 * 32;
 
 /// KDF-TOR's counter is a single byte, so it can produce at most 256 SHA-1 blocks.
-const KDF_TOR_MAX_LEN: usize = 256 * 20;
+const KDF_TOR_MAX_LEN: usize = 256 * HASH_LEN;
 
 /// Why a circuit handshake failed.
 ///
