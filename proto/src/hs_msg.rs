@@ -29,6 +29,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::codec::{CodecError, Reader, Writer};
+pub use crate::ext_list::{Extension, Extensions};
 use crate::ids::Ed25519Identity;
 use crate::kdf::hs_mac;
 use crate::link_spec::LinkSpec;
@@ -62,65 +63,6 @@ fn encode_auth_key(key: &Ed25519Identity, out: &mut Vec<u8>) {
     out.put_u8(AUTH_KEY_TYPE_ED25519);
     out.put_u16(ED25519_KEY_LEN as u16);
     out.put(key.as_bytes());
-}
-
-/// One extension field: `EXT_FIELD_TYPE (1) EXT_FIELD_LEN (1) EXT_FIELD`, body kept verbatim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extension {
-    /// EXT_FIELD_TYPE; its meaning depends on the message carrying it.
-    pub ext_type: u8,
-    /// EXT_FIELD (at most 255 bytes to be encodable).
-    pub body: Vec<u8>,
-}
-
-/// The extension list shared by the onion-service messages: `N_EXTENSIONS (1)` then that many
-/// [`Extension`]s, in wire order (rend-spec-v3 §3.1.1).
-///
-/// Unknown types must be ignored by receivers, so they are kept verbatim for forwarding.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Extensions(pub Vec<Extension>);
-
-impl Extensions {
-    /// An empty list (`N_EXTENSIONS = 0`).
-    pub fn new() -> Self {
-        Extensions(Vec::new())
-    }
-
-    /// The body of the first extension of type `ext_type`: the spec tells parties to ignore
-    /// every later occurrence of a type.
-    pub fn get(&self, ext_type: u8) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|e| e.ext_type == ext_type)
-            .map(|e| e.body.as_slice())
-    }
-
-    /// Reads `N_EXTENSIONS` and the extensions.
-    pub fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
-        let n = r.u8()?;
-        let mut exts = Vec::with_capacity(usize::from(n));
-        for _ in 0..n {
-            let ext_type = r.u8()?;
-            let body = r.u8_prefixed()?.to_vec();
-            exts.push(Extension { ext_type, body });
-        }
-        Ok(Extensions(exts))
-    }
-
-    /// Writes `N_EXTENSIONS` and the extensions; fails if there are more than 255 or a body is
-    /// longer than 255 bytes.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        let n = u8::try_from(self.0.len()).map_err(|_| CodecError::TooLong {
-            what: "N_EXTENSIONS",
-            len: self.0.len(),
-        })?;
-        out.put_u8(n);
-        for e in &self.0 {
-            out.put_u8(e.ext_type);
-            out.put_u8_prefixed(&e.body, "EXT_FIELD")?;
-        }
-        Ok(())
-    }
 }
 
 /// PARAM_TYPE of a DoS parameter in the ESTABLISH_INTRO DoS extension (proposal 305 §2), as an

@@ -28,6 +28,7 @@ use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::ext_list::{decode_list, encode_list, ExtensionField};
 use crate::ids::Ed25519Identity;
 use crate::kdf::{encap_len, sha3_256, shake256, HandshakeError, KeyGenerator};
 use crate::keys::NtorOnionKeypair;
@@ -496,8 +497,18 @@ impl NtorV3Extension {
             Self::Unrecognized { ext_type, .. } => *ext_type,
         }
     }
+}
 
-    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+/// The list framing is [`crate::ext_list`]'s; this is ntor v3's view of each entry.
+impl ExtensionField for NtorV3Extension {
+    const COUNT_NAME: &'static str = "ntor v3 extension count";
+    const FIELD_NAME: &'static str = "ntor v3 extension body";
+
+    fn ext_type_byte(&self) -> u8 {
+        self.ext_type().0
+    }
+
+    fn encode_field(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
         match self {
             Self::CcRequest => {}
             Self::CcResponse { sendme_inc } => out.put_u8(*sendme_inc),
@@ -515,7 +526,8 @@ impl NtorV3Extension {
         Ok(())
     }
 
-    fn decode_body(ext_type: NtorV3ExtType, body: &[u8]) -> Result<Self, CodecError> {
+    fn decode_field(ext_type: u8, body: &[u8]) -> Result<Self, CodecError> {
+        let ext_type = NtorV3ExtType(ext_type);
         let mut r = Reader::new(body);
         let ext = match ext_type {
             NtorV3ExtType::CC_REQUEST => Self::CcRequest,
@@ -567,32 +579,14 @@ pub fn decode_extensions(msg: &[u8]) -> Result<Vec<NtorV3Extension>, CodecError>
         return Ok(Vec::new());
     }
     let mut r = Reader::new(msg);
-    let n = r.u8()?;
-    let mut out = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        let ext_type = NtorV3ExtType(r.u8()?);
-        let body = r.u8_prefixed()?;
-        out.push(NtorV3Extension::decode_body(ext_type, body)?);
-    }
+    let out = decode_list(&mut r)?;
     r.should_be_exhausted()?;
     Ok(out)
 }
 
 /// Encodes an extension list as [`decode_extensions`] reads it, appending to `out`.
 pub fn encode_extensions(exts: &[NtorV3Extension], out: &mut Vec<u8>) -> Result<(), CodecError> {
-    let n = u8::try_from(exts.len()).map_err(|_| CodecError::TooLong {
-        what: "ntor v3 extension count",
-        len: exts.len(),
-    })?;
-    out.put_u8(n);
-    let mut body = Vec::new();
-    for e in exts {
-        body.clear();
-        e.encode_body(&mut body)?;
-        out.put_u8(e.ext_type().0);
-        out.put_u8_prefixed(&body, "ntor v3 extension body")?;
-    }
-    Ok(())
+    encode_list(exts, out)
 }
 
 #[cfg(test)]
