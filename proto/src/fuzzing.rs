@@ -307,12 +307,8 @@ mod tests {
     use crate::chan_msg::{ChanCell, ChanMsg};
     use crate::relay_cell::RelayCmd;
     use crate::relay_msg::{Begin, End, EndReason, Extend2, Host, RelayMsg, Sendme};
+    use crate::test_util::unhex;
     use std::path::{Path, PathBuf};
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        hex::decode(s).expect("test hex")
-    }
 
     fn cat(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()

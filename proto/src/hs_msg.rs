@@ -1043,15 +1043,11 @@ mod tests {
 
     use super::test_vectors::*;
     use super::*;
+    use crate::test_util::unhex;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
     use sha3::{Digest, Sha3_256};
     use std::net::Ipv4Addr;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        hex::decode(s).expect("test hex")
-    }
 
     fn enc<T>(v: &T, f: impl Fn(&T, &mut Vec<u8>) -> Result<(), CodecError>) -> Vec<u8> {
         let mut out = Vec::new();

@@ -369,10 +369,7 @@ pub(crate) fn hs_mac(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
 #[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-
-    fn hx(s: &str) -> Vec<u8> {
-        hex::decode(s).expect("hex")
-    }
+    use crate::test_util::unhex;
 
     // Vectors from C tor's src/test/test_crypto.c (test_crypto_kdf_TAP), generated there by a
     // Python script.
@@ -403,7 +400,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = kdf_tor(input.as_bytes(), 100).unwrap();
-            assert_eq!(&got[..], &hx(want)[..], "input {input:?}");
+            assert_eq!(&got[..], &unhex(want)[..], "input {input:?}");
         }
     }
 
@@ -438,7 +435,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = kdf_rfc5869(input.as_bytes(), salt, info, 100).unwrap();
-            assert_eq!(&got[..], &hx(want)[..], "input {input:?}");
+            assert_eq!(&got[..], &unhex(want)[..], "input {input:?}");
         }
     }
 
@@ -459,15 +456,15 @@ mod tests {
     fn sha3_and_shake_known_answers() {
         assert_eq!(
             sha3_256(&[b""]).to_vec(),
-            hx("a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
+            unhex("a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
         );
         assert_eq!(
             sha3_256(&[b"a", b"bc"]).to_vec(),
-            hx("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
+            unhex("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
         );
         assert_eq!(
             &shake256(&[b""], 32)[..],
-            &hx("46b9dd2b0ba88d13233b3feb743eeb243fcd52ea62b81b82b50c27646ed5762f")[..]
+            &unhex("46b9dd2b0ba88d13233b3feb743eeb243fcd52ea62b81b82b50c27646ed5762f")[..]
         );
     }
 

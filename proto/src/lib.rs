@@ -66,4 +66,6 @@ pub mod ntor_v3;
 pub mod relay_cell;
 pub mod relay_msg;
 pub mod rsa_crosscert;
+#[cfg(test)]
+mod test_util;
 pub mod x509;
