@@ -581,6 +581,9 @@ impl Introduce2 {
     }
 }
 
+/// CLIENT_PK, ENCRYPTED_DATA and MAC of an ENCRYPTED section, borrowed.
+type IntroEncryptedParts<'a> = ([u8; 32], &'a [u8], [u8; MAC_LEN]);
+
 /// The framing of INTRODUCE1's ENCRYPTED section under hs-ntor (rend-spec-v3 §3.3.2):
 /// `CLIENT_PK (32) ENCRYPTED_DATA MAC (32)`, MAC being the last 32 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -596,19 +599,26 @@ pub struct IntroduceEncrypted {
 impl IntroduceEncrypted {
     /// Splits an ENCRYPTED section; fewer than 64 bytes is [`CodecError::Truncated`].
     pub fn decode(encrypted: &[u8]) -> Result<Self, CodecError> {
+        let (client_pk, encrypted_data, mac) = Self::split(encrypted)?;
+        Ok(IntroduceEncrypted {
+            client_pk,
+            encrypted_data: encrypted_data.to_vec(),
+            mac,
+        })
+    }
+
+    /// The one parser of this framing: (CLIENT_PK, ENCRYPTED_DATA, MAC), borrowing the data so
+    /// `hs_ntor`'s zero-copy view shares it.
+    pub(crate) fn split(encrypted: &[u8]) -> Result<IntroEncryptedParts<'_>, CodecError> {
         let mut r = Reader::new(encrypted);
         let client_pk = r.take_array()?;
         let data_len = r
             .remaining()
             .checked_sub(MAC_LEN)
             .ok_or(CodecError::Truncated)?;
-        let encrypted_data = r.take(data_len)?.to_vec();
+        let encrypted_data = r.take(data_len)?;
         let mac = r.take_array()?;
-        Ok(IntroduceEncrypted {
-            client_pk,
-            encrypted_data,
-            mac,
-        })
+        Ok((client_pk, encrypted_data, mac))
     }
 
     /// Writes the section.

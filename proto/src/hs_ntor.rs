@@ -34,6 +34,7 @@ use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
+use crate::hs_msg::{HandshakeInfo, IntroduceEncrypted};
 use crate::ids::Ed25519Identity;
 use crate::kdf::{hs_mac, shake256, HandshakeError, KeyGenerator};
 use crate::keys::NtorOnionKeypair;
@@ -50,7 +51,7 @@ const M_HSEXPAND: &[u8] = b"tor-hs-ntor-curve25519-sha3-256-1:hs_key_expand";
 const LEN: usize = 32;
 
 /// Length of HANDSHAKE_INFO in RENDEZVOUS1/RENDEZVOUS2 (SERVER_PK | AUTH).
-pub const HANDSHAKE_INFO_LEN: usize = 2 * LEN;
+pub const HANDSHAKE_INFO_LEN: usize = HandshakeInfo::LEN;
 /// Length of the ENCRYPTED section of INTRODUCE1 around an empty plaintext (CLIENT_PK | MAC).
 pub const INTRO_ENCRYPTED_OVERHEAD: usize = 2 * LEN;
 
@@ -96,13 +97,9 @@ impl HsNtorIntroEncrypted<'_> {
 
 /// Splits the ENCRYPTED section of an INTRODUCE2 body. Fuzz entry point for the service side.
 pub fn parse_intro_encrypted(encrypted: &[u8]) -> Result<HsNtorIntroEncrypted<'_>, HandshakeError> {
-    if encrypted.len() < INTRO_ENCRYPTED_OVERHEAD {
-        return Err(HandshakeError::BadLength);
-    }
-    let mut r = Reader::new(encrypted);
-    let client_pk = r.take_array()?;
-    let encrypted_data = r.take(r.remaining() - LEN)?;
-    let mac = r.take_array()?;
+    // The only failure is a section shorter than INTRO_ENCRYPTED_OVERHEAD.
+    let (client_pk, encrypted_data, mac) =
+        IntroduceEncrypted::split(encrypted).map_err(|_| HandshakeError::BadLength)?;
     Ok(HsNtorIntroEncrypted {
         client_pk,
         encrypted_data,
