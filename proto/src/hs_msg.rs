@@ -845,7 +845,7 @@ impl HandshakeInfo {
     /// Encoded length.
     pub const LEN: usize = 32 + MAC_LEN;
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
         Ok(HandshakeInfo {
             server_pk: r.take_array()?,
             auth: r.take_array()?,

@@ -261,12 +261,12 @@ pub fn client_recv_rendezvous(
     state: HsNtorClientState,
     handshake_info: &[u8],
 ) -> Result<KeyGenerator, HandshakeError> {
-    let mut r = Reader::new(handshake_info);
-    let big_y = PublicKey::from(
-        r.take_array::<32>()
-            .map_err(|_| HandshakeError::BadLength)?,
-    );
-    let their_auth: [u8; 32] = r.take_array().map_err(|_| HandshakeError::BadLength)?;
+    let HandshakeInfo {
+        server_pk,
+        auth: their_auth,
+    } = HandshakeInfo::decode(&mut Reader::new(handshake_info))
+        .map_err(|_| HandshakeError::BadLength)?;
+    let big_y = PublicKey::from(server_pk);
     let yx = checked_dh(&state.x, &big_y)?;
     let bx = checked_dh(&state.x, &state.service.enc_key)?;
     let (key_seed, auth) = rend_values(
