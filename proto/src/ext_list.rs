@@ -13,8 +13,11 @@
 //! tor-spec's ntor-v3 section and C tor frame it, with the count byte) use this one wire
 //! format; only the meaning of the type byte differs. So the framing lives here once, and each
 //! side keeps its own typed view of the extensions it knows by implementing
-//! [`ExtensionField`]: [`Extension`] (raw type and body, what the onion-service messages keep so
+//! `ExtensionField`: [`Extension`] (raw type and body, what the onion-service messages keep so
 //! their MACs and signatures cover the wire bytes) and [`crate::ntor_v3::NtorV3Extension`].
+//!
+//! cert-spec's certificate extensions are not this format (a two-byte length and a flags byte
+//! per extension), so [`crate::cert`] keeps its own.
 
 use crate::codec::{CodecError, Reader, Writer};
 
