@@ -140,7 +140,7 @@ pub fn decode_exact(bytes: &[u8]) -> Result<Extensions, CodecError> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly by design.
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -176,11 +176,19 @@ mod tests {
         assert_eq!(r.take_rest(), &[0xEE]);
     }
 
-    fn arb_extensions() -> impl Strategy<Value = Extensions> {
+    /// Lists of fewer than `max_count` extensions with bodies shorter than `max_body`; also used
+    /// by the onion-service message tests, which need lists small enough to fit a cell.
+    pub(crate) fn arb_extensions(
+        max_body: usize,
+        max_count: usize,
+    ) -> impl Strategy<Value = Extensions> {
         proptest::collection::vec(
-            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..256))
+            (
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..max_body),
+            )
                 .prop_map(|(ext_type, body)| Extension { ext_type, body }),
-            0..8,
+            0..max_count,
         )
         .prop_map(Extensions)
     }
@@ -192,7 +200,7 @@ mod tests {
         }
 
         #[test]
-        fn round_trip(exts in arb_extensions()) {
+        fn round_trip(exts in arb_extensions(256, 8)) {
             let mut out = Vec::new();
             exts.encode(&mut out).unwrap();
             prop_assert_eq!(decode_exact(&out), Ok(exts));

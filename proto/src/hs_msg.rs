@@ -1605,12 +1605,7 @@ mod tests {
     // ---- property tests ----
 
     fn arb_extensions() -> impl Strategy<Value = Extensions> {
-        prop::collection::vec(
-            (any::<u8>(), prop::collection::vec(any::<u8>(), 0..40))
-                .prop_map(|(ext_type, body)| Extension { ext_type, body }),
-            0..5,
-        )
-        .prop_map(Extensions)
+        crate::ext_list::tests::arb_extensions(40, 5)
     }
 
     fn arb_est_intro_ext() -> impl Strategy<Value = EstIntroExtension> {
