@@ -90,8 +90,7 @@ pub const EXT_SIGNED_WITH_ED25519_KEY: u8 = 0x04;
 /// ExtFlags bit: a reader that does not understand the extension must reject the certificate.
 pub const EXT_FLAG_AFFECTS_VALIDATION: u8 = 0x01;
 
-/// Length of an ed25519 signature.
-const SIG_LEN: usize = 64;
+const SIG_LEN: usize = ed25519_dalek::SIGNATURE_LENGTH;
 
 /// One certificate extension.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,8 +22,7 @@ use crate::cert::CertType;
 use crate::codec::{CodecError, Reader, Writer};
 use crate::ids::CircId;
 
-/// `HASH_LEN` (tor-spec §0.2): SHA-1 output, the size of CREATE_FAST key material.
-pub const HASH_LEN: usize = 20;
+pub use crate::kdf::HASH_LEN;
 /// `TAP_C_HANDSHAKE_LEN` = DH_LEN + KEY_LEN + KP_PAD_LEN = 128 + 16 + 42 (tor-spec §5.1.3).
 pub const TAP_C_HANDSHAKE_LEN: usize = 186;
 /// `TAP_S_HANDSHAKE_LEN` = DH_LEN + HASH_LEN = 128 + 20 (tor-spec §5.1.3).
@@ -779,12 +778,12 @@ pub struct Auth3Body<'a> {
     /// covers but which the responder must otherwise ignore.
     pub signed: &'a [u8],
     /// The Ed25519 signature over `signed`.
-    pub sig: [u8; 64],
+    pub sig: [u8; ed25519_dalek::SIGNATURE_LENGTH],
 }
 
 impl<'a> Auth3Body<'a> {
     /// Length of SIG.
-    pub const SIG_LEN: usize = 64;
+    pub const SIG_LEN: usize = ed25519_dalek::SIGNATURE_LENGTH;
 
     /// Splits an Authentication field: SIG is its last 64 bytes, the fields its first
     /// [`Auth3Fields::LEN`] bytes.

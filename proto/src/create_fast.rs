@@ -12,10 +12,7 @@ use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::kdf::{HandshakeError, KeyGenerator};
-
-/// HASH_LEN: length of X, Y and KH.
-const HASH_LEN: usize = 20;
+use crate::kdf::{HandshakeError, KeyGenerator, HASH_LEN};
 
 /// Length of the CREATE_FAST handshake body (X).
 pub const CLIENT_HANDSHAKE_LEN: usize = HASH_LEN;

@@ -91,7 +91,7 @@ pub fn key_file(data: &[u8]) {
 /// onionskin; 2: an ntor v3 extension list; 3: a CREATE_FAST body; 4: an INTRODUCE2 body
 /// through the service's hs-ntor decryption and its plaintext.
 ///
-/// The onionskins are answered with fixed keys ([`HandshakeKeys`]); so that the key
+/// The onionskins are answered with fixed keys (`HandshakeKeys`); so that the key
 /// agreement and KDF run on mutated input and not only the parsers, ntor and ntor v3
 /// onionskins are also tried with NODEID and KEYID overwritten by ours.
 pub fn handshake(data: &[u8]) {
@@ -307,12 +307,8 @@ mod tests {
     use crate::chan_msg::{ChanCell, ChanMsg};
     use crate::relay_cell::RelayCmd;
     use crate::relay_msg::{Begin, End, EndReason, Extend2, Host, RelayMsg, Sendme};
+    use crate::test_util::unhex;
     use std::path::{Path, PathBuf};
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        hex::decode(s).expect("test hex")
-    }
 
     fn cat(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()

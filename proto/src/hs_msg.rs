@@ -25,12 +25,13 @@
 //! point forwards them unchanged as C tor does. Everything else rejects trailing bytes.
 
 use ed25519_dalek::{Signature, Signer, Verifier, VerifyingKey};
-use sha3::{Digest, Sha3_256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::codec::{CodecError, Reader, Writer};
+pub use crate::ext_list::{Extension, Extensions};
 use crate::ids::Ed25519Identity;
+use crate::kdf::hs_mac;
 use crate::link_spec::LinkSpec;
 
 /// MAC_LEN (and HASH_LEN): SHA3-256 output size.
@@ -44,20 +45,8 @@ pub const AUTH_KEY_TYPE_ED25519: u8 = 0x02;
 /// The distinguishing prefix of the ESTABLISH_INTRO signature (rend-spec-v3 §3.1.1).
 const EST_INTRO_SIG_PREFIX: &[u8] = b"Tor establish-intro cell v1";
 
-const ED25519_KEY_LEN: usize = 32;
-const ED25519_SIG_LEN: usize = 64;
-
-/// rend-spec-v3 §0.3: `MAC(key=k, message=m) = H(k_len | k | m)` with `k_len = htonll(len(k))`
-/// and H = SHA3-256. `msg` is given in pieces so callers need not concatenate.
-fn hs_mac(key: &[u8], msg: &[&[u8]]) -> [u8; MAC_LEN] {
-    let mut h = Sha3_256::new();
-    h.update((key.len() as u64).to_be_bytes());
-    h.update(key);
-    for part in msg {
-        h.update(part);
-    }
-    h.finalize().into()
-}
+const ED25519_KEY_LEN: usize = Ed25519Identity::LEN;
+const ED25519_SIG_LEN: usize = ed25519_dalek::SIGNATURE_LENGTH;
 
 /// Reads AUTH_KEY_TYPE, AUTH_KEY_LEN and AUTH_KEY, accepting only a 32-byte ed25519 key.
 fn decode_auth_key(r: &mut Reader<'_>) -> Result<Ed25519Identity, CodecError> {
@@ -74,65 +63,6 @@ fn encode_auth_key(key: &Ed25519Identity, out: &mut Vec<u8>) {
     out.put_u8(AUTH_KEY_TYPE_ED25519);
     out.put_u16(ED25519_KEY_LEN as u16);
     out.put(key.as_bytes());
-}
-
-/// One extension field: `EXT_FIELD_TYPE (1) EXT_FIELD_LEN (1) EXT_FIELD`, body kept verbatim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extension {
-    /// EXT_FIELD_TYPE; its meaning depends on the message carrying it.
-    pub ext_type: u8,
-    /// EXT_FIELD (at most 255 bytes to be encodable).
-    pub body: Vec<u8>,
-}
-
-/// The extension list shared by the onion-service messages: `N_EXTENSIONS (1)` then that many
-/// [`Extension`]s, in wire order (rend-spec-v3 §3.1.1).
-///
-/// Unknown types must be ignored by receivers, so they are kept verbatim for forwarding.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Extensions(pub Vec<Extension>);
-
-impl Extensions {
-    /// An empty list (`N_EXTENSIONS = 0`).
-    pub fn new() -> Self {
-        Extensions(Vec::new())
-    }
-
-    /// The body of the first extension of type `ext_type`: the spec tells parties to ignore
-    /// every later occurrence of a type.
-    pub fn get(&self, ext_type: u8) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|e| e.ext_type == ext_type)
-            .map(|e| e.body.as_slice())
-    }
-
-    /// Reads `N_EXTENSIONS` and the extensions.
-    pub fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
-        let n = r.u8()?;
-        let mut exts = Vec::with_capacity(usize::from(n));
-        for _ in 0..n {
-            let ext_type = r.u8()?;
-            let body = r.u8_prefixed()?.to_vec();
-            exts.push(Extension { ext_type, body });
-        }
-        Ok(Extensions(exts))
-    }
-
-    /// Writes `N_EXTENSIONS` and the extensions; fails if there are more than 255 or a body is
-    /// longer than 255 bytes.
-    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        let n = u8::try_from(self.0.len()).map_err(|_| CodecError::TooLong {
-            what: "N_EXTENSIONS",
-            len: self.0.len(),
-        })?;
-        out.put_u8(n);
-        for e in &self.0 {
-            out.put_u8(e.ext_type);
-            out.put_u8_prefixed(&e.body, "EXT_FIELD")?;
-        }
-        Ok(())
-    }
 }
 
 /// PARAM_TYPE of a DoS parameter in the ESTABLISH_INTRO DoS extension (proposal 305 §2), as an
@@ -651,6 +581,9 @@ impl Introduce2 {
     }
 }
 
+/// CLIENT_PK, ENCRYPTED_DATA and MAC of an ENCRYPTED section, borrowed.
+type IntroEncryptedParts<'a> = ([u8; 32], &'a [u8], [u8; MAC_LEN]);
+
 /// The framing of INTRODUCE1's ENCRYPTED section under hs-ntor (rend-spec-v3 §3.3.2):
 /// `CLIENT_PK (32) ENCRYPTED_DATA MAC (32)`, MAC being the last 32 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -666,19 +599,26 @@ pub struct IntroduceEncrypted {
 impl IntroduceEncrypted {
     /// Splits an ENCRYPTED section; fewer than 64 bytes is [`CodecError::Truncated`].
     pub fn decode(encrypted: &[u8]) -> Result<Self, CodecError> {
+        let (client_pk, encrypted_data, mac) = Self::split(encrypted)?;
+        Ok(IntroduceEncrypted {
+            client_pk,
+            encrypted_data: encrypted_data.to_vec(),
+            mac,
+        })
+    }
+
+    /// The one parser of this framing: (CLIENT_PK, ENCRYPTED_DATA, MAC), borrowing the data so
+    /// `hs_ntor`'s zero-copy view shares it.
+    pub(crate) fn split(encrypted: &[u8]) -> Result<IntroEncryptedParts<'_>, CodecError> {
         let mut r = Reader::new(encrypted);
         let client_pk = r.take_array()?;
         let data_len = r
             .remaining()
             .checked_sub(MAC_LEN)
             .ok_or(CodecError::Truncated)?;
-        let encrypted_data = r.take(data_len)?.to_vec();
+        let encrypted_data = r.take(data_len)?;
         let mac = r.take_array()?;
-        Ok(IntroduceEncrypted {
-            client_pk,
-            encrypted_data,
-            mac,
-        })
+        Ok((client_pk, encrypted_data, mac))
     }
 
     /// Writes the section.
@@ -905,7 +845,7 @@ impl HandshakeInfo {
     /// Encoded length.
     pub const LEN: usize = 32 + MAC_LEN;
 
-    fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, CodecError> {
         Ok(HandshakeInfo {
             server_pk: r.take_array()?,
             auth: r.take_array()?,
@@ -1113,14 +1053,11 @@ mod tests {
 
     use super::test_vectors::*;
     use super::*;
+    use crate::test_util::unhex;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;
+    use sha3::{Digest, Sha3_256};
     use std::net::Ipv4Addr;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        hex::decode(s).expect("test hex")
-    }
 
     fn enc<T>(v: &T, f: impl Fn(&T, &mut Vec<u8>) -> Result<(), CodecError>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1668,12 +1605,7 @@ mod tests {
     // ---- property tests ----
 
     fn arb_extensions() -> impl Strategy<Value = Extensions> {
-        prop::collection::vec(
-            (any::<u8>(), prop::collection::vec(any::<u8>(), 0..40))
-                .prop_map(|(ext_type, body)| Extension { ext_type, body }),
-            0..5,
-        )
-        .prop_map(Extensions)
+        crate::ext_list::tests::arb_extensions(40, 5)
     }
 
     fn arb_est_intro_ext() -> impl Strategy<Value = EstIntroExtension> {

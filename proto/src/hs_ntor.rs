@@ -34,8 +34,9 @@ use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Writer};
+use crate::hs_msg::{HandshakeInfo, IntroduceEncrypted};
 use crate::ids::Ed25519Identity;
-use crate::kdf::{encap_len, sha3_256, shake256, HandshakeError, KeyGenerator};
+use crate::kdf::{hs_mac, shake256, HandshakeError, KeyGenerator};
 use crate::keys::NtorOnionKeypair;
 use crate::ntor::checked_dh;
 use crate::ntor_v3::aes256_ctr;
@@ -50,7 +51,7 @@ const M_HSEXPAND: &[u8] = b"tor-hs-ntor-curve25519-sha3-256-1:hs_key_expand";
 const LEN: usize = 32;
 
 /// Length of HANDSHAKE_INFO in RENDEZVOUS1/RENDEZVOUS2 (SERVER_PK | AUTH).
-pub const HANDSHAKE_INFO_LEN: usize = 2 * LEN;
+pub const HANDSHAKE_INFO_LEN: usize = HandshakeInfo::LEN;
 /// Length of the ENCRYPTED section of INTRODUCE1 around an empty plaintext (CLIENT_PK | MAC).
 pub const INTRO_ENCRYPTED_OVERHEAD: usize = 2 * LEN;
 
@@ -96,13 +97,9 @@ impl HsNtorIntroEncrypted<'_> {
 
 /// Splits the ENCRYPTED section of an INTRODUCE2 body. Fuzz entry point for the service side.
 pub fn parse_intro_encrypted(encrypted: &[u8]) -> Result<HsNtorIntroEncrypted<'_>, HandshakeError> {
-    if encrypted.len() < INTRO_ENCRYPTED_OVERHEAD {
-        return Err(HandshakeError::BadLength);
-    }
-    let mut r = Reader::new(encrypted);
-    let client_pk = r.take_array()?;
-    let encrypted_data = r.take(r.remaining() - LEN)?;
-    let mac = r.take_array()?;
+    // The only failure is a section shorter than INTRO_ENCRYPTED_OVERHEAD.
+    let (client_pk, encrypted_data, mac) =
+        IntroduceEncrypted::split(encrypted).map_err(|_| HandshakeError::BadLength)?;
     Ok(HsNtorIntroEncrypted {
         client_pk,
         encrypted_data,
@@ -264,12 +261,12 @@ pub fn client_recv_rendezvous(
     state: HsNtorClientState,
     handshake_info: &[u8],
 ) -> Result<KeyGenerator, HandshakeError> {
-    let mut r = Reader::new(handshake_info);
-    let big_y = PublicKey::from(
-        r.take_array::<32>()
-            .map_err(|_| HandshakeError::BadLength)?,
-    );
-    let their_auth: [u8; 32] = r.take_array().map_err(|_| HandshakeError::BadLength)?;
+    let HandshakeInfo {
+        server_pk,
+        auth: their_auth,
+    } = HandshakeInfo::decode(&mut Reader::new(handshake_info))
+        .map_err(|_| HandshakeError::BadLength)?;
+    let big_y = PublicKey::from(server_pk);
     let yx = checked_dh(&state.x, &big_y)?;
     let bx = checked_dh(&state.x, &state.service.enc_key)?;
     let (key_seed, auth) = rend_values(
@@ -284,14 +281,6 @@ pub fn client_recv_rendezvous(
         return Err(HandshakeError::BadAuth);
     }
     Ok(hs_key_generator(&key_seed))
-}
-
-/// `MAC(k, m) = SHA3_256(htonll(len(k)) | k | m)` (rend-spec-v3 §0.3), `m` given in parts.
-fn hs_mac(k: &[u8], m: &[&[u8]]) -> [u8; 32] {
-    let len_k = encap_len(k);
-    let mut all: Vec<&[u8]> = vec![&len_k, k];
-    all.extend_from_slice(m);
-    sha3_256(&all)
 }
 
 /// (ENC_KEY, MAC_KEY) for the INTRODUCE1 encrypted section.
@@ -374,28 +363,21 @@ fn hs_key_generator(key_seed: &[u8; 32]) -> KeyGenerator {
 mod tests {
     use super::*;
     use crate::kdf::HS_KEY_MATERIAL_LEN;
+    use crate::test_util::{unhex, unhex_array};
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-
-    fn hx(s: &str) -> Vec<u8> {
-        let compact: String = s.split_whitespace().collect();
-        hex::decode(compact).expect("hex")
-    }
-    fn hx32(s: &str) -> [u8; 32] {
-        hx(s).try_into().expect("32 bytes")
-    }
 
     // MAC known answers from C tor's src/test/hs_ntor_ref.py (as quoted in Arti's tests).
     #[test]
     fn hs_mac_vectors() {
         assert_eq!(
             hs_mac(b"who", &[b"knows?"]),
-            hx32("5e7da329630fdaa3eab7498bb1dc625bbb9ca968f10392b6af92d51d5db17473")
+            unhex_array("5e7da329630fdaa3eab7498bb1dc625bbb9ca968f10392b6af92d51d5db17473")
         );
         assert_eq!(
             hs_mac(b"gone", &[b"b", b"y"]),
-            hx32("90071aabb06d3f7c777db41542f4790c7dd9e2e7b2b842f54c9c42bbdb37e9a0")
+            unhex_array("90071aabb06d3f7c777db41542f4790c7dd9e2e7b2b842f54c9c42bbdb37e9a0")
         );
     }
 
@@ -404,24 +386,24 @@ mod tests {
     // Arti's hs_ntor "testvec" test records).
     #[test]
     fn c_tor_vector() {
-        let auth_key = Ed25519Identity::from_bytes(hx32(
+        let auth_key = Ed25519Identity::from_bytes(unhex_array(
             "34E171E4358E501BFF21ED907E96AC6BFEF697C779D040BBAF49ACC30FC5D21F",
         ));
         let subcredential =
-            hx32("0085D26A9DEBA252263BF0231AEAC59B17CA11BAD8A218238AD6487CBAD68B57");
-        let b_pk = hx32("8E5127A40E83AABF6493E41F142B6EE3604B85A3961CD7E38D247239AFF71979");
-        let b_sk = hx32("A0ED5DBF94EEB2EDB3B514E4CF6ABFF6022051CC5F103391F1970A3FCD15296A");
-        let x = StaticSecret::from(hx32(
+            unhex_array("0085D26A9DEBA252263BF0231AEAC59B17CA11BAD8A218238AD6487CBAD68B57");
+        let b_pk = unhex_array("8E5127A40E83AABF6493E41F142B6EE3604B85A3961CD7E38D247239AFF71979");
+        let b_sk = unhex_array("A0ED5DBF94EEB2EDB3B514E4CF6ABFF6022051CC5F103391F1970A3FCD15296A");
+        let x = StaticSecret::from(unhex_array(
             "60B4D6BF5234DCF87A4E9D7487BDF3F4A69B6729835E825CA29089CFDDA1E341",
         ));
-        let y = StaticSecret::from(hx32(
+        let y = StaticSecret::from(unhex_array(
             "68CB5188CA0CD7924250404FAB54EE1392D3D2B9C049A2E446513875952F8F55",
         ));
-        let intro_header = hx(
+        let intro_header = unhex(
             "000000000000000000000000000000000000000002002034E171E4358E501BFF
             21ED907E96AC6BFEF697C779D040BBAF49ACC30FC5D21F00",
         );
-        let plaintext = hx(
+        let plaintext = unhex(
             "6BD364C12638DD5C3BE23D76ACA05B04E6CE932C0101000100200DE6130E4FCA
              C4EDDA24E21220CC3EADAE403EF6B7D11C8273AC71908DE565450300067F0000
              0113890214F823C4F8CC085C792E0AEE0283FE00AD7520B37D0320728D5DF39B
@@ -429,7 +411,7 @@ mod tests {
              0000000000000000000000000000000000000000000000000000000000000000
              000000000000000000000000000000000000000000000000000000000000",
         );
-        let expected_cell = hx(
+        let expected_cell = unhex(
             "000000000000000000000000000000000000000002002034E171E4358E501BFF
              21ED907E96AC6BFEF697C779D040BBAF49ACC30FC5D21F00BF04348B46D09AED
              726F1D66C618FDEA1DE58E8CB8B89738D7356A0C59111D5DADBECCCB38E37830
@@ -441,11 +423,12 @@ mod tests {
              DEE97DA623F1AEC0A47F150002150455845C385E5606E41A9A199E7111D54EF2
              D1A51B7554D8B3692D85AC587FB9E69DF990EFB776D8",
         );
-        let expected_reply = hx(
+        let expected_reply = unhex(
             "8fbe0db4d4a9c7ff46701e3e0ee7fd05cd28be4f302460addeec9e93354ee700
              4A92E8437B8424D5E5EC279245D5C72B25A0327ACF6DAF902079FCB643D8B208",
         );
-        let key_seed = hx32("4D0C72FE8AFF35559D95ECC18EB5A36883402B28CDFD48C8A530A5A3D7D578DB");
+        let key_seed: [u8; 32] =
+            unhex_array("4D0C72FE8AFF35559D95ECC18EB5A36883402B28CDFD48C8A530A5A3D7D578DB");
 
         let keypair = NtorOnionKeypair::from_secret(StaticSecret::from(b_sk));
         assert_eq!(keypair.public().as_bytes(), &b_pk);

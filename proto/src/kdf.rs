@@ -48,9 +48,13 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::codec::CodecError;
 
+/// `HASH_LEN` (tor-spec §0.2): SHA-1 output, the unit of KDF-TOR and the size of tor1 digest seeds
+/// and of CREATE_FAST key material.
+pub const HASH_LEN: usize = 20;
+
 /// Length of the tor1 relay crypto key material: Df, Db (SHA-1 seeds), Kf, Kb (AES-128 keys) and
 /// KH.
-pub const TOR1_KEY_MATERIAL_LEN: usize = 20 + 20 + 16 + 16 + 20;
+pub const TOR1_KEY_MATERIAL_LEN: usize = HASH_LEN + HASH_LEN + 16 + 16 + HASH_LEN;
 
 /// Length of the hs-ntor end-to-end key material: Df, Db (SHA3-256 seeds), Kf, Kb (AES-256 keys).
 pub const HS_KEY_MATERIAL_LEN: usize = 32 * 4;
@@ -59,7 +63,7 @@ pub const HS_KEY_MATERIAL_LEN: usize = 32 * 4;
 const HKDF_MAX_LEN: usize = 255 * 32;
 
 /// KDF-TOR's counter is a single byte, so it can produce at most 256 SHA-1 blocks.
-const KDF_TOR_MAX_LEN: usize = 256 * 20;
+const KDF_TOR_MAX_LEN: usize = 256 * HASH_LEN;
 
 /// Why a circuit handshake failed.
 ///
@@ -346,14 +350,26 @@ pub(crate) fn encap_len(s: &[u8]) -> [u8; 8] {
     (s.len() as u64).to_be_bytes()
 }
 
+/// The onion-service MAC of rend-spec-v3 §0.3: `MAC(k, m) = SHA3_256(htonll(len(k)) | k | m)`.
+///
+/// Both the ESTABLISH_INTRO MAC (`hs_msg`) and the hs-ntor handshake (`hs_ntor`) use it. `msg`
+/// is given in pieces so callers need not concatenate.
+pub(crate) fn hs_mac(key: &[u8], msg: &[&[u8]]) -> [u8; 32] {
+    let len_k = encap_len(key);
+    let mut h = sha3::Sha3_256::new();
+    Digest::update(&mut h, len_k);
+    Digest::update(&mut h, key);
+    for part in msg {
+        Digest::update(&mut h, part);
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail loudly by design.
 mod tests {
     use super::*;
-
-    fn hx(s: &str) -> Vec<u8> {
-        hex::decode(s).expect("hex")
-    }
+    use crate::test_util::unhex;
 
     // Vectors from C tor's src/test/test_crypto.c (test_crypto_kdf_TAP), generated there by a
     // Python script.
@@ -384,7 +400,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = kdf_tor(input.as_bytes(), 100).unwrap();
-            assert_eq!(&got[..], &hx(want)[..], "input {input:?}");
+            assert_eq!(&got[..], &unhex(want)[..], "input {input:?}");
         }
     }
 
@@ -419,7 +435,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = kdf_rfc5869(input.as_bytes(), salt, info, 100).unwrap();
-            assert_eq!(&got[..], &hx(want)[..], "input {input:?}");
+            assert_eq!(&got[..], &unhex(want)[..], "input {input:?}");
         }
     }
 
@@ -440,15 +456,15 @@ mod tests {
     fn sha3_and_shake_known_answers() {
         assert_eq!(
             sha3_256(&[b""]).to_vec(),
-            hx("a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
+            unhex("a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a")
         );
         assert_eq!(
             sha3_256(&[b"a", b"bc"]).to_vec(),
-            hx("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
+            unhex("3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532")
         );
         assert_eq!(
             &shake256(&[b""], 32)[..],
-            &hx("46b9dd2b0ba88d13233b3feb743eeb243fcd52ea62b81b82b50c27646ed5762f")[..]
+            &unhex("46b9dd2b0ba88d13233b3feb743eeb243fcd52ea62b81b82b50c27646ed5762f")[..]
         );
     }
 

@@ -16,6 +16,7 @@
 //!   decoder and encoder uses.
 //! - [`ids`]: newtypes for identities and wire identifiers.
 //! - [`link_spec`]: link specifiers (EXTEND2, introduction points).
+//! - [`ext_list`]: the extension list framing shared by ntor v3 and the onion-service messages.
 //! - [`hs_msg`]: onion-service relay message bodies (ESTABLISH_INTRO … RENDEZVOUS2), which
 //!   [`relay_msg::RelayMsg`] dispatches along with the others.
 //! - [`cell`]: channel cell framing (fixed- and variable-length cells, circuit id widths).
@@ -49,6 +50,7 @@ pub mod certs_cell;
 pub mod chan_msg;
 pub mod codec;
 pub mod create_fast;
+pub mod ext_list;
 pub mod fuzzing;
 pub mod hs_msg;
 pub mod hs_ntor;
@@ -64,4 +66,6 @@ pub mod ntor_v3;
 pub mod relay_cell;
 pub mod relay_msg;
 pub mod rsa_crosscert;
+#[cfg(test)]
+mod test_util;
 pub mod x509;

@@ -31,7 +31,7 @@ use thiserror::Error;
 use crate::ids::StreamId;
 
 /// Length of a RELAY cell body (`PAYLOAD_LEN` in tor-spec §0.2).
-pub const RELAY_BODY_LEN: usize = 509;
+pub const RELAY_BODY_LEN: usize = crate::cell::BODY_LEN;
 /// Length of the tor1 relay header: command, recognized, stream id, digest, length.
 pub const RELAY_HEADER_LEN_V0: usize = 11;
 /// Most data bytes a tor1 relay cell can carry.

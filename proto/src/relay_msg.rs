@@ -1063,12 +1063,8 @@ pub fn fuzz_decode_cell(data: &[u8]) {
 mod tests {
     use super::*;
     use crate::ids::RsaIdentity;
+    use crate::test_util::unhex;
     use proptest::prelude::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        hex::decode(s).expect("valid hex")
-    }
 
     /// Decodes `hex` as `cmd`, compares with `want`, and checks it re-encodes to `canonical`.
     fn check_noncanonical(cmd: RelayCmd, hex: &str, canonical: &str, want: RelayMsg) {

@@ -32,6 +32,7 @@ use x509_cert::time::{Time, Validity};
 
 use crate::cert::{CertBuildError, CertError, CertType, Timebound};
 use crate::ids::RsaIdentity;
+use crate::keys::RsaIdentityKeypair;
 
 /// sha256WithRSAEncryption (RFC 4055).
 const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -41,9 +42,6 @@ pub const PAST_SLOP_SECS: u64 = 2 * 24 * 60 * 60;
 /// How long before its notBefore a certificate is already accepted, for peers whose clock is
 /// ahead.
 pub const FUTURE_SLOP_SECS: u64 = 30 * 24 * 60 * 60;
-
-/// The RSA modulus size Tor requires of identity keys.
-const RSA_ID_BITS: usize = 1024;
 
 /// A peer's RSA identity, taken from a checked type-2 certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +165,9 @@ impl RsaIdCert {
             .to_der()
             .map_err(|_| malformed)?;
         let key = RsaPublicKey::from_public_key_der(&spki_der).map_err(|_| CertError::BadRsaKey)?;
-        if key.n().bits() != RSA_ID_BITS || key.e() != &BigUint::from(65537u32) {
+        if key.n().bits() != RsaIdentityKeypair::BITS
+            || key.e() != &BigUint::from(RsaIdentityKeypair::EXPONENT)
+        {
             return Err(CertError::BadRsaKey);
         }
         let signature = cert.signature.as_bytes().ok_or(malformed)?.to_vec();
