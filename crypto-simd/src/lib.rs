@@ -16,7 +16,8 @@
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
-//! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
+//! Within a batch, keystream work is done in job order, and cells that need a digest wait in a
+//! set of up to eight jobs on distinct hops whose SHA-1 digests are hashed side by
 //! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
 //! for figures and what limits them.
 //!
@@ -611,13 +612,13 @@ fn run_batch<K: Kernel>(
     }
 }
 
-impl Op {
-    /// Whether the op may feed the cell into a running digest.
-    fn hashes(self) -> bool {
-        !matches!(self, Op::RelayPassBackward | Op::OriginCryptForward)
-    }
-}
-
+/// The batch loop with multi-buffer SHA-1, in one pass over the jobs.
+///
+/// Keystream-only work is done at once, in job order. A cell that needs a digest (sealed, or
+/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::LANES`] jobs
+/// on distinct hops and cells, hashed side by side when the set is full, when a job touches a
+/// hop or cell in it, or at the end; so every hop and every cell still sees its jobs in order.
+/// At a middle relay the set stays empty and the loop is the kernel and the `recognized` check.
 #[cfg(target_arch = "x86_64")]
 fn run_batch_x86<K: Kernel>(
     k: K,
@@ -630,71 +631,28 @@ fn run_batch_x86<K: Kernel>(
     let Some(mb) = mb else {
         return run_batch(k, hops, cells, jobs, out);
     };
-    /// Longest window scanned for distinct hops and cells (the scan is quadratic).
-    const WINDOW_MAX: usize = 32;
-    let mut start = 0;
-    while start < jobs.len() {
-        // A window is a run of consecutive jobs on pairwise distinct hops and cells, so their
-        // order inside it does not matter, with at most one lane's worth of hashing.
-        let mut end = start;
-        let mut n_hash = 0;
-        // One bit per hop and cell index modulo 64: a clear bit proves the index is new to the
-        // window, so the exact (quadratic) scan runs only on a bit collision.
-        let (mut hop_bits, mut cell_bits) = (0u64, 0u64);
-        while let Some(j) = jobs.get(end) {
-            if end - start == WINDOW_MAX {
-                break;
-            }
-            let (hb, cb) = (1u64 << (j.hop % 64), 1u64 << (j.cell % 64));
-            if (hop_bits & hb != 0 || cell_bits & cb != 0)
-                && jobs
-                    .get(start..end)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|p| p.hop == j.hop || p.cell == j.cell)
-            {
-                break;
-            }
-            hop_bits |= hb;
-            cell_bits |= cb;
-            if j.op.hashes() {
-                if n_hash == multi::LANES {
-                    break;
-                }
-                n_hash += 1;
-            }
-            end += 1;
-        }
-        let (Some(w_jobs), Some(w_out)) = (jobs.get(start..end), out.get_mut(start..end)) else {
-            return;
-        };
-        if n_hash < mb.lanes_min() {
-            run_batch(k, hops, cells, w_jobs, w_out);
-        } else {
-            run_window(k, mb, hops, cells, w_jobs, w_out);
-        }
-        start = end;
-    }
-}
-
-/// One window of jobs on distinct hops and cells: keystream for ops that decrypt first, then all
-/// the digests at once, then the checks, digest fields and keystream for ops that seal.
-#[cfg(target_arch = "x86_64")]
-fn run_window<K: Kernel>(
-    k: K,
-    mb: multi::Sha1x8,
-    hops: &mut [Tor1Hop],
-    cells: &mut [CellBody],
-    jobs: &[Job],
-    out: &mut [Outcome],
-) {
-    use multi::LANES;
-    let mut lanes = [0usize; LANES];
+    let mut pending = [0usize; multi::LANES];
     let mut n = 0;
-    for (i, (job, slot)) in jobs.iter().zip(out.iter_mut()).enumerate() {
-        let (Some(hop), Some(cell)) = (
+    // One bit per hop and cell index modulo 64: a clear bit proves the index is not pending, so
+    // the exact scan runs only on a bit collision.
+    let (mut hop_bits, mut cell_bits) = (0u64, 0u64);
+    for (i, job) in jobs.iter().enumerate() {
+        let (hb, cb) = (1u64 << (job.hop % 64), 1u64 << (job.cell % 64));
+        if n > 0
+            && (hop_bits & hb != 0 || cell_bits & cb != 0)
+            && pending.iter().take(n).any(|&p| {
+                jobs.get(p)
+                    .is_some_and(|q| q.hop == job.hop || q.cell == job.cell)
+            })
+        {
+            finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+            n = 0;
+            (hop_bits, cell_bits) = (0, 0);
+        }
+        let (Some(hop), Some(cell), Some(slot)) = (
             hops.get_mut(job.hop as usize),
             cells.get_mut(job.cell as usize),
+            out.get_mut(i),
         ) else {
             continue;
         };
@@ -716,16 +674,41 @@ fn run_window<K: Kernel>(
             }
         };
         if needs_hash {
-            if let Some(l) = lanes.get_mut(n) {
-                *l = i;
+            if let Some(p) = pending.get_mut(n) {
+                *p = i;
                 n += 1;
+                hop_bits |= hb;
+                cell_bits |= cb;
+            }
+            if n == multi::LANES {
+                finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+                n = 0;
+                (hop_bits, cell_bits) = (0, 0);
             }
         }
     }
+    if n > 0 {
+        finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+    }
+}
+/// Completes the pending jobs `lanes` (on distinct hops and cells, cells ready to hash): all
+/// their digests at once, then the checks, digest fields and keystream for ops that seal.
+#[cfg(target_arch = "x86_64")]
+fn finish_pending<K: Kernel>(
+    k: K,
+    mb: multi::Sha1x8,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+    lanes: &[usize],
+) {
+    use multi::LANES;
+    let n = lanes.len().min(LANES);
     if n < mb.lanes_min() {
         // Too few cells turned out to need a digest (most forward cells at a middle relay are
         // not recognized): single-stream is cheaper than a half-empty pass.
-        for &i in lanes.iter().take(n) {
+        for &i in lanes {
             let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
                 continue;
             };
@@ -751,7 +734,7 @@ fn run_window<K: Kernel>(
     {
         let hops_ro: &[Tor1Hop] = hops;
         let cells_ro: &[CellBody] = cells;
-        let job_at = |l: usize| jobs.get(lanes[l.min(n - 1)]);
+        let job_at = |l: usize| lanes.get(l.min(n - 1)).and_then(|&i| jobs.get(i));
         // Lanes past `n` are ignored; they only need some valid reference.
         let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
             return;
