@@ -1093,6 +1093,66 @@ mod tests {
 
     /// One batch holding consecutive cells of many hops interleaved (each hop's cells in
     /// order), on both directions, against the reference.
+    /// Origin-style layering inside one batch: a cell sealed for one hop (pending a digest) is
+    /// then crypted by other hops, so keystream-only jobs must wait for the pending digest.
+    #[test]
+    fn batch_layers_wait_for_pending_digests() {
+        let mut rng = StdRng::seed_from_u64(33);
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            let (mut hops, mut refs) = circuits(&mut rng, 12);
+            let mut cells: Vec<CellBody> = (0..12).map(|_| random_cell(&mut rng)).collect();
+            for round in 0..4u32 {
+                let mut jobs = Vec::new();
+                for m in 0..12u32 {
+                    let op = if (m + round) % 2 == 0 {
+                        Op::OriginSealForward
+                    } else {
+                        Op::RelaySendBackward
+                    };
+                    jobs.push(Job {
+                        hop: m,
+                        cell: m,
+                        op,
+                    });
+                    jobs.push(Job {
+                        hop: (m + 1) % 24,
+                        cell: m,
+                        op: Op::OriginCryptForward,
+                    });
+                    if m % 3 == 0 {
+                        jobs.push(Job {
+                            hop: 12 + m,
+                            cell: m,
+                            op: Op::RelayPassBackward,
+                        });
+                    }
+                }
+                if round >= 2 {
+                    // All seals first: the pending set fills (a multi-lane flush of eight), and
+                    // the layers then hit the four still pending.
+                    jobs.sort_by_key(|j| {
+                        !matches!(j.op, Op::OriginSealForward | Op::RelaySendBackward)
+                    });
+                }
+                let mut rcells = cells.clone();
+                let mut out = vec![Outcome::Done; jobs.len()];
+                engine
+                    .process_batch(&mut hops, &mut cells, &jobs, &mut out)
+                    .unwrap();
+                for (i, j) in jobs.iter().enumerate() {
+                    let want = ref_op(
+                        &mut refs[j.hop as usize],
+                        &mut rcells[j.cell as usize],
+                        j.op,
+                    );
+                    assert_eq!(out[i], want, "{backend} round {round} job {i}");
+                }
+                assert_eq!(cells, rcells, "{backend} round {round}");
+            }
+        }
+    }
+
     #[test]
     fn batches_interleaving_many_hops() {
         let mut rng = StdRng::seed_from_u64(21);
