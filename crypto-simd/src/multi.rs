@@ -110,9 +110,9 @@ impl Sha1x8 {
         let mut updated = [[0u32; 5]; LANES];
         if self.sha_ni {
             if n > 4 {
-                // Eight interleaved streams beat two passes of four (edge path at 16 circuits:
-                // 331 -> 308 ns per cell on Zen 3) even though they spill: one SHA-NI stream is
-                // a latency chain, and four did not fill the unit.
+                // Eight interleaved streams beat two passes of four (edge path at 16 circuits on
+                // Zen 3: 246 against 280 ns per cell) even though they spill: one pass pays the
+                // loop and the spills once, and runs at the SHA unit's limit for this mix.
                 // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3, SSE4.1.
                 unsafe {
                     crate::x86::sha1ni_run::<8>(&mut h, &table, n_total, n_update, &mut updated)
