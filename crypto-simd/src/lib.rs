@@ -16,7 +16,8 @@
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
 //!
-//! Within a batch, jobs on distinct hops form windows whose SHA-1 digests are hashed side by
+//! Within a batch, keystream work is done in job order, and cells that need a digest wait in a
+//! set of up to eight jobs on distinct hops whose SHA-1 digests are hashed side by
 //! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
 //! for figures and what limits them.
 //!
@@ -611,13 +612,13 @@ fn run_batch<K: Kernel>(
     }
 }
 
-impl Op {
-    /// Whether the op may feed the cell into a running digest.
-    fn hashes(self) -> bool {
-        !matches!(self, Op::RelayPassBackward | Op::OriginCryptForward)
-    }
-}
-
+/// The batch loop with multi-buffer SHA-1, in one pass over the jobs.
+///
+/// Keystream-only work is done at once, in job order. A cell that needs a digest (sealed, or
+/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::LANES`] jobs
+/// on distinct hops and cells, hashed side by side when the set is full, when a job touches a
+/// hop or cell in it, or at the end; so every hop and every cell still sees its jobs in order.
+/// At a middle relay the set stays empty and the loop is the kernel and the `recognized` check.
 #[cfg(target_arch = "x86_64")]
 fn run_batch_x86<K: Kernel>(
     k: K,
@@ -630,71 +631,28 @@ fn run_batch_x86<K: Kernel>(
     let Some(mb) = mb else {
         return run_batch(k, hops, cells, jobs, out);
     };
-    /// Longest window scanned for distinct hops and cells (the scan is quadratic).
-    const WINDOW_MAX: usize = 32;
-    let mut start = 0;
-    while start < jobs.len() {
-        // A window is a run of consecutive jobs on pairwise distinct hops and cells, so their
-        // order inside it does not matter, with at most one lane's worth of hashing.
-        let mut end = start;
-        let mut n_hash = 0;
-        // One bit per hop and cell index modulo 64: a clear bit proves the index is new to the
-        // window, so the exact (quadratic) scan runs only on a bit collision.
-        let (mut hop_bits, mut cell_bits) = (0u64, 0u64);
-        while let Some(j) = jobs.get(end) {
-            if end - start == WINDOW_MAX {
-                break;
-            }
-            let (hb, cb) = (1u64 << (j.hop % 64), 1u64 << (j.cell % 64));
-            if (hop_bits & hb != 0 || cell_bits & cb != 0)
-                && jobs
-                    .get(start..end)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|p| p.hop == j.hop || p.cell == j.cell)
-            {
-                break;
-            }
-            hop_bits |= hb;
-            cell_bits |= cb;
-            if j.op.hashes() {
-                if n_hash == multi::LANES {
-                    break;
-                }
-                n_hash += 1;
-            }
-            end += 1;
-        }
-        let (Some(w_jobs), Some(w_out)) = (jobs.get(start..end), out.get_mut(start..end)) else {
-            return;
-        };
-        if n_hash < mb.lanes_min() {
-            run_batch(k, hops, cells, w_jobs, w_out);
-        } else {
-            run_window(k, mb, hops, cells, w_jobs, w_out);
-        }
-        start = end;
-    }
-}
-
-/// One window of jobs on distinct hops and cells: keystream for ops that decrypt first, then all
-/// the digests at once, then the checks, digest fields and keystream for ops that seal.
-#[cfg(target_arch = "x86_64")]
-fn run_window<K: Kernel>(
-    k: K,
-    mb: multi::Sha1x8,
-    hops: &mut [Tor1Hop],
-    cells: &mut [CellBody],
-    jobs: &[Job],
-    out: &mut [Outcome],
-) {
-    use multi::LANES;
-    let mut lanes = [0usize; LANES];
+    let mut pending = [0usize; multi::LANES];
     let mut n = 0;
-    for (i, (job, slot)) in jobs.iter().zip(out.iter_mut()).enumerate() {
-        let (Some(hop), Some(cell)) = (
+    // One bit per hop and cell index modulo 64: a clear bit proves the index is not pending, so
+    // the exact scan runs only on a bit collision.
+    let (mut hop_bits, mut cell_bits) = (0u64, 0u64);
+    for (i, job) in jobs.iter().enumerate() {
+        let (hb, cb) = (1u64 << (job.hop % 64), 1u64 << (job.cell % 64));
+        if n > 0
+            && (hop_bits & hb != 0 || cell_bits & cb != 0)
+            && pending.iter().take(n).any(|&p| {
+                jobs.get(p)
+                    .is_some_and(|q| q.hop == job.hop || q.cell == job.cell)
+            })
+        {
+            finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+            n = 0;
+            (hop_bits, cell_bits) = (0, 0);
+        }
+        let (Some(hop), Some(cell), Some(slot)) = (
             hops.get_mut(job.hop as usize),
             cells.get_mut(job.cell as usize),
+            out.get_mut(i),
         ) else {
             continue;
         };
@@ -716,16 +674,41 @@ fn run_window<K: Kernel>(
             }
         };
         if needs_hash {
-            if let Some(l) = lanes.get_mut(n) {
-                *l = i;
+            if let Some(p) = pending.get_mut(n) {
+                *p = i;
                 n += 1;
+                hop_bits |= hb;
+                cell_bits |= cb;
+            }
+            if n == multi::LANES {
+                finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+                n = 0;
+                (hop_bits, cell_bits) = (0, 0);
             }
         }
     }
+    if n > 0 {
+        finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
+    }
+}
+/// Completes the pending jobs `lanes` (on distinct hops and cells, cells ready to hash): all
+/// their digests at once, then the checks, digest fields and keystream for ops that seal.
+#[cfg(target_arch = "x86_64")]
+fn finish_pending<K: Kernel>(
+    k: K,
+    mb: multi::Sha1x8,
+    hops: &mut [Tor1Hop],
+    cells: &mut [CellBody],
+    jobs: &[Job],
+    out: &mut [Outcome],
+    lanes: &[usize],
+) {
+    use multi::LANES;
+    let n = lanes.len().min(LANES);
     if n < mb.lanes_min() {
         // Too few cells turned out to need a digest (most forward cells at a middle relay are
         // not recognized): single-stream is cheaper than a half-empty pass.
-        for &i in lanes.iter().take(n) {
+        for &i in lanes {
             let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
                 continue;
             };
@@ -751,7 +734,7 @@ fn run_window<K: Kernel>(
     {
         let hops_ro: &[Tor1Hop] = hops;
         let cells_ro: &[CellBody] = cells;
-        let job_at = |l: usize| jobs.get(lanes[l.min(n - 1)]);
+        let job_at = |l: usize| lanes.get(l.min(n - 1)).and_then(|&i| jobs.get(i));
         // Lanes past `n` are ignored; they only need some valid reference.
         let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
             return;
@@ -1110,6 +1093,66 @@ mod tests {
 
     /// One batch holding consecutive cells of many hops interleaved (each hop's cells in
     /// order), on both directions, against the reference.
+    /// Origin-style layering inside one batch: a cell sealed for one hop (pending a digest) is
+    /// then crypted by other hops, so keystream-only jobs must wait for the pending digest.
+    #[test]
+    fn batch_layers_wait_for_pending_digests() {
+        let mut rng = StdRng::seed_from_u64(33);
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            let (mut hops, mut refs) = circuits(&mut rng, 12);
+            let mut cells: Vec<CellBody> = (0..12).map(|_| random_cell(&mut rng)).collect();
+            for round in 0..4u32 {
+                let mut jobs = Vec::new();
+                for m in 0..12u32 {
+                    let op = if (m + round) % 2 == 0 {
+                        Op::OriginSealForward
+                    } else {
+                        Op::RelaySendBackward
+                    };
+                    jobs.push(Job {
+                        hop: m,
+                        cell: m,
+                        op,
+                    });
+                    jobs.push(Job {
+                        hop: (m + 1) % 24,
+                        cell: m,
+                        op: Op::OriginCryptForward,
+                    });
+                    if m % 3 == 0 {
+                        jobs.push(Job {
+                            hop: 12 + m,
+                            cell: m,
+                            op: Op::RelayPassBackward,
+                        });
+                    }
+                }
+                if round >= 2 {
+                    // All seals first: the pending set fills (a multi-lane flush of eight), and
+                    // the layers then hit the four still pending.
+                    jobs.sort_by_key(|j| {
+                        !matches!(j.op, Op::OriginSealForward | Op::RelaySendBackward)
+                    });
+                }
+                let mut rcells = cells.clone();
+                let mut out = vec![Outcome::Done; jobs.len()];
+                engine
+                    .process_batch(&mut hops, &mut cells, &jobs, &mut out)
+                    .unwrap();
+                for (i, j) in jobs.iter().enumerate() {
+                    let want = ref_op(
+                        &mut refs[j.hop as usize],
+                        &mut rcells[j.cell as usize],
+                        j.op,
+                    );
+                    assert_eq!(out[i], want, "{backend} round {round} job {i}");
+                }
+                assert_eq!(cells, rcells, "{backend} round {round}");
+            }
+        }
+    }
+
     #[test]
     fn batches_interleaving_many_hops() {
         let mut rng = StdRng::seed_from_u64(21);

@@ -6,18 +6,17 @@
 //! circuits' streams are independent, so their rounds fill the vector ALUs instead.
 
 use crate::sha1state::Sha1State;
+use crate::x86::SHA1_RUN_MAX;
 use crate::{CellBody, RelayDigest, CELL_BODY_LEN};
 
 /// Lanes hashed per pass.
 pub(crate) const LANES: usize = 8;
 
-/// Bytes staged per lane: up to 63 buffered bytes, one body, and at most 128 bytes of padding
-/// rounds up to ten blocks.
-const STAGE_LEN: usize = 640;
 /// Worst case: 63 buffered bytes plus a body leave 60 bytes in the last block, so padding
-/// takes two more.
-const STAGE_MAX: usize = (63 + CELL_BODY_LEN) - (63 + CELL_BODY_LEN) % 64 + 128;
-const _: () = assert!(STAGE_MAX <= STAGE_LEN);
+/// takes two more: eight whole blocks plus two.
+#[allow(clippy::manual_div_ceil)] // 63 buffered bytes, not a rounding up
+const BLOCKS_MAX: usize = (63 + CELL_BODY_LEN) / 64 + 2;
+const _: () = assert!(BLOCKS_MAX <= SHA1_RUN_MAX);
 
 /// A proof that the CPU has AVX2 or SHA-NI, and which multi-lane compression to use.
 #[derive(Clone, Copy)]
@@ -47,48 +46,14 @@ impl Sha1x8 {
         }
     }
 
-    #[allow(unsafe_code)]
-    fn compress(
-        self,
-        h: &mut [[u32; 5]; LANES],
-        blocks: [&[u8; 64]; LANES],
-        active: [bool; LANES],
-    ) {
-        if self.sha_ni {
-            // Eight interleaved streams beat two passes of four (edge path at 16 circuits:
-            // 331 -> 308 ns per cell on Zen 3) even though they spill: one SHA-NI stream is a
-            // latency chain, and four did not fill the unit. With the upper half idle, one
-            // pass of four.
-            if active[4..].contains(&true) {
-                let mut all = *h;
-                // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3 and SSE4.1.
-                unsafe { crate::x86::sha1ni_xn::<8>(&mut all, blocks) };
-                for ((hs, o), on) in h.iter_mut().zip(all).zip(active) {
-                    if on {
-                        *hs = o;
-                    }
-                }
-                return;
-            }
-            let mut lo = [h[0], h[1], h[2], h[3]];
-            // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3 and SSE4.1.
-            unsafe {
-                crate::x86::sha1ni_xn::<4>(&mut lo, [blocks[0], blocks[1], blocks[2], blocks[3]]);
-            }
-            for ((hs, o), on) in h.iter_mut().zip(lo).zip(active) {
-                if on {
-                    *hs = o;
-                }
-            }
-        } else {
-            // SAFETY: without `sha_ni`, a `Sha1x8` exists only after `detect` saw AVX2.
-            unsafe { crate::x86::sha1x8_compress(h, blocks, active) }
-        }
-    }
-
     /// For each lane `l < n`: the chaining value of `states[l]` after absorbing `bodies[l]`
     /// (digest field read as zero), and the digest at that point. Lanes past `n` are ignored.
     /// [`commit`] turns a lane's result into the new running state.
+    ///
+    /// Nothing is staged but the blocks that differ from the body: the first two (buffered bytes,
+    /// body head, zeroed digest field) and the padding block(s) after the body's last whole
+    /// block; every block in between is read in place from the body.
+    #[allow(unsafe_code)]
     pub(crate) fn hash_bodies(
         self,
         states: [&Sha1State; LANES],
@@ -96,41 +61,89 @@ impl Sha1x8 {
         n: usize,
         out: &mut [LaneResult; LANES],
     ) {
-        let mut stage = [[0u8; STAGE_LEN]; LANES];
+        let n = n.min(LANES);
+        let mut head = [[0u8; 128]; LANES];
+        let mut tail = [[0u8; 128]; LANES];
         let mut h = [[0u32; 5]; LANES];
         let mut n_update = [0usize; LANES];
         let mut n_total = [0usize; LANES];
-        for l in 0..n.min(LANES) {
-            let (s, body, st) = (states[l], bodies[l], &mut stage[l]);
+        for l in 0..n {
+            let (s, body) = (states[l], bodies[l]);
             let b = s.buf_len.min(63);
-            st[..b].copy_from_slice(&s.buf[..b]);
-            st[b..b + CELL_BODY_LEN].copy_from_slice(body);
-            st[b + 5..b + 9].fill(0);
+            let hd = &mut head[l];
+            hd[..b].copy_from_slice(&s.buf[..b]);
+            hd[b..].copy_from_slice(&body[..128 - b]);
+            hd[b + 5..b + 9].fill(0);
             let upd = b + CELL_BODY_LEN;
-            n_update[l] = upd / 64;
-            st[upd] = 0x80;
-            let total = n_update[l] * 64 + if upd % 64 < 56 { 64 } else { 128 };
+            let rem = upd % 64;
+            let tl = &mut tail[l];
+            tl[..rem].copy_from_slice(&body[CELL_BODY_LEN - rem..]);
+            tl[rem] = 0x80;
+            let tail_len = if rem < 56 { 64 } else { 128 };
             let bits = s.len.wrapping_add(CELL_BODY_LEN as u64).wrapping_mul(8);
-            st[total - 8..total].copy_from_slice(&bits.to_be_bytes());
-            n_total[l] = total / 64;
+            tl[tail_len - 8..tail_len].copy_from_slice(&bits.to_be_bytes());
+            n_update[l] = upd / 64;
+            n_total[l] = n_update[l] + tail_len / 64;
             h[l] = s.h;
         }
-        let steps = n_total.iter().copied().max().unwrap_or(0);
+        static SPARE: [u8; 64] = [0; 64];
+        let block = |l: usize, step: usize| -> &[u8; 64] {
+            let (Some(hd), Some(tl), Some(body), Some(s)) =
+                (head.get(l), tail.get(l), bodies.get(l), states.get(l))
+            else {
+                return &SPARE;
+            };
+            let nu = n_update[l];
+            let src = if step < 2 {
+                hd.get(64 * step..64 * step + 64)
+            } else if step < nu {
+                let at = 64 * step - s.buf_len.min(63);
+                body.get(at..at + 64)
+            } else {
+                let at = 64 * (step - nu);
+                tl.get(at..at + 64)
+            };
+            src.and_then(|x| x.try_into().ok()).unwrap_or(&SPARE)
+        };
+        let table: [[&[u8; 64]; SHA1_RUN_MAX]; LANES] =
+            core::array::from_fn(|l| core::array::from_fn(|step| block(l, step)));
         let mut updated = [[0u32; 5]; LANES];
-        for step in 0..steps {
-            let active: [bool; LANES] = core::array::from_fn(|l| step < n_total[l]);
-            let blocks: [&[u8; 64]; LANES] = core::array::from_fn(|l| {
-                let at = if active[l] { step * 64 } else { 0 };
-                stage[l][at..at + 64].try_into().unwrap_or(&[0; 64])
-            });
-            self.compress(&mut h, blocks, active);
-            for l in 0..LANES {
-                if step + 1 == n_update[l] {
-                    updated[l] = h[l];
+        if self.sha_ni {
+            if n > 4 {
+                // Eight interleaved streams beat two passes of four (edge path at 16 circuits on
+                // Zen 3: 246 against 280 ns per cell) even though they spill: one pass pays the
+                // loop and the spills once, and runs at the SHA unit's limit for this mix.
+                // SAFETY: `sha_ni` is set only after `detect` saw SHA-NI, SSE2, SSSE3, SSE4.1.
+                unsafe {
+                    crate::x86::sha1ni_run::<8>(&mut h, &table, n_total, n_update, &mut updated)
+                };
+            } else {
+                let mut h4 = [h[0], h[1], h[2], h[3]];
+                let mut up4 = [[0u32; 5]; 4];
+                let t4 = [table[0], table[1], table[2], table[3]];
+                let nt = [n_total[0], n_total[1], n_total[2], n_total[3]];
+                let nu = [n_update[0], n_update[1], n_update[2], n_update[3]];
+                // SAFETY: as above.
+                unsafe { crate::x86::sha1ni_run::<4>(&mut h4, &t4, nt, nu, &mut up4) };
+                h[..4].copy_from_slice(&h4);
+                updated[..4].copy_from_slice(&up4);
+            }
+        } else {
+            let steps = n_total.iter().copied().max().unwrap_or(0);
+            #[allow(clippy::needless_range_loop)] // `step` indexes every lane's column
+            for step in 0..steps.min(SHA1_RUN_MAX) {
+                let active: [bool; LANES] = core::array::from_fn(|l| step < n_total[l]);
+                let blocks: [&[u8; 64]; LANES] = core::array::from_fn(|l| table[l][step]);
+                // SAFETY: without `sha_ni`, a `Sha1x8` exists only after `detect` saw AVX2.
+                unsafe { crate::x86::sha1x8_compress(&mut h, blocks, active) };
+                for l in 0..LANES {
+                    if step + 1 == n_update[l] {
+                        updated[l] = h[l];
+                    }
                 }
             }
         }
-        for (l, slot) in out.iter_mut().enumerate().take(n.min(LANES)) {
+        for (l, slot) in out.iter_mut().enumerate().take(n) {
             slot.h = updated[l];
             for (o, w) in slot.digest.chunks_exact_mut(4).zip(h[l]) {
                 o.copy_from_slice(&w.to_be_bytes());

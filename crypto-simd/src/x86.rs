@@ -812,32 +812,59 @@ pub(crate) fn sha1x8_compress(h: &mut [[u32; 5]; 8], blocks: [&[u8; 64]; 8], act
     }
 }
 
-/// `N` independent single-block SHA-1 compressions with SHA-NI, interleaved.
-///
-/// One stream is a chain of dependent `sha1rnds4` (latency-bound); `N` streams of different
-/// circuits fill the SHA unit's pipeline. Lane `i` compresses `blocks[i]` into `h[i]`.
+/// Reverses all 16 bytes: big-endian words with W0 in the top lane, as SHA-NI wants.
+#[inline(always)]
+fn sha1ni_bswap_mask() -> __m128i {
+    // SAFETY: SSE2 is part of the x86-64 baseline.
+    unsafe { _mm_set_epi64x(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f) }
+}
+
+/// A chaining value in SHA-NI form: `abcd` (A in the top lane) and `e` (E in the top lane,
+/// zeros below; `sha1nexte` keeps the lower lanes of its second operand, so they stay zero).
+#[inline]
 #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
-pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64]; N]) {
-    // Reverses all 16 bytes: big-endian words with W0 in the top lane, as SHA-NI wants.
-    let mask = _mm_set_epi64x(0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f);
-    let mut abcd = [_mm_setzero_si128(); N];
-    let mut e0 = [_mm_setzero_si128(); N];
+fn sha1ni_load(h: &[u32; 5]) -> (__m128i, __m128i) {
+    let [a, b, c, d, e] = *h;
+    (
+        _mm_set_epi32(a as i32, b as i32, c as i32, d as i32),
+        _mm_set_epi32(e as i32, 0, 0, 0),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+fn sha1ni_store(abcd: __m128i, e: __m128i) -> [u32; 5] {
+    [
+        _mm_extract_epi32::<3>(abcd) as u32,
+        _mm_extract_epi32::<2>(abcd) as u32,
+        _mm_extract_epi32::<1>(abcd) as u32,
+        _mm_extract_epi32::<0>(abcd) as u32,
+        _mm_extract_epi32::<3>(e) as u32,
+    ]
+}
+
+/// `N` interleaved compressions on chaining values kept in SHA-NI form.
+#[inline]
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+fn sha1ni_core<const N: usize>(
+    abcd: &mut [__m128i; N],
+    e0: &mut [__m128i; N],
+    blocks: [&[u8; 64]; N],
+) {
+    let mask = sha1ni_bswap_mask();
     let mut msg = [[_mm_setzero_si128(); 4]; N];
     for i in 0..N {
-        let [a, b, c, d, e] = h[i];
-        abcd[i] = _mm_set_epi32(a as i32, b as i32, c as i32, d as i32);
-        e0[i] = _mm_set_epi32(e as i32, 0, 0, 0);
         for (k, m) in msg[i].iter_mut().enumerate() {
             let chunk = &blocks[i][16 * k..16 * k + 16];
             // SAFETY: `chunk` is 16 readable bytes; `loadu` has no alignment requirement.
             *m = _mm_shuffle_epi8(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }, mask);
         }
     }
-    let abcd_save = abcd;
-    let e_save = e0;
+    let abcd_save = *abcd;
+    let e_save = *e0;
     // Four-round groups g = 0..20; message group g lives in msg[g % 4].
     let mut e_in: [__m128i; N] = core::array::from_fn(|i| _mm_add_epi32(e0[i], msg[i][0]));
-    let mut prev = abcd;
+    let mut prev = *abcd;
     macro_rules! group {
         ($g:expr, $f:literal) => {{
             let g: usize = $g;
@@ -870,15 +897,71 @@ pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64
         group!(g, 3);
     }
     for i in 0..N {
-        let e = _mm_sha1nexte_epu32(prev[i], e_save[i]);
-        let x = _mm_add_epi32(abcd[i], abcd_save[i]);
-        h[i] = [
-            _mm_extract_epi32::<3>(x) as u32,
-            _mm_extract_epi32::<2>(x) as u32,
-            _mm_extract_epi32::<1>(x) as u32,
-            _mm_extract_epi32::<0>(x) as u32,
-            _mm_extract_epi32::<3>(e) as u32,
-        ];
+        e0[i] = _mm_sha1nexte_epu32(prev[i], e_save[i]);
+        abcd[i] = _mm_add_epi32(abcd[i], abcd_save[i]);
+    }
+}
+
+/// `N` independent single-block SHA-1 compressions with SHA-NI, interleaved.
+///
+/// One stream is a chain of dependent `sha1rnds4` (latency-bound); `N` streams of different
+/// circuits fill the SHA unit's pipeline. Lane `i` compresses `blocks[i]` into `h[i]`.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn sha1ni_xn<const N: usize>(h: &mut [[u32; 5]; N], blocks: [&[u8; 64]; N]) {
+    let mut abcd = [_mm_setzero_si128(); N];
+    let mut e = [_mm_setzero_si128(); N];
+    for i in 0..N {
+        (abcd[i], e[i]) = sha1ni_load(&h[i]);
+    }
+    sha1ni_core(&mut abcd, &mut e, blocks);
+    for i in 0..N {
+        h[i] = sha1ni_store(abcd[i], e[i]);
+    }
+}
+
+/// Blocks per lane that [`sha1ni_run`] takes at most.
+pub(crate) const SHA1_RUN_MAX: usize = 10;
+
+/// `N` streams of up to [`SHA1_RUN_MAX`] blocks each, interleaved, with the chaining values kept
+/// in SHA-NI form from block to block (no conversion per block).
+///
+/// Lane `i` compresses `blocks[i][..n_blocks[i]]` into `h[i]`; `mid[i]` receives its chaining
+/// value after the first `n_mid[i]` blocks (`1 ..= n_blocks[i]`). Lanes with fewer blocks than the
+/// longest compress a spare block whose result is dropped.
+#[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+pub(crate) fn sha1ni_run<const N: usize>(
+    h: &mut [[u32; 5]; N],
+    blocks: &[[&[u8; 64]; SHA1_RUN_MAX]; N],
+    n_blocks: [usize; N],
+    n_mid: [usize; N],
+    mid: &mut [[u32; 5]; N],
+) {
+    let mut abcd = [_mm_setzero_si128(); N];
+    let mut e = [_mm_setzero_si128(); N];
+    for i in 0..N {
+        (abcd[i], e[i]) = sha1ni_load(&h[i]);
+    }
+    let steps = n_blocks
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .min(SHA1_RUN_MAX);
+    #[allow(clippy::needless_range_loop)] // `step` indexes every lane's column
+    for step in 0..steps {
+        let (old_abcd, old_e) = (abcd, e);
+        sha1ni_core(&mut abcd, &mut e, core::array::from_fn(|i| blocks[i][step]));
+        for i in 0..N {
+            if step >= n_blocks[i] {
+                (abcd[i], e[i]) = (old_abcd[i], old_e[i]);
+            } else if step + 1 == n_mid[i] {
+                mid[i] = sha1ni_store(abcd[i], e[i]);
+            }
+        }
+    }
+    for i in 0..N {
+        h[i] = sha1ni_store(abcd[i], e[i]);
     }
 }
 
@@ -922,6 +1005,48 @@ mod tests {
         // SAFETY: the caller checked SHA-NI and SSE4.1.
         unsafe { sha1ni_xn(&mut h, refs) };
         assert_eq!(h, want, "{N} streams");
+    }
+
+    /// Lanes of different lengths, each with its mid-point, against one block at a time.
+    #[test]
+    fn sha1ni_run_matches_single_stream() {
+        if !std::arch::is_x86_feature_detected!("sha")
+            || !std::arch::is_x86_feature_detected!("sse4.1")
+        {
+            return;
+        }
+        let data: [[[u8; 64]; SHA1_RUN_MAX]; 8] = core::array::from_fn(|i| {
+            core::array::from_fn(|b| core::array::from_fn(|j| (i * 29 + b * 7 + j * 3) as u8))
+        });
+        let n_blocks = [10, 8, 9, 0, 1, 10, 3, 9];
+        let n_mid = [8, 7, 8, 0, 1, 2, 3, 9];
+        let h0: [[u32; 5]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|j| (i * 0x0505_0101 + j * 13) as u32));
+        let table: [[&[u8; 64]; SHA1_RUN_MAX]; 8] =
+            core::array::from_fn(|i| core::array::from_fn(|b| &data[i][b]));
+        let (mut h, mut mid) = (h0, [[0u32; 5]; 8]);
+        // SAFETY: SHA-NI and SSE4.1 checked above.
+        unsafe { sha1ni_run::<8>(&mut h, &table, n_blocks, n_mid, &mut mid) };
+        let t4 = [table[0], table[1], table[2], table[3]];
+        let (mut h4, mut mid4) = ([h0[0], h0[1], h0[2], h0[3]], [[0u32; 5]; 4]);
+        let (nb4, nm4) = ([10, 8, 9, 0], [8, 7, 8, 0]);
+        // SAFETY: as above.
+        unsafe { sha1ni_run::<4>(&mut h4, &t4, nb4, nm4, &mut mid4) };
+        for i in 0..8 {
+            let mut want = h0[i];
+            let mut want_mid = [0u32; 5];
+            for (b, block) in data[i].iter().enumerate().take(n_blocks[i]) {
+                compress1(&mut want, block);
+                if b + 1 == n_mid[i] {
+                    want_mid = want;
+                }
+            }
+            assert_eq!(h[i], want, "lane {i}");
+            assert_eq!(mid[i], want_mid, "lane {i} mid");
+            if i < 4 {
+                assert_eq!((h4[i], mid4[i]), (want, want_mid), "lane {i} of 4");
+            }
+        }
     }
 
     #[test]
