@@ -5,6 +5,7 @@
 //!   extends, relays and tears down circuits, and the client's [`circuit::OriginCircuit`].
 //! - [`config`]: the TOML configuration of `chive relay --config FILE`.
 //! - [`daemon`]: `chive relay`: keys, shard threads, shutdown.
+//! - [`demo`]: `chive demo`: three relays and a client on loopback, in one process.
 //! - [`keygen`]: `chive keygen`, which loads or creates a relay's keys in C tor's data-directory
 //!   format and prints its identities as `tor --list-fingerprint` does.
 //! - [`reactor`]: the loops that drive one shard per thread with sockets (poll, io_uring).
@@ -19,6 +20,7 @@
 pub mod circuit;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod fuzzing;
 pub mod keygen;
 pub mod reactor;

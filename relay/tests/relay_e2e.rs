@@ -20,30 +20,22 @@
 #[path = "common/ctor.rs"]
 mod ctor;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crypto_simd::Engine;
-use ctor::{free_port, BlockingTls, CTorRelay};
-use proto::cell::{CircIdLen, RawCell};
+use ctor::{free_port, CTorRelay};
 use proto::chan_msg::DestroyReason;
 use proto::ids::{CircId, StreamId};
 use proto::keys::RelayKeys;
-use proto::link_handshake::{ExpectedPeer, Initiator, NetinfoAddrs};
 use proto::relay_cell::RelayCmd;
 use proto::relay_msg::{Begin, EndReason, Host, RelayMsg};
 use relay::circuit::{CircCell, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
+use relay::demo::ClientChannel;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A running `chive relay`; killed on drop, its log printed if the test failed.
 struct Chive {
@@ -145,70 +137,31 @@ fn relay_info(data_dir: &Path, addr: SocketAddr) -> RelayInfo {
     RelayInfo::from_keys(&keys, vec![addr])
 }
 
-/// A client's channel over a blocking socket.
+/// A client's channel over a blocking socket: the library's [`ClientChannel`] (also what
+/// `chive demo` uses), with the test's assertions around it.
 struct Chan {
-    tls: BlockingTls,
-    buf: Vec<u8>,
+    chan: ClientChannel,
 }
 
 impl Chan {
     /// Connects to `relay` and runs the link handshake as a client, checking its identity.
     fn open(relay: &RelayInfo) -> Chan {
-        let mut rng = rand::rngs::OsRng;
-        let expected = ExpectedPeer {
-            rsa_identity: Some(relay.rsa_id),
-            ed25519_identity: relay.ed_id,
-        };
-        let addrs = NetinfoAddrs {
-            peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ours: vec![],
-        };
-        let mut hs = Initiator::new(None, expected, addrs, unix_now(), &mut rng).unwrap();
-        let mut tls = BlockingTls::connect(relay.addrs[0]);
-        tls.handshake();
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            hs.poll_transmit(&mut out);
-            tls.send(&out);
-            out.clear();
-            if hs.is_finished() {
-                break;
-            }
-            let n = tls.recv(&mut chunk);
-            assert!(n > 0, "relay closed during the link handshake");
-            let used = hs.handle_input(&chunk[..n], unix_now(), &tls.link).unwrap();
-            if hs.is_finished() {
-                hs.poll_transmit(&mut out);
-                tls.send(&out);
-                let buf = chunk[used..n].to_vec();
-                assert!(hs.finish().unwrap().peer.is_some());
-                return Chan { tls, buf };
-            }
+        Chan {
+            chan: ClientChannel::open(relay).unwrap(),
         }
-        unreachable!()
     }
 
     fn send(&mut self, cell: &CircCell) {
-        let mut v = Vec::new();
-        cell.encode(CircIdLen::Four, &mut v).unwrap();
-        self.tls.send(&v);
+        self.chan.send(cell).unwrap();
     }
 
-    /// The next cell for `circ` (padding and other circuits' cells skipped).
+    /// The next cell for `circ` (other circuits' cells skipped).
     fn recv(&mut self, circ: CircId) -> CircCell {
-        let mut chunk = [0u8; 4096];
         loop {
-            while let Some((raw, used)) = RawCell::decode(&self.buf, CircIdLen::Four) {
-                let cell = CircCell::from_raw(&raw);
-                self.buf.drain(..used);
-                if let Some(cell) = cell.filter(|c| c.circ_id == circ) {
-                    return cell;
-                }
+            let cell = self.chan.recv().unwrap();
+            if cell.circ_id == circ {
+                return cell;
             }
-            let n = self.tls.recv(&mut chunk);
-            assert!(n > 0, "relay closed the channel");
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
