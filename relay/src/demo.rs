@@ -409,10 +409,14 @@ impl ClientChannel {
     fn fill(&mut self) -> Result<bool, DemoError> {
         if self.pending.is_empty() {
             let mut chunk = [0u8; 16 * 1024];
-            let n = self
-                .stream
-                .read(&mut chunk)
-                .map_err(io_err("reading from a relay"))?;
+            // A signal delivered to this thread (e.g. to a test harness) interrupts the read;
+            // that is not an error of the channel.
+            let n = loop {
+                match self.stream.read(&mut chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.map_err(io_err("reading from a relay"))?,
+                }
+            };
             if n == 0 {
                 self.link.handle_eof();
                 return Ok(false);

@@ -130,6 +130,7 @@ impl Conn {
             if self.wire.is_empty() {
                 let mut tmp = [0u8; 16 * 1024];
                 match self.tls.stream.read(&mut tmp) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok(0) | Err(_) => return 0,
                     Ok(n) => self.wire.extend_from_slice(&tmp[..n]),
                 }

@@ -407,6 +407,7 @@ fn authenticate_to(relay: &CTorRelay, tlssecrets_xor: u8) -> bool {
                 use std::io::Read;
                 let mut wire = [0u8; 16 * 1024];
                 match link.stream.read(&mut wire) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Ok(0) | Err(_) => return false,
                     Ok(n) => {
                         if link.link.handle_tls(&wire[..n]).is_err() {

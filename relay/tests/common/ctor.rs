@@ -276,7 +276,12 @@ impl BlockingTls {
         use std::io::Read;
         if self.pending.is_empty() {
             let mut buf = [0u8; 16 * 1024];
-            let n = self.stream.read(&mut buf).unwrap();
+            let n = loop {
+                match self.stream.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => break other.unwrap(),
+                }
+            };
             if n == 0 {
                 self.link.handle_eof();
                 return false;
