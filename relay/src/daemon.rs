@@ -105,7 +105,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         let mut shard = Shard::new(
             ctx.clone(),
             engine,
-            config.limits.shard_limits(),
+            config.limits.shard_limits(n),
             config.limits.circuit_limits(),
         )?;
         shard

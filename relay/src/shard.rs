@@ -47,6 +47,17 @@
 //!   running digest, so closing is the only safe choice).
 //! - [`ShardLimits::handshake_timeout_secs`]: a connection (outbound: from the connect) whose
 //!   link handshake is not done by then is closed.
+//! - [`ShardLimits::memory_max_bytes`]: the bytes the shard holds for circuits and connections
+//!   together ([`Shard::memory_bytes`]: cells queued towards opening channels, plus per
+//!   connection the received ciphertext and plaintext not yet consumed, the ciphertext not yet
+//!   sent and the cells waiting for TLS room). The relay-wide `limits.memory_max_bytes` is split
+//!   evenly across the shards, since a circuit never leaves its shard. At the end of each
+//!   [`Shard::process_batch`], a shard over its cap applies the OOM policy of C tor's
+//!   `MaxMemInQueues`: it destroys the circuits holding the most queued cells
+//!   ([`RelayCore::close_largest_queue`], DESTROY with RESOURCELIMIT), then, while still over,
+//!   closes the connections holding the most buffered bytes ([`CloseReason::MemoryCap`]; their
+//!   circuits get DESTROY), until it holds at most 90% of the cap. Buffers inside TLS (bounded
+//!   by `tls_out_max_bytes`) and fixed tables allocated at start are not counted.
 //!
 //! Events ([`ShardEvent`]) are bounded by the connection table: at most one Connect and one
 //! Close per connection.
@@ -123,6 +134,9 @@ pub struct ShardLimits {
     pub tls_out_max_bytes: usize,
     /// Cells waiting for TLS room per connection before it is closed.
     pub plain_out_max_bytes: usize,
+    /// Bytes of queued cells and connection buffers the shard may hold before its OOM policy
+    /// closes circuits and connections (see the module docs).
+    pub memory_max_bytes: usize,
 }
 
 impl Default for ShardLimits {
@@ -134,6 +148,7 @@ impl Default for ShardLimits {
             inbuf_max_bytes: 2 * (VAR_BODY_LEN_MAX + 8),
             tls_out_max_bytes: DEFAULT_PENDING_TLS_MAX_BYTES,
             plain_out_max_bytes: 512 * 1024,
+            memory_max_bytes: 1 << 30,
         }
     }
 }
@@ -202,6 +217,8 @@ pub enum CloseReason {
     Protocol,
     /// The peer did not read its cells and its queue overflowed.
     Overflow,
+    /// The shard was over its memory cap and this connection held the most buffered bytes.
+    MemoryCap,
     /// The reactor asked for it ([`Shard::handle_close`]).
     Local,
 }
@@ -223,6 +240,12 @@ pub struct ShardStats {
     pub closed: u64,
     /// Batches given to the circuit core.
     pub batches: u64,
+    /// Times the shard found itself over its memory cap.
+    pub oom_events: u64,
+    /// Circuits destroyed by the OOM policy (queued cells).
+    pub oom_circuits_closed: u64,
+    /// Connections closed by the OOM policy (buffered bytes).
+    pub oom_conns_closed: u64,
 }
 
 enum Handshake {
@@ -292,6 +315,8 @@ pub struct Shard {
     consumed: Vec<(u32, usize)>,
     ready_cells: bool,
     stats: ShardStats,
+    /// What [`Shard::memory_bytes`] reports: recomputed at each OOM check.
+    memory_bytes: usize,
 }
 
 impl std::fmt::Debug for Shard {
@@ -327,6 +352,9 @@ impl Shard {
         if limits.plain_out_max_bytes < proto::cell::CELL_LEN_V4 {
             return Err(ShardError::BadLimit("plain_out_max_bytes"));
         }
+        if limits.memory_max_bytes == 0 {
+            return Err(ShardError::BadLimit("memory_max_bytes"));
+        }
         let core = RelayCore::new(&ctx.keys, engine, circuit_limits)?;
         Ok(Shard {
             ctx,
@@ -345,6 +373,7 @@ impl Shard {
             consumed: Vec::with_capacity(limits.conns_max),
             ready_cells: false,
             stats: ShardStats::default(),
+            memory_bytes: 0,
         })
     }
 
@@ -362,6 +391,12 @@ impl Shard {
     /// The connection counters so far.
     pub fn stats(&self) -> ShardStats {
         self.stats
+    }
+
+    /// Bytes held for circuits and connections as of the last [`Shard::process_batch`] (see
+    /// [`ShardLimits::memory_max_bytes`] for what counts).
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// Live connections.
@@ -555,6 +590,56 @@ impl Shard {
                 self.close(conn, CloseReason::Eof);
             }
         }
+        self.enforce_memory_cap();
+    }
+
+    /// The bytes held now: a walk over the connections (once per batch, not per cell).
+    fn count_memory(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(Conn::buffered_bytes)
+            .fold(self.core.queued_bytes(), usize::saturating_add)
+    }
+
+    /// The OOM policy (module docs): circuits with the most queued cells first, then the
+    /// connections with the most buffered bytes, until at most 90% of the cap is held.
+    fn enforce_memory_cap(&mut self) {
+        let mut used = self.count_memory();
+        self.memory_bytes = used;
+        let cap = self.limits.memory_max_bytes;
+        if used <= cap {
+            return;
+        }
+        self.stats.oom_events += 1;
+        let target = cap / 10 * 9;
+        while used > target {
+            let Some(freed) = self.core.close_largest_queue(&mut self.out) else {
+                break;
+            };
+            self.stats.oom_circuits_closed += 1;
+            used = used.saturating_sub(freed);
+        }
+        // The DESTROY cells go out before any connection is judged by its buffers.
+        self.route_out();
+        used = self.count_memory();
+        while used > target {
+            // Largest first; among equals the lowest index, for determinism.
+            let largest = (0..self.slots.len())
+                .filter_map(|i| {
+                    let conn = self.id_at(i)?;
+                    Some((self.get(conn)?.buffered_bytes(), conn))
+                })
+                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.index.cmp(&a.1.index)));
+            let Some((_, conn)) = largest else {
+                break;
+            };
+            self.stats.oom_conns_closed += 1;
+            self.close(conn, CloseReason::MemoryCap);
+            // Closing sends DESTROYs to other connections: count again rather than guess.
+            used = self.count_memory();
+        }
+        self.memory_bytes = used;
     }
 
     /// The next event for the reactor.
@@ -1030,6 +1115,14 @@ impl Shard {
 }
 
 impl Conn {
+    /// Bytes this connection holds in its own buffers.
+    fn buffered_bytes(&self) -> usize {
+        self.wire_in.len()
+            + self.inbuf.len()
+            + self.outbuf.len().saturating_sub(self.out_off)
+            + self.plain_out.len()
+    }
+
     fn new(tls: TlsLink, state: ConnState, peer: SocketAddr, deadline: u64) -> Self {
         Conn {
             tls,
