@@ -1333,6 +1333,11 @@ mod tests {
 
     impl Net {
         fn new() -> Net {
+            Net::with_limits(ShardLimits::default())
+        }
+
+        /// A net whose shard 0 (the client's first hop) has `limits`.
+        fn with_limits(limits: ShardLimits) -> Net {
             let mut rng = StdRng::seed_from_u64(7);
             let addrs: Vec<SocketAddr> = vec![
                 "10.0.0.1:9001".parse().unwrap(),
@@ -1342,9 +1347,14 @@ mod tests {
             let engine = Engine::from_env().unwrap();
             let shards = ctxs
                 .iter()
-                .map(|c| {
-                    Shard::new(c.clone(), engine, ShardLimits::default(), Limits::default())
-                        .unwrap()
+                .enumerate()
+                .map(|(i, c)| {
+                    let l = if i == 0 {
+                        limits
+                    } else {
+                        ShardLimits::default()
+                    };
+                    Shard::new(c.clone(), engine, l, Limits::default()).unwrap()
                 })
                 .collect();
             let client = Client::new(&ctxs[0], addrs[0], &mut rng);
@@ -1647,6 +1657,182 @@ mod tests {
             }
         }
         assert!(net.shards[0].wants_read(conn));
+    }
+
+    /// Sends `cells` from the client to shard 0 and has it process them, without moving
+    /// anything else (so channels being opened stay unopened).
+    fn push_to_shard0(net: &mut Net, cells: &[CircCell]) {
+        for c in cells {
+            net.client.send(c);
+        }
+        let mut out = Vec::new();
+        net.client.tls.poll_tls(&mut out, usize::MAX);
+        let to = net.peer(End_::Client).unwrap();
+        net.deliver(to, &out);
+        net.shards[0].process_batch(&mut net.rng, NOW);
+    }
+
+    #[test]
+    fn over_the_memory_cap_circuits_then_connections_are_closed() {
+        let q = RelayCore::QUEUED_CELL_BYTES;
+        let mut net = Net::with_limits(ShardLimits {
+            memory_max_bytes: 4 * q,
+            ..ShardLimits::default()
+        });
+        net.run();
+        net.shards[0].core_mut().set_echo_drop_for_tests(true);
+        net.shards[1].core_mut().set_echo_drop_for_tests(true);
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        let mut nowhere = net.info(1);
+        nowhere.rsa_id = RsaIdentity::from_bytes([0x55; 20]);
+        nowhere.ed_id = None;
+        nowhere.addrs = vec!["10.0.0.3:9001".parse().unwrap()];
+        let mut circs = Vec::new();
+        for v in 1..=3u32 {
+            let id = CircId::new(0x8000_0000 | v).unwrap();
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut net.rng,
+                engine,
+                id,
+                HandshakeKind::CreateFast,
+                &first,
+            )
+            .unwrap();
+            assert_eq!(
+                net.exchange(&mut circ, cell),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+            circs.push(circ);
+        }
+        // Circuits 2 and 3 extend to a relay whose connect never finishes; the cells their
+        // client sends on meanwhile queue on shard 0.
+        let mut ext = Vec::new();
+        for circ in &mut circs[1..] {
+            ext.push(
+                circ.extend(&mut net.rng, HandshakeKind::Ntor, &nowhere)
+                    .unwrap(),
+            );
+        }
+        push_to_shard0(&mut net, &ext);
+        let Some(ShardEvent::Connect { addr, .. }) = net.shards[0].poll_event() else {
+            panic!("expected a connect")
+        };
+        assert_eq!(addr, nowhere.addrs[0]);
+        assert_eq!(net.shards[0].poll_event(), None);
+        let garbage = |net: &mut Net, v: u32| {
+            let mut body = [0u8; proto::cell::BODY_LEN];
+            rand_core::RngCore::fill_bytes(&mut net.rng, &mut body);
+            CircCell::new(CircId::new(0x8000_0000 | v).unwrap(), ChanCmd::RELAY, &body)
+        };
+        let two = [garbage(&mut net, 2), garbage(&mut net, 2)];
+        push_to_shard0(&mut net, &two);
+        let three = [garbage(&mut net, 3), garbage(&mut net, 3)];
+        push_to_shard0(&mut net, &three);
+        assert_eq!(net.shards[0].memory_bytes(), 4 * q, "at the cap, not over");
+        assert_eq!(net.shards[0].core().circuits(), 3);
+        // A fifth queued cell: circuit 3 holds the most and is destroyed.
+        let one = [garbage(&mut net, 3)];
+        push_to_shard0(&mut net, &one);
+        assert_eq!(net.shards[0].memory_bytes(), 2 * q);
+        assert_eq!(net.shards[0].stats().oom_events, 1);
+        assert_eq!(net.shards[0].stats().oom_circuits_closed, 1);
+        assert_eq!(net.shards[0].core().stats().circuits_oom_closed, 1);
+        assert_eq!(net.shards[0].core().circuits(), 2);
+        net.run();
+        let got = net.client.cells();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].circ_id.get(), got[0].cmd, got[0].body[0]),
+            (
+                0x8000_0003,
+                ChanCmd::DESTROY,
+                DestroyReason::RESOURCELIMIT.0
+            )
+        );
+        // Circuit 1 is untouched: it extends to shard 1 and relays both ways.
+        let second = net.info(1);
+        let cell = circs[0]
+            .extend(&mut net.rng, HandshakeKind::Ntor, &second)
+            .unwrap();
+        assert_eq!(
+            net.exchange(&mut circs[0], cell),
+            ClientEvent::HopAdded { hops: 2 }
+        );
+        for hop in [0, 1] {
+            let cell = circs[0]
+                .send_raw(&mut net.rng, hop, RelayCmd::DROP, None, &[9; 100])
+                .unwrap();
+            let ev = net.exchange(&mut circs[0], cell);
+            assert!(
+                matches!(ev, ClientEvent::Msg { hop: h, .. } if h == hop),
+                "{ev:?}"
+            );
+        }
+        assert_eq!(net.shards[0].channels(), 2);
+        let End_::Shard(0, client_conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        // Now the client stops reading: echoed cells wait in its connection's out-buffer.
+        // Circuit 2's queue goes first, then that connection, the largest, is closed; the
+        // channel to shard 1 survives.
+        let drops: Vec<_> = (0..6)
+            .map(|_| {
+                circs[0]
+                    .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[9; 100])
+                    .unwrap()
+            })
+            .collect();
+        push_to_shard0(&mut net, &drops);
+        assert_eq!(net.shards[0].stats().oom_events, 1);
+        let pending = net.shards[0].poll_transmit(client_conn).len();
+        assert!(pending > 6 * proto::cell::CELL_LEN_V4, "{pending}");
+        net.shards[0].process_batch(&mut net.rng, NOW);
+        let stats = net.shards[0].stats();
+        assert_eq!(stats.oom_events, 2);
+        assert_eq!(stats.oom_circuits_closed, 2);
+        assert_eq!(stats.oom_conns_closed, 1);
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn: client_conn,
+                reason: CloseReason::MemoryCap
+            })
+        );
+        assert_eq!(net.shards[0].memory_bytes(), 0);
+        assert_eq!(net.shards[0].core().circuits(), 0);
+        assert_eq!(net.shards[0].channels(), 1, "the channel to shard 1 stays");
+        // Circuit 1's second half, on shard 1, hears of it.
+        net.run();
+        assert_eq!(net.shards[1].core().circuits(), 0);
+        assert_eq!(net.shards[1].channels(), 1);
+    }
+
+    #[test]
+    fn inbound_handshake_times_out() {
+        let mut net = Net::new();
+        let conn = net.shards[0]
+            .handle_accepted(&mut net.rng, "10.9.9.8:5555".parse().unwrap(), NOW)
+            .unwrap();
+        // The client's connection was accepted at NOW too.
+        let deadline = NOW + ShardLimits::default().handshake_timeout_secs;
+        assert_eq!(net.shards[0].next_timeout(), Some(deadline));
+        net.run();
+        net.shards[0].handle_timeout(deadline - 1);
+        assert_eq!(net.shards[0].poll_event(), None);
+        net.shards[0].handle_timeout(deadline);
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn,
+                reason: CloseReason::HandshakeTimeout
+            })
+        );
+        // The finished client handshake has no deadline any more.
+        assert_eq!(net.shards[0].poll_event(), None);
+        assert_eq!(net.shards[0].next_timeout(), None);
+        assert_eq!(net.shards[0].channels(), 1);
+        assert_eq!(net.shards[0].stats().handshakes_failed, 1);
     }
 
     proptest::proptest! {

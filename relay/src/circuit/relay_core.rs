@@ -60,7 +60,7 @@ use thiserror::Error;
 use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
 
 /// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
-pub const QUEUED_CELL_BYTES: usize = std::mem::size_of::<([u8; BODY_LEN], bool)>();
+const QUEUED_CELL_BYTES: usize = std::mem::size_of::<([u8; BODY_LEN], bool)>();
 
 /// How many fresh circuit ids to try on a channel before giving up (tor-spec §5.1.1 leaves
 /// the choice to us; a nearly full 31-bit space is a peer holding ~2^31 circuits).
@@ -310,6 +310,10 @@ impl std::fmt::Debug for RelayCore {
 }
 
 impl RelayCore {
+    /// Bytes one cell queued towards an opening channel counts in
+    /// [`RelayCore::queued_bytes`].
+    pub const QUEUED_CELL_BYTES: usize = QUEUED_CELL_BYTES;
+
     /// A shard's circuit state for the relay with `keys`, with every table allocated.
     pub fn new(keys: &RelayKeys, engine: Engine, limits: Limits) -> Result<Self, RelayCoreError> {
         Self::from_server_keys(
