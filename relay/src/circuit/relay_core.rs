@@ -1534,7 +1534,10 @@ fn extend_identities(specs: &[LinkSpec]) -> Option<(RsaIdentity, Option<Ed25519I
 
 /// Fuzz entry point: feeds `data` to a [`RelayCore`] with fixed keys, as cells on three
 /// channels (the first byte of each record picks the channel, then one framed cell with
-/// 4-byte circuit ids). Channel requests are answered alternately with success and failure.
+/// 4-byte circuit ids). Channel requests are answered in turn with success, failure, or not
+/// yet (so forward cells queue); a record whose first byte has bit 0x40 set answers the oldest
+/// unanswered request first, one with bit 0x80 set runs the OOM step
+/// ([`RelayCore::close_largest_queue`]) after its cell.
 /// Panics only on a bug.
 pub fn fuzz_cells(data: &[u8]) {
     use proto::cell::CircIdLen;
@@ -1604,7 +1607,8 @@ pub fn fuzz_cells(data: &[u8]) {
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut rest = data;
-    let mut answer_ok = true;
+    let mut turn = 0u8;
+    let mut deferred: Vec<(RequestId, ChanInfo)> = Vec::new();
     while let Some((&chan, tail)) = rest.split_first() {
         let Some((raw, used)) = RawCell::decode(tail, CircIdLen::Four) else {
             break;
@@ -1614,6 +1618,10 @@ pub fn fuzz_cells(data: &[u8]) {
             chan: ChanId(u32::from(chan % 3)),
             cell: raw,
         };
+        if chan & 0x40 != 0 && !deferred.is_empty() {
+            let (request, info) = deferred.remove(0);
+            core.handle_channel_opened(request, ChanId(100), info, &mut out);
+        }
         core.handle_batch(&mut rng, &[cell], &mut out, &mut events);
         for e in events.drain(..) {
             match e {
@@ -1623,21 +1631,27 @@ pub fn fuzz_cells(data: &[u8]) {
                     ed_id,
                     ..
                 } => {
-                    if answer_ok {
-                        let info = ChanInfo {
-                            link_version: 5,
-                            initiator: true,
-                            rsa_id: Some(rsa_id),
-                            ed_id,
-                        };
-                        core.handle_channel_opened(request, ChanId(100), info, &mut out);
-                    } else {
-                        core.handle_channel_failed(request, &mut out);
+                    let info = ChanInfo {
+                        link_version: 5,
+                        initiator: true,
+                        rsa_id: Some(rsa_id),
+                        ed_id,
+                    };
+                    match turn {
+                        0 => core.handle_channel_opened(request, ChanId(100), info, &mut out),
+                        1 => core.handle_channel_failed(request, &mut out),
+                        _ => deferred.push((request, info)),
                     }
-                    answer_ok = !answer_ok;
+                    turn = (turn + 1) % 3;
                 }
                 Event::CloseChannel { chan } => core.handle_channel_closed(chan, &mut out),
             }
+        }
+        if chan & 0x80 != 0 {
+            let before = core.queued_bytes();
+            let freed = core.close_largest_queue(&mut out);
+            assert_eq!(before - freed.unwrap_or(0), core.queued_bytes());
+            assert_eq!(freed.is_none(), before == 0);
         }
         for o in out.drain(..) {
             assert!(core.chans.contains_key(&o.chan) || o.cell.cmd == ChanCmd::DESTROY);
