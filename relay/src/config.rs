@@ -44,7 +44,19 @@ pub struct LimitsConfig {
     pub tls_out_max_bytes: usize,
     /// Cells queued per connection behind TLS before it is closed.
     pub plain_out_max_bytes: usize,
+    /// Bytes of queued cells and connection buffers the whole relay may hold (C tor's
+    /// `MaxMemInQueues`), split evenly across the shards; a shard over its share closes the
+    /// circuits, then the connections, holding the most.
+    pub memory_max_bytes: u64,
 }
+
+/// The relay-wide memory cap when none is configured: 2 GiB (C tor's `MaxMemInQueues` takes a
+/// share of physical memory; a fixed default keeps the relay's behaviour host-independent).
+pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 2 << 30;
+
+/// The smallest share of [`LimitsConfig::memory_max_bytes`] a shard may get: below this a
+/// single busy connection would trip the OOM policy.
+pub const SHARD_MEMORY_MIN_BYTES: u64 = 4 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -58,14 +70,17 @@ impl Default for LimitsConfig {
             handshake_timeout_secs: s.handshake_timeout_secs,
             tls_out_max_bytes: s.tls_out_max_bytes,
             plain_out_max_bytes: s.plain_out_max_bytes,
+            memory_max_bytes: DEFAULT_MEMORY_MAX_BYTES,
         }
     }
 }
 
 impl LimitsConfig {
-    /// The shard's limits.
-    pub fn shard_limits(&self) -> ShardLimits {
+    /// The limits of each of `shards` shards: `memory_max_bytes` is divided evenly among them.
+    pub fn shard_limits(&self, shards: usize) -> ShardLimits {
+        let share = self.memory_max_bytes / u64::try_from(shards.max(1)).unwrap_or(u64::MAX);
         ShardLimits {
+            memory_max_bytes: usize::try_from(share).unwrap_or(usize::MAX),
             conns_max: self.conns_per_shard_max,
             conns_per_ip_max: self.conns_per_ip_max,
             handshake_timeout_secs: self.handshake_timeout_secs,
@@ -161,6 +176,12 @@ impl Config {
         {
             return Err(ConfigError::Invalid("limits must be at least 1"));
         }
+        let shards = u64::try_from(config.shard_count()).unwrap_or(u64::MAX);
+        if config.limits.memory_max_bytes / shards.max(1) < SHARD_MEMORY_MIN_BYTES {
+            return Err(ConfigError::Invalid(
+                "limits.memory_max_bytes must give each shard at least 4 MiB",
+            ));
+        }
         Ok(config)
     }
 
@@ -197,13 +218,51 @@ mod tests {
         assert!(c.shard_count() >= 1);
         assert_eq!(c.backend, BackendChoice::Auto);
         assert_eq!(c.limits, LimitsConfig::default());
-        assert_eq!(c.limits.shard_limits(), ShardLimits::default());
+        assert_eq!(
+            c.limits.shard_limits(1),
+            ShardLimits {
+                memory_max_bytes: 2 << 30,
+                ..ShardLimits::default()
+            }
+        );
+        assert_eq!(c.limits.shard_limits(4).memory_max_bytes, 512 << 20);
         assert_eq!(c.limits.circuit_limits(), Limits::default());
 
         let example = include_str!("../../deploy/chive-relay.example.toml");
         let c = Config::from_toml(example).unwrap();
         assert_eq!(c.backend, BackendChoice::Auto);
         assert_eq!(c.nickname, "chive");
+    }
+
+    #[test]
+    fn memory_cap_is_parsed_and_split_across_shards() {
+        let base = "or_address = \"127.0.0.1:9001\"\ndata_dir = \"d\"\n";
+        let c = Config::from_toml(&format!(
+            "{base}shards = 3\n[limits]\nmemory_max_bytes = 300000000\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.memory_max_bytes, 300_000_000);
+        assert_eq!(c.limits.shard_limits(3).memory_max_bytes, 100_000_000);
+        // Other limits are untouched by the split.
+        assert_eq!(
+            c.limits.shard_limits(3).conns_max,
+            ShardLimits::default().conns_max
+        );
+        // 4 MiB per shard at least.
+        assert!(matches!(
+            Config::from_toml(&format!(
+                "{base}shards = 2\n[limits]\nmemory_max_bytes = 8388607\n"
+            )),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(Config::from_toml(&format!(
+            "{base}shards = 2\n[limits]\nmemory_max_bytes = 8388608\n"
+        ))
+        .is_ok());
+        assert!(matches!(
+            Config::from_toml(&format!("{base}[limits]\nmemory_max_bytes = -1\n")),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     #[test]

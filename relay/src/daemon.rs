@@ -83,6 +83,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         or_address = %config.or_address,
         shards = n,
         ?backend,
+        shard_memory_max_bytes = config.limits.shard_limits(n).memory_max_bytes,
         "chive relay starting"
     );
     let cores = if config.pin_cores {
@@ -105,7 +106,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         let mut shard = Shard::new(
             ctx.clone(),
             engine,
-            config.limits.shard_limits(),
+            config.limits.shard_limits(n),
             config.limits.circuit_limits(),
         )?;
         shard

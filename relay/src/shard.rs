@@ -47,6 +47,17 @@
 //!   running digest, so closing is the only safe choice).
 //! - [`ShardLimits::handshake_timeout_secs`]: a connection (outbound: from the connect) whose
 //!   link handshake is not done by then is closed.
+//! - [`ShardLimits::memory_max_bytes`]: the bytes the shard holds for circuits and connections
+//!   together ([`Shard::memory_bytes`]: cells queued towards opening channels, plus per
+//!   connection the received ciphertext and plaintext not yet consumed, the ciphertext not yet
+//!   sent and the cells waiting for TLS room). The relay-wide `limits.memory_max_bytes` is split
+//!   evenly across the shards, since a circuit never leaves its shard. At the end of each
+//!   [`Shard::process_batch`], a shard over its cap applies the OOM policy of C tor's
+//!   `MaxMemInQueues`: it destroys the circuits holding the most queued cells
+//!   ([`RelayCore::close_largest_queue`], DESTROY with RESOURCELIMIT), then, while still over,
+//!   closes the connections holding the most buffered bytes ([`CloseReason::MemoryCap`]; their
+//!   circuits get DESTROY), until it holds at most 90% of the cap. Buffers inside TLS (bounded
+//!   by `tls_out_max_bytes`) and fixed tables allocated at start are not counted.
 //!
 //! Events ([`ShardEvent`]) are bounded by the connection table: at most one Connect and one
 //! Close per connection.
@@ -123,6 +134,9 @@ pub struct ShardLimits {
     pub tls_out_max_bytes: usize,
     /// Cells waiting for TLS room per connection before it is closed.
     pub plain_out_max_bytes: usize,
+    /// Bytes of queued cells and connection buffers the shard may hold before its OOM policy
+    /// closes circuits and connections (see the module docs).
+    pub memory_max_bytes: usize,
 }
 
 impl Default for ShardLimits {
@@ -134,6 +148,7 @@ impl Default for ShardLimits {
             inbuf_max_bytes: 2 * (VAR_BODY_LEN_MAX + 8),
             tls_out_max_bytes: DEFAULT_PENDING_TLS_MAX_BYTES,
             plain_out_max_bytes: 512 * 1024,
+            memory_max_bytes: 1 << 30,
         }
     }
 }
@@ -202,6 +217,8 @@ pub enum CloseReason {
     Protocol,
     /// The peer did not read its cells and its queue overflowed.
     Overflow,
+    /// The shard was over its memory cap and this connection held the most buffered bytes.
+    MemoryCap,
     /// The reactor asked for it ([`Shard::handle_close`]).
     Local,
 }
@@ -223,6 +240,12 @@ pub struct ShardStats {
     pub closed: u64,
     /// Batches given to the circuit core.
     pub batches: u64,
+    /// Times the shard found itself over its memory cap.
+    pub oom_events: u64,
+    /// Circuits destroyed by the OOM policy (queued cells).
+    pub oom_circuits_closed: u64,
+    /// Connections closed by the OOM policy (buffered bytes).
+    pub oom_conns_closed: u64,
 }
 
 enum Handshake {
@@ -292,6 +315,8 @@ pub struct Shard {
     consumed: Vec<(u32, usize)>,
     ready_cells: bool,
     stats: ShardStats,
+    /// What [`Shard::memory_bytes`] reports: recomputed at each OOM check.
+    memory_bytes: usize,
 }
 
 impl std::fmt::Debug for Shard {
@@ -327,6 +352,9 @@ impl Shard {
         if limits.plain_out_max_bytes < proto::cell::CELL_LEN_V4 {
             return Err(ShardError::BadLimit("plain_out_max_bytes"));
         }
+        if limits.memory_max_bytes == 0 {
+            return Err(ShardError::BadLimit("memory_max_bytes"));
+        }
         let core = RelayCore::new(&ctx.keys, engine, circuit_limits)?;
         Ok(Shard {
             ctx,
@@ -345,6 +373,7 @@ impl Shard {
             consumed: Vec::with_capacity(limits.conns_max),
             ready_cells: false,
             stats: ShardStats::default(),
+            memory_bytes: 0,
         })
     }
 
@@ -362,6 +391,12 @@ impl Shard {
     /// The connection counters so far.
     pub fn stats(&self) -> ShardStats {
         self.stats
+    }
+
+    /// Bytes held for circuits and connections as of the last [`Shard::process_batch`] (see
+    /// [`ShardLimits::memory_max_bytes`] for what counts).
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes
     }
 
     /// Live connections.
@@ -555,6 +590,56 @@ impl Shard {
                 self.close(conn, CloseReason::Eof);
             }
         }
+        self.enforce_memory_cap();
+    }
+
+    /// The bytes held now: a walk over the connections (once per batch, not per cell).
+    fn count_memory(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref())
+            .map(Conn::buffered_bytes)
+            .fold(self.core.queued_bytes(), usize::saturating_add)
+    }
+
+    /// The OOM policy (module docs): circuits with the most queued cells first, then the
+    /// connections with the most buffered bytes, until at most 90% of the cap is held.
+    fn enforce_memory_cap(&mut self) {
+        let mut used = self.count_memory();
+        self.memory_bytes = used;
+        let cap = self.limits.memory_max_bytes;
+        if used <= cap {
+            return;
+        }
+        self.stats.oom_events += 1;
+        let target = cap / 10 * 9;
+        while used > target {
+            let Some(freed) = self.core.close_largest_queue(&mut self.out) else {
+                break;
+            };
+            self.stats.oom_circuits_closed += 1;
+            used = used.saturating_sub(freed);
+        }
+        // The DESTROY cells go out before any connection is judged by its buffers.
+        self.route_out();
+        used = self.count_memory();
+        while used > target {
+            // Largest first; among equals the lowest index, for determinism.
+            let largest = (0..self.slots.len())
+                .filter_map(|i| {
+                    let conn = self.id_at(i)?;
+                    Some((self.get(conn)?.buffered_bytes(), conn))
+                })
+                .max_by(|a, b| a.0.cmp(&b.0).then(b.1.index.cmp(&a.1.index)));
+            let Some((_, conn)) = largest else {
+                break;
+            };
+            self.stats.oom_conns_closed += 1;
+            self.close(conn, CloseReason::MemoryCap);
+            // Closing sends DESTROYs to other connections: count again rather than guess.
+            used = self.count_memory();
+        }
+        self.memory_bytes = used;
     }
 
     /// The next event for the reactor.
@@ -1030,6 +1115,14 @@ impl Shard {
 }
 
 impl Conn {
+    /// Bytes this connection holds in its own buffers.
+    fn buffered_bytes(&self) -> usize {
+        self.wire_in.len()
+            + self.inbuf.len()
+            + self.outbuf.len().saturating_sub(self.out_off)
+            + self.plain_out.len()
+    }
+
     fn new(tls: TlsLink, state: ConnState, peer: SocketAddr, deadline: u64) -> Self {
         Conn {
             tls,
@@ -1240,6 +1333,11 @@ mod tests {
 
     impl Net {
         fn new() -> Net {
+            Net::with_limits(ShardLimits::default())
+        }
+
+        /// A net whose shard 0 (the client's first hop) has `limits`.
+        fn with_limits(limits: ShardLimits) -> Net {
             let mut rng = StdRng::seed_from_u64(7);
             let addrs: Vec<SocketAddr> = vec![
                 "10.0.0.1:9001".parse().unwrap(),
@@ -1249,9 +1347,14 @@ mod tests {
             let engine = Engine::from_env().unwrap();
             let shards = ctxs
                 .iter()
-                .map(|c| {
-                    Shard::new(c.clone(), engine, ShardLimits::default(), Limits::default())
-                        .unwrap()
+                .enumerate()
+                .map(|(i, c)| {
+                    let l = if i == 0 {
+                        limits
+                    } else {
+                        ShardLimits::default()
+                    };
+                    Shard::new(c.clone(), engine, l, Limits::default()).unwrap()
                 })
                 .collect();
             let client = Client::new(&ctxs[0], addrs[0], &mut rng);
@@ -1554,6 +1657,182 @@ mod tests {
             }
         }
         assert!(net.shards[0].wants_read(conn));
+    }
+
+    /// Sends `cells` from the client to shard 0 and has it process them, without moving
+    /// anything else (so channels being opened stay unopened).
+    fn push_to_shard0(net: &mut Net, cells: &[CircCell]) {
+        for c in cells {
+            net.client.send(c);
+        }
+        let mut out = Vec::new();
+        net.client.tls.poll_tls(&mut out, usize::MAX);
+        let to = net.peer(End_::Client).unwrap();
+        net.deliver(to, &out);
+        net.shards[0].process_batch(&mut net.rng, NOW);
+    }
+
+    #[test]
+    fn over_the_memory_cap_circuits_then_connections_are_closed() {
+        let q = RelayCore::QUEUED_CELL_BYTES;
+        let mut net = Net::with_limits(ShardLimits {
+            memory_max_bytes: 4 * q,
+            ..ShardLimits::default()
+        });
+        net.run();
+        net.shards[0].core_mut().set_echo_drop_for_tests(true);
+        net.shards[1].core_mut().set_echo_drop_for_tests(true);
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        let mut nowhere = net.info(1);
+        nowhere.rsa_id = RsaIdentity::from_bytes([0x55; 20]);
+        nowhere.ed_id = None;
+        nowhere.addrs = vec!["10.0.0.3:9001".parse().unwrap()];
+        let mut circs = Vec::new();
+        for v in 1..=3u32 {
+            let id = CircId::new(0x8000_0000 | v).unwrap();
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut net.rng,
+                engine,
+                id,
+                HandshakeKind::CreateFast,
+                &first,
+            )
+            .unwrap();
+            assert_eq!(
+                net.exchange(&mut circ, cell),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+            circs.push(circ);
+        }
+        // Circuits 2 and 3 extend to a relay whose connect never finishes; the cells their
+        // client sends on meanwhile queue on shard 0.
+        let mut ext = Vec::new();
+        for circ in &mut circs[1..] {
+            ext.push(
+                circ.extend(&mut net.rng, HandshakeKind::Ntor, &nowhere)
+                    .unwrap(),
+            );
+        }
+        push_to_shard0(&mut net, &ext);
+        let Some(ShardEvent::Connect { addr, .. }) = net.shards[0].poll_event() else {
+            panic!("expected a connect")
+        };
+        assert_eq!(addr, nowhere.addrs[0]);
+        assert_eq!(net.shards[0].poll_event(), None);
+        let garbage = |net: &mut Net, v: u32| {
+            let mut body = [0u8; proto::cell::BODY_LEN];
+            rand_core::RngCore::fill_bytes(&mut net.rng, &mut body);
+            CircCell::new(CircId::new(0x8000_0000 | v).unwrap(), ChanCmd::RELAY, &body)
+        };
+        let two = [garbage(&mut net, 2), garbage(&mut net, 2)];
+        push_to_shard0(&mut net, &two);
+        let three = [garbage(&mut net, 3), garbage(&mut net, 3)];
+        push_to_shard0(&mut net, &three);
+        assert_eq!(net.shards[0].memory_bytes(), 4 * q, "at the cap, not over");
+        assert_eq!(net.shards[0].core().circuits(), 3);
+        // A fifth queued cell: circuit 3 holds the most and is destroyed.
+        let one = [garbage(&mut net, 3)];
+        push_to_shard0(&mut net, &one);
+        assert_eq!(net.shards[0].memory_bytes(), 2 * q);
+        assert_eq!(net.shards[0].stats().oom_events, 1);
+        assert_eq!(net.shards[0].stats().oom_circuits_closed, 1);
+        assert_eq!(net.shards[0].core().stats().circuits_oom_closed, 1);
+        assert_eq!(net.shards[0].core().circuits(), 2);
+        net.run();
+        let got = net.client.cells();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].circ_id.get(), got[0].cmd, got[0].body[0]),
+            (
+                0x8000_0003,
+                ChanCmd::DESTROY,
+                DestroyReason::RESOURCELIMIT.0
+            )
+        );
+        // Circuit 1 is untouched: it extends to shard 1 and relays both ways.
+        let second = net.info(1);
+        let cell = circs[0]
+            .extend(&mut net.rng, HandshakeKind::Ntor, &second)
+            .unwrap();
+        assert_eq!(
+            net.exchange(&mut circs[0], cell),
+            ClientEvent::HopAdded { hops: 2 }
+        );
+        for hop in [0, 1] {
+            let cell = circs[0]
+                .send_raw(&mut net.rng, hop, RelayCmd::DROP, None, &[9; 100])
+                .unwrap();
+            let ev = net.exchange(&mut circs[0], cell);
+            assert!(
+                matches!(ev, ClientEvent::Msg { hop: h, .. } if h == hop),
+                "{ev:?}"
+            );
+        }
+        assert_eq!(net.shards[0].channels(), 2);
+        let End_::Shard(0, client_conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        // Now the client stops reading: echoed cells wait in its connection's out-buffer.
+        // Circuit 2's queue goes first, then that connection, the largest, is closed; the
+        // channel to shard 1 survives.
+        let drops: Vec<_> = (0..6)
+            .map(|_| {
+                circs[0]
+                    .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[9; 100])
+                    .unwrap()
+            })
+            .collect();
+        push_to_shard0(&mut net, &drops);
+        assert_eq!(net.shards[0].stats().oom_events, 1);
+        let pending = net.shards[0].poll_transmit(client_conn).len();
+        assert!(pending > 6 * proto::cell::CELL_LEN_V4, "{pending}");
+        net.shards[0].process_batch(&mut net.rng, NOW);
+        let stats = net.shards[0].stats();
+        assert_eq!(stats.oom_events, 2);
+        assert_eq!(stats.oom_circuits_closed, 2);
+        assert_eq!(stats.oom_conns_closed, 1);
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn: client_conn,
+                reason: CloseReason::MemoryCap
+            })
+        );
+        assert_eq!(net.shards[0].memory_bytes(), 0);
+        assert_eq!(net.shards[0].core().circuits(), 0);
+        assert_eq!(net.shards[0].channels(), 1, "the channel to shard 1 stays");
+        // Circuit 1's second half, on shard 1, hears of it.
+        net.run();
+        assert_eq!(net.shards[1].core().circuits(), 0);
+        assert_eq!(net.shards[1].channels(), 1);
+    }
+
+    #[test]
+    fn inbound_handshake_times_out() {
+        let mut net = Net::new();
+        let conn = net.shards[0]
+            .handle_accepted(&mut net.rng, "10.9.9.8:5555".parse().unwrap(), NOW)
+            .unwrap();
+        // The client's connection was accepted at NOW too.
+        let deadline = NOW + ShardLimits::default().handshake_timeout_secs;
+        assert_eq!(net.shards[0].next_timeout(), Some(deadline));
+        net.run();
+        net.shards[0].handle_timeout(deadline - 1);
+        assert_eq!(net.shards[0].poll_event(), None);
+        net.shards[0].handle_timeout(deadline);
+        assert_eq!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close {
+                conn,
+                reason: CloseReason::HandshakeTimeout
+            })
+        );
+        // The finished client handshake has no deadline any more.
+        assert_eq!(net.shards[0].poll_event(), None);
+        assert_eq!(net.shards[0].next_timeout(), None);
+        assert_eq!(net.shards[0].channels(), 1);
+        assert_eq!(net.shards[0].stats().handshakes_failed, 1);
     }
 
     proptest::proptest! {

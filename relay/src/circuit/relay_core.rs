@@ -32,6 +32,14 @@
 //! queue towards an opening channel is full is destroyed with RESOURCELIMIT. Circuit slots, hop
 //! states, crypto batch buffers and per-extend queues are allocated once; the forwarding path
 //! allocates nothing (the caller's `out` keeps its capacity between calls).
+//!
+//! # Memory pressure
+//!
+//! The only cells a [`RelayCore`] holds are those queued towards an opening channel;
+//! [`RelayCore::queued_bytes`] counts them. When the shard is over its memory cap it calls
+//! [`RelayCore::close_largest_queue`], which, like C tor's `MaxMemInQueues` handler, destroys
+//! the circuit holding the most queued data (the one that started queueing first among equals)
+//! with RESOURCELIMIT in both directions.
 
 use std::collections::HashMap;
 
@@ -50,6 +58,9 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
+
+/// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
+const QUEUED_CELL_BYTES: usize = std::mem::size_of::<([u8; BODY_LEN], bool)>();
 
 /// How many fresh circuit ids to try on a channel before giving up (tor-spec §5.1.1 leaves
 /// the choice to us; a nearly full 31-bit space is a peer holding ~2^31 circuits).
@@ -175,6 +186,8 @@ pub struct Stats {
     pub creates_refused: u64,
     /// Circuits closed for a protocol violation.
     pub protocol_violations: u64,
+    /// Circuits closed with RESOURCELIMIT because the shard was over its memory cap.
+    pub circuits_oom_closed: u64,
 }
 
 /// Which half of a circuit a (channel, circuit id) names.
@@ -236,6 +249,9 @@ struct PendingExtend {
     ed_id: Option<Ed25519Identity>,
     /// Forward cells (body, arrived as RELAY_EARLY) for the next hop, in order.
     queue: Vec<([u8; BODY_LEN], bool)>,
+    /// When the first cell of `queue` was queued (a per-core sequence number): the OOM
+    /// policy closes the oldest queue among equally large ones.
+    queued_since: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -278,6 +294,10 @@ pub struct RelayCore {
     stats: Stats,
     live: usize,
     echo_drop: bool,
+    /// Bytes of all pending queues together.
+    queued_bytes: usize,
+    /// Source of [`PendingExtend::queued_since`].
+    queue_seq: u64,
 }
 
 impl std::fmt::Debug for RelayCore {
@@ -290,6 +310,10 @@ impl std::fmt::Debug for RelayCore {
 }
 
 impl RelayCore {
+    /// Bytes one cell queued towards an opening channel counts in
+    /// [`RelayCore::queued_bytes`].
+    pub const QUEUED_CELL_BYTES: usize = QUEUED_CELL_BYTES;
+
     /// A shard's circuit state for the relay with `keys`, with every table allocated.
     pub fn new(keys: &RelayKeys, engine: Engine, limits: Limits) -> Result<Self, RelayCoreError> {
         Self::from_server_keys(
@@ -333,6 +357,7 @@ impl RelayCore {
                 rsa_id: RsaIdentity::from_bytes([0; 20]),
                 ed_id: None,
                 queue: Vec::with_capacity(limits.cells_queued_per_extend_max),
+                queued_since: 0,
             })
             .collect();
         let n = limits.batch_cells_max;
@@ -361,6 +386,8 @@ impl RelayCore {
             stats: Stats::default(),
             live: 0,
             echo_drop: false,
+            queued_bytes: 0,
+            queue_seq: 0,
         })
     }
 
@@ -426,6 +453,49 @@ impl RelayCore {
         for chunk in cells.chunks(self.limits.batch_cells_max) {
             self.run_chunk(rng, chunk, out, events);
         }
+    }
+
+    /// Bytes of cells queued towards opening channels, over all circuits (kept up to date on
+    /// every queue change; no walk).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// The OOM policy's circuit step: destroys the circuit with the most cells queued towards
+    /// an opening channel (the one whose queue started first among equals), with DESTROY
+    /// (RESOURCELIMIT) towards its origin, and returns the bytes freed; `None` when no circuit
+    /// has anything queued.
+    pub fn close_largest_queue(&mut self, out: &mut Vec<OutCell>) -> Option<usize> {
+        let (idx, len) = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.in_use && !p.queue.is_empty())
+            // Largest first; among equals the smallest sequence number (oldest queue).
+            .max_by(|(_, a), (_, b)| {
+                a.queue
+                    .len()
+                    .cmp(&b.queue.len())
+                    .then(b.queued_since.cmp(&a.queued_since))
+            })
+            .map(|(i, p)| (i, p.queue.len()))?;
+        let (slot, circ_gen) = {
+            let p = self.pending.get(idx)?;
+            (p.slot, p.circ_gen)
+        };
+        if self.is_live(slot, circ_gen) {
+            // The next hop is still opening: there is no one to send a DESTROY to that way.
+            self.close(
+                slot,
+                Some(DestroyReason::RESOURCELIMIT),
+                Some(DestroyReason::RESOURCELIMIT),
+                out,
+            );
+            self.stats.circuits_oom_closed += 1;
+        }
+        self.release_pending(idx);
+        self.finish_call();
+        Some(len * QUEUED_CELL_BYTES)
     }
 
     /// The channel asked for by `request` is open (or was already): sends the CREATE2 and any
@@ -986,10 +1056,18 @@ impl RelayCore {
             }
             Next::Opening { request } => {
                 let max = self.limits.cells_queued_per_extend_max;
+                let seq = self.queue_seq;
                 let queued = self.pending_index(request).and_then(|idx| {
-                    let q = &mut self.pending.get_mut(idx)?.queue;
-                    (q.len() < max).then(|| q.push((*body, early)))
+                    let p = self.pending.get_mut(idx)?;
+                    if p.queue.is_empty() {
+                        p.queued_since = seq;
+                    }
+                    (p.queue.len() < max).then(|| p.queue.push((*body, early)))
                 });
+                if queued.is_some() {
+                    self.queue_seq = seq.wrapping_add(1);
+                    self.queued_bytes += QUEUED_CELL_BYTES;
+                }
                 if queued.is_none() {
                     self.close(
                         slot,
@@ -1156,6 +1234,10 @@ impl RelayCore {
         p.hdata.extend_from_slice(&e.hdata);
         p.rsa_id = rsa;
         p.ed_id = ed;
+        // Released queues are empty already; this keeps the byte count honest regardless.
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(p.queue.len() * QUEUED_CELL_BYTES);
         p.queue.clear();
         let request = RequestId {
             index: idx,
@@ -1368,6 +1450,9 @@ impl RelayCore {
             if p.in_use {
                 p.in_use = false;
                 p.gen = p.gen.wrapping_add(1);
+                self.queued_bytes = self
+                    .queued_bytes
+                    .saturating_sub(p.queue.len() * QUEUED_CELL_BYTES);
                 p.queue.clear();
                 p.hdata.clear();
                 self.pending_free.push(idx as u32);
@@ -1375,10 +1460,17 @@ impl RelayCore {
         }
     }
 
-    /// Panics if the tables disagree: every route names a live circuit whose prev or next half
+    /// Panics if the tables disagree: the queued byte count matches the queues,  every route names a live circuit whose prev or next half
     /// it is, per-channel counts match the routes, and the live count matches the slots. For
     /// fuzzing and tests.
     fn assert_invariants(&self) {
+        let queued: usize = self
+            .pending
+            .iter()
+            .filter(|p| p.in_use)
+            .map(|p| p.queue.len() * QUEUED_CELL_BYTES)
+            .sum();
+        assert_eq!(queued, self.queued_bytes);
         let live = self.circs.iter().filter(|c| c.live).count();
         assert_eq!(live, self.live);
         let mut per_chan: HashMap<ChanId, usize> = HashMap::new();
@@ -1442,7 +1534,10 @@ fn extend_identities(specs: &[LinkSpec]) -> Option<(RsaIdentity, Option<Ed25519I
 
 /// Fuzz entry point: feeds `data` to a [`RelayCore`] with fixed keys, as cells on three
 /// channels (the first byte of each record picks the channel, then one framed cell with
-/// 4-byte circuit ids). Channel requests are answered alternately with success and failure.
+/// 4-byte circuit ids). Channel requests are answered in turn with success, failure, or not
+/// yet (so forward cells queue); a record whose first byte has bit 0x40 set answers the oldest
+/// unanswered request first, one with bit 0x80 set runs the OOM step
+/// ([`RelayCore::close_largest_queue`]) after its cell.
 /// Panics only on a bug.
 pub fn fuzz_cells(data: &[u8]) {
     use proto::cell::CircIdLen;
@@ -1512,7 +1607,8 @@ pub fn fuzz_cells(data: &[u8]) {
     let mut out = Vec::new();
     let mut events = Vec::new();
     let mut rest = data;
-    let mut answer_ok = true;
+    let mut turn = 0u8;
+    let mut deferred: Vec<(RequestId, ChanInfo)> = Vec::new();
     while let Some((&chan, tail)) = rest.split_first() {
         let Some((raw, used)) = RawCell::decode(tail, CircIdLen::Four) else {
             break;
@@ -1522,6 +1618,10 @@ pub fn fuzz_cells(data: &[u8]) {
             chan: ChanId(u32::from(chan % 3)),
             cell: raw,
         };
+        if chan & 0x40 != 0 && !deferred.is_empty() {
+            let (request, info) = deferred.remove(0);
+            core.handle_channel_opened(request, ChanId(100), info, &mut out);
+        }
         core.handle_batch(&mut rng, &[cell], &mut out, &mut events);
         for e in events.drain(..) {
             match e {
@@ -1531,21 +1631,27 @@ pub fn fuzz_cells(data: &[u8]) {
                     ed_id,
                     ..
                 } => {
-                    if answer_ok {
-                        let info = ChanInfo {
-                            link_version: 5,
-                            initiator: true,
-                            rsa_id: Some(rsa_id),
-                            ed_id,
-                        };
-                        core.handle_channel_opened(request, ChanId(100), info, &mut out);
-                    } else {
-                        core.handle_channel_failed(request, &mut out);
+                    let info = ChanInfo {
+                        link_version: 5,
+                        initiator: true,
+                        rsa_id: Some(rsa_id),
+                        ed_id,
+                    };
+                    match turn {
+                        0 => core.handle_channel_opened(request, ChanId(100), info, &mut out),
+                        1 => core.handle_channel_failed(request, &mut out),
+                        _ => deferred.push((request, info)),
                     }
-                    answer_ok = !answer_ok;
+                    turn = (turn + 1) % 3;
                 }
                 Event::CloseChannel { chan } => core.handle_channel_closed(chan, &mut out),
             }
+        }
+        if chan & 0x80 != 0 {
+            let before = core.queued_bytes();
+            let freed = core.close_largest_queue(&mut out);
+            assert_eq!(before - freed.unwrap_or(0), core.queued_bytes());
+            assert_eq!(freed.is_none(), before == 0);
         }
         for o in out.drain(..) {
             assert!(core.chans.contains_key(&o.chan) || o.cell.cmd == ChanCmd::DESTROY);
@@ -1877,6 +1983,81 @@ mod tests {
             ),
             Err(RelayCoreError::BadLimit("batch_cells_max"))
         ));
+    }
+
+    #[test]
+    fn oom_closes_the_circuit_with_the_largest_queue() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut core = core(Limits::default());
+        let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+        let far_rsa = |i: usize| [20 + i as u8; 20];
+        let mut requests = Vec::new();
+        // Circuits 1-4 each wait for a channel that never opens, with 2, 5, 5 and 0 cells.
+        for (i, queued) in [2usize, 5, 5, 0].into_iter().enumerate() {
+            let v = 0x8000_0001 + i as u32;
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut rng,
+                engine(),
+                id(v),
+                HandshakeKind::CreateFast,
+                &info_of(&ntor, None),
+            )
+            .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            circ.handle_cell(&run.out[0].cell).unwrap();
+            let (far, _) = server_keys(far_rsa(i), [30; 32], 40 + i as u8);
+            let cell = circ
+                .extend(&mut rng, HandshakeKind::Ntor, &info_of(&far, None))
+                .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            let [Event::OpenChannel { request, .. }] = run.events.as_slice() else {
+                panic!("{:?}", run.events)
+            };
+            requests.push(*request);
+            for _ in 0..queued {
+                let mut body = [0u8; BODY_LEN];
+                rand_core::RngCore::fill_bytes(&mut rng, &mut body);
+                let cell = CircCell::new(id(v), ChanCmd::RELAY, &body);
+                let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+                assert!(run.out.is_empty(), "queued, not sent");
+            }
+        }
+        assert_eq!(core.queued_bytes(), 12 * QUEUED_CELL_BYTES);
+        let mut out = Vec::new();
+        // Two queues of 5: the one that started queueing first goes first.
+        for (v, cells) in [(0x8000_0002, 5), (0x8000_0003, 5), (0x8000_0001, 2)] {
+            assert_eq!(
+                core.close_largest_queue(&mut out),
+                Some(cells * QUEUED_CELL_BYTES)
+            );
+            assert_eq!(
+                std::mem::take(&mut out),
+                vec![destroy(CLIENT, v, DestroyReason::RESOURCELIMIT)]
+            );
+            core.assert_invariants();
+        }
+        // Circuit 4 queues nothing: not a candidate.
+        assert_eq!(core.close_largest_queue(&mut out), None);
+        assert!(out.is_empty());
+        assert_eq!(core.queued_bytes(), 0);
+        assert_eq!(core.circuits(), 1);
+        assert_eq!(core.stats().circuits_oom_closed, 3);
+        let info = |i: usize| ChanInfo {
+            link_version: 5,
+            initiator: true,
+            rsa_id: Some(RsaIdentity::from_bytes(far_rsa(i))),
+            ed_id: None,
+        };
+        // The answer for a closed circuit is ignored; the survivor extends.
+        core.handle_channel_opened(requests[1], ChanId(51), info(1), &mut out);
+        assert!(out.is_empty());
+        core.handle_channel_opened(requests[3], ChanId(50), info(3), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].chan, out[0].cell.cmd),
+            (ChanId(50), ChanCmd::CREATE2)
+        );
+        core.assert_invariants();
     }
 
     #[test]
