@@ -250,7 +250,7 @@ impl HandshakeKeys {
 
 /// A deterministic generator for the handshakes' ephemeral keys: fuzzing needs reproducible
 /// runs, not secrecy. Never use it outside fuzzing.
-struct FuzzRng(u64);
+pub(crate) struct FuzzRng(pub(crate) u64);
 
 impl RngCore for FuzzRng {
     fn next_u32(&mut self) -> u32 {
@@ -298,7 +298,14 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("key_file", key_file),
     ("link_spec", link_spec),
     ("link_handshake", link_handshake),
+    ("relay_cell_v1", relay_cell_v1),
 ];
+
+/// The v1 (CGO) relay cell layout: the input is a decrypted 509-byte body
+/// ([`crate::relay_cell_v1::fuzz_decode`]).
+pub fn relay_cell_v1(data: &[u8]) {
+    crate::relay_cell_v1::fuzz_decode(data);
+}
 
 #[cfg(test)]
 mod tests {

@@ -35,6 +35,19 @@
 //! those first 20 bytes itself and returns a generator that starts at Df, so every handshake's
 //! generator yields `Df | Db | Kf | Kb` first (see [`Tor1Keys`]).
 //!
+//! # The CGO relay-crypto layout
+//!
+//! A hop that negotiated CGO (`Relay=6`, proposal 359 "Key derivation") takes
+//! [`CGO_KEY_MATERIAL_LEN`] = 160 bytes instead, as C tor 0.4.9 does with 128-bit AES:
+//!
+//! ```text
+//! forward (80) | backward (80)
+//! ```
+//!
+//! where each direction is that direction's UIV+ keys (64 bytes) followed by its initial
+//! 16-byte nonce/tag; how the 64 key bytes split is the CGO layer's business (see
+//! `crypto-simd`'s `cgo` module). Proposal 359's KH is not part of it. See [`CgoKeys`].
+//!
 //! The hs-ntor end-to-end circuit (rend-spec-v3 §4.2.1) uses `Df (32) | Db (32) | Kf (32) |
 //! Kb (32)`: SHA3-256 digests and AES-256 keys (see [`HsKeys`]).
 
@@ -55,6 +68,13 @@ pub const HASH_LEN: usize = 20;
 /// Length of the tor1 relay crypto key material: Df, Db (SHA-1 seeds), Kf, Kb (AES-128 keys) and
 /// KH.
 pub const TOR1_KEY_MATERIAL_LEN: usize = HASH_LEN + HASH_LEN + 16 + 16 + HASH_LEN;
+
+/// Length of one direction's CGO key material with 128-bit AES (UIV+ keys and the initial
+/// nonce), as C tor's `cgo_key_material_len(128)`.
+pub const CGO_DIRECTION_KEY_LEN: usize = 64 + 16;
+
+/// Length of a CGO hop's key material: forward, then backward.
+pub const CGO_KEY_MATERIAL_LEN: usize = 2 * CGO_DIRECTION_KEY_LEN;
 
 /// Length of the hs-ntor end-to-end key material: Df, Db (SHA3-256 seeds), Kf, Kb (AES-256 keys).
 pub const HS_KEY_MATERIAL_LEN: usize = 32 * 4;
@@ -210,6 +230,41 @@ impl KeyGenerator {
             );
         }
         Ok(keys)
+    }
+}
+
+impl KeyGenerator {
+    /// The CGO relay crypto keys of one hop (see the module docs' CGO layout).
+    pub fn cgo_keys(&self) -> Result<CgoKeys, HandshakeError> {
+        let k = self.expand(CGO_KEY_MATERIAL_LEN)?;
+        let mut keys = CgoKeys {
+            forward: [0; CGO_DIRECTION_KEY_LEN],
+            backward: [0; CGO_DIRECTION_KEY_LEN],
+        };
+        let (f, b) = k.split_at(CGO_DIRECTION_KEY_LEN);
+        keys.forward.copy_from_slice(f);
+        keys.backward.copy_from_slice(
+            b.get(..CGO_DIRECTION_KEY_LEN)
+                .ok_or(HandshakeError::KdfTooLong)?,
+        );
+        Ok(keys)
+    }
+}
+
+/// The CGO relay-crypto key material of one hop (proposal 359), wiped on drop. Both the client
+/// and the relay build their forward state from `forward` and their backward state from
+/// `backward`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct CgoKeys {
+    /// Client to relay: UIV+ keys (64) then the initial nonce (16).
+    pub forward: [u8; CGO_DIRECTION_KEY_LEN],
+    /// Relay to client: UIV+ keys (64) then the initial nonce (16).
+    pub backward: [u8; CGO_DIRECTION_KEY_LEN],
+}
+
+impl std::fmt::Debug for CgoKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CgoKeys").finish_non_exhaustive()
     }
 }
 
@@ -489,5 +544,18 @@ mod tests {
         assert_eq!(&hs.db[..], &raw[64..96]);
         assert_eq!(&hs.kf[..], &raw[96..128]);
         assert_eq!(&hs.kb[..], &raw[128..160]);
+    }
+
+    #[test]
+    fn cgo_keys_are_forward_then_backward() {
+        let kg = KeyGenerator::shake256(b"cgo key schedule".to_vec(), 32);
+        let all = kg.expand(CGO_KEY_MATERIAL_LEN).expect("expands");
+        let keys = kg.cgo_keys().expect("expands");
+        assert_eq!(&keys.forward[..], &all[..80]);
+        assert_eq!(&keys.backward[..], &all[80..160]);
+        assert_ne!(keys.forward, keys.backward);
+        // The skip (ntor v3's ENC_KEY) is not part of it.
+        let raw = shake256(&[b"cgo key schedule"], 32 + 160);
+        assert_eq!(&keys.forward[..], &raw[32..112]);
     }
 }

@@ -23,6 +23,8 @@
 //! - [`chan_msg`]: the bodies of channel cells (VERSIONS, CERTS, NETINFO, CREATE2, DESTROY, ...).
 //! - [`link_version`]: link protocol versions and their negotiation.
 //! - [`relay_cell`]: the tor1 relay cell layout, [`relay_cell::RelayCmd`] and the stream-id rules.
+//! - [`relay_cell_v1`]: the v1 relay cell layout used with CGO (proposal 359) and the per-hop
+//!   [`relay_cell_v1::RelayCellFormat`] choice.
 //! - [`relay_msg`]: relay message bodies (BEGIN, DATA, END, SENDME, EXTEND2, ...).
 //! - [`kdf`]: KDF-TOR, KDF-RFC5869, SHAKE-256; the [`kdf::KeyGenerator`] every handshake returns
 //!   and the shared [`kdf::HandshakeError`].
@@ -64,6 +66,7 @@ pub mod link_version;
 pub mod ntor;
 pub mod ntor_v3;
 pub mod relay_cell;
+pub mod relay_cell_v1;
 pub mod relay_msg;
 pub mod rsa_crosscert;
 #[cfg(test)]
