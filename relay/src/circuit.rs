@@ -27,6 +27,7 @@
 //! invariants checked after every cell) and [`fuzz_origin_cells`] (arbitrary cells into a
 //! built [`OriginCircuit`]).
 
+pub mod cgo;
 mod client;
 mod relay_core;
 

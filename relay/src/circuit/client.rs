@@ -15,7 +15,7 @@
 //! After any error from [`OriginCircuit::handle_cell`] the circuit is unusable: send
 //! [`OriginCircuit::destroy`]'s cell.
 
-use crypto_simd::{Engine, Tor1Hop};
+use crypto_simd::{Engine, Op, Outcome, Tor1Hop};
 use proto::cell::ChanCmd;
 use proto::chan_msg::{Create2, CreateFast, Created2, CreatedFast, DestroyReason, HandshakeType};
 use proto::codec::CodecError;
@@ -25,13 +25,17 @@ use proto::kdf::{HandshakeError, KeyGenerator};
 use proto::keys::RelayKeys;
 use proto::link_spec::LinkSpec;
 use proto::ntor::{NtorClientState, NtorPublicKey};
-use proto::ntor_v3::{NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION};
-use proto::relay_cell::{build_relay_cell, RelayCellError, RelayCellView, RelayCmd};
+use proto::ntor_v3::{
+    Negotiated, NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION,
+};
+use proto::relay_cell::RelayCmd;
+use proto::relay_cell_v1::{RelayCellFormat, RelayFormatError};
 use proto::relay_msg::{Extend2, Extended2, RelayMsg, Truncated};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 use x25519_dalek::PublicKey;
 
+use super::cgo::CgoClientHop;
 use super::{hop_from, CircCell, RELAY_EARLY_MAX};
 
 /// Most hops an origin circuit may have (tor-spec §5.6 lets relays pass 8 RELAY_EARLY cells,
@@ -45,6 +49,9 @@ pub enum HandshakeKind {
     Ntor,
     /// ntor v3, CREATE2 type 3 (proposal 332); needs the relay's ed25519 identity.
     NtorV3,
+    /// ntor v3 asking for `Relay=6` (proposal 359): the hop uses CGO relay crypto and the v1
+    /// relay cell format. A relay that does not enable it refuses the CREATE2 / EXTEND2.
+    NtorV3Cgo,
     /// CREATE_FAST (tor-spec §5.1.5); first hop only.
     CreateFast,
 }
@@ -151,9 +158,9 @@ pub enum ClientError {
     /// No hop recognized a relay cell (tor-spec §5.5.3).
     #[error("relay cell recognized by no hop")]
     Unrecognized,
-    /// A recognized relay cell broke the layout or the stream-id rules.
+    /// A recognized relay cell broke its format's layout or stream-id rules.
     #[error("bad relay cell: {0}")]
-    BadRelayCell(RelayCellError),
+    BadRelayCell(RelayFormatError),
     /// A relay message body was malformed.
     #[error("bad relay message: {0}")]
     BadMsg(CodecError),
@@ -166,7 +173,8 @@ pub enum ClientError {
     /// There is no such hop (yet).
     #[error("no hop {0}")]
     NoSuchHop(usize),
-    /// CREATE_FAST cannot extend, and ntor v3 needs an ed25519 identity.
+    /// CREATE_FAST cannot extend, ntor v3 needs an ed25519 identity, and CGO needs a build
+    /// with the CGO cipher.
     #[error("handshake not usable here")]
     BadHandshakeKind,
     /// No RELAY_EARLY cells or hops left (tor-spec §5.6).
@@ -180,15 +188,34 @@ pub enum ClientError {
 enum Pending {
     None,
     Ntor(NtorClientState),
-    NtorV3(NtorV3ClientState),
+    /// ntor v3; `cgo` if the client message asked for `Relay=6`.
+    NtorV3 {
+        state: NtorV3ClientState,
+        cgo: bool,
+    },
     Fast(CreateFastClientState),
+}
+
+/// One hop's relay crypto, chosen by its handshake.
+enum Hop {
+    Tor1(Tor1Hop),
+    Cgo(Box<CgoClientHop>),
+}
+
+impl Hop {
+    fn format(&self) -> RelayCellFormat {
+        match self {
+            Hop::Tor1(_) => RelayCellFormat::V0,
+            Hop::Cgo(_) => RelayCellFormat::V1,
+        }
+    }
 }
 
 /// A circuit built by this client.
 pub struct OriginCircuit {
     engine: Engine,
     circ_id: CircId,
-    hops: Vec<Tor1Hop>,
+    hops: Vec<Hop>,
     pending: Pending,
     relay_early_sent: u8,
     closed: bool,
@@ -249,6 +276,12 @@ impl OriginCircuit {
     /// Hops whose handshake has finished.
     pub fn hops(&self) -> usize {
         self.hops.len()
+    }
+
+    /// The relay cell format hop `hop` uses (v1 for a CGO hop), or `None` if there is no such
+    /// hop.
+    pub fn hop_format(&self, hop: usize) -> Option<RelayCellFormat> {
+        self.hops.get(hop).map(Hop::format)
     }
 
     /// Whether the circuit was destroyed (by either side).
@@ -358,15 +391,15 @@ impl OriginCircuit {
                         let mut reply = [0u8; 40];
                         reply[..20].copy_from_slice(&c.y);
                         reply[20..].copy_from_slice(&c.kh);
-                        proto::create_fast::client2(state, &reply)?
+                        (proto::create_fast::client2(state, &reply)?, false)
                     }
-                    (p @ (Pending::Ntor(_) | Pending::NtorV3(_)), ChanCmd::CREATED2) => {
+                    (p @ (Pending::Ntor(_) | Pending::NtorV3 { .. }), ChanCmd::CREATED2) => {
                         let c = Created2::decode(&cell.body).map_err(HandshakeError::from)?;
                         finish(p, &c.hdata)?
                     }
                     _ => return Err(ClientError::UnexpectedCell(cell.cmd)),
                 };
-                self.add_hop(&kg)
+                self.add_hop(&kg.0, kg.1)
             }
             ChanCmd::DESTROY => {
                 self.closed = true;
@@ -383,13 +416,24 @@ impl OriginCircuit {
 
     fn recv(&mut self, body: &[u8; 509]) -> Result<ClientEvent, ClientError> {
         let mut body = *body;
-        let (hop, _digest) = self
-            .engine
-            .origin_recv(&mut self.hops, &mut body)
-            .ok_or(ClientError::Unrecognized)?;
-        let view = RelayCellView::new(&body).map_err(ClientError::BadRelayCell)?;
-        view.check_stream_id().map_err(ClientError::BadRelayCell)?;
-        match view.cmd() {
+        let mut found = None;
+        for (i, h) in self.hops.iter_mut().enumerate() {
+            let recognized = match h {
+                Hop::Tor1(t) => matches!(
+                    self.engine
+                        .process_one(t, &mut body, Op::OriginRecvBackward),
+                    Outcome::Recognized(_)
+                ),
+                Hop::Cgo(c) => c.backward(&mut body).is_some(),
+            };
+            if recognized {
+                found = Some((i, h.format()));
+                break;
+            }
+        }
+        let (hop, format) = found.ok_or(ClientError::Unrecognized)?;
+        let view = format.decode(&body).map_err(ClientError::BadRelayCell)?;
+        match view.cmd {
             RelayCmd::EXTENDED2 => {
                 if hop + 1 != self.hops.len() {
                     return Err(ClientError::UnexpectedMsg(RelayCmd::EXTENDED2));
@@ -398,12 +442,12 @@ impl OriginCircuit {
                 if matches!(pending, Pending::None | Pending::Fast(_)) {
                     return Err(ClientError::UnexpectedMsg(RelayCmd::EXTENDED2));
                 }
-                let e = Extended2::decode(view.data()).map_err(ClientError::BadMsg)?;
-                let kg = finish(pending, &e.hdata)?;
-                self.add_hop(&kg)
+                let e = Extended2::decode(view.data).map_err(ClientError::BadMsg)?;
+                let (kg, cgo) = finish(pending, &e.hdata)?;
+                self.add_hop(&kg, cgo)
             }
             RelayCmd::TRUNCATED => {
-                let t = Truncated::decode(view.data()).map_err(ClientError::BadMsg)?;
+                let t = Truncated::decode(view.data).map_err(ClientError::BadMsg)?;
                 self.hops.truncate(hop + 1);
                 self.pending = Pending::None;
                 Ok(ClientEvent::Truncated {
@@ -412,19 +456,24 @@ impl OriginCircuit {
                 })
             }
             cmd => {
-                let msg = RelayMsg::decode(cmd, view.data()).map_err(ClientError::BadMsg)?;
+                let msg = RelayMsg::decode(cmd, view.data).map_err(ClientError::BadMsg)?;
                 Ok(ClientEvent::Msg {
                     hop,
-                    stream_id: view.stream_id(),
+                    stream_id: view.stream_id,
                     msg,
-                    data: view.data().to_vec(),
+                    data: view.data.to_vec(),
                 })
             }
         }
     }
 
-    fn add_hop(&mut self, kg: &KeyGenerator) -> Result<ClientEvent, ClientError> {
-        let hop = hop_from(kg).ok_or(HandshakeError::KdfTooLong)?;
+    fn add_hop(&mut self, kg: &KeyGenerator, cgo: bool) -> Result<ClientEvent, ClientError> {
+        let hop = if cgo {
+            let keys = kg.cgo_keys()?;
+            Hop::Cgo(CgoClientHop::new(&keys).ok_or(ClientError::BadHandshakeKind)?)
+        } else {
+            Hop::Tor1(hop_from(kg).ok_or(HandshakeError::KdfTooLong)?)
+        };
         self.hops.push(hop);
         Ok(ClientEvent::HopAdded {
             hops: self.hops.len(),
@@ -450,15 +499,32 @@ impl OriginCircuit {
         data: &[u8],
         chan_cmd: ChanCmd,
     ) -> Result<CircCell, ClientError> {
-        if hop >= self.hops.len() {
-            return Err(ClientError::NoSuchHop(hop));
-        }
+        let n = self.hops.len();
+        let (outer, rest) = self.hops.split_at_mut(hop.min(n));
+        let target = rest.first_mut().ok_or(ClientError::NoSuchHop(hop))?;
         let mut body = [0u8; 509];
-        build_relay_cell(&mut body, cmd, stream, data, rng)
+        target
+            .format()
+            .build(&mut body, cmd, stream, data, rng)
             .map_err(|_| ClientError::MessageTooLong)?;
-        self.engine
-            .origin_send(&mut self.hops, hop, &mut body)
-            .ok_or(ClientError::NoSuchHop(hop))?;
+        match target {
+            Hop::Tor1(t) => {
+                self.engine
+                    .process_one(t, &mut body, Op::OriginSealForward);
+            }
+            Hop::Cgo(c) => {
+                c.originate(chan_cmd.0, &mut body);
+            }
+        }
+        for h in outer.iter_mut().rev() {
+            match h {
+                Hop::Tor1(t) => {
+                    self.engine
+                        .process_one(t, &mut body, Op::OriginCryptForward);
+                }
+                Hop::Cgo(c) => c.forward(chan_cmd.0, &mut body),
+            }
+        }
         Ok(CircCell {
             circ_id: self.circ_id,
             cmd: chan_cmd,
@@ -485,32 +551,37 @@ fn onionskin(
             );
             Ok((Pending::Ntor(state), HandshakeType::NTOR, msg.to_vec()))
         }
-        HandshakeKind::NtorV3 => {
+        HandshakeKind::NtorV3 | HandshakeKind::NtorV3Cgo => {
             let id = relay.ed_id.ok_or(ClientError::BadHandshakeKind)?;
+            let cgo = kind == HandshakeKind::NtorV3Cgo;
+            if cgo && !super::cgo::available() {
+                return Err(ClientError::BadHandshakeKind);
+            }
             let mut msg = Vec::new();
-            // No extensions requested (congestion control is not negotiated yet). The message is
-            // an extension list, so "none" is one zero byte: C tor refuses an empty message.
-            let mut no_extensions = Vec::with_capacity(1);
-            proto::ntor_v3::encode_extensions(&[], &mut no_extensions)
-                .map_err(|_| ClientError::BadHandshakeKind)?;
+            // Congestion control is not negotiated yet; with CGO the message asks for Relay=6,
+            // otherwise it is an empty extension list (one zero byte: C tor refuses an empty
+            // message).
+            let client_msg = proto::ntor_v3::client_message(Negotiated { cgo });
             let state = proto::ntor_v3::client1(
                 rng,
                 &NtorV3PublicKey { id, pk },
                 CIRCUIT_EXTEND_VERIFICATION,
-                &no_extensions,
+                &client_msg,
                 &mut msg,
             )?;
-            Ok((Pending::NtorV3(state), HandshakeType::NTOR_V3, msg))
+            Ok((Pending::NtorV3 { state, cgo }, HandshakeType::NTOR_V3, msg))
         }
         HandshakeKind::CreateFast => Err(ClientError::BadHandshakeKind),
     }
 }
 
-/// Client step 2 of a CREATE2-style handshake.
-fn finish(pending: Pending, reply: &[u8]) -> Result<KeyGenerator, ClientError> {
+/// Client step 2 of a CREATE2-style handshake: the keys, and whether the hop uses CGO (the
+/// relay accepting the handshake accepts the subprotocol request; its reply carries no
+/// extension for it).
+fn finish(pending: Pending, reply: &[u8]) -> Result<(KeyGenerator, bool), ClientError> {
     match pending {
-        Pending::Ntor(state) => Ok(proto::ntor::client2(state, reply)?),
-        Pending::NtorV3(state) => Ok(proto::ntor_v3::client2(state, reply)?.1),
+        Pending::Ntor(state) => Ok((proto::ntor::client2(state, reply)?, false)),
+        Pending::NtorV3 { state, cgo } => Ok((proto::ntor_v3::client2(state, reply)?.1, cgo)),
         Pending::Fast(_) | Pending::None => Err(ClientError::UnexpectedCell(ChanCmd::CREATED2)),
     }
 }
@@ -578,6 +649,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use proto::keys::NtorOnionKeypair;
+    use proto::relay_cell::{build_relay_cell, RelayCellView};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 

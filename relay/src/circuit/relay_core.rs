@@ -52,11 +52,13 @@ use proto::keys::RelayKeys;
 use proto::link_spec::LinkSpec;
 use proto::ntor::NtorServerKeys;
 use proto::ntor_v3::{NtorV3ServerKeys, CIRCUIT_EXTEND_VERIFICATION};
-use proto::relay_cell::{build_relay_cell, RelayCellView, RelayCmd};
+use proto::relay_cell::RelayCmd;
+use proto::relay_cell_v1::RelayCellFormat;
 use proto::relay_msg::{End, EndReason, Extend2, Extended2, Truncated};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 
+use super::cgo::{CgoRelayHop, RELAY_CAPS};
 use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
 
 /// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
@@ -275,6 +277,9 @@ pub struct RelayCore {
     ntor_v3: NtorV3ServerKeys,
     circs: Vec<Circuit>,
     hops: Vec<Tor1Hop>,
+    /// Per slot: the CGO state of a circuit whose client asked for `Relay=6` (its tor1 entry
+    /// in `hops` is then unused); `None` for tor1 circuits.
+    cgo: Vec<Option<Box<CgoRelayHop>>>,
     free: Vec<u32>,
     /// Slots freed during the current chunk: not reused before its crypto results are applied.
     freed: Vec<u32>,
@@ -368,6 +373,7 @@ impl RelayCore {
             ntor_v3,
             circs: Vec::with_capacity(limits.circuits_max),
             hops: Vec::with_capacity(limits.circuits_max),
+            cgo: Vec::with_capacity(limits.circuits_max),
             free: Vec::with_capacity(limits.circuits_max),
             freed: Vec::with_capacity(limits.circuits_max),
             routes: HashMap::with_capacity(2 * limits.circuits_max),
@@ -663,10 +669,7 @@ impl RelayCore {
                 continue;
             };
             let (chan, id) = (c.prev_chan, c.prev_id);
-            if let Some(hop) = self.hops.get_mut(slot as usize) {
-                self.engine
-                    .process_one(hop, &mut body, Op::RelaySendBackward);
-            }
+            self.seal_backward(slot, &mut body);
             out.push(OutCell {
                 chan,
                 cell: CircCell {
@@ -742,7 +745,8 @@ impl RelayCore {
                             self.stats.cells_dropped += 1;
                             return;
                         };
-                        self.queue_relay(r.slot, side, cmd == ChanCmd::RELAY_EARLY, fixed, out)
+                        let early = cmd == ChanCmd::RELAY_EARLY;
+                        self.queue_relay(rng, r.slot, side, early, fixed, out, events)
                     }
                     (ChanCmd::CREATED2, Side::Next) => self.handle_created2(rng, r.slot, body, out),
                     _ => {
@@ -790,11 +794,11 @@ impl RelayCore {
             return;
         }
         let mut reply = [0u8; BODY_LEN];
-        let (reply_cmd, kg) = match cmd {
+        let (reply_cmd, kg, cgo) = match cmd {
             ChanCmd::CREATE_FAST => match proto::create_fast::server(rng, body) {
                 Ok((r, kg)) => {
                     reply[..r.len()].copy_from_slice(&r);
-                    (ChanCmd::CREATED_FAST, kg)
+                    (ChanCmd::CREATED_FAST, kg, false)
                 }
                 Err(_) => {
                     refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
@@ -802,7 +806,7 @@ impl RelayCore {
                 }
             },
             ChanCmd::CREATE2 => match self.server_handshake(rng, body) {
-                Some((hdata, kg)) => {
+                Some((hdata, kg, cgo)) => {
                     let mut v = Vec::with_capacity(2 + hdata.len());
                     if (Created2 { hdata }).encode(&mut v).is_err() {
                         refuse(out, &mut self.stats, DestroyReason::INTERNAL);
@@ -810,7 +814,7 @@ impl RelayCore {
                     }
                     let n = v.len().min(BODY_LEN);
                     reply[..n].copy_from_slice(&v[..n]);
-                    (ChanCmd::CREATED2, kg)
+                    (ChanCmd::CREATED2, kg, cgo)
                 }
                 None => {
                     refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
@@ -827,7 +831,16 @@ impl RelayCore {
             refuse(out, &mut self.stats, DestroyReason::INTERNAL);
             return;
         };
-        let Some(slot) = self.alloc_slot(hop, chan, id) else {
+        let cgo = if cgo {
+            let Some(c) = kg.cgo_keys().ok().and_then(|k| CgoRelayHop::new(&k)) else {
+                refuse(out, &mut self.stats, DestroyReason::INTERNAL);
+                return;
+            };
+            Some(c)
+        } else {
+            None
+        };
+        let Some(slot) = self.alloc_slot(hop, cgo, chan, id) else {
             refuse(out, &mut self.stats, DestroyReason::RESOURCELIMIT);
             return;
         };
@@ -858,27 +871,34 @@ impl RelayCore {
         &self,
         rng: &mut impl CryptoRngCore,
         body: &[u8],
-    ) -> Option<(Vec<u8>, KeyGenerator)> {
+    ) -> Option<(Vec<u8>, KeyGenerator, bool)> {
         let c = Create2::decode(body).ok()?;
         match c.htype {
             HandshakeType::NTOR => {
                 let (reply, kg) = proto::ntor::server(rng, &self.ntor, &c.hdata).ok()?;
-                Some((reply.to_vec(), kg))
+                Some((reply.to_vec(), kg, false))
             }
             HandshakeType::NTOR_V3 => {
                 let mut reply = Vec::new();
-                // No extension is answered yet: an empty extension list (one zero byte, as C tor
-                // expects) declines congestion control.
+                let mut cgo = false;
+                // A subprotocol request for Relay=6 is accepted when this build has CGO and
+                // refused (no reply: DESTROY) for anything else. No extension is answered: an
+                // empty extension list (one zero byte, as C tor expects) declines congestion
+                // control and implies acceptance of the request.
                 let (kg, _client_msg) = proto::ntor_v3::server(
                     rng,
                     &self.ntor_v3,
                     CIRCUIT_EXTEND_VERIFICATION,
                     &c.hdata,
-                    |_| Some(vec![0]),
+                    |cm| {
+                        let n = proto::ntor_v3::negotiate_server(cm, RELAY_CAPS).ok()?;
+                        cgo = n.cgo;
+                        Some(vec![0])
+                    },
                     &mut reply,
                 )
                 .ok()?;
-                Some((reply, kg))
+                Some((reply, kg, cgo))
             }
             _ => None,
         }
@@ -904,22 +924,22 @@ impl RelayCore {
         };
         let mut data = Vec::with_capacity(2 + created.hdata.len());
         let mut cell = [0u8; BODY_LEN];
+        let format = self.format(slot);
         let ok = (Extended2 {
             hdata: created.hdata,
         })
         .encode(&mut data)
         .is_ok()
-            && build_relay_cell(&mut cell, RelayCmd::EXTENDED2, None, &data, rng).is_ok();
+            && format
+                .build(&mut cell, RelayCmd::EXTENDED2, None, &data, rng)
+                .is_ok();
         if !ok {
             // A CREATED2 reply too long to fit in EXTENDED2.
             self.violation(slot, out);
             return;
         }
         let (prev_chan, prev_id) = (c.prev_chan, c.prev_id);
-        if let Some(hop) = self.hops.get_mut(slot as usize) {
-            self.engine
-                .process_one(hop, &mut cell, Op::RelaySendBackward);
-        }
+        self.seal_backward(slot, &mut cell);
         if let Some(c) = self.circs.get_mut(slot as usize) {
             c.next = Next::Open { chan, id };
         }
@@ -933,13 +953,16 @@ impl RelayCore {
         });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn queue_relay(
         &mut self,
+        rng: &mut impl CryptoRngCore,
         slot: u32,
         side: Side,
         early: bool,
         body: &[u8; BODY_LEN],
         out: &mut Vec<OutCell>,
+        events: &mut Vec<Event>,
     ) {
         let Some(c) = self.circs.get_mut(slot as usize) else {
             return;
@@ -967,6 +990,31 @@ impl RelayCore {
             }
         };
         let gen = c.gen;
+        if let Some(Some(cgo)) = self.cgo.get_mut(slot as usize) {
+            // CGO circuits are not batched (yet): their crypto runs here, in arrival order,
+            // and the cell is acted on at once.
+            let mut cell = *body;
+            let outcome = match dir {
+                Dir::Forward { early } => {
+                    let cmd = if early {
+                        ChanCmd::RELAY_EARLY
+                    } else {
+                        ChanCmd::RELAY
+                    };
+                    match cgo.forward(cmd.0, &mut cell) {
+                        Some(_tag) => Outcome::Recognized([0; 20]),
+                        None => Outcome::NotRecognized,
+                    }
+                }
+                Dir::Backward => {
+                    cgo.backward(&mut cell);
+                    Outcome::Done
+                }
+            };
+            let m = JobMeta { slot, gen, dir };
+            self.act(rng, m, outcome, &cell, out, events);
+            return;
+        }
         let i = self.jobs.len();
         let Some(dst) = self.batch_cells.get_mut(i) else {
             return;
@@ -999,6 +1047,19 @@ impl RelayCore {
         ) else {
             return;
         };
+        self.act(rng, m, outcome, &body, out, events);
+    }
+
+    /// Acts on one cell once its crypto ran: passes it on or handles it here.
+    fn act(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        m: JobMeta,
+        outcome: Outcome,
+        body: &[u8; BODY_LEN],
+        out: &mut Vec<OutCell>,
+        events: &mut Vec<Event>,
+    ) {
         if !self.is_live(m.slot, m.gen) {
             return;
         }
@@ -1013,16 +1074,16 @@ impl RelayCore {
                     cell: CircCell {
                         circ_id: c.prev_id,
                         cmd: ChanCmd::RELAY,
-                        body,
+                        body: *body,
                     },
                 });
             }
             (Dir::Forward { early }, Outcome::NotRecognized) => {
-                self.forward(m.slot, early, &body, out)
+                self.forward(m.slot, early, body, out)
             }
             (Dir::Forward { early }, Outcome::Recognized(_)) => {
                 self.stats.cells_recognized += 1;
-                self.handle_recognized(rng, m.slot, early, &body, out, events)
+                self.handle_recognized(rng, m.slot, early, body, out, events)
             }
             (Dir::Forward { .. }, _) => self.close(
                 m.slot,
@@ -1091,18 +1152,16 @@ impl RelayCore {
         out: &mut Vec<OutCell>,
         events: &mut Vec<Event>,
     ) {
-        let Ok(view) = RelayCellView::new(body) else {
+        // A v1 cell with an unknown command fails here and closes the circuit (C tor does the
+        // same); a v0 one decodes and is dropped below.
+        let Ok(view) = self.format(slot).decode(body) else {
             self.violation(slot, out);
             return;
         };
-        if view.check_stream_id().is_err() {
-            self.violation(slot, out);
-            return;
-        }
-        match view.cmd() {
+        match view.cmd {
             RelayCmd::DROP => {
                 if self.echo_drop {
-                    self.reply(rng, slot, RelayCmd::DROP, None, view.data());
+                    self.reply(rng, slot, RelayCmd::DROP, None, view.data);
                 }
             }
             RelayCmd::EXTEND2 => {
@@ -1111,7 +1170,7 @@ impl RelayCore {
                     self.violation(slot, out);
                     return;
                 }
-                self.handle_extend2(slot, view.data(), out, events);
+                self.handle_extend2(slot, view.data, out, events);
             }
             RelayCmd::TRUNCATE => {
                 self.truncate(slot, out);
@@ -1132,7 +1191,7 @@ impl RelayCore {
                 };
                 let mut data = Vec::with_capacity(1);
                 if End::new(reason).encode(&mut data).is_ok() {
-                    self.reply(rng, slot, RelayCmd::END, view.stream_id(), &data);
+                    self.reply(rng, slot, RelayCmd::END, view.stream_id, &data);
                 }
             }
             // tor-spec §6.1: a recognized cell with a command we do not understand is dropped.
@@ -1155,9 +1214,36 @@ impl RelayCore {
         let Some(c) = self.circs.get(slot as usize) else {
             return;
         };
+        let gen = c.gen;
         let mut body = [0u8; BODY_LEN];
-        if build_relay_cell(&mut body, cmd, stream, data, rng).is_ok() {
-            self.replies.push((slot, c.gen, body));
+        if self
+            .format(slot)
+            .build(&mut body, cmd, stream, data, rng)
+            .is_ok()
+        {
+            self.replies.push((slot, gen, body));
+        }
+    }
+
+    /// The relay cell format of `slot`'s circuit: v1 with CGO, v0 with tor1.
+    fn format(&self, slot: u32) -> RelayCellFormat {
+        match self.cgo.get(slot as usize) {
+            Some(Some(_)) => RelayCellFormat::V1,
+            _ => RelayCellFormat::V0,
+        }
+    }
+
+    /// Encrypts a cell this relay originates towards the client with `slot`'s crypto.
+    fn seal_backward(&mut self, slot: u32, body: &mut [u8; BODY_LEN]) {
+        match self.cgo.get_mut(slot as usize) {
+            Some(Some(cgo)) => {
+                cgo.originate(body);
+            }
+            _ => {
+                if let Some(hop) = self.hops.get_mut(slot as usize) {
+                    self.engine.process_one(hop, body, Op::RelaySendBackward);
+                }
+            }
         }
     }
 
@@ -1402,6 +1488,10 @@ impl RelayCore {
             out.push(destroy_cell(prev_chan, prev_id, r));
         }
         self.drop_next(next, next_reason, out);
+        if let Some(c) = self.cgo.get_mut(slot as usize) {
+            // Drop (and wipe) the CGO keys now rather than at the slot's reuse.
+            *c = None;
+        }
         self.freed.push(slot);
         self.live = self.live.saturating_sub(1);
         self.stats.circuits_destroyed += 1;
@@ -1410,7 +1500,13 @@ impl RelayCore {
     // ----------------------------------------------------------------------------------------
     // Tables
 
-    fn alloc_slot(&mut self, hop: Tor1Hop, chan: ChanId, id: CircId) -> Option<u32> {
+    fn alloc_slot(
+        &mut self,
+        hop: Tor1Hop,
+        cgo: Option<Box<CgoRelayHop>>,
+        chan: ChanId,
+        id: CircId,
+    ) -> Option<u32> {
         let circ = |gen| Circuit {
             gen,
             live: true,
@@ -1424,10 +1520,12 @@ impl RelayCore {
             let gen = self.circs.get(i)?.gen;
             *self.circs.get_mut(i)? = circ(gen);
             *self.hops.get_mut(i)? = hop;
+            *self.cgo.get_mut(i)? = cgo;
             Some(s)
         } else if self.circs.len() < self.limits.circuits_max {
             self.circs.push(circ(0));
             self.hops.push(hop);
+            self.cgo.push(cgo);
             u32::try_from(self.circs.len() - 1).ok()
         } else {
             None
@@ -1664,6 +1762,7 @@ pub fn fuzz_cells(data: &[u8]) {
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 mod tests {
     use super::*;
+    use proto::relay_cell::{build_relay_cell, RelayCellView};
     use crate::circuit::{ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
     use proptest::prelude::*;
     use proto::cell::CellBody;
