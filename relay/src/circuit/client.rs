@@ -25,9 +25,7 @@ use proto::kdf::{HandshakeError, KeyGenerator};
 use proto::keys::RelayKeys;
 use proto::link_spec::LinkSpec;
 use proto::ntor::{NtorClientState, NtorPublicKey};
-use proto::ntor_v3::{
-    Negotiated, NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION,
-};
+use proto::ntor_v3::{Negotiated, NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION};
 use proto::relay_cell::RelayCmd;
 use proto::relay_cell_v1::{RelayCellFormat, RelayFormatError};
 use proto::relay_msg::{Extend2, Extended2, RelayMsg, Truncated};
@@ -511,8 +509,7 @@ impl OriginCircuit {
             .map_err(|_| ClientError::MessageTooLong)?;
         match target {
             Hop::Tor1(t) => {
-                self.engine
-                    .process_one(t, &mut body, Op::OriginSealForward);
+                self.engine.process_one(t, &mut body, Op::OriginSealForward);
             }
             Hop::Cgo(c) => {
                 c.originate(chan_cmd.0, &mut body);

@@ -1762,11 +1762,11 @@ pub fn fuzz_cells(data: &[u8]) {
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 mod tests {
     use super::*;
-    use proto::relay_cell::{build_relay_cell, RelayCellView};
-    use crate::circuit::{ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
+    use crate::circuit::{ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
     use proptest::prelude::*;
     use proto::cell::CellBody;
     use proto::keys::NtorOnionKeypair;
+    use proto::relay_cell::{build_relay_cell, RelayCellView};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -2255,6 +2255,203 @@ mod tests {
         );
         assert_eq!(core.circuits(), 0);
         assert_eq!(core.channel_circuits(NEXT), 0);
+    }
+
+    fn created2_cell(id: CircId, hdata: Vec<u8>) -> CircCell {
+        let mut body = Vec::new();
+        Created2 { hdata }.encode(&mut body).unwrap();
+        CircCell::new(id, ChanCmd::CREATED2, &body)
+    }
+
+    /// A circuit whose first hop (this core) negotiated CGO: DROPs of every size are echoed
+    /// byte for byte in the v1 format beside a tor1 circuit on the same core, and a flipped
+    /// bit in one CGO cell closes that circuit only.
+    #[test]
+    fn cgo_first_hop_echoes_and_tampering_closes_only_that_circuit() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut core = core(Limits {
+            batch_cells_max: 2,
+            ..Limits::default()
+        });
+        core.set_echo_drop_for_tests(true);
+        let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+        let info = info_of(&ntor, Some(ME_ED));
+        let mut circs = Vec::new();
+        for (n, kind) in [HandshakeKind::NtorV3Cgo, HandshakeKind::NtorV3]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut rng,
+                engine(),
+                id(0x8000_0040 + n as u32),
+                kind,
+                &info,
+            )
+            .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            assert_eq!(run.out.len(), 1);
+            assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED2);
+            circ.handle_cell(&run.out[0].cell).unwrap();
+            circs.push(circ);
+        }
+        assert_eq!(circs[0].hop_format(0), Some(RelayCellFormat::V1));
+        assert_eq!(circs[1].hop_format(0), Some(RelayCellFormat::V0));
+        for len in [0usize, 1, 100, 488, 489, 490] {
+            for circ in circs.iter_mut() {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                let sent = circ.send_raw(&mut rng, 0, RelayCmd::DROP, None, &data);
+                if circ.hop_format(0) == Some(RelayCellFormat::V0) && len > 498 {
+                    continue;
+                }
+                let run = feed(&mut core, &mut rng, &[(CLIENT, &sent.unwrap())]);
+                assert_eq!(run.out.len(), 1);
+                let ev = circ.handle_cell(&run.out[0].cell).unwrap();
+                assert!(
+                    matches!(&ev, ClientEvent::Msg { hop: 0, data: d, .. } if *d == data),
+                    "{ev:?}"
+                );
+            }
+        }
+        // A v1 cell too long for a DATA message is refused by the client library.
+        assert_eq!(
+            circs[0]
+                .send_raw(&mut rng, 0, RelayCmd::DATA, StreamId::new(1), &[0; 489])
+                .unwrap_err(),
+            ClientError::MessageTooLong
+        );
+        // Tampering with the CGO circuit's cell: DESTROY for it, the tor1 one lives on.
+        let mut bad = circs[0]
+            .send_raw(&mut rng, 0, RelayCmd::DROP, None, b"tampered")
+            .unwrap();
+        bad.body[300] ^= 0x10;
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &bad)]);
+        assert_eq!(
+            run.out,
+            vec![destroy(CLIENT, 0x8000_0040, DestroyReason::PROTOCOL)]
+        );
+        assert_eq!(core.circuits(), 1);
+        let ok = circs[1]
+            .send_raw(&mut rng, 0, RelayCmd::DROP, None, b"still here")
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &ok)]);
+        assert!(matches!(
+            circs[1].handle_cell(&run.out[0].cell).unwrap(),
+            ClientEvent::Msg { data, .. } if data == b"still here"
+        ));
+    }
+
+    /// A CGO hop (this core) extending to a CGO next hop (simulated with `crypto_simd::cgo`):
+    /// EXTEND2 and EXTENDED2 travel in the v1 format, cells for the next hop pass through the
+    /// core's CGO layer both ways.
+    #[test]
+    fn cgo_middle_hop_relays_both_ways() {
+        let mut rng = StdRng::seed_from_u64(22);
+        let mut core = core(Limits::default());
+        let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut rng,
+            engine(),
+            id(0x8000_0050),
+            HandshakeKind::NtorV3Cgo,
+            &info_of(&ntor, Some(ME_ED)),
+        )
+        .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        circ.handle_cell(&run.out[0].cell).unwrap();
+        let next_ed = [9u8; 32];
+        let (next_keys, next_v3) = server_keys(NEXT_RSA, next_ed, 8);
+        const NEXT_ED: ChanId = ChanId(3);
+        core.add_channel(
+            NEXT_ED,
+            ChanInfo {
+                link_version: 5,
+                initiator: true,
+                rsa_id: Some(RsaIdentity::from_bytes(NEXT_RSA)),
+                ed_id: Some(Ed25519Identity::from_bytes(next_ed)),
+            },
+        );
+        let cell = circ
+            .extend(
+                &mut rng,
+                HandshakeKind::NtorV3Cgo,
+                &info_of(&next_keys, Some(next_ed)),
+            )
+            .unwrap();
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+        assert_eq!(run.out.len(), 1);
+        let create = &run.out[0];
+        assert_eq!((create.chan, create.cell.cmd), (NEXT_ED, ChanCmd::CREATE2));
+        let next_id = create.cell.circ_id;
+        let c2 = Create2::decode(&create.cell.body).unwrap();
+        let mut reply = Vec::new();
+        let mut negotiated = None;
+        let (kg, _) = proto::ntor_v3::server(
+            &mut rng,
+            &next_v3,
+            CIRCUIT_EXTEND_VERIFICATION,
+            &c2.hdata,
+            |cm| {
+                negotiated = proto::ntor_v3::negotiate_server(cm, RELAY_CAPS).ok();
+                Some(vec![0])
+            },
+            &mut reply,
+        )
+        .unwrap();
+        assert_eq!(negotiated.map(|n| n.cgo), Some(true));
+        let keys = kg.cgo_keys().unwrap();
+        let mut kdf = keys.forward.to_vec();
+        kdf.extend_from_slice(&keys.backward);
+        let mut hop1 = crypto_simd::cgo::RelayState::from_kdf(&kdf).unwrap();
+        let run = feed(
+            &mut core,
+            &mut rng,
+            &[(NEXT_ED, &created2_cell(next_id, reply))],
+        );
+        assert_eq!(
+            circ.handle_cell(&run.out[0].cell).unwrap(),
+            ClientEvent::HopAdded { hops: 2 }
+        );
+        for i in 0..4u8 {
+            let c = circ
+                .send_raw(&mut rng, 1, RelayCmd::DROP, None, &[i; 40])
+                .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &c)]);
+            assert_eq!(run.out.len(), 1);
+            assert_eq!(
+                (run.out[0].chan, run.out[0].cell.circ_id),
+                (NEXT_ED, next_id)
+            );
+            let mut b = run.out[0].cell.body;
+            let r = hop1.forward(crypto_simd::cgo::CMD_RELAY, &mut b);
+            assert!(matches!(r, crypto_simd::cgo::Forward::ForUs(_)));
+            let v = proto::relay_cell_v1::RelayCellV1View::new(&b).unwrap();
+            assert_eq!((v.cmd(), v.data()), (RelayCmd::DROP, &[i; 40][..]));
+
+            let mut b = [0u8; BODY_LEN];
+            proto::relay_cell_v1::build_relay_cell_v1(
+                &mut b,
+                RelayCmd::END,
+                StreamId::new(3),
+                &[6],
+                &mut rng,
+            )
+            .unwrap();
+            hop1.originate(crypto_simd::cgo::CMD_RELAY, &mut b);
+            let back = CircCell {
+                circ_id: next_id,
+                cmd: ChanCmd::RELAY,
+                body: b,
+            };
+            let run = feed(&mut core, &mut rng, &[(NEXT_ED, &back)]);
+            assert_eq!(run.out.len(), 1);
+            let ev = circ.handle_cell(&run.out[0].cell).unwrap();
+            assert!(matches!(
+                ev,
+                ClientEvent::Msg { hop: 1, stream_id, msg: proto::relay_msg::RelayMsg::End(_), .. }
+                    if stream_id == StreamId::new(3)
+            ));
+        }
     }
 
     #[test]
