@@ -12,6 +12,11 @@
 //! - [`OriginCircuit`] (in `client.rs`): a circuit as its origin (a client) sees it: building it
 //!   hop by hop, sending and receiving relay messages. The integration tests and the `bench`
 //!   load generator drive relays with it.
+//! - [`cgo`]: Counter Galois Onion relay crypto (proposal 359) per hop, for both. A hop uses
+//!   CGO and the v1 relay cell format ([`proto::relay_cell_v1`]) when its client asked for
+//!   `Relay=6` in the ntor v3 subprotocol request ([`HandshakeKind::NtorV3Cgo`]) and the relay
+//!   accepted; otherwise tor1 and the v0 format. A relay refuses any other subprotocol request.
+//!   CGO circuits run their crypto per cell at a relay, outside the tor1 batch.
 //!
 //! Exit streams (BEGIN, RESOLVE) and directory streams (BEGIN_DIR) are not served yet: a relay
 //! answers them with an END cell. Neither are TAP (CREATE, EXTEND), congestion-control

@@ -25,6 +25,11 @@
 //! Relay cells that arrive after a DESTROY in the same chunk are therefore still relayed; the
 //! peer should not have sent them, and they die at the next hop with the circuit.
 //!
+//! Circuits whose client negotiated CGO (`Relay=6`, proposal 359; see [`super::cgo`]) are the
+//! exception: their cells are decrypted and acted on as they are routed, one at a time, and the
+//! messages this relay originates on them use the v1 relay cell format. Their order per
+//! circuit is kept the same way (replies are sealed after the chunk's relayed cells).
+//!
 //! # Limits
 //!
 //! Every table is bounded by [`Limits`]; the overflow policy is always to refuse the new thing:
