@@ -2578,6 +2578,50 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
+        /// A flipped bit anywhere in a CGO cell for this (last) hop, or a RELAY cell relabeled
+        /// RELAY_EARLY (the command is part of CGO's tweak), gets the circuit destroyed with
+        /// PROTOCOL; the cell before it, untouched, is echoed.
+        #[test]
+        fn any_flipped_bit_in_a_cgo_cell_closes_the_circuit(
+            byte in 0usize..BODY_LEN,
+            bit in 0u8..8,
+            relabel in any::<bool>(),
+            len in 0usize..=proto::relay_cell_v1::DATA_MAX_NO_STREAM,
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut core = core(Limits::default());
+            core.set_echo_drop_for_tests(true);
+            let (ntor, _) = server_keys(ME_RSA, ME_ED, 7);
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut rng,
+                engine(),
+                id(0x8000_0077),
+                HandshakeKind::NtorV3Cgo,
+                &info_of(&ntor, Some(ME_ED)),
+            )
+            .unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            circ.handle_cell(&run.out[0].cell).unwrap();
+            let data = vec![0x3c; len];
+            let cell = circ.send_raw(&mut rng, 0, RelayCmd::DROP, None, &data).unwrap();
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            let echoed = matches!(
+                circ.handle_cell(&run.out[0].cell).unwrap(),
+                ClientEvent::Msg { data: d, .. } if d == data
+            );
+            prop_assert!(echoed);
+            let mut cell = circ.send_raw(&mut rng, 0, RelayCmd::DROP, None, &data).unwrap();
+            if relabel {
+                cell.cmd = ChanCmd::RELAY_EARLY;
+            } else {
+                cell.body[byte] ^= 1 << bit;
+            }
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            prop_assert_eq!(run.out, vec![destroy(CLIENT, 0x8000_0077, DestroyReason::PROTOCOL)]);
+            prop_assert_eq!(core.circuits(), 0);
+        }
+
         /// Arbitrary bytes as framed cells on three channels never panic.
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
