@@ -1,0 +1,640 @@
+//! x86-64 CGO kernels (proposal 359's `ENC_UIV`, `DEC_UIV`, `UPDATE_UIV`; see
+//! [`reference`](super::reference) for the definitions).
+//!
+//! Two kernels share this code:
+//! - *narrow*: AES-NI and PCLMULQDQ on `xmm` registers, eight counter blocks at a time;
+//! - *wide*: VAES and VPCLMULQDQ on `ymm` registers for the bulk of each cell (the 31-block PRF
+//!   keystream, 16 blocks in flight, and the 32-block ET POLYVAL, two blocks per multiply);
+//!   the one-block steps (ET's AES block, the PRF's one-block POLYVAL) stay on `xmm`.
+//!
+//! POLYVAL over the 32 blocks of an ET tweak uses aggregated reduction: with the powers
+//! `KU^1 .. KU^32` precomputed (per key, in [`Sched`]), `UH = Σ X_j • KU^(32-j)` needs 32
+//! carry-less products accumulated unreduced and one Montgomery reduction. The powers are
+//! rebuilt on each key update (a tree of 31 products, depth 5).
+//!
+//! Safety: every function that executes these instructions is a `#[target_feature]` function;
+//! the only ways in ([`run_one`], [`run_batch`] and the [`Prims`] impls) hold a [`Token`], which
+//! exists only after run-time detection saw the instructions.
+
+use core::arch::x86_64::*;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::{
+    Cache, CgoJob, CgoOp, CgoOutcome, Dir, DirKeys, Prims, SendmeTag, BLK, PAYLOAD_LEN,
+    UIV_KEY_LEN, UPDATE_LEN,
+};
+use crate::CellBody;
+
+/// Number of POLYVAL powers kept: one per block of an ET tweak (`T'`, `CMD | X_R`, 30 more).
+const NPOW: usize = 32;
+
+/// The x86 kernels' schedule for one direction's `J | S`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[repr(C, align(32))]
+pub(crate) struct Sched {
+    /// `KB` encryption round keys, each doubled to 32 bytes for `ymm` use.
+    et_enc: [[u8; 32]; 11],
+    /// `KB` decryption round keys (`aesdec` order), clients only.
+    et_dec: [[u8; 16]; 11],
+    /// `K` encryption round keys, doubled.
+    prf: [[u8; 32]; 11],
+    /// `ku_pow[j] = KU^(32 - j)`: the power block `j` of an ET tweak is multiplied by.
+    ku_pow: [[u8; 16]; NPOW],
+    /// `B`.
+    b: [u8; 16],
+}
+
+/// Proof that a kernel's instructions are present.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token {
+    wide: bool,
+}
+
+impl Token {
+    /// AES-NI, PCLMULQDQ, SSE4.1 (the narrow kernel).
+    pub(crate) fn aesni() -> Option<Token> {
+        (std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("ssse3"))
+        .then_some(Token { wide: false })
+    }
+
+    /// The narrow kernel's features plus AVX2, VAES and VPCLMULQDQ (the wide kernel).
+    pub(crate) fn vaes256() -> Option<Token> {
+        (Token::aesni().is_some()
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq"))
+        .then_some(Token { wide: true })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers (narrow features; inlined into both kernels).
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ld(b: &[u8; 16]) -> __m128i {
+    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn st(b: &mut [u8; 16], v: __m128i) {
+    // SAFETY: `b` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// 16 bytes of `s` from `off` (bounds-checked; offsets are constants after inlining).
+#[inline(always)]
+fn at<const N: usize>(s: &[u8; N], off: usize) -> &[u8; 16] {
+    let r: &[u8] = &s[off..off + 16];
+    // The slice is 16 bytes by construction.
+    #[allow(clippy::unwrap_used)]
+    r.try_into().unwrap()
+}
+
+#[inline(always)]
+fn at_mut<const N: usize>(s: &mut [u8; N], off: usize) -> &mut [u8; 16] {
+    let r: &mut [u8] = &mut s[off..off + 16];
+    #[allow(clippy::unwrap_used)]
+    r.try_into().unwrap()
+}
+
+/// Montgomery reduction of the 256-bit product `hi:mid:lo` to `a • b = a b x^-128` mod
+/// `x^128 + x^127 + x^126 + x^121 + 1` (RFC 8452 §3), the POLYVAL field product.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn reduce(lo: __m128i, mid: __m128i, hi: __m128i) -> __m128i {
+    let lo = _mm_xor_si128(lo, _mm_slli_si128::<8>(mid));
+    let hi = _mm_xor_si128(hi, _mm_srli_si128::<8>(mid));
+    // x^-64 twice: fold the low 64 bits up with the constant 0xc2 << 56.
+    let poly = _mm_set_epi64x(0xc200_0000_0000_0000_u64 as i64, 1);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    _mm_xor_si128(hi, lo)
+}
+
+/// `a • b` (POLYVAL's field product).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn gf_mul(a: __m128i, b: __m128i) -> __m128i {
+    let lo = _mm_clmulepi64_si128::<0x00>(a, b);
+    let hi = _mm_clmulepi64_si128::<0x11>(a, b);
+    let mid = _mm_xor_si128(
+        _mm_clmulepi64_si128::<0x01>(a, b),
+        _mm_clmulepi64_si128::<0x10>(a, b),
+    );
+    reduce(lo, mid, hi)
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn rk(keys: &[[u8; 32]; 11], i: usize) -> __m128i {
+    ld(at(&keys[i], 0))
+}
+
+/// AES-128 encryption of one block.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_enc(keys: &[[u8; 32]; 11], b: __m128i) -> __m128i {
+    let mut s = _mm_xor_si128(b, rk(keys, 0));
+    for i in 1..10 {
+        s = _mm_aesenc_si128(s, rk(keys, i));
+    }
+    _mm_aesenclast_si128(s, rk(keys, 10))
+}
+
+/// AES-128 decryption of one block.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_dec(keys: &[[u8; 16]; 11], b: __m128i) -> __m128i {
+    let mut s = _mm_xor_si128(b, ld(&keys[0]));
+    for k in &keys[1..10] {
+        s = _mm_aesdec_si128(s, ld(k));
+    }
+    _mm_aesdeclast_si128(s, ld(&keys[10]))
+}
+
+/// One step of the AES-128 key schedule (FIPS-197 §5.2) from `aeskeygenassist`'s output.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn key_step(k: __m128i, assist: __m128i) -> __m128i {
+    let a = _mm_shuffle_epi32::<0xff>(assist);
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    _mm_xor_si128(k, a)
+}
+
+/// The eleven AES-128 round keys of `key`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn expand(key: __m128i) -> [__m128i; 11] {
+    let mut r = [key; 11];
+    macro_rules! step {
+        ($i:literal, $rcon:literal) => {
+            r[$i] = key_step(r[$i - 1], _mm_aeskeygenassist_si128::<$rcon>(r[$i - 1]));
+        };
+    }
+    step!(1, 0x01);
+    step!(2, 0x02);
+    step!(3, 0x04);
+    step!(4, 0x08);
+    step!(5, 0x10);
+    step!(6, 0x20);
+    step!(7, 0x40);
+    step!(8, 0x80);
+    step!(9, 0x1b);
+    step!(10, 0x36);
+    r
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_doubled(out: &mut [[u8; 32]; 11], keys: &[__m128i; 11]) {
+    for (o, k) in out.iter_mut().zip(keys) {
+        st(at_mut(o, 0), *k);
+        st(at_mut(o, 16), *k);
+    }
+}
+
+/// Builds the schedule of `raw = KB | KU | K | B`.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
+    let e = expand(ld(at(raw, 0)));
+    store_doubled(&mut s.et_enc, &e);
+    if client {
+        st(&mut s.et_dec[0], e[10]);
+        for i in 1..10 {
+            st(&mut s.et_dec[i], _mm_aesimc_si128(e[10 - i]));
+        }
+        st(&mut s.et_dec[10], e[0]);
+    }
+    let p = expand(ld(at(raw, 32)));
+    store_doubled(&mut s.prf, &p);
+    // Powers of KU by doubling: p[i] = KU^(i+1).
+    let h = ld(at(raw, 16));
+    let mut pw = [h; NPOW];
+    pw[1] = gf_mul(h, h);
+    pw[2] = gf_mul(pw[1], h);
+    pw[3] = gf_mul(pw[1], pw[1]);
+    let mut have = 4;
+    while have < NPOW {
+        let top = pw[have - 1];
+        for i in 0..have {
+            pw[have + i] = gf_mul(pw[i], top);
+        }
+        have *= 2;
+    }
+    for (j, o) in s.ku_pow.iter_mut().enumerate() {
+        st(o, pw[NPOW - 1 - j]);
+    }
+    s.b.copy_from_slice(&raw[48..64]);
+}
+
+/// The PRF's counter block for `tweak` with offset `t` blocks: `(tweak • B)` with the low six
+/// bits of its last byte cleared, plus `t`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn prf_iv(s: &Sched, tweak: __m128i, t: i64) -> __m128i {
+    let h = gf_mul(tweak, ld(&s.b));
+    let keep = _mm_set_epi64x(0xc0ff_ffff_ffff_ffff_u64 as i64, -1);
+    _mm_add_epi64(_mm_and_si128(h, keep), _mm_set_epi64x(t << 56, 0))
+}
+
+/// `iv + i` for the PRF's counter (the last byte never carries: see the reference).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_add(iv: __m128i, i: usize) -> __m128i {
+    _mm_add_epi64(iv, _mm_set_epi64x((i as i64) << 56, 0))
+}
+
+/// XORs one keystream block into `out` (up to 16 bytes).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn xor_block_into(out: &mut [u8], ks: __m128i) {
+    if let Ok(o) = <&mut [u8; 16]>::try_from(&mut out[..]) {
+        let v = _mm_xor_si128(ld(o), ks);
+        st(o, v);
+    } else {
+        let mut tmp = [0u8; 16];
+        st(&mut tmp, ks);
+        for (o, k) in out.iter_mut().zip(tmp) {
+            *o ^= k;
+        }
+        tmp.zeroize();
+    }
+}
+
+/// XORs `CTR(K, iv)` into `out`, eight blocks at a time.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8]) {
+    for (g, group) in out.chunks_mut(8 * BLK).enumerate() {
+        let n = group.len().div_ceil(BLK);
+        let mut b = [_mm_setzero_si128(); 8];
+        for (i, x) in b.iter_mut().enumerate().take(n) {
+            *x = _mm_xor_si128(ctr_add(iv, g * 8 + i), rk(keys, 0));
+        }
+        for r in 1..10 {
+            let k = rk(keys, r);
+            for x in b.iter_mut().take(n) {
+                *x = _mm_aesenc_si128(*x, k);
+            }
+        }
+        let k = rk(keys, 10);
+        for (x, o) in b.iter_mut().zip(group.chunks_mut(BLK)) {
+            xor_block_into(o, _mm_aesenclast_si128(*x, k));
+        }
+    }
+}
+
+/// The ET tweak's blocks: `T'`, `CMD | X_R[..15]`, then `X_R[15..]` in 16-byte blocks with
+/// the last (14 bytes) zero-padded. Block `j >= 2` starts at cell offset `31 + 16 (j - 2)`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn tweak_block1(cmd: u8, cell: &CellBody) -> __m128i {
+    _mm_insert_epi8::<0>(ld(at(cell, 15)), i32::from(cmd))
+}
+
+/// The last, zero-padded tweak block (cell bytes 495..509).
+#[inline(always)]
+fn tweak_tail(cell: &CellBody) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..14].copy_from_slice(&cell[495..509]);
+    t
+}
+
+/// `UH(KU, T' | cmd | X_R)` on `xmm`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn et_mask_narrow(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+    let mut lo = _mm_setzero_si128();
+    let mut mid = _mm_setzero_si128();
+    let mut hi = _mm_setzero_si128();
+    let tail = tweak_tail(cell);
+    for j in 0..NPOW {
+        let x = match j {
+            0 => ld(tprime),
+            1 => tweak_block1(cmd, cell),
+            31 => ld(&tail),
+            _ => ld(at(cell, 31 + 16 * (j - 2))),
+        };
+        let h = ld(&s.ku_pow[j]);
+        lo = _mm_xor_si128(lo, _mm_clmulepi64_si128::<0x00>(x, h));
+        hi = _mm_xor_si128(hi, _mm_clmulepi64_si128::<0x11>(x, h));
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128::<0x01>(x, h));
+        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128::<0x10>(x, h));
+    }
+    reduce(lo, mid, hi)
+}
+
+/// `UH(KU, T' | cmd | X_R)` on `ymm`: two blocks per carry-less multiply.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+    let pows = s.ku_pow.as_flattened();
+    let mut last = [0u8; 32];
+    last[..30].copy_from_slice(&cell[479..509]);
+    let mut lo = _mm256_setzero_si256();
+    let mut mid = _mm256_setzero_si256();
+    let mut hi = _mm256_setzero_si256();
+    for k in 0..NPOW / 2 {
+        let x = match k {
+            0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
+            // SAFETY: 32 readable bytes at `last`.
+            15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
+            _ => {
+                let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
+                // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
+                unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
+            }
+        };
+        let hsrc = &pows[32 * k..32 * k + 32];
+        // SAFETY: `hsrc` is 32 readable bytes.
+        let h = unsafe { _mm256_loadu_si256(hsrc.as_ptr().cast()) };
+        lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128::<0x00>(x, h));
+        hi = _mm256_xor_si256(hi, _mm256_clmulepi64_epi128::<0x11>(x, h));
+        mid = _mm256_xor_si256(mid, _mm256_clmulepi64_epi128::<0x01>(x, h));
+        mid = _mm256_xor_si256(mid, _mm256_clmulepi64_epi128::<0x10>(x, h));
+    }
+    let fold =
+        |v: __m256i| _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    reduce(fold(lo), fold(mid), fold(hi))
+}
+
+/// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
+    let base = _mm256_broadcastsi128_si256(iv);
+    let rkw = |i: usize| {
+        // SAFETY: each round key is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
+    };
+    for g in 0..2usize {
+        let mut b = [_mm256_setzero_si256(); 8];
+        for (i, x) in b.iter_mut().enumerate() {
+            let n = (16 * g + 2 * i) as i64;
+            let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
+            *x = _mm256_xor_si256(c, rkw(0));
+        }
+        for r in 1..10 {
+            let k = rkw(r);
+            for x in b.iter_mut() {
+                *x = _mm256_aesenc_epi128(*x, k);
+            }
+        }
+        let k = rkw(10);
+        for (i, x) in b.iter_mut().enumerate() {
+            let ks = _mm256_aesenclast_epi128(*x, k);
+            let off = 256 * g + 32 * i;
+            if off + 32 <= PAYLOAD_LEN {
+                let o = &mut out[off..off + 32];
+                // SAFETY: `o` is 32 readable and writable bytes.
+                unsafe {
+                    let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
+                    _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
+                }
+            } else {
+                // The last pair: 13 bytes of block 30, block 31 unused.
+                xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
+            }
+        }
+    }
+}
+
+/// Splits a cell into `X_L` and `X_R`.
+#[inline(always)]
+fn split(cell: &mut CellBody) -> (&mut [u8; 16], &mut [u8; PAYLOAD_LEN]) {
+    let (l, r) = cell.split_at_mut(16);
+    #[allow(clippy::unwrap_used)]
+    (l.try_into().unwrap(), r.try_into().unwrap())
+}
+
+/// The CGO primitives for one kernel width; only made inside the `#[target_feature]` entry
+/// points below, after a [`Token`] was checked.
+#[derive(Clone, Copy)]
+struct Kern<const WIDE: bool>(());
+
+impl<const WIDE: bool> Kern<WIDE> {
+    /// The x86 schedule of `k`, built if another backend ran last.
+    #[inline(always)]
+    fn sched(self, k: &mut DirKeys) -> &Sched {
+        if !matches!(k.cache, Cache::X86(_)) {
+            let mut s = Box::new(Sched {
+                et_enc: [[0; 32]; 11],
+                et_dec: [[0; 16]; 11],
+                prf: [[0; 32]; 11],
+                ku_pow: [[0; 16]; NPOW],
+                b: [0; 16],
+            });
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { build(&k.raw, k.client, &mut s) };
+            k.cache = Cache::X86(s);
+        }
+        match &k.cache {
+            Cache::X86(s) => s,
+            // Set just above.
+            _ => unreachable!(),
+        }
+    }
+
+    #[inline(always)]
+    fn mask(self, s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+        if WIDE {
+            // SAFETY: `Kern<true>` exists only after a `Token` proved the wide features.
+            unsafe { et_mask_wide(s, tprime, cmd, cell) }
+        } else {
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { et_mask_narrow(s, tprime, cmd, cell) }
+        }
+    }
+
+    #[inline(always)]
+    fn ctr(self, s: &Sched, iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
+        if WIDE {
+            // SAFETY: `Kern<true>` exists only after a `Token` proved the wide features.
+            unsafe { ctr_wide(&s.prf, iv, out) }
+        } else {
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { ctr_narrow(&s.prf, iv, out) }
+        }
+    }
+}
+
+impl<const WIDE: bool> Prims for Kern<WIDE> {
+    #[inline(always)]
+    fn encrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        let s = self.sched(k);
+        let mask = self.mask(s, tprime, cmd, cell);
+        let (l, r) = split(cell);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let y = _mm_xor_si128(aes_enc(&s.et_enc, _mm_xor_si128(ld(l), mask)), mask);
+            st(l, y);
+            let iv = prf_iv(s, y, 0);
+            self.ctr(s, iv, r);
+        }
+    }
+
+    #[inline(always)]
+    fn decrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        let s = self.sched(k);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        let y = unsafe { ld(at(cell, 0)) };
+        // SAFETY: as above.
+        let iv = unsafe { prf_iv(s, y, 0) };
+        self.ctr(s, iv, split(cell).1);
+        let mask = self.mask(s, tprime, cmd, cell);
+        // SAFETY: as above.
+        unsafe {
+            let x = _mm_xor_si128(aes_dec(&s.et_dec, _mm_xor_si128(y, mask)), mask);
+            st(at_mut(cell, 0), x);
+        }
+    }
+
+    #[inline(always)]
+    fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
+        let mut out = zeroize::Zeroizing::new([0u8; UPDATE_LEN]);
+        {
+            let s = self.sched(k);
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe {
+                let iv = prf_iv(s, ld(nonce), 31);
+                ctr_narrow(&s.prf, iv, &mut out[..]);
+            }
+        }
+        k.raw.copy_from_slice(&out[..UIV_KEY_LEN]);
+        nonce.copy_from_slice(&out[UIV_KEY_LEN..]);
+        match &mut k.cache {
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            Cache::X86(s) => unsafe { build(&k.raw, k.client, s) },
+            // `sched` above made it X86.
+            _ => k.cache = Cache::Stale,
+        }
+    }
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn one_narrow(dir: &mut Dir, op: CgoOp, cmd: u8, cell: &mut CellBody) -> Option<SendmeTag> {
+    dir.run(Kern::<false>(()), op, cmd, cell)
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn one_wide(dir: &mut Dir, op: CgoOp, cmd: u8, cell: &mut CellBody) -> Option<SendmeTag> {
+    dir.run(Kern::<true>(()), op, cmd, cell)
+}
+
+/// Runs one op with the kernel `t` proves.
+pub(crate) fn run_one(
+    t: Token,
+    dir: &mut Dir,
+    op: CgoOp,
+    cmd: u8,
+    cell: &mut CellBody,
+) -> Option<SendmeTag> {
+    if t.wide {
+        // SAFETY: `t.wide` is set only by `Token::vaes256` after detecting the wide features.
+        unsafe { one_wide(dir, op, cmd, cell) }
+    } else {
+        // SAFETY: every `Token` comes from detection of at least the narrow features.
+        unsafe { one_narrow(dir, op, cmd, cell) }
+    }
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn batch_narrow(
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(Kern::<false>(()), hops, cells, jobs, out)
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn batch_wide(
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(Kern::<true>(()), hops, cells, jobs, out)
+}
+
+/// Runs a checked batch with the kernel `t` proves.
+pub(crate) fn run_batch(
+    t: Token,
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    if t.wide {
+        // SAFETY: `t.wide` is set only by `Token::vaes256` after detecting the wide features.
+        unsafe { batch_wide(hops, cells, jobs, out) }
+    } else {
+        // SAFETY: every `Token` comes from detection of at least the narrow features.
+        unsafe { batch_narrow(hops, cells, jobs, out) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polyval::universal_hash::{KeyInit, UniversalHash};
+
+    fn rand16(seed: &mut u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        for x in &mut b {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *x = *seed as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn gf_mul_matches_polyval_crate() {
+        if Token::aesni().is_none() {
+            return;
+        }
+        let mut seed = 99u64;
+        for _ in 0..200 {
+            let (h, x) = (rand16(&mut seed), rand16(&mut seed));
+            let mut p = polyval::Polyval::new(&h.into());
+            p.update(&[x.into()]);
+            let want: [u8; 16] = p.finalize().into();
+            let mut got = [0u8; 16];
+            // SAFETY: `Token::aesni` saw the narrow features.
+            unsafe { st(&mut got, gf_mul(ld(&x), ld(&h))) };
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn key_expansion_matches_fips197() {
+        if Token::aesni().is_none() {
+            return;
+        }
+        // FIPS-197 Appendix C.1: AES-128 of 00112233..ff under 00010203..0f.
+        let key: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let pt: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
+        let mut keys = [[0u8; 32]; 11];
+        let mut got = [0u8; 16];
+        // SAFETY: `Token::aesni` saw the narrow features.
+        unsafe {
+            store_doubled(&mut keys, &expand(ld(&key)));
+            st(&mut got, aes_enc(&keys, ld(&pt)));
+        }
+        assert_eq!(hex::encode(got), "69c4e0d86a7b0430d8cdb78070b4c55a");
+    }
+}
