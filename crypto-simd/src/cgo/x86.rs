@@ -39,10 +39,33 @@ pub(crate) struct Sched {
     et_dec: [[u8; 16]; 11],
     /// `K` encryption round keys, doubled.
     prf: [[u8; 32]; 11],
-    /// `ku_pow[j] = KU^(32 - j)`: the power block `j` of an ET tweak is multiplied by.
+    /// `ku_pow[j] = KU^(32 - j)`: the power block `j` of an ET tweak is multiplied by when all
+    /// 32 are present; with only eight (`npow == 8`), entries `24..32` (`KU^8 .. KU^1`).
     ku_pow: [[u8; 16]; NPOW],
+    /// For Karatsuba: `lo ^ hi` of each `ku_pow` entry, in both halves.
+    ku_kar: [[u8; 16]; NPOW],
     /// `B`.
     b: [u8; 16],
+    /// How many powers of `KU` are present: 8 right after a key update (cheap to make, used
+    /// with four reductions per mask), 32 once the keys are used a second time (one reduction).
+    npow: u8,
+    /// Masks computed since the last key update.
+    uses: u8,
+}
+
+impl Sched {
+    fn zero() -> Box<Sched> {
+        Box::new(Sched {
+            et_enc: [[0; 32]; 11],
+            et_dec: [[0; 16]; 11],
+            prf: [[0; 32]; 11],
+            ku_pow: [[0; 16]; NPOW],
+            ku_kar: [[0; 16]; NPOW],
+            b: [0; 16],
+            npow: 0,
+            uses: 0,
+        })
+    }
 }
 
 /// Proof that a kernel's instructions are present.
@@ -204,7 +227,19 @@ fn store_doubled(out: &mut [[u8; 32]; 11], keys: &[__m128i; 11]) {
     }
 }
 
-/// Builds the schedule of `raw = KB | KU | K | B`.
+/// Stores `KU^(i+1)` (`pw[i]`) for `i < n` in the table, with its Karatsuba half-sum.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_powers(s: &mut Sched, pw: &[__m128i], from: usize) {
+    for (i, p) in pw.iter().enumerate().skip(from) {
+        let j = NPOW - 1 - i;
+        st(&mut s.ku_pow[j], *p);
+        let k = _mm_xor_si128(*p, _mm_shuffle_epi32::<0x4e>(*p));
+        st(&mut s.ku_kar[j], k);
+    }
+}
+
+/// Builds the schedule of `raw = KB | KU | K | B`, with eight powers of `KU`.
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
     let e = expand(ld(at(raw, 0)));
@@ -218,13 +253,28 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
     }
     let p = expand(ld(at(raw, 32)));
     store_doubled(&mut s.prf, &p);
-    // Powers of KU by doubling: p[i] = KU^(i+1).
     let h = ld(at(raw, 16));
-    let mut pw = [h; NPOW];
+    let mut pw = [h; 8];
     pw[1] = gf_mul(h, h);
     pw[2] = gf_mul(pw[1], h);
     pw[3] = gf_mul(pw[1], pw[1]);
-    let mut have = 4;
+    for i in 0..4 {
+        pw[4 + i] = gf_mul(pw[i], pw[3]);
+    }
+    store_powers(s, &pw, 0);
+    s.b.copy_from_slice(&raw[48..64]);
+    s.npow = 8;
+    s.uses = 0;
+}
+
+/// Extends eight powers of `KU` to all 32.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn extend_powers(s: &mut Sched) {
+    let mut pw = [_mm_setzero_si128(); NPOW];
+    for (i, p) in pw.iter_mut().enumerate().take(8) {
+        *p = ld(&s.ku_pow[NPOW - 1 - i]);
+    }
+    let mut have = 8;
     while have < NPOW {
         let top = pw[have - 1];
         for i in 0..have {
@@ -232,10 +282,8 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
         }
         have *= 2;
     }
-    for (j, o) in s.ku_pow.iter_mut().enumerate() {
-        st(o, pw[NPOW - 1 - j]);
-    }
-    s.b.copy_from_slice(&raw[48..64]);
+    store_powers(s, &pw, 8);
+    s.npow = NPOW as u8;
 }
 
 /// The PRF's counter block for `tweak` with offset `t` blocks: `(tweak • B)` with the low six
@@ -311,62 +359,135 @@ fn tweak_tail(cell: &CellBody) -> [u8; 16] {
     t
 }
 
+/// Block `j` of the ET tweak.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn tweak_block(j: usize, tprime: &[u8; 16], cmd: u8, cell: &CellBody, tail: &[u8; 16]) -> __m128i {
+    match j {
+        0 => ld(tprime),
+        1 => tweak_block1(cmd, cell),
+        31 => ld(tail),
+        _ => ld(at(cell, 31 + 16 * (j - 2))),
+    }
+}
+
+/// Karatsuba accumulation of `x * ku_pow[j]`: low, high and middle-sum products.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn acc_narrow(s: &Sched, j: usize, x: __m128i, acc: &mut [__m128i; 3]) {
+    let h = ld(&s.ku_pow[j]);
+    let hk = ld(&s.ku_kar[j]);
+    let xk = _mm_xor_si128(x, _mm_shuffle_epi32::<0x4e>(x));
+    acc[0] = _mm_xor_si128(acc[0], _mm_clmulepi64_si128::<0x00>(x, h));
+    acc[1] = _mm_xor_si128(acc[1], _mm_clmulepi64_si128::<0x11>(x, h));
+    acc[2] = _mm_xor_si128(acc[2], _mm_clmulepi64_si128::<0x00>(xk, hk));
+}
+
+/// Reduces Karatsuba accumulators.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn reduce_kar(acc: &[__m128i; 3]) -> __m128i {
+    let mid = _mm_xor_si128(acc[2], _mm_xor_si128(acc[0], acc[1]));
+    reduce(acc[0], mid, acc[1])
+}
+
 /// `UH(KU, T' | cmd | X_R)` on `xmm`.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn et_mask_narrow(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
-    let mut lo = _mm_setzero_si128();
-    let mut mid = _mm_setzero_si128();
-    let mut hi = _mm_setzero_si128();
     let tail = tweak_tail(cell);
-    for j in 0..NPOW {
-        let x = match j {
-            0 => ld(tprime),
-            1 => tweak_block1(cmd, cell),
-            31 => ld(&tail),
-            _ => ld(at(cell, 31 + 16 * (j - 2))),
-        };
-        let h = ld(&s.ku_pow[j]);
-        lo = _mm_xor_si128(lo, _mm_clmulepi64_si128::<0x00>(x, h));
-        hi = _mm_xor_si128(hi, _mm_clmulepi64_si128::<0x11>(x, h));
-        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128::<0x01>(x, h));
-        mid = _mm_xor_si128(mid, _mm_clmulepi64_si128::<0x10>(x, h));
+    let z = _mm_setzero_si128();
+    if usize::from(s.npow) == NPOW {
+        let mut acc = [z; 3];
+        for j in 0..NPOW {
+            acc_narrow(s, j, tweak_block(j, tprime, cmd, cell, &tail), &mut acc);
+        }
+        reduce_kar(&acc)
+    } else {
+        // Horner over four chunks of eight blocks: the running value joins each chunk's
+        // first block, and each chunk's sum is reduced.
+        let mut y = z;
+        for c in 0..4 {
+            let mut acc = [z; 3];
+            for i in 0..8 {
+                let mut x = tweak_block(8 * c + i, tprime, cmd, cell, &tail);
+                if i == 0 {
+                    x = _mm_xor_si128(x, y);
+                }
+                acc_narrow(s, NPOW - 8 + i, x, &mut acc);
+            }
+            y = reduce_kar(&acc);
+        }
+        y
     }
-    reduce(lo, mid, hi)
+}
+
+/// Karatsuba accumulation of two blocks `x` by the two powers at `ku_pow[j..j+2]`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn acc_wide(s: &Sched, j: usize, x: __m256i, acc: &mut [__m256i; 3]) {
+    let hp = &s.ku_pow.as_flattened()[16 * j..16 * j + 32];
+    let kp = &s.ku_kar.as_flattened()[16 * j..16 * j + 32];
+    // SAFETY: `hp` and `kp` are 32 readable bytes each.
+    let (h, hk) = unsafe {
+        (
+            _mm256_loadu_si256(hp.as_ptr().cast()),
+            _mm256_loadu_si256(kp.as_ptr().cast()),
+        )
+    };
+    let xk = _mm256_xor_si256(x, _mm256_shuffle_epi32::<0x4e>(x));
+    acc[0] = _mm256_xor_si256(acc[0], _mm256_clmulepi64_epi128::<0x00>(x, h));
+    acc[1] = _mm256_xor_si256(acc[1], _mm256_clmulepi64_epi128::<0x11>(x, h));
+    acc[2] = _mm256_xor_si256(acc[2], _mm256_clmulepi64_epi128::<0x00>(xk, hk));
+}
+
+/// Folds the two lanes of wide Karatsuba accumulators and reduces.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn reduce_wide(acc: &[__m256i; 3]) -> __m128i {
+    let fold =
+        |v: __m256i| _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    reduce_kar(&[fold(acc[0]), fold(acc[1]), fold(acc[2])])
 }
 
 /// `UH(KU, T' | cmd | X_R)` on `ymm`: two blocks per carry-less multiply.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
-    let pows = s.ku_pow.as_flattened();
     let mut last = [0u8; 32];
     last[..30].copy_from_slice(&cell[479..509]);
-    let mut lo = _mm256_setzero_si256();
-    let mut mid = _mm256_setzero_si256();
-    let mut hi = _mm256_setzero_si256();
-    for k in 0..NPOW / 2 {
-        let x = match k {
-            0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
-            // SAFETY: 32 readable bytes at `last`.
-            15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
-            _ => {
-                let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
-                // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
-                unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
+    let pair = |k: usize| match k {
+        0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
+        // SAFETY: 32 readable bytes at `last`.
+        15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
+        _ => {
+            let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
+            // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
+            unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
+        }
+    };
+    let z = _mm256_setzero_si256();
+    if usize::from(s.npow) == NPOW {
+        let mut acc = [z; 3];
+        for k in 0..NPOW / 2 {
+            acc_wide(s, 2 * k, pair(k), &mut acc);
+        }
+        reduce_wide(&acc)
+    } else {
+        let mut y = _mm_setzero_si128();
+        for c in 0..4 {
+            let mut acc = [z; 3];
+            for i in 0..4 {
+                let mut x = pair(4 * c + i);
+                if i == 0 {
+                    x = _mm256_xor_si256(x, _mm256_zextsi128_si256(y));
+                }
+                acc_wide(s, NPOW - 8 + 2 * i, x, &mut acc);
             }
-        };
-        let hsrc = &pows[32 * k..32 * k + 32];
-        // SAFETY: `hsrc` is 32 readable bytes.
-        let h = unsafe { _mm256_loadu_si256(hsrc.as_ptr().cast()) };
-        lo = _mm256_xor_si256(lo, _mm256_clmulepi64_epi128::<0x00>(x, h));
-        hi = _mm256_xor_si256(hi, _mm256_clmulepi64_epi128::<0x11>(x, h));
-        mid = _mm256_xor_si256(mid, _mm256_clmulepi64_epi128::<0x01>(x, h));
-        mid = _mm256_xor_si256(mid, _mm256_clmulepi64_epi128::<0x10>(x, h));
+            y = reduce_wide(&acc);
+        }
+        y
     }
-    let fold =
-        |v: __m256i| _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    reduce(fold(lo), fold(mid), fold(hi))
 }
 
 /// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
@@ -426,18 +547,21 @@ struct Kern<const WIDE: bool>(());
 impl<const WIDE: bool> Kern<WIDE> {
     /// The x86 schedule of `k`, built if another backend ran last.
     #[inline(always)]
-    fn sched(self, k: &mut DirKeys) -> &Sched {
+    fn sched(self, k: &mut DirKeys, count: bool) -> &Sched {
         if !matches!(k.cache, Cache::X86(_)) {
-            let mut s = Box::new(Sched {
-                et_enc: [[0; 32]; 11],
-                et_dec: [[0; 16]; 11],
-                prf: [[0; 32]; 11],
-                ku_pow: [[0; 16]; NPOW],
-                b: [0; 16],
-            });
+            let mut s = Sched::zero();
             // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
             unsafe { build(&k.raw, k.client, &mut s) };
             k.cache = Cache::X86(s);
+        }
+        if let (true, Cache::X86(s)) = (count, &mut k.cache) {
+            // Keys used a second time are worth all 32 powers (a middle relay's keys never
+            // change); keys that change every cell (an edge's) keep eight.
+            s.uses = s.uses.saturating_add(1);
+            if s.uses >= 2 && usize::from(s.npow) != NPOW {
+                // SAFETY: as above.
+                unsafe { extend_powers(s) };
+            }
         }
         match &k.cache {
             Cache::X86(s) => s,
@@ -472,7 +596,7 @@ impl<const WIDE: bool> Kern<WIDE> {
 impl<const WIDE: bool> Prims for Kern<WIDE> {
     #[inline(always)]
     fn encrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
-        let s = self.sched(k);
+        let s = self.sched(k, true);
         let mask = self.mask(s, tprime, cmd, cell);
         let (l, r) = split(cell);
         // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
@@ -486,7 +610,7 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
 
     #[inline(always)]
     fn decrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
-        let s = self.sched(k);
+        let s = self.sched(k, true);
         // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
         let y = unsafe { ld(at(cell, 0)) };
         // SAFETY: as above.
@@ -504,7 +628,7 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
     fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
         let mut out = zeroize::Zeroizing::new([0u8; UPDATE_LEN]);
         {
-            let s = self.sched(k);
+            let s = self.sched(k, false);
             // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
             unsafe {
                 let iv = prf_iv(s, ld(nonce), 31);
