@@ -167,6 +167,21 @@ pub(crate) trait Prims: Copy {
     fn decrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody);
     /// `UPDATE_UIV`: new keys from `PRF(S, nonce, 1)`, and `nonce` becomes `N'`.
     fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]);
+    /// Two independent `ENC_UIV`s (different directions, different cells); a kernel may
+    /// interleave them to hide each one's serial latency.
+    #[inline(always)]
+    fn encrypt2(self, a: EncArgs<'_>, b: EncArgs<'_>) {
+        self.encrypt(a.keys, a.tprime, a.cmd, a.cell);
+        self.encrypt(b.keys, b.tprime, b.cmd, b.cell);
+    }
+}
+
+/// The arguments of one `ENC_UIV` in [`Prims::encrypt2`].
+pub(crate) struct EncArgs<'a> {
+    pub(crate) keys: &'a mut DirKeys,
+    pub(crate) tprime: &'a [u8; BLK],
+    pub(crate) cmd: u8,
+    pub(crate) cell: &'a mut CellBody,
 }
 
 /// The reference as a [`Prims`] backend.
@@ -257,22 +272,10 @@ impl Dir {
         cell: &mut CellBody,
     ) -> Option<SendmeTag> {
         match op {
-            CgoOp::RelayForward => {
-                // ENC_UIV; recognized iff the new T equals N. The tag is the T that arrived.
+            CgoOp::RelayForward | CgoOp::RelayBackward => {
                 let t_in = tag_of(cell);
                 p.encrypt(&mut self.keys, &self.tprime, cmd, cell);
-                self.tprime.copy_from_slice(&cell[..BLK]);
-                if tags_equal(&self.tprime, &self.nonce) {
-                    p.update(&mut self.keys, &mut self.nonce);
-                    Some(SendmeTag(t_in))
-                } else {
-                    None
-                }
-            }
-            CgoOp::RelayBackward => {
-                p.encrypt(&mut self.keys, &self.tprime, cmd, cell);
-                self.tprime.copy_from_slice(&cell[..BLK]);
-                None
+                self.after_relay_encrypt(p, op, t_in, cell)
             }
             CgoOp::RelayOriginate => {
                 // T = N, ENC_UIV, then N = T' and update; the tag is the T sent.
@@ -312,6 +315,26 @@ impl Dir {
                     None
                 }
             }
+        }
+    }
+
+    /// The rest of [`CgoOp::RelayForward`] / [`CgoOp::RelayBackward`] after `ENC_UIV`: `T'`
+    /// becomes the new `T`; forward, the cell is recognized iff that equals `N`, which then
+    /// updates the keys, and the tag is the `T` that arrived (`t_in`).
+    #[inline(always)]
+    fn after_relay_encrypt<P: Prims>(
+        &mut self,
+        p: P,
+        op: CgoOp,
+        t_in: [u8; BLK],
+        cell: &CellBody,
+    ) -> Option<SendmeTag> {
+        self.tprime.copy_from_slice(&cell[..BLK]);
+        if op == CgoOp::RelayForward && tags_equal(&self.tprime, &self.nonce) {
+            p.update(&mut self.keys, &mut self.nonce);
+            Some(SendmeTag(t_in))
+        } else {
+            None
         }
     }
 
@@ -451,14 +474,86 @@ pub(crate) fn run_batch_with<P: Prims>(
     jobs: &[CgoJob],
     out: &mut [CgoOutcome],
 ) {
-    for (job, o) in jobs.iter().zip(out.iter_mut()) {
-        if let (Some(hop), Some(cell)) = (
+    let mut i = 0;
+    while let Some(&job) = jobs.get(i) {
+        // Two relay pass-through jobs on different hops and cells: encrypt them together.
+        if let Some(&next) = jobs.get(i + 1) {
+            if let Some((a, b)) = run_relay_pair(p, hops, cells, job, next) {
+                if let Some(o) = out.get_mut(i..i + 2) {
+                    o[0] = a;
+                    o[1] = b;
+                }
+                i += 2;
+                continue;
+            }
+        }
+        if let (Some(hop), Some(cell), Some(o)) = (
             hops.get_mut(job.hop as usize),
             cells.get_mut(job.cell as usize),
+            out.get_mut(i),
         ) {
-            *o = run_job(p, hop, *job, cell);
+            *o = run_job(p, hop, job, cell);
         }
+        i += 1;
     }
+}
+
+/// Runs two jobs at once if both are relay forward/backward steps on distinct relay hops and
+/// distinct cells (so they are independent); `None` (nothing done) otherwise.
+#[inline(always)]
+fn run_relay_pair<P: Prims>(
+    p: P,
+    hops: &mut [CgoHop],
+    cells: &mut [CellBody],
+    a: CgoJob,
+    b: CgoJob,
+) -> Option<(CgoOutcome, CgoOutcome)> {
+    let relay_op = |op| matches!(op, CgoOp::RelayForward | CgoOp::RelayBackward);
+    if !relay_op(a.op) || !relay_op(b.op) {
+        return None;
+    }
+    let [ha, hb] = hops
+        .get_disjoint_mut([a.hop as usize, b.hop as usize])
+        .ok()?;
+    let [ca, cb] = cells
+        .get_disjoint_mut([a.cell as usize, b.cell as usize])
+        .ok()?;
+    let (CgoHop::Relay(ra), CgoHop::Relay(rb)) = (ha, hb) else {
+        return None;
+    };
+    let da = if a.op == CgoOp::RelayForward {
+        &mut ra.fwd
+    } else {
+        &mut ra.bwd
+    };
+    let db = if b.op == CgoOp::RelayForward {
+        &mut rb.fwd
+    } else {
+        &mut rb.bwd
+    };
+    let (ta, tb) = (tag_of(ca), tag_of(cb));
+    p.encrypt2(
+        EncArgs {
+            keys: &mut da.keys,
+            tprime: &da.tprime,
+            cmd: a.cmd,
+            cell: ca,
+        },
+        EncArgs {
+            keys: &mut db.keys,
+            tprime: &db.tprime,
+            cmd: b.cmd,
+            cell: cb,
+        },
+    );
+    let outcome = |op, r: Option<SendmeTag>| match (op, r) {
+        (CgoOp::RelayForward, Some(t)) => CgoOutcome::Recognized(t),
+        (CgoOp::RelayForward, None) => CgoOutcome::NotRecognized,
+        _ => CgoOutcome::Done,
+    };
+    let oa = outcome(a.op, da.after_relay_encrypt(p, a.op, ta, ca));
+    let ob = outcome(b.op, db.after_relay_encrypt(p, b.op, tb, cb));
+    Some((oa, ob))
 }
 
 impl crate::Engine {

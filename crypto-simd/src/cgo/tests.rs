@@ -357,7 +357,50 @@ fn random_batch(
         let client = |i: u32| c * 6 + i;
         let relay = |i: u32| c * 6 + 3 + i;
         let mut path = Vec::new();
-        if rng.below(2) == 0 {
+        let mode = rng.below(4);
+        if mode == 3 {
+            // Pass-through traffic: consecutive relay steps on other cells (the batch loop
+            // pairs independent ones), and a second circuit's cell recognized beside this one.
+            let c2 = rng.below(circuits) as u32;
+            let mut cell2 = [0u8; 509];
+            rng.fill(&mut cell2);
+            cells.push(cell2);
+            let (a, b) = (ci, ci + 1);
+            for (cell, cc) in [(a, c), (b, c2)] {
+                jobs.push(CgoJob {
+                    hop: cc * 6,
+                    cell,
+                    cmd,
+                    op: CgoOp::ClientOriginate,
+                });
+            }
+            for (cell, cc) in [(a, c), (b, c2)] {
+                jobs.push(CgoJob {
+                    hop: cc * 6 + 3,
+                    cell,
+                    cmd,
+                    op: CgoOp::RelayForward,
+                });
+            }
+            for _ in 0..rng.below(6) {
+                let mut g = [0u8; 509];
+                rng.fill(&mut g);
+                let gi = cells.len() as u32;
+                cells.push(g);
+                let op = if rng.below(2) == 0 {
+                    CgoOp::RelayForward
+                } else {
+                    CgoOp::RelayBackward
+                };
+                let h = rng.below(circuits) as u32 * 6 + 3 + rng.below(3) as u32;
+                jobs.push(CgoJob {
+                    hop: h,
+                    cell: gi,
+                    cmd,
+                    op,
+                });
+            }
+        } else if mode < 2 {
             path.push((client(hop), CgoOp::ClientOriginate));
             for i in (0..hop).rev() {
                 path.push((client(i), CgoOp::ClientEncryptForward));
@@ -426,6 +469,7 @@ fn every_backend_matches_the_reference_on_random_batches() {
                 hops.extend(r.into_iter().map(CgoHop::Relay));
             }
             let mut hops_ref = hops.clone();
+            let mut hops_one = hops.clone();
             let (mut cells, mut jobs) = (Vec::new(), Vec::new());
             // Many consecutive batches on the same hops, so keys and nonces chain.
             for _ in 0..8 {
@@ -436,6 +480,7 @@ fn every_backend_matches_the_reference_on_random_batches() {
                 };
                 random_batch(&mut rng, circuits, &mut cells, &mut jobs, n);
                 let mut cells_ref = cells.clone();
+                let cells_before = cells.clone();
                 let mut out = vec![CgoOutcome::Done; jobs.len()];
                 let mut out_ref = out.clone();
                 e.process_batch_cgo(&mut hops, &mut cells, &jobs, &mut out)
@@ -443,6 +488,18 @@ fn every_backend_matches_the_reference_on_random_batches() {
                 reference
                     .process_batch_cgo(&mut hops_ref, &mut cells_ref, &jobs, &mut out_ref)
                     .unwrap();
+                // And the reference batch equals the jobs run one at a time (no pairing).
+                let mut cells_one = cells_before.clone();
+                for (j, o) in jobs.iter().zip(&out_ref) {
+                    let r = reference.process_one_cgo(
+                        &mut hops_one[j.hop as usize],
+                        j.cmd,
+                        j.op,
+                        &mut cells_one[j.cell as usize],
+                    );
+                    assert_eq!(r, *o, "round {round}: one-at-a-time outcome");
+                }
+                assert!(cells_one == cells_ref, "round {round}: one-at-a-time cells");
                 assert_eq!(out, out_ref, "{} round {round}: outcomes", e.backend());
                 assert!(cells == cells_ref, "{} round {round}: cells", e.backend());
                 for (a, b) in hops.iter().zip(&hops_ref) {

@@ -21,7 +21,7 @@ use core::arch::x86_64::*;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::{
-    Cache, CgoJob, CgoOp, CgoOutcome, Dir, DirKeys, Prims, SendmeTag, BLK, PAYLOAD_LEN,
+    Cache, CgoJob, CgoOp, CgoOutcome, Dir, DirKeys, EncArgs, Prims, SendmeTag, BLK, PAYLOAD_LEN,
     UIV_KEY_LEN, UPDATE_LEN,
 };
 use crate::CellBody;
@@ -171,6 +171,27 @@ fn aes_enc(keys: &[[u8; 32]; 11], b: __m128i) -> __m128i {
         s = _mm_aesenc_si128(s, rk(keys, i));
     }
     _mm_aesenclast_si128(s, rk(keys, 10))
+}
+
+/// AES-128 encryption of two blocks under two keys, round by round (two latency chains).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_enc2(
+    ka: &[[u8; 32]; 11],
+    a: __m128i,
+    kb: &[[u8; 32]; 11],
+    b: __m128i,
+) -> (__m128i, __m128i) {
+    let mut a = _mm_xor_si128(a, rk(ka, 0));
+    let mut b = _mm_xor_si128(b, rk(kb, 0));
+    for i in 1..10 {
+        a = _mm_aesenc_si128(a, rk(ka, i));
+        b = _mm_aesenc_si128(b, rk(kb, i));
+    }
+    (
+        _mm_aesenclast_si128(a, rk(ka, 10)),
+        _mm_aesenclast_si128(b, rk(kb, 10)),
+    )
 }
 
 /// AES-128 decryption of one block.
@@ -605,6 +626,32 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
             st(l, y);
             let iv = prf_iv(s, y, 0);
             self.ctr(s, iv, r);
+        }
+    }
+
+    #[inline(always)]
+    fn encrypt2(self, a: EncArgs<'_>, b: EncArgs<'_>) {
+        let sa = self.sched(a.keys, true);
+        let sb = self.sched(b.keys, true);
+        let ma = self.mask(sa, a.tprime, a.cmd, a.cell);
+        let mb = self.mask(sb, b.tprime, b.cmd, b.cell);
+        let (la, ra) = split(a.cell);
+        let (lb, rb) = split(b.cell);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let (ya, yb) = aes_enc2(
+                &sa.et_enc,
+                _mm_xor_si128(ld(la), ma),
+                &sb.et_enc,
+                _mm_xor_si128(ld(lb), mb),
+            );
+            let (ya, yb) = (_mm_xor_si128(ya, ma), _mm_xor_si128(yb, mb));
+            st(la, ya);
+            st(lb, yb);
+            let iva = prf_iv(sa, ya, 0);
+            let ivb = prf_iv(sb, yb, 0);
+            self.ctr(sa, iva, ra);
+            self.ctr(sb, ivb, rb);
         }
     }
 
