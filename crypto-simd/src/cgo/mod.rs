@@ -174,6 +174,12 @@ pub(crate) trait Prims: Copy {
         self.encrypt(a.keys, a.tprime, a.cmd, a.cell);
         self.encrypt(b.keys, b.tprime, b.cmd, b.cell);
     }
+    /// Two independent `UPDATE_UIV`s; a kernel may interleave them.
+    #[inline(always)]
+    fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
+        self.update(ka, na);
+        self.update(kb, nb);
+    }
 }
 
 /// The arguments of one `ENC_UIV` in [`Prims::encrypt2`].
@@ -273,9 +279,15 @@ impl Dir {
     ) -> Option<SendmeTag> {
         match op {
             CgoOp::RelayForward | CgoOp::RelayBackward => {
-                let t_in = tag_of(cell);
+                // ENC_UIV; forward, recognized iff the new T equals N (then update); the
+                // tag is the T that arrived.
+                let t_in = self.pre_encrypt(op, cell);
                 p.encrypt(&mut self.keys, &self.tprime, cmd, cell);
-                self.after_relay_encrypt(p, op, t_in, cell)
+                let update = self.post_encrypt(op, cell);
+                if update {
+                    p.update(&mut self.keys, &mut self.nonce);
+                }
+                update.then_some(SendmeTag(t_in))
             }
             CgoOp::RelayOriginate => {
                 // T = N, ENC_UIV, then N = T' and update; the tag is the T sent.
@@ -318,23 +330,40 @@ impl Dir {
         }
     }
 
-    /// The rest of [`CgoOp::RelayForward`] / [`CgoOp::RelayBackward`] after `ENC_UIV`: `T'`
-    /// becomes the new `T`; forward, the cell is recognized iff that equals `N`, which then
-    /// updates the keys, and the tag is the `T` that arrived (`t_in`).
+    /// The part of the relay ops before `ENC_UIV`: an originated cell's `T` is `N`. Returns
+    /// the `T` the cell had on entry.
     #[inline(always)]
-    fn after_relay_encrypt<P: Prims>(
-        &mut self,
-        p: P,
-        op: CgoOp,
-        t_in: [u8; BLK],
-        cell: &CellBody,
-    ) -> Option<SendmeTag> {
+    fn pre_encrypt(&self, op: CgoOp, cell: &mut CellBody) -> [u8; BLK] {
+        if op == CgoOp::RelayOriginate {
+            cell[..BLK].copy_from_slice(&*self.nonce);
+        }
+        tag_of(cell)
+    }
+
+    /// The part of the relay ops after `ENC_UIV`, up to the key update: `T'` becomes the new
+    /// `T`; forward, the cell is recognized iff that equals `N`; an originated cell's `T`
+    /// becomes `N`. Returns whether the keys must now be updated.
+    #[inline(always)]
+    fn post_encrypt(&mut self, op: CgoOp, cell: &CellBody) -> bool {
         self.tprime.copy_from_slice(&cell[..BLK]);
-        if op == CgoOp::RelayForward && tags_equal(&self.tprime, &self.nonce) {
-            p.update(&mut self.keys, &mut self.nonce);
-            Some(SendmeTag(t_in))
-        } else {
-            None
+        match op {
+            CgoOp::RelayForward => tags_equal(&self.tprime, &self.nonce),
+            CgoOp::RelayOriginate => {
+                self.nonce.copy_from_slice(&*self.tprime);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The outcome of a relay op given its entry tag and whether it updated the keys.
+    #[inline(always)]
+    fn relay_outcome(&self, op: CgoOp, t_in: [u8; BLK], updated: bool) -> CgoOutcome {
+        match (op, updated) {
+            (CgoOp::RelayForward, true) => CgoOutcome::Recognized(SendmeTag(t_in)),
+            (CgoOp::RelayForward, false) => CgoOutcome::NotRecognized,
+            (CgoOp::RelayOriginate, _) => CgoOutcome::Sealed(SendmeTag(*self.tprime)),
+            _ => CgoOutcome::Done,
         }
     }
 
@@ -498,8 +527,8 @@ pub(crate) fn run_batch_with<P: Prims>(
     }
 }
 
-/// Runs two jobs at once if both are relay forward/backward steps on distinct relay hops and
-/// distinct cells (so they are independent); `None` (nothing done) otherwise.
+/// Runs two jobs at once if both are relay ops on distinct relay hops and distinct cells (so
+/// they are independent); `None` (nothing done) otherwise.
 #[inline(always)]
 fn run_relay_pair<P: Prims>(
     p: P,
@@ -508,7 +537,12 @@ fn run_relay_pair<P: Prims>(
     a: CgoJob,
     b: CgoJob,
 ) -> Option<(CgoOutcome, CgoOutcome)> {
-    let relay_op = |op| matches!(op, CgoOp::RelayForward | CgoOp::RelayBackward);
+    let relay_op = |op| {
+        matches!(
+            op,
+            CgoOp::RelayForward | CgoOp::RelayBackward | CgoOp::RelayOriginate
+        )
+    };
     if !relay_op(a.op) || !relay_op(b.op) {
         return None;
     }
@@ -531,7 +565,7 @@ fn run_relay_pair<P: Prims>(
     } else {
         &mut rb.bwd
     };
-    let (ta, tb) = (tag_of(ca), tag_of(cb));
+    let (ta, tb) = (da.pre_encrypt(a.op, ca), db.pre_encrypt(b.op, cb));
     p.encrypt2(
         EncArgs {
             keys: &mut da.keys,
@@ -546,14 +580,17 @@ fn run_relay_pair<P: Prims>(
             cell: cb,
         },
     );
-    let outcome = |op, r: Option<SendmeTag>| match (op, r) {
-        (CgoOp::RelayForward, Some(t)) => CgoOutcome::Recognized(t),
-        (CgoOp::RelayForward, None) => CgoOutcome::NotRecognized,
-        _ => CgoOutcome::Done,
-    };
-    let oa = outcome(a.op, da.after_relay_encrypt(p, a.op, ta, ca));
-    let ob = outcome(b.op, db.after_relay_encrypt(p, b.op, tb, cb));
-    Some((oa, ob))
+    let (ua, ub) = (da.post_encrypt(a.op, ca), db.post_encrypt(b.op, cb));
+    match (ua, ub) {
+        (true, true) => p.update2(&mut da.keys, &mut da.nonce, &mut db.keys, &mut db.nonce),
+        (true, false) => p.update(&mut da.keys, &mut da.nonce),
+        (false, true) => p.update(&mut db.keys, &mut db.nonce),
+        (false, false) => {}
+    }
+    Some((
+        da.relay_outcome(a.op, ta, ua),
+        db.relay_outcome(b.op, tb, ub),
+    ))
 }
 
 impl crate::Engine {

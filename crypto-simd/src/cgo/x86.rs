@@ -22,7 +22,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::{
     Cache, CgoJob, CgoOp, CgoOutcome, Dir, DirKeys, EncArgs, Prims, SendmeTag, BLK, PAYLOAD_LEN,
-    UIV_KEY_LEN, UPDATE_LEN,
+    UIV_KEY_LEN,
 };
 use crate::CellBody;
 
@@ -315,6 +315,66 @@ fn prf_iv(s: &Sched, tweak: __m128i, t: i64) -> __m128i {
     let h = gf_mul(tweak, ld(&s.b));
     let keep = _mm_set_epi64x(0xc0ff_ffff_ffff_ffff_u64 as i64, -1);
     _mm_add_epi64(_mm_and_si128(h, keep), _mm_set_epi64x(t << 56, 0))
+}
+
+/// `PRF(S, nonce, 1)`, the 80 bytes of a key update, as five blocks.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn update_stream(s: &Sched, nonce: __m128i) -> [__m128i; 5] {
+    let iv = prf_iv(s, nonce, 31);
+    let mut b: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, i), rk(&s.prf, 0)));
+    for r in 1..10 {
+        let k = rk(&s.prf, r);
+        for x in &mut b {
+            *x = _mm_aesenc_si128(*x, k);
+        }
+    }
+    let k = rk(&s.prf, 10);
+    b.map(|x| _mm_aesenclast_si128(x, k))
+}
+
+/// Two key-update streams at once (ten independent blocks).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn update_stream2(
+    sa: &Sched,
+    na: __m128i,
+    sb: &Sched,
+    nb: __m128i,
+) -> ([__m128i; 5], [__m128i; 5]) {
+    let (ia, ib) = (prf_iv(sa, na, 31), prf_iv(sb, nb, 31));
+    let mut a: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(ia, i), rk(&sa.prf, 0)));
+    let mut b: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(ib, i), rk(&sb.prf, 0)));
+    for r in 1..10 {
+        let (ka, kb) = (rk(&sa.prf, r), rk(&sb.prf, r));
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            *x = _mm_aesenc_si128(*x, ka);
+            *y = _mm_aesenc_si128(*y, kb);
+        }
+    }
+    let (ka, kb) = (rk(&sa.prf, 10), rk(&sb.prf, 10));
+    (
+        a.map(|x| _mm_aesenclast_si128(x, ka)),
+        b.map(|x| _mm_aesenclast_si128(x, kb)),
+    )
+}
+
+/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule) and `N'`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5]) {
+    for (i, v) in ks.iter().take(4).enumerate() {
+        st(at_mut(&mut k.raw, 16 * i), *v);
+    }
+    st(nonce, ks[4]);
+    match &mut k.cache {
+        Cache::X86(s) => build(&k.raw, k.client, s),
+        // Callers made it X86 to compute `ks`.
+        _ => k.cache = Cache::Stale,
+    }
 }
 
 /// `iv + i` for the PRF's counter (the last byte never carries: see the reference).
@@ -673,22 +733,23 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
 
     #[inline(always)]
     fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
-        let mut out = zeroize::Zeroizing::new([0u8; UPDATE_LEN]);
-        {
-            let s = self.sched(k, false);
-            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
-            unsafe {
-                let iv = prf_iv(s, ld(nonce), 31);
-                ctr_narrow(&s.prf, iv, &mut out[..]);
-            }
+        let s = self.sched(k, false);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let ks = update_stream(s, ld(nonce));
+            install_update(k, nonce, &ks);
         }
-        k.raw.copy_from_slice(&out[..UIV_KEY_LEN]);
-        nonce.copy_from_slice(&out[UIV_KEY_LEN..]);
-        match &mut k.cache {
-            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
-            Cache::X86(s) => unsafe { build(&k.raw, k.client, s) },
-            // `sched` above made it X86.
-            _ => k.cache = Cache::Stale,
+    }
+
+    #[inline(always)]
+    fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
+        let sa = self.sched(ka, false);
+        let sb = self.sched(kb, false);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let (xa, xb) = update_stream2(sa, ld(na), sb, ld(nb));
+            install_update(ka, na, &xa);
+            install_update(kb, nb, &xb);
         }
     }
 }
