@@ -405,26 +405,80 @@ fn xor_block_into(out: &mut [u8], ks: __m128i) {
     }
 }
 
-/// XORs `CTR(K, iv)` into `out`, eight blocks at a time.
+/// One AES round on eight `xmm` chains, round-major. In inline assembly because LLVM, left to
+/// itself, runs each chain's rounds back to back (latency-bound; see the crate README).
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8]) {
+fn round8_narrow(b: &mut [__m128i; 8], k: __m128i) {
+    // SAFETY: register-only AES rounds; the caller's features include AES-NI.
+    unsafe {
+        core::arch::asm!(
+            "aesenc {0}, {k}",
+            "aesenc {1}, {k}",
+            "aesenc {2}, {k}",
+            "aesenc {3}, {k}",
+            "aesenc {4}, {k}",
+            "aesenc {5}, {k}",
+            "aesenc {6}, {k}",
+            "aesenc {7}, {k}",
+            inout(xmm_reg) b[0],
+            inout(xmm_reg) b[1],
+            inout(xmm_reg) b[2],
+            inout(xmm_reg) b[3],
+            inout(xmm_reg) b[4],
+            inout(xmm_reg) b[5],
+            inout(xmm_reg) b[6],
+            inout(xmm_reg) b[7],
+            k = in(xmm_reg) k,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// XORs `CTR(K, iv)` into the 493-byte `out`, eight blocks at a time.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
     for (g, group) in out.chunks_mut(8 * BLK).enumerate() {
-        let n = group.len().div_ceil(BLK);
-        let mut b = [_mm_setzero_si128(); 8];
-        for (i, x) in b.iter_mut().enumerate().take(n) {
-            *x = _mm_xor_si128(ctr_add(iv, g * 8 + i), rk(keys, 0));
-        }
+        let k0 = rk(keys, 0);
+        let mut b: [__m128i; 8] =
+            core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, g * 8 + i), k0));
         for r in 1..10 {
-            let k = rk(keys, r);
-            for x in b.iter_mut().take(n) {
-                *x = _mm_aesenc_si128(*x, k);
-            }
+            round8_narrow(&mut b, rk(keys, r));
         }
         let k = rk(keys, 10);
-        for (x, o) in b.iter_mut().zip(group.chunks_mut(BLK)) {
+        for (x, o) in b.iter().zip(group.chunks_mut(BLK)) {
             xor_block_into(o, _mm_aesenclast_si128(*x, k));
         }
+    }
+}
+
+/// One AES round on eight `ymm` chains (sixteen blocks), round-major (see [`round8_narrow`]).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn round8_wide(b: &mut [__m256i; 8], k: __m256i) {
+    // SAFETY: register-only VAES rounds; the caller's features include VAES and AVX.
+    unsafe {
+        core::arch::asm!(
+            "vaesenc {0}, {0}, {k}",
+            "vaesenc {1}, {1}, {k}",
+            "vaesenc {2}, {2}, {k}",
+            "vaesenc {3}, {3}, {k}",
+            "vaesenc {4}, {4}, {k}",
+            "vaesenc {5}, {5}, {k}",
+            "vaesenc {6}, {6}, {k}",
+            "vaesenc {7}, {7}, {k}",
+            inout(ymm_reg) b[0],
+            inout(ymm_reg) b[1],
+            inout(ymm_reg) b[2],
+            inout(ymm_reg) b[3],
+            inout(ymm_reg) b[4],
+            inout(ymm_reg) b[5],
+            inout(ymm_reg) b[6],
+            inout(ymm_reg) b[7],
+            k = in(ymm_reg) k,
+            options(pure, nomem, nostack, preserves_flags)
+        );
     }
 }
 
@@ -592,10 +646,7 @@ fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
             *x = _mm256_xor_si256(c, rkw(0));
         }
         for r in 1..10 {
-            let k = rkw(r);
-            for x in b.iter_mut() {
-                *x = _mm256_aesenc_epi128(*x, k);
-            }
+            round8_wide(&mut b, rkw(r));
         }
         let k = rkw(10);
         for (i, x) in b.iter_mut().enumerate() {
