@@ -9,6 +9,8 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod crypto_cgo;
 use crypto_simd::{Backend, CellBody, Engine, Job, Op, Outcome, Tor1Hop, CELL_BODY_LEN, KDF_LEN};
 
 #[derive(Parser, Debug)]
@@ -37,7 +39,7 @@ enum Cmd {
         /// Skip running `openssl speed`.
         #[arg(long)]
         no_openssl: bool,
-        /// Only this path: `middle` or `edge` (default: both).
+        /// Only this path: `middle`, `edge`, `cgo-forward` or `cgo-originate` (default: all).
         #[arg(long)]
         path: Option<String>,
     },
@@ -263,6 +265,7 @@ fn crypto(
             }
         }
     }
+    crypto_cgo::rows(json, &backends, batches, budget, only_path, &cpu);
     ExitCode::SUCCESS
 }
 

@@ -8,32 +8,46 @@ const ARTI_RELAY: &str = include_str!("testdata/arti_relay.txt");
 const ARTI_RELAY_ORIG: &str = include_str!("testdata/arti_relay_originate.txt");
 const ARTI_CLIENT_ORIG: &str = include_str!("testdata/arti_client_originate.txt");
 
+/// Every engine this CPU supports (one per CGO kernel and more).
+pub(crate) fn engines() -> Vec<crate::Engine> {
+    crate::Backend::supported()
+        .filter_map(|b| crate::Engine::new(b).ok())
+        .collect()
+}
+
 /// A direction from `K | N` hex and a `T'` hex.
-fn dir(k: &str, n: &str, tprime: &str) -> Dir {
+fn dir(k: &str, n: &str, tprime: &str, client: bool) -> Dir {
     let kn: [u8; DIR_KDF_LEN] = unhex_n(&format!("{k}{n}"));
-    let mut d = Dir::new(&kn);
+    let mut d = Dir::new(&kn, client);
     *d.tprime = unhex_n(tprime);
     d
 }
 
 fn assert_dir(d: &Dir, k: &str, n: &str, tprime: &str, what: &str) {
-    assert_eq!(&d.keys[..], &unhex_n::<64>(k)[..], "{what}: keys");
+    assert_eq!(&d.keys.raw[..], &unhex_n::<64>(k)[..], "{what}: keys");
     assert_eq!(&d.nonce[..], &unhex_n::<16>(n)[..], "{what}: nonce");
     assert_eq!(&d.tprime[..], &unhex_n::<16>(tprime)[..], "{what}: T'");
 }
 
 #[test]
 fn relay_vectors() {
+    for e in engines() {
+        relay_vectors_on(e);
+    }
+}
+
+fn relay_vectors_on(e: crate::Engine) {
     let mut n = 0;
     for r in records(ARTI_RELAY, 12) {
-        let mut d = dir(r[1], r[2], r[3]);
+        let mut d = dir(r[1], r[2], r[3], false);
         let cmd = unhex_n::<1>(r[4])[0];
         let mut cell: CellBody = unhex_n(&format!("{}{}", r[5], r[6]));
-        if r[0] == "1" {
-            d.relay_backward(cmd, &mut cell);
+        let op = if r[0] == "1" {
+            CgoOp::RelayBackward
         } else {
-            d.relay_forward(cmd, &mut cell);
-        }
+            CgoOp::RelayForward
+        };
+        run_dir(e, &mut d, op, cmd, &mut cell);
         assert_eq!(
             cell,
             unhex_n::<509>(&format!("{}{}", r[10], r[11])),
@@ -47,13 +61,19 @@ fn relay_vectors() {
 
 #[test]
 fn relay_originate_vectors() {
+    for e in engines() {
+        relay_originate_vectors_on(e);
+    }
+}
+
+fn relay_originate_vectors_on(e: crate::Engine) {
     let mut n = 0;
     for r in records(ARTI_RELAY_ORIG, 10) {
-        let mut d = dir(r[0], r[1], r[2]);
+        let mut d = dir(r[0], r[1], r[2], false);
         let cmd = unhex_n::<1>(r[3])[0];
         let mut cell = [0u8; 509];
         cell[16..].copy_from_slice(&unhex_n::<493>(r[4]));
-        let tag = d.relay_originate(cmd, &mut cell);
+        let tag = run_dir(e, &mut d, CgoOp::RelayOriginate, cmd, &mut cell).unwrap();
         assert_eq!(
             cell,
             unhex_n::<509>(&format!("{}{}", r[8], r[9])),
@@ -68,11 +88,17 @@ fn relay_originate_vectors() {
 
 #[test]
 fn client_originate_vectors() {
+    for e in engines() {
+        client_originate_vectors_on(e);
+    }
+}
+
+fn client_originate_vectors_on(e: crate::Engine) {
     let mut n = 0;
     for r in records(ARTI_CLIENT_ORIG, 23) {
         let mut hops: Vec<ClientHopState> = (0..3)
             .map(|i| {
-                let f = dir(r[3 * i], r[3 * i + 1], r[3 * i + 2]);
+                let f = dir(r[3 * i], r[3 * i + 1], r[3 * i + 2], true);
                 // The backward direction plays no part in these vectors.
                 ClientHopState {
                     bwd: f.clone(),
@@ -85,7 +111,18 @@ fn client_originate_vectors() {
         let cmd = unhex_n::<1>(r[10])[0];
         let mut cell = [0u8; 509];
         cell[16..].copy_from_slice(&unhex_n::<493>(r[11]));
-        client_originate(&mut hops, hop - 1, cmd, &mut cell).unwrap();
+        // Keep the public helper's order: the target hop, then the hops before it.
+        run_dir(
+            e,
+            &mut hops[hop - 1].fwd,
+            CgoOp::ClientOriginate,
+            cmd,
+            &mut cell,
+        )
+        .unwrap();
+        for h in hops[..hop - 1].iter_mut().rev() {
+            run_dir(e, &mut h.fwd, CgoOp::ClientEncryptForward, cmd, &mut cell);
+        }
         assert_eq!(
             cell,
             unhex_n::<509>(&format!("{}{}", r[21], r[22])),
@@ -290,4 +327,325 @@ fn changed_command_is_detected() {
     relays[0].forward(CMD_RELAY_EARLY, &mut cell);
     // The first hop forwards it as RELAY instead of RELAY_EARLY.
     assert_eq!(relays[1].forward(CMD_RELAY, &mut cell), Forward::Pass);
+}
+
+/// Builds a batch of jobs that each carry one cell through a whole path, so recognition and
+/// key updates happen often: a client cell to a random hop through the relays before it, or
+/// a relay cell from a random hop back to the client. Hops are laid out per circuit as
+/// `[client 0..3, relay 0..3]`. Some cells get a bit flipped on the way.
+fn random_batch(
+    rng: &mut Rng,
+    circuits: usize,
+    cells: &mut Vec<CellBody>,
+    jobs: &mut Vec<CgoJob>,
+    max_jobs: usize,
+) {
+    cells.clear();
+    jobs.clear();
+    while jobs.len() < max_jobs {
+        let c = rng.below(circuits) as u32;
+        let hop = rng.below(3) as u32;
+        let cmd = if rng.below(3) == 0 {
+            CMD_RELAY_EARLY
+        } else {
+            CMD_RELAY
+        };
+        let mut cell = [0u8; 509];
+        rng.fill(&mut cell);
+        let ci = cells.len() as u32;
+        cells.push(cell);
+        let client = |i: u32| c * 6 + i;
+        let relay = |i: u32| c * 6 + 3 + i;
+        let mut path = Vec::new();
+        let mode = rng.below(4);
+        if mode == 3 {
+            // Pass-through traffic: consecutive relay steps on other cells (the batch loop
+            // pairs independent ones), and a second circuit's cell recognized beside this one.
+            let c2 = rng.below(circuits) as u32;
+            let mut cell2 = [0u8; 509];
+            rng.fill(&mut cell2);
+            cells.push(cell2);
+            let (a, b) = (ci, ci + 1);
+            for (cell, cc) in [(a, c), (b, c2)] {
+                jobs.push(CgoJob {
+                    hop: cc * 6,
+                    cell,
+                    cmd,
+                    op: CgoOp::ClientOriginate,
+                });
+            }
+            for (cell, cc) in [(a, c), (b, c2)] {
+                jobs.push(CgoJob {
+                    hop: cc * 6 + 3,
+                    cell,
+                    cmd,
+                    op: CgoOp::RelayForward,
+                });
+            }
+            for _ in 0..rng.below(6) {
+                let mut g = [0u8; 509];
+                rng.fill(&mut g);
+                let gi = cells.len() as u32;
+                cells.push(g);
+                let op = if rng.below(2) == 0 {
+                    CgoOp::RelayForward
+                } else {
+                    CgoOp::RelayBackward
+                };
+                let h = rng.below(circuits) as u32 * 6 + 3 + rng.below(3) as u32;
+                jobs.push(CgoJob {
+                    hop: h,
+                    cell: gi,
+                    cmd,
+                    op,
+                });
+            }
+        } else if mode < 2 {
+            path.push((client(hop), CgoOp::ClientOriginate));
+            for i in (0..hop).rev() {
+                path.push((client(i), CgoOp::ClientEncryptForward));
+            }
+            for i in 0..=hop {
+                path.push((relay(i), CgoOp::RelayForward));
+            }
+        } else {
+            path.push((relay(hop), CgoOp::RelayOriginate));
+            for i in (0..hop).rev() {
+                path.push((relay(i), CgoOp::RelayBackward));
+            }
+            for i in 0..=hop {
+                path.push((client(i), CgoOp::ClientDecryptBackward));
+            }
+        }
+        // Occasionally a wrong-role job, which must do nothing.
+        if rng.below(50) == 0 {
+            path.push((client(0), CgoOp::RelayForward));
+        }
+        for (h, op) in path {
+            jobs.push(CgoJob {
+                hop: h,
+                cell: ci,
+                cmd,
+                op,
+            });
+        }
+        // Occasionally flip a bit mid-path (a separate garbage job on a copy would not chain).
+        if rng.below(20) == 0 {
+            let b = rng.below(509 * 8);
+            if let Some(cell) = cells.last_mut() {
+                cell[b / 8] ^= 1 << (b % 8);
+            }
+        }
+    }
+    jobs.truncate(max_jobs);
+}
+
+fn dir_state(d: &Dir) -> Vec<u8> {
+    [&d.keys.raw[..], &d.nonce[..], &d.tprime[..]].concat()
+}
+
+fn hop_state(h: &CgoHop) -> Vec<u8> {
+    match h {
+        CgoHop::Relay(r) => [dir_state(&r.fwd), dir_state(&r.bwd)].concat(),
+        CgoHop::Client(c) => [dir_state(&c.fwd), dir_state(&c.bwd)].concat(),
+    }
+}
+
+#[test]
+fn every_backend_matches_the_reference_on_random_batches() {
+    let reference = crate::Engine::new(crate::Backend::Portable).unwrap();
+    assert!(matches!(kernel(crate::Backend::Portable), Kern::Ref));
+    let mut rng = Rng::new(0x5eed);
+    for e in engines() {
+        if e.backend() == crate::Backend::Portable {
+            continue;
+        }
+        for round in 0..24 {
+            let circuits = 1 + rng.below(6);
+            let mut hops = Vec::new();
+            for _ in 0..circuits {
+                let (c, r) = circuit(&mut rng, 3);
+                hops.extend(c.into_iter().map(CgoHop::Client));
+                hops.extend(r.into_iter().map(CgoHop::Relay));
+            }
+            let mut hops_ref = hops.clone();
+            let mut hops_one = hops.clone();
+            let (mut cells, mut jobs) = (Vec::new(), Vec::new());
+            // Many consecutive batches on the same hops, so keys and nonces chain.
+            for _ in 0..8 {
+                let n = match round % 3 {
+                    0 => 1 + rng.below(8),
+                    1 => 1 + rng.below(256),
+                    _ => 256,
+                };
+                random_batch(&mut rng, circuits, &mut cells, &mut jobs, n);
+                let mut cells_ref = cells.clone();
+                let cells_before = cells.clone();
+                let mut out = vec![CgoOutcome::Done; jobs.len()];
+                let mut out_ref = out.clone();
+                e.process_batch_cgo(&mut hops, &mut cells, &jobs, &mut out)
+                    .unwrap();
+                reference
+                    .process_batch_cgo(&mut hops_ref, &mut cells_ref, &jobs, &mut out_ref)
+                    .unwrap();
+                // And the reference batch equals the jobs run one at a time (no pairing).
+                let mut cells_one = cells_before.clone();
+                for (j, o) in jobs.iter().zip(&out_ref) {
+                    let r = reference.process_one_cgo(
+                        &mut hops_one[j.hop as usize],
+                        j.cmd,
+                        j.op,
+                        &mut cells_one[j.cell as usize],
+                    );
+                    assert_eq!(r, *o, "round {round}: one-at-a-time outcome");
+                }
+                assert!(cells_one == cells_ref, "round {round}: one-at-a-time cells");
+                assert_eq!(out, out_ref, "{} round {round}: outcomes", e.backend());
+                assert!(cells == cells_ref, "{} round {round}: cells", e.backend());
+                for (a, b) in hops.iter().zip(&hops_ref) {
+                    assert_eq!(hop_state(a), hop_state(b), "{} round {round}", e.backend());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batches_recognize_and_seal_as_the_roles_do() {
+    // In a batch built from whole paths, every untampered cell is recognized at its target.
+    let mut rng = Rng::new(31);
+    for e in engines() {
+        let mut hops = Vec::new();
+        let (c, r) = circuit(&mut rng, 3);
+        hops.extend(c.into_iter().map(CgoHop::Client));
+        hops.extend(r.into_iter().map(CgoHop::Relay));
+        let mut cells = Vec::new();
+        let mut jobs = Vec::new();
+        let mut sealed = Vec::new();
+        for i in 0..64u32 {
+            let mut cell = [0u8; 509];
+            rng.fill(&mut cell[16..]);
+            cells.push(cell);
+            let target = i % 3;
+            let (origin, first, pass, last) = if i % 2 == 0 {
+                (
+                    target,
+                    CgoOp::ClientOriginate,
+                    CgoOp::ClientEncryptForward,
+                    CgoOp::RelayForward,
+                )
+            } else {
+                (
+                    3 + target,
+                    CgoOp::RelayOriginate,
+                    CgoOp::RelayBackward,
+                    CgoOp::ClientDecryptBackward,
+                )
+            };
+            sealed.push(jobs.len());
+            jobs.push(CgoJob {
+                hop: origin,
+                cell: i,
+                cmd: CMD_RELAY,
+                op: first,
+            });
+            let base = origin - target;
+            for h in (0..target).rev() {
+                jobs.push(CgoJob {
+                    hop: base + h,
+                    cell: i,
+                    cmd: CMD_RELAY,
+                    op: pass,
+                });
+            }
+            let other = if base == 0 { 3 } else { 0 };
+            for h in 0..=target {
+                jobs.push(CgoJob {
+                    hop: other + h,
+                    cell: i,
+                    cmd: CMD_RELAY,
+                    op: last,
+                });
+            }
+        }
+        let mut out = vec![CgoOutcome::Done; jobs.len()];
+        e.process_batch_cgo(&mut hops, &mut cells, &jobs, &mut out)
+            .unwrap();
+        let mut next = sealed.iter().skip(1).copied().chain([jobs.len()]);
+        for &s in &sealed {
+            let end = next.next().unwrap();
+            let CgoOutcome::Sealed(tag) = out[s] else {
+                panic!("{}: job {s} not sealed: {:?}", e.backend(), out[s]);
+            };
+            // All but the last receiving job see NotRecognized; the last recognizes it.
+            assert_eq!(out[end - 1], CgoOutcome::Recognized(tag), "{}", e.backend());
+            for o in &out[s + 1..end - 1] {
+                assert!(matches!(o, CgoOutcome::Done | CgoOutcome::NotRecognized));
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_index_errors_touch_nothing() {
+    let e = crate::Engine::best();
+    let mut rng = Rng::new(3);
+    let (_, r) = circuit(&mut rng, 1);
+    let mut hops: Vec<CgoHop> = r.into_iter().map(CgoHop::Relay).collect();
+    let before = hop_state(&hops[0]);
+    let mut cells = vec![[7u8; 509]];
+    let job = |hop, cell| CgoJob {
+        hop,
+        cell,
+        cmd: CMD_RELAY,
+        op: CgoOp::RelayForward,
+    };
+    let mut out = [CgoOutcome::Done; 2];
+    assert_eq!(
+        e.process_batch_cgo(&mut hops, &mut cells, &[job(0, 0), job(1, 0)], &mut out),
+        Err(crate::BatchError::HopOutOfRange { job: 1 })
+    );
+    assert_eq!(
+        e.process_batch_cgo(&mut hops, &mut cells, &[job(0, 0), job(0, 1)], &mut out),
+        Err(crate::BatchError::CellOutOfRange { job: 1 })
+    );
+    assert_eq!(
+        e.process_batch_cgo(&mut hops, &mut cells, &[job(0, 0)], &mut []),
+        Err(crate::BatchError::OutTooShort)
+    );
+    assert_eq!(hop_state(&hops[0]), before);
+    assert_eq!(cells[0], [7u8; 509]);
+}
+
+#[test]
+fn wrong_role_jobs_do_nothing() {
+    let mut rng = Rng::new(4);
+    let (c, _) = circuit(&mut rng, 1);
+    let mut hop = CgoHop::Client(c.into_iter().next().unwrap());
+    let before = hop_state(&hop);
+    let mut cell = [1u8; 509];
+    for e in engines() {
+        for op in [
+            CgoOp::RelayForward,
+            CgoOp::RelayBackward,
+            CgoOp::RelayOriginate,
+        ] {
+            assert_eq!(
+                e.process_one_cgo(&mut hop, CMD_RELAY, op, &mut cell),
+                CgoOutcome::WrongRole
+            );
+        }
+    }
+    assert_eq!(hop_state(&hop), before);
+    assert_eq!(cell, [1u8; 509]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vaes_backends_get_the_wide_kernel_when_the_cpu_has_it() {
+    if crate::Backend::Vaes256.is_supported() && std::arch::is_x86_feature_detected!("vpclmulqdq") {
+        assert!(
+            matches!(kernel(crate::Backend::Vaes256), Kern::X86(t) if format!("{t:?}").contains("true"))
+        );
+    }
 }
