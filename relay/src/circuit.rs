@@ -16,7 +16,7 @@
 //!   CGO and the v1 relay cell format ([`proto::relay_cell_v1`]) when its client asked for
 //!   `Relay=6` in the ntor v3 subprotocol request ([`HandshakeKind::NtorV3Cgo`]) and the relay
 //!   accepted; otherwise tor1 and the v0 format. A relay refuses any other subprotocol request.
-//!   CGO circuits run their crypto per cell at a relay, outside the tor1 batch.
+//!   At a relay, CGO cells are batched like tor1 ones ([`crypto_simd::Engine::process_batch_cgo`]).
 //!
 //! Exit streams (BEGIN, RESOLVE) and directory streams (BEGIN_DIR) are not served yet: a relay
 //! answers them with an END cell. Neither are TAP (CREATE, EXTEND), congestion-control

@@ -42,44 +42,19 @@ fn kdf_bytes(keys: &CgoKeys) -> Zeroizing<[u8; cgo::KDF_LEN]> {
     k
 }
 
-/// One hop's CGO state at a relay: forward (cells from the client) and backward.
-pub struct CgoRelayHop {
-    state: cgo::RelayState,
+/// A relay's CGO state for one circuit from the handshake's key material, as the CGO batch
+/// (`crypto_simd::Engine::process_batch_cgo`) takes it; `None` if the key material is unusable.
+pub fn relay_hop(keys: &CgoKeys) -> Option<cgo::CgoHop> {
+    let state = cgo::RelayState::from_kdf(&kdf_bytes(keys)[..]).ok()?;
+    Some(cgo::CgoHop::Relay(state))
 }
 
-impl std::fmt::Debug for CgoRelayHop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CgoRelayHop").finish_non_exhaustive()
-    }
-}
-
-impl CgoRelayHop {
-    /// The relay's state from the handshake's key material; `None` if CGO is unavailable.
-    pub fn new(keys: &CgoKeys) -> Option<Box<Self>> {
-        let state = cgo::RelayState::from_kdf(&kdf_bytes(keys)[..]).ok()?;
-        Some(Box::new(CgoRelayHop { state }))
-    }
-
-    /// A cell from the client side arrived with channel command `cmd`: remove this hop's
-    /// layer. `Some(tag)` if the cell is for this hop (its message is then readable in the v1
-    /// layout), `None` if it must be passed on.
-    pub fn forward(&mut self, cmd: u8, body: &mut [u8; BODY_LEN]) -> Option<CgoTag> {
-        match self.state.forward(cmd, body) {
-            cgo::Forward::ForUs(t) => Some(t.0),
-            cgo::Forward::Pass => None,
-        }
-    }
-
-    /// A cell from farther away heading to the client: add this hop's layer.
-    pub fn backward(&mut self, body: &mut [u8; BODY_LEN]) {
-        self.state.backward(cgo::CMD_RELAY, body);
-    }
-
-    /// A v1 cell this relay sends to the client: fill the tag area and encrypt. Returns the
-    /// tag.
-    pub fn originate(&mut self, body: &mut [u8; BODY_LEN]) -> CgoTag {
-        self.state.originate(cgo::CMD_RELAY, body).0
-    }
+/// A relay state from all-zero key material: what a freed batch entry holds instead of the
+/// old circuit's keys (`None` cannot happen: the length is right).
+pub fn wiped_hop() -> Option<cgo::CgoHop> {
+    cgo::RelayState::from_kdf(&[0u8; cgo::KDF_LEN])
+        .ok()
+        .map(cgo::CgoHop::Relay)
 }
 
 /// One hop's CGO state at the client.

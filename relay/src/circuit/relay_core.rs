@@ -25,10 +25,10 @@
 //! Relay cells that arrive after a DESTROY in the same chunk are therefore still relayed; the
 //! peer should not have sent them, and they die at the next hop with the circuit.
 //!
-//! Circuits whose client negotiated CGO (`Relay=6`, proposal 359; see [`super::cgo`]) are the
-//! exception: their cells are decrypted and acted on as they are routed, one at a time, and the
-//! messages this relay originates on them use the v1 relay cell format. Their order per
-//! circuit is kept the same way (replies are sealed after the chunk's relayed cells).
+//! Circuits whose client negotiated CGO (`Relay=6`, proposal 359; see [`super::cgo`]) go the
+//! same way through a second batch, [`Engine::process_batch_cgo`], run right after the tor1
+//! one on the same cell buffer; decrypted cells of both are then acted on in arrival order.
+//! Messages this relay originates on a CGO circuit use the v1 relay cell format.
 //!
 //! # Limits
 //!
@@ -48,6 +48,7 @@
 
 use std::collections::HashMap;
 
+use crypto_simd::cgo::{CgoHop, CgoJob, CgoOp, CgoOutcome, CMD_RELAY};
 use crypto_simd::{Engine, Job, Op, Outcome, Tor1Hop};
 use proto::cell::{ChanCmd, RawCell, BODY_LEN};
 use proto::chan_msg::{Create2, Created2, DestroyReason, HandshakeType};
@@ -63,7 +64,7 @@ use proto::relay_msg::{End, EndReason, Extend2, Extended2, Truncated};
 use rand_core::CryptoRngCore;
 use thiserror::Error;
 
-use super::cgo::{CgoRelayHop, RELAY_CAPS};
+use super::cgo::RELAY_CAPS;
 use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
 
 /// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
@@ -272,6 +273,9 @@ struct JobMeta {
     slot: u32,
     gen: u32,
     dir: Dir,
+    /// Index of the cell's job in `jobs` (tor1) or `cgo_jobs` (CGO).
+    job: u32,
+    cgo: bool,
 }
 
 /// The circuits of one shard; see the module docs for the call order.
@@ -282,9 +286,17 @@ pub struct RelayCore {
     ntor_v3: NtorV3ServerKeys,
     circs: Vec<Circuit>,
     hops: Vec<Tor1Hop>,
-    /// Per slot: the CGO state of a circuit whose client asked for `Relay=6` (its tor1 entry
-    /// in `hops` is then unused); `None` for tor1 circuits.
-    cgo: Vec<Option<Box<CgoRelayHop>>>,
+    /// Per slot: for a circuit whose client asked for `Relay=6`, the index of its CGO state in
+    /// `cgo_hops` (its tor1 entry in `hops` is then unused); `None` for tor1 circuits.
+    cgo_of: Vec<Option<u32>>,
+    /// CGO states, what the CGO batch indexes; allocated as CGO circuits come.
+    cgo_hops: Vec<CgoHop>,
+    /// Free indices of `cgo_hops` (their keys wiped).
+    cgo_free: Vec<u32>,
+    /// Indices freed during the current chunk: a queued job may still run on them.
+    cgo_freed: Vec<u32>,
+    cgo_jobs: Vec<CgoJob>,
+    cgo_outcomes: Vec<CgoOutcome>,
     free: Vec<u32>,
     /// Slots freed during the current chunk: not reused before its crypto results are applied.
     freed: Vec<u32>,
@@ -378,7 +390,12 @@ impl RelayCore {
             ntor_v3,
             circs: Vec::with_capacity(limits.circuits_max),
             hops: Vec::with_capacity(limits.circuits_max),
-            cgo: Vec::with_capacity(limits.circuits_max),
+            cgo_of: Vec::with_capacity(limits.circuits_max),
+            cgo_hops: Vec::new(),
+            cgo_free: Vec::new(),
+            cgo_freed: Vec::new(),
+            cgo_jobs: Vec::with_capacity(n),
+            cgo_outcomes: vec![CgoOutcome::Done; n],
             free: Vec::with_capacity(limits.circuits_max),
             freed: Vec::with_capacity(limits.circuits_max),
             routes: HashMap::with_capacity(2 * limits.circuits_max),
@@ -632,6 +649,7 @@ impl RelayCore {
         events: &mut Vec<Event>,
     ) {
         self.jobs.clear();
+        self.cgo_jobs.clear();
         self.meta.clear();
         self.replies.clear();
         self.destroys.clear();
@@ -644,25 +662,30 @@ impl RelayCore {
             self.stats.crypto_batches += 1;
             let r = self.engine.process_batch(
                 &mut self.hops,
-                &mut self.batch_cells[..n],
+                &mut self.batch_cells[..self.meta.len()],
                 &self.jobs,
                 &mut self.outcomes[..n],
             );
             if r.is_err() {
                 // Indices come from live slots and this chunk's cells: only a bug gets here.
-                for i in 0..n {
-                    let m = self.meta[i];
-                    self.close(
-                        m.slot,
-                        Some(DestroyReason::INTERNAL),
-                        Some(DestroyReason::INTERNAL),
-                        out,
-                    );
-                }
-                self.jobs.clear();
+                self.close_batch(false, out);
             }
         }
-        for i in 0..self.jobs.len() {
+        let n = self.cgo_jobs.len();
+        if n > 0 {
+            self.stats.crypto_batches += 1;
+            let r = self.engine.process_batch_cgo(
+                &mut self.cgo_hops,
+                &mut self.batch_cells[..self.meta.len()],
+                &self.cgo_jobs,
+                &mut self.cgo_outcomes[..n],
+            );
+            if r.is_err() {
+                self.close_batch(true, out);
+            }
+        }
+        // In arrival order, whichever batch a cell was in (closed circuits are skipped).
+        for i in 0..self.meta.len() {
             self.after_crypto(rng, i, out, events);
         }
         let replies = std::mem::take(&mut self.replies);
@@ -696,6 +719,21 @@ impl RelayCore {
         }
         self.destroys = destroys;
         self.finish_call();
+    }
+
+    /// Closes every circuit with a cell in the tor1 (`cgo` false) or CGO batch that failed.
+    fn close_batch(&mut self, cgo: bool, out: &mut Vec<OutCell>) {
+        for i in 0..self.meta.len() {
+            let m = self.meta[i];
+            if m.cgo == cgo && self.is_live(m.slot, m.gen) {
+                self.close(
+                    m.slot,
+                    Some(DestroyReason::INTERNAL),
+                    Some(DestroyReason::INTERNAL),
+                    out,
+                );
+            }
+        }
     }
 
     /// Pass 1: routes one cell.
@@ -751,7 +789,7 @@ impl RelayCore {
                             return;
                         };
                         let early = cmd == ChanCmd::RELAY_EARLY;
-                        self.queue_relay(rng, r.slot, side, early, fixed, out, events)
+                        self.queue_relay(r.slot, side, early, fixed, out)
                     }
                     (ChanCmd::CREATED2, Side::Next) => self.handle_created2(rng, r.slot, body, out),
                     _ => {
@@ -837,7 +875,7 @@ impl RelayCore {
             return;
         };
         let cgo = if cgo {
-            let Some(c) = kg.cgo_keys().ok().and_then(|k| CgoRelayHop::new(&k)) else {
+            let Some(c) = kg.cgo_keys().ok().and_then(|k| super::cgo::relay_hop(&k)) else {
                 refuse(out, &mut self.stats, DestroyReason::INTERNAL);
                 return;
             };
@@ -958,16 +996,13 @@ impl RelayCore {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn queue_relay(
         &mut self,
-        rng: &mut impl CryptoRngCore,
         slot: u32,
         side: Side,
         early: bool,
         body: &[u8; BODY_LEN],
         out: &mut Vec<OutCell>,
-        events: &mut Vec<Event>,
     ) {
         let Some(c) = self.circs.get_mut(slot as usize) else {
             return;
@@ -995,46 +1030,44 @@ impl RelayCore {
             }
         };
         let gen = c.gen;
-        if let Some(Some(cgo)) = self.cgo.get_mut(slot as usize) {
-            // CGO circuits are not batched (yet): their crypto runs here, in arrival order,
-            // and the cell is acted on at once.
-            let mut cell = *body;
-            let outcome = match dir {
-                Dir::Forward { early } => {
-                    let cmd = if early {
-                        ChanCmd::RELAY_EARLY
-                    } else {
-                        ChanCmd::RELAY
-                    };
-                    match cgo.forward(cmd.0, &mut cell) {
-                        Some(_tag) => Outcome::Recognized([0; 20]),
-                        None => Outcome::NotRecognized,
-                    }
-                }
-                Dir::Backward => {
-                    cgo.backward(&mut cell);
-                    Outcome::Done
-                }
-            };
-            let m = JobMeta { slot, gen, dir };
-            self.act(rng, m, outcome, &cell, out, events);
-            return;
-        }
-        let i = self.jobs.len();
+        let i = self.meta.len();
         let Some(dst) = self.batch_cells.get_mut(i) else {
             return;
         };
         *dst = *body;
-        let op = match dir {
-            Dir::Forward { .. } => Op::RelayRecvForward,
-            Dir::Backward => Op::RelayPassBackward,
+        let cgo = self.cgo_of.get(slot as usize).copied().flatten();
+        let job = if let Some(hop) = cgo {
+            let (cmd, op) = match dir {
+                Dir::Forward { early: true } => (ChanCmd::RELAY_EARLY.0, CgoOp::RelayForward),
+                Dir::Forward { early: false } => (CMD_RELAY, CgoOp::RelayForward),
+                Dir::Backward => (CMD_RELAY, CgoOp::RelayBackward),
+            };
+            self.cgo_jobs.push(CgoJob {
+                hop,
+                cell: i as u32,
+                cmd,
+                op,
+            });
+            self.cgo_jobs.len() - 1
+        } else {
+            let op = match dir {
+                Dir::Forward { .. } => Op::RelayRecvForward,
+                Dir::Backward => Op::RelayPassBackward,
+            };
+            self.jobs.push(Job {
+                hop: slot,
+                cell: i as u32,
+                op,
+            });
+            self.jobs.len() - 1
         };
-        self.jobs.push(Job {
-            hop: slot,
-            cell: i as u32,
-            op,
+        self.meta.push(JobMeta {
+            slot,
+            gen,
+            dir,
+            job: job as u32,
+            cgo: cgo.is_some(),
         });
-        self.meta.push(JobMeta { slot, gen, dir });
     }
 
     /// Pass 2: acts on one decrypted cell.
@@ -1045,26 +1078,25 @@ impl RelayCore {
         out: &mut Vec<OutCell>,
         events: &mut Vec<Event>,
     ) {
-        let (Some(&m), Some(&outcome), Some(&body)) = (
-            self.meta.get(i),
-            self.outcomes.get(i),
-            self.batch_cells.get(i),
-        ) else {
+        let (Some(&m), Some(&body)) = (self.meta.get(i), self.batch_cells.get(i)) else {
             return;
         };
-        self.act(rng, m, outcome, &body, out, events);
-    }
-
-    /// Acts on one cell once its crypto ran: passes it on or handles it here.
-    fn act(
-        &mut self,
-        rng: &mut impl CryptoRngCore,
-        m: JobMeta,
-        outcome: Outcome,
-        body: &[u8; BODY_LEN],
-        out: &mut Vec<OutCell>,
-        events: &mut Vec<Event>,
-    ) {
+        let outcome = if m.cgo {
+            match self.cgo_outcomes.get(m.job as usize) {
+                Some(CgoOutcome::Done) => Outcome::Done,
+                Some(CgoOutcome::NotRecognized) => Outcome::NotRecognized,
+                // The SENDME tag is not kept: this relay has no circuit windows yet.
+                Some(CgoOutcome::Recognized(_)) => Outcome::Recognized([0; 20]),
+                // Relay ops on relay hops give neither; treat as the crypto failing.
+                _ => Outcome::Sealed([0; 20]),
+            }
+        } else {
+            match self.outcomes.get(m.job as usize) {
+                Some(&o) => o,
+                None => return,
+            }
+        };
+        let body = &body;
         if !self.is_live(m.slot, m.gen) {
             return;
         }
@@ -1232,7 +1264,7 @@ impl RelayCore {
 
     /// The relay cell format of `slot`'s circuit: v1 with CGO, v0 with tor1.
     fn format(&self, slot: u32) -> RelayCellFormat {
-        match self.cgo.get(slot as usize) {
+        match self.cgo_of.get(slot as usize) {
             Some(Some(_)) => RelayCellFormat::V1,
             _ => RelayCellFormat::V0,
         }
@@ -1240,11 +1272,14 @@ impl RelayCore {
 
     /// Encrypts a cell this relay originates towards the client with `slot`'s crypto.
     fn seal_backward(&mut self, slot: u32, body: &mut [u8; BODY_LEN]) {
-        match self.cgo.get_mut(slot as usize) {
-            Some(Some(cgo)) => {
-                cgo.originate(body);
+        match self.cgo_of.get(slot as usize).copied().flatten() {
+            Some(idx) => {
+                if let Some(hop) = self.cgo_hops.get_mut(idx as usize) {
+                    self.engine
+                        .process_one_cgo(hop, CMD_RELAY, CgoOp::RelayOriginate, body);
+                }
             }
-            _ => {
+            None => {
                 if let Some(hop) = self.hops.get_mut(slot as usize) {
                     self.engine.process_one(hop, body, Op::RelaySendBackward);
                 }
@@ -1493,9 +1528,9 @@ impl RelayCore {
             out.push(destroy_cell(prev_chan, prev_id, r));
         }
         self.drop_next(next, next_reason, out);
-        if let Some(c) = self.cgo.get_mut(slot as usize) {
-            // Drop (and wipe) the CGO keys now rather than at the slot's reuse.
-            *c = None;
+        if let Some(idx) = self.cgo_of.get_mut(slot as usize).and_then(Option::take) {
+            // Wiped and reused after this call: a job of this chunk may still name it.
+            self.cgo_freed.push(idx);
         }
         self.freed.push(slot);
         self.live = self.live.saturating_sub(1);
@@ -1508,10 +1543,14 @@ impl RelayCore {
     fn alloc_slot(
         &mut self,
         hop: Tor1Hop,
-        cgo: Option<Box<CgoRelayHop>>,
+        cgo: Option<CgoHop>,
         chan: ChanId,
         id: CircId,
     ) -> Option<u32> {
+        let cgo = match cgo {
+            Some(h) => Some(self.alloc_cgo(h)?),
+            None => None,
+        };
         let circ = |gen| Circuit {
             gen,
             live: true,
@@ -1525,15 +1564,27 @@ impl RelayCore {
             let gen = self.circs.get(i)?.gen;
             *self.circs.get_mut(i)? = circ(gen);
             *self.hops.get_mut(i)? = hop;
-            *self.cgo.get_mut(i)? = cgo;
+            *self.cgo_of.get_mut(i)? = cgo;
             Some(s)
         } else if self.circs.len() < self.limits.circuits_max {
             self.circs.push(circ(0));
             self.hops.push(hop);
-            self.cgo.push(cgo);
+            self.cgo_of.push(cgo);
             u32::try_from(self.circs.len() - 1).ok()
         } else {
             None
+        }
+    }
+
+    /// A place in `cgo_hops` for a new CGO circuit's state.
+    fn alloc_cgo(&mut self, hop: CgoHop) -> Option<u32> {
+        if let Some(i) = self.cgo_free.pop() {
+            *self.cgo_hops.get_mut(i as usize)? = hop;
+            Some(i)
+        } else {
+            // At most one per circuit slot, so bounded by `circuits_max`.
+            self.cgo_hops.push(hop);
+            u32::try_from(self.cgo_hops.len() - 1).ok()
         }
     }
 
@@ -1593,6 +1644,18 @@ impl RelayCore {
         for (chan, ch) in &self.chans {
             assert_eq!(ch.circuits, per_chan.get(chan).copied().unwrap_or(0));
         }
+        let mut cgo_seen = std::collections::HashSet::new();
+        for (slot, idx) in self.cgo_of.iter().enumerate() {
+            if let Some(idx) = idx {
+                assert!(self.circs[slot].live);
+                assert!(cgo_seen.insert(*idx));
+                assert!(!self.cgo_free.contains(idx));
+            }
+        }
+        assert_eq!(
+            cgo_seen.len() + self.cgo_free.len() + self.cgo_freed.len(),
+            self.cgo_hops.len()
+        );
         for c in self.circs.iter().filter(|c| c.live) {
             assert!(self.routes.contains_key(&(c.prev_chan, c.prev_id)));
             if let Next::Opening { request } = c.next {
@@ -1604,6 +1667,15 @@ impl RelayCore {
     /// End of a public call: slots freed during it become reusable.
     fn finish_call(&mut self) {
         self.free.append(&mut self.freed);
+        for idx in self.cgo_freed.drain(..) {
+            if let (Some(h), Some(w)) =
+                (self.cgo_hops.get_mut(idx as usize), super::cgo::wiped_hop())
+            {
+                // Dropping the old state wipes its keys.
+                *h = w;
+            }
+            self.cgo_free.push(idx);
+        }
     }
 }
 
@@ -2317,6 +2389,26 @@ mod tests {
                     "{ev:?}"
                 );
             }
+        }
+        // Interleaved cells of both circuits in one input: per chunk of two, one tor1 batch
+        // and one CGO batch; the echoes come back in order on each circuit.
+        let before = core.stats().crypto_batches;
+        let mut input = Vec::new();
+        for i in 0..6u8 {
+            let c = &mut circs[usize::from(i % 2)];
+            input.push(
+                c.send_raw(&mut rng, 0, RelayCmd::DROP, None, &[i; 9])
+                    .unwrap(),
+            );
+        }
+        let cells: Vec<(ChanId, &CircCell)> = input.iter().map(|c| (CLIENT, c)).collect();
+        let run = feed(&mut core, &mut rng, &cells);
+        assert_eq!(core.stats().crypto_batches - before, 6);
+        assert_eq!(run.out.len(), 6);
+        for o in &run.out {
+            let n = usize::from(o.cell.circ_id.get() != 0x8000_0040);
+            let ev = circs[n].handle_cell(&o.cell).unwrap();
+            assert!(matches!(&ev, ClientEvent::Msg { data, .. } if data[0] % 2 == n as u8));
         }
         // A v1 cell too long for a DATA message is refused by the client library.
         assert_eq!(
