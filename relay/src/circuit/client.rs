@@ -585,23 +585,33 @@ fn finish(pending: Pending, reply: &[u8]) -> Result<(KeyGenerator, bool), Client
     }
 }
 
-/// Fuzz entry point: builds a one-hop ntor circuit against fixed keys, then hands every cell
-/// framed from `data` (4-byte circuit ids) to [`OriginCircuit::handle_cell`]. Panics only on
-/// a bug.
+/// Fuzz entry point: builds a one-hop circuit against fixed keys, then hands every cell
+/// framed from `data` (4-byte circuit ids) to [`OriginCircuit::handle_cell`]. The hop is a
+/// tor1 (ntor) one, or a CGO (ntor v3 with `Relay=6`) one when `data` starts with the byte
+/// `0xc6`, which is then skipped. Panics only on a bug.
 pub fn fuzz_origin_cells(data: &[u8]) {
     use proto::cell::{CircIdLen, RawCell};
     use proto::keys::NtorOnionKeypair;
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (cgo, data) = match data.split_first() {
+        Some((&0xc6, rest)) => (true, rest),
+        _ => (false, data),
+    };
     let onion = NtorOnionKeypair::from_secret_bytes([7; 32]);
     let keys = proto::ntor::NtorServerKeys {
         id: RsaIdentity::from_bytes([1; 20]),
         current: onion.clone(),
         previous: None,
     };
+    let v3_keys = proto::ntor_v3::NtorV3ServerKeys {
+        id: Ed25519Identity::from_bytes([2; 32]),
+        current: onion.clone(),
+        previous: None,
+    };
     let info = RelayInfo {
         rsa_id: keys.id,
-        ed_id: None,
+        ed_id: Some(v3_keys.id),
         ntor_onion_key: *onion.public().as_bytes(),
         addrs: Vec::new(),
     };
@@ -609,29 +619,59 @@ pub fn fuzz_origin_cells(data: &[u8]) {
     let Some(circ_id) = CircId::new(0x8000_0001) else {
         return;
     };
+    let kind = if cgo {
+        HandshakeKind::NtorV3Cgo
+    } else {
+        HandshakeKind::Ntor
+    };
     let Ok((mut circ, cell)) =
-        OriginCircuit::create_first_hop(&mut rng, engine, circ_id, HandshakeKind::Ntor, &info)
+        OriginCircuit::create_first_hop(&mut rng, engine, circ_id, kind, &info)
     else {
         return;
     };
     let Ok(c2) = Create2::decode(&cell.body) else {
         return;
     };
-    let Ok((reply, _)) = proto::ntor::server(&mut rng, &keys, &c2.hdata) else {
-        return;
+    let reply = if cgo {
+        let mut reply = Vec::new();
+        let caps = super::cgo::RELAY_CAPS;
+        let ok = proto::ntor_v3::server(
+            &mut rng,
+            &v3_keys,
+            CIRCUIT_EXTEND_VERIFICATION,
+            &c2.hdata,
+            |cm| {
+                proto::ntor_v3::negotiate_server(cm, caps)
+                    .ok()
+                    .map(|_| vec![0])
+            },
+            &mut reply,
+        );
+        if ok.is_err() {
+            return;
+        }
+        reply
+    } else {
+        let Ok((reply, _)) = proto::ntor::server(&mut rng, &keys, &c2.hdata) else {
+            return;
+        };
+        reply.to_vec()
     };
     let mut body = Vec::new();
-    if (Created2 {
-        hdata: reply.to_vec(),
-    })
-    .encode(&mut body)
-    .is_err()
-    {
+    if (Created2 { hdata: reply }).encode(&mut body).is_err() {
         return;
     }
     assert_eq!(
         circ.handle_cell(&CircCell::new(circ_id, ChanCmd::CREATED2, &body)),
         Ok(ClientEvent::HopAdded { hops: 1 })
+    );
+    assert_eq!(
+        circ.hop_format(0),
+        Some(if cgo {
+            RelayCellFormat::V1
+        } else {
+            RelayCellFormat::V0
+        })
     );
     let mut rest = data;
     while let Some((raw, used)) = RawCell::decode(rest, CircIdLen::Four) {
@@ -851,6 +891,14 @@ mod tests {
         #[test]
         fn arbitrary_cells_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
             fuzz_origin_cells(&data);
+        }
+
+        /// Arbitrary cells never panic a client whose hop runs CGO.
+        #[test]
+        fn arbitrary_cells_never_panic_cgo(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            let mut input = vec![0xc6];
+            input.extend_from_slice(&data);
+            fuzz_origin_cells(&input);
         }
 
         /// CircCell framing round-trips.
