@@ -2438,6 +2438,60 @@ mod tests {
         ));
     }
 
+    /// A subprotocol request for anything but `Relay=6` is refused with DESTROY(PROTOCOL)
+    /// rather than ignored; `Relay=6` alone is accepted.
+    #[test]
+    fn subprotocol_requests_other_than_cgo_are_refused() {
+        let mut rng = StdRng::seed_from_u64(23);
+        let mut core = core(Limits::default());
+        let (_, v3) = server_keys(ME_RSA, ME_ED, 7);
+        let public = proto::ntor_v3::NtorV3PublicKey {
+            id: v3.id,
+            pk: *v3.current.public(),
+        };
+        for (n, (cm, ok)) in [
+            (vec![1u8, 3, 2, 2, 6], true),
+            (vec![1, 3, 2, 2, 7], false),
+            (vec![1, 3, 4, 2, 5, 2, 6], false),
+            (vec![1, 3, 1, 2], false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut hdata = Vec::new();
+            proto::ntor_v3::client1(
+                &mut rng,
+                &public,
+                CIRCUIT_EXTEND_VERIFICATION,
+                &cm,
+                &mut hdata,
+            )
+            .unwrap();
+            let mut body = Vec::new();
+            Create2 {
+                htype: HandshakeType::NTOR_V3,
+                hdata,
+            }
+            .encode(&mut body)
+            .unwrap();
+            let circ = 0x8000_0090 + n as u32;
+            let cell = CircCell::new(id(circ), ChanCmd::CREATE2, &body);
+            let run = feed(&mut core, &mut rng, &[(CLIENT, &cell)]);
+            if ok {
+                assert_eq!(run.out[0].cell.cmd, ChanCmd::CREATED2);
+                assert_eq!(
+                    core.format(core.routes[&(CLIENT, id(circ))].slot),
+                    RelayCellFormat::V1
+                );
+            } else {
+                assert_eq!(
+                    run.out,
+                    vec![destroy(CLIENT, circ, DestroyReason::PROTOCOL)]
+                );
+            }
+        }
+    }
+
     /// A CGO hop (this core) extending to a CGO next hop (simulated with `crypto_simd::cgo`):
     /// EXTEND2 and EXTENDED2 travel in the v1 format, cells for the next hop pass through the
     /// core's CGO layer both ways.
