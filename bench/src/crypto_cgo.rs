@@ -70,6 +70,12 @@ pub(crate) fn rows(
     only_path: Option<&str>,
     cpu: &str,
 ) {
+    if !json && only_path.is_none_or(|p| PATHS.iter().any(|(n, _)| *n == p)) {
+        println!(
+            "{:<13} {:<9} {:>6} {:>11} {:>9} {:>13} {:>13} {:>7}  cpu",
+            "path", "backend", "batch", "ns/cell", "median", "cells/s", "openssl ns", "ratio"
+        );
+    }
     for (name, op) in PATHS {
         if only_path.is_some_and(|p| p != name) {
             continue;

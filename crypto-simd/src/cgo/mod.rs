@@ -50,14 +50,17 @@
 //! relay cell decrypt to garbage whose first 16 bytes do not match the nonce, so the exit sees
 //! [`Forward::Pass`] with no next hop, or the client sees `None`. Because every cell's tag is
 //! chained into the next cell's tweak (`T'`), all later cells on that circuit fail too: the
-//! state is unusable, and the circuit must be closed (proposal 359, "Handling unrecognized
-//! cells"). Each recognized or originated cell also rekeys its direction (`UPDATE_UIV`), which
-//! is what makes CGO forward-secure per cell.
+//! state is unusable, and the circuit must be closed (as for any unrecognized cell with nowhere
+//! to go, tor-spec §5.5). Each recognized or originated cell also rekeys its direction
+//! (`UPDATE_UIV`), which is what makes CGO forward-secure per cell.
 //!
 //! # Backends and batches
-//! [`reference`](mod@reference) is the plain version on the `aes` and `polyval` crates. The
-//! per-hop methods here use the best backend this CPU supports; [`crate::Engine::process_batch_cgo`]
-//! runs a batch of cells of many circuits on a chosen backend.
+//! [`reference`](mod@reference) is the plain version on the `aes` and `polyval` crates (the
+//! `portable` backend). The per-hop methods here use [`default_engine`] (the best backend this
+//! CPU supports, or `CHIVE_CRYPTO_BACKEND`); [`crate::Engine::process_batch_cgo`] runs a batch
+//! of cells of many circuits ([`CgoHop`], [`CgoJob`], [`CgoOutcome`]) on a chosen backend, and
+//! [`crate::Engine::process_one_cgo`] one job. The x86 kernels are in `x86.rs` (`vaes256`:
+//! VAES + VPCLMULQDQ; `aesni8`: AES-NI + PCLMULQDQ; `vaes512` runs the `vaes256` kernel).
 
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
