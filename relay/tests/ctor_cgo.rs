@@ -9,8 +9,9 @@
 //!   hops and checked byte for byte through C tor's CGO crypto both ways.
 //! - [`cgo_c_tor_chive_c_tor`]: C tor → chive → C tor with CGO: echoes from the chive middle
 //!   hop, and a BEGIN to the C tor last hop answered with END through every layer.
-//! - [`cgo_three_c_tor_relays`]: three C tor relays, CGO on every hop: a directory request
-//!   (BEGIN_DIR, then an HTTP GET of the last relay's own descriptor) whose answer is checked.
+//! - [`cgo_three_c_tor_relays`]: three C tor relays, CGO on every hop (then on some, then on
+//!   none): a directory request (BEGIN_DIR, then an HTTP GET of the last relay's own
+//!   descriptor) whose answer is checked and is the same on every path.
 //! - [`cgo_tampering_closes_the_circuit`]: a flipped bit in a CGO cell, addressed to a chive or
 //!   to a C tor hop, gets the circuit destroyed; another circuit on the same channel goes on.
 //!
@@ -288,13 +289,22 @@ fn cgo_three_c_tor_relays() {
         // still crossed three CGO hops intact.
         assert_eq!(status, "HTTP/1.0 404 Servers unavailable", "{text}");
     }
-    // A tor1 path to the same relay gets the same answer (the Date header aside).
-    let kinds = [NtorV3, NtorV3, NtorV3];
-    let mut circ = chan.build(2, &path, &kinds);
-    let again = fetch_descriptor(&mut chan, &mut circ).unwrap();
-    let again = String::from_utf8_lossy(&again).into_owned();
-    assert_eq!(again.lines().next(), Some(status.as_str()));
-    assert_eq!(again.split_once("\r\n\r\n").map(|(_, b)| b), Some(body));
+    // Mixed and tor1 paths to the same relay get the same answer (the Date header aside).
+    for (n, kinds) in [
+        [NtorV3, NtorV3Cgo, NtorV3Cgo],
+        [NtorV3Cgo, NtorV3, NtorV3Cgo],
+        [NtorV3, NtorV3, NtorV3],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut circ = chan.build(n as u32 + 2, &path, kinds);
+        check_formats(&circ, kinds);
+        let again = fetch_descriptor(&mut chan, &mut circ).unwrap();
+        let again = String::from_utf8_lossy(&again).into_owned();
+        assert_eq!(again.lines().next(), Some(status.as_str()));
+        assert_eq!(again.split_once("\r\n\r\n").map(|(_, b)| b), Some(body));
+    }
 }
 
 #[test]
