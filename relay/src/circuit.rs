@@ -37,7 +37,7 @@ mod client;
 mod relay_core;
 
 pub use client::{
-    fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo,
+    fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
 };
 pub use relay_core::{
     fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,

@@ -194,6 +194,29 @@ enum Pending {
     Fast(CreateFastClientState),
 }
 
+/// What an authenticated SENDME (v1, proposal 289) acknowledging a cell carries: tor1's
+/// 20-byte running digest after that cell, or CGO's 16-byte tag of that cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendmeTag {
+    /// No cell yet.
+    None,
+    /// A tor1 hop's digest.
+    Tor1([u8; 20]),
+    /// A CGO hop's tag.
+    Cgo([u8; 16]),
+}
+
+impl SendmeTag {
+    /// The bytes a SENDME v1 carries (empty for [`SendmeTag::None`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            SendmeTag::None => &[],
+            SendmeTag::Tor1(d) => d,
+            SendmeTag::Cgo(t) => t,
+        }
+    }
+}
+
 /// One hop's relay crypto, chosen by its handshake.
 // tor1 hops stay inline (the common case, no pointer chase per layer); CGO state is boxed.
 #[allow(clippy::large_enum_variant)]
@@ -218,6 +241,9 @@ pub struct OriginCircuit {
     hops: Vec<Hop>,
     pending: Pending,
     relay_early_sent: u8,
+    /// The SENDME v1 tag of the last cell sealed and of the last cell recognized.
+    last_sent: SendmeTag,
+    last_recv: SendmeTag,
     closed: bool,
 }
 
@@ -263,6 +289,8 @@ impl OriginCircuit {
             hops: Vec::with_capacity(HOPS_MAX),
             pending,
             relay_early_sent: 0,
+            last_sent: SendmeTag::None,
+            last_recv: SendmeTag::None,
             closed: false,
         };
         Ok((circ, CircCell::new(circ_id, cmd, &body)))
@@ -276,6 +304,18 @@ impl OriginCircuit {
     /// Hops whose handshake has finished.
     pub fn hops(&self) -> usize {
         self.hops.len()
+    }
+
+    /// The SENDME v1 tag of the last cell this circuit sealed ([`OriginCircuit::send`] and
+    /// friends): what the receiving hop's SENDME for it must carry.
+    pub fn last_sent_tag(&self) -> SendmeTag {
+        self.last_sent
+    }
+
+    /// The SENDME v1 tag of the last relay cell a hop sent us (from
+    /// [`OriginCircuit::handle_cell`]): what our SENDME acknowledging it carries.
+    pub fn last_recv_tag(&self) -> SendmeTag {
+        self.last_recv
     }
 
     /// The relay cell format hop `hop` uses (v1 for a CGO hop), or `None` if there is no such
@@ -418,15 +458,18 @@ impl OriginCircuit {
         let mut body = *body;
         let mut found = None;
         for (i, h) in self.hops.iter_mut().enumerate() {
-            let recognized = match h {
-                Hop::Tor1(t) => matches!(
-                    self.engine
-                        .process_one(t, &mut body, Op::OriginRecvBackward),
-                    Outcome::Recognized(_)
-                ),
-                Hop::Cgo(c) => c.backward(&mut body).is_some(),
+            let tag = match h {
+                Hop::Tor1(t) => match self
+                    .engine
+                    .process_one(t, &mut body, Op::OriginRecvBackward)
+                {
+                    Outcome::Recognized(d) => Some(SendmeTag::Tor1(d)),
+                    _ => None,
+                },
+                Hop::Cgo(c) => c.backward(&mut body).map(SendmeTag::Cgo),
             };
-            if recognized {
+            if let Some(tag) = tag {
+                self.last_recv = tag;
                 found = Some((i, h.format()));
                 break;
             }
@@ -507,14 +550,13 @@ impl OriginCircuit {
             .format()
             .build(&mut body, cmd, stream, data, rng)
             .map_err(|_| ClientError::MessageTooLong)?;
-        match target {
-            Hop::Tor1(t) => {
-                self.engine.process_one(t, &mut body, Op::OriginSealForward);
-            }
-            Hop::Cgo(c) => {
-                c.originate(chan_cmd.0, &mut body);
-            }
-        }
+        self.last_sent = match target {
+            Hop::Tor1(t) => match self.engine.process_one(t, &mut body, Op::OriginSealForward) {
+                Outcome::Sealed(d) => SendmeTag::Tor1(d),
+                _ => SendmeTag::None,
+            },
+            Hop::Cgo(c) => SendmeTag::Cgo(c.originate(chan_cmd.0, &mut body)),
+        };
         for h in outer.iter_mut().rev() {
             match h {
                 Hop::Tor1(t) => {
@@ -793,6 +835,93 @@ mod tests {
                 data: b"world".to_vec(),
             }
         );
+    }
+
+    /// The tags the client records are the ones the relay side computes for the same cells,
+    /// for a tor1 hop and for a CGO hop, in both directions.
+    #[test]
+    fn sendme_tags_match_the_relay_side() {
+        let mut rng = StdRng::seed_from_u64(4);
+        // tor1.
+        let (mut circ, mut hop) = one_hop(&mut rng);
+        assert_eq!(circ.last_sent_tag(), SendmeTag::None);
+        let cell = circ
+            .send_raw(&mut rng, 0, RelayCmd::DROP, None, b"t")
+            .unwrap();
+        let mut b = cell.body;
+        let crypto_simd::Outcome::Recognized(d) =
+            engine().process_one(&mut hop, &mut b, crypto_simd::Op::RelayRecvForward)
+        else {
+            panic!("not recognized");
+        };
+        assert_eq!(circ.last_sent_tag(), SendmeTag::Tor1(d));
+        let mut b = [0u8; 509];
+        build_relay_cell(&mut b, RelayCmd::DROP, None, b"u", &mut rng).unwrap();
+        let crypto_simd::Outcome::Sealed(d) =
+            engine().process_one(&mut hop, &mut b, crypto_simd::Op::RelaySendBackward)
+        else {
+            panic!("not sealed");
+        };
+        circ.handle_cell(&CircCell::new(id(), ChanCmd::RELAY, &b))
+            .unwrap();
+        assert_eq!(circ.last_recv_tag(), SendmeTag::Tor1(d));
+        assert_eq!(circ.last_recv_tag().as_bytes(), &d[..]);
+
+        // CGO, with the relay side from crypto_simd directly.
+        let v3 = proto::ntor_v3::NtorV3ServerKeys {
+            id: Ed25519Identity::from_bytes([6; 32]),
+            current: NtorOnionKeypair::from_secret_bytes([3; 32]),
+            previous: None,
+        };
+        let (_, mut info) = relay();
+        info.ed_id = Some(v3.id);
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut rng,
+            engine(),
+            id(),
+            HandshakeKind::NtorV3Cgo,
+            &info,
+        )
+        .unwrap();
+        let c2 = Create2::decode(&cell.body).unwrap();
+        let mut reply = Vec::new();
+        let (kg, cm) = proto::ntor_v3::server(
+            &mut rng,
+            &v3,
+            CIRCUIT_EXTEND_VERIFICATION,
+            &c2.hdata,
+            |_| Some(vec![0]),
+            &mut reply,
+        )
+        .unwrap();
+        assert_eq!(&cm[..], &[1, 3, 2, 2, 6]);
+        let mut body = Vec::new();
+        Created2 { hdata: reply }.encode(&mut body).unwrap();
+        circ.handle_cell(&CircCell::new(id(), ChanCmd::CREATED2, &body))
+            .unwrap();
+        let keys = kg.cgo_keys().unwrap();
+        let mut kdf = keys.forward.to_vec();
+        kdf.extend_from_slice(&keys.backward);
+        let mut relay = crypto_simd::cgo::RelayState::from_kdf(&kdf).unwrap();
+        let cell = circ
+            .send_raw(&mut rng, 0, RelayCmd::DROP, None, b"t")
+            .unwrap();
+        let mut b = cell.body;
+        let crypto_simd::cgo::Forward::ForUs(t) =
+            relay.forward(crypto_simd::cgo::CMD_RELAY, &mut b)
+        else {
+            panic!("not recognized");
+        };
+        assert_eq!(circ.last_sent_tag(), SendmeTag::Cgo(t.0));
+        let mut b = [0u8; 509];
+        proto::relay_cell_v1::build_relay_cell_v1(&mut b, RelayCmd::DROP, None, b"u", &mut rng)
+            .unwrap();
+        let t = relay.originate(crypto_simd::cgo::CMD_RELAY, &mut b);
+        let ev = circ
+            .handle_cell(&CircCell::new(id(), ChanCmd::RELAY, &b))
+            .unwrap();
+        assert!(matches!(ev, ClientEvent::Msg { data, .. } if data == b"u"));
+        assert_eq!(circ.last_recv_tag(), SendmeTag::Cgo(t.0));
     }
 
     #[test]
