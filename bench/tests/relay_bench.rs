@@ -91,7 +91,10 @@ fn both_relays_closed_loop() {
     );
     // Present; null when a window was too short for the 10 ms CPU clock.
     let ratio = lines[2].get("ratio_cells_per_cpu_sec").unwrap();
-    assert!(ratio.is_null() || ratio.as_f64().is_some_and(|r| r > 0.0), "{ratio}");
+    assert!(
+        ratio.is_null() || ratio.as_f64().is_some_and(|r| r > 0.0),
+        "{ratio}"
+    );
 }
 
 #[test]
