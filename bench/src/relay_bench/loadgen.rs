@@ -274,9 +274,17 @@ impl FastChannel {
     /// Reads what the socket has (waiting up to its read timeout) into the plaintext buffer.
     /// Ok(false) when the read timed out.
     fn fill(&mut self) -> Result<bool, LoadError> {
-        if self.pending_pos >= self.pending.len() {
-            self.pending.clear();
-            self.pending_pos = 0;
+        if self.pending_pos < self.pending.len() {
+            // What the link refused last time comes first.
+            let used = self
+                .link
+                .handle_tls(self.pending.get(self.pending_pos..).unwrap_or_default())?;
+            self.pending_pos += used;
+            if self.pending_pos >= self.pending.len() {
+                self.pending.clear();
+                self.pending_pos = 0;
+            }
+        } else {
             let n = loop {
                 match self.stream.read(&mut self.chunk) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -294,13 +302,13 @@ impl FastChannel {
             if n == 0 {
                 return Err(LoadError::Protocol("the relay closed the channel"));
             }
+            // Straight from the read buffer; only what the link refuses is copied aside.
+            let data = self.chunk.get(..n).unwrap_or_default();
+            let used = self.link.handle_tls(data)?;
             self.pending
-                .extend_from_slice(self.chunk.get(..n).unwrap_or_default());
+                .extend_from_slice(data.get(used..).unwrap_or_default());
+            self.pending_pos = 0;
         }
-        let used = self
-            .link
-            .handle_tls(self.pending.get(self.pending_pos..).unwrap_or_default())?;
-        self.pending_pos += used;
         // Compact the plaintext buffer before appending.
         if self.plain_pos > 0 {
             self.plain.drain(..self.plain_pos.min(self.plain.len()));
