@@ -227,5 +227,6 @@ pub fn run(
             }
         }
     }
+    crate::crypto_cgo::rows(json, &backends, batches, budget, only_path, &cpu);
     ExitCode::SUCCESS
 }

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crypto;
+mod crypto_cgo;
 mod relay_bench;
 
 #[derive(Parser, Debug)]
@@ -41,7 +42,7 @@ enum Cmd {
         /// Skip running `openssl speed`.
         #[arg(long)]
         no_openssl: bool,
-        /// Only this path: `middle` or `edge` (default: both).
+        /// Only this path: `middle`, `edge`, `cgo-forward` or `cgo-originate` (default: all).
         #[arg(long)]
         path: Option<String>,
     },

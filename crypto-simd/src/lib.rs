@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod cgo;
 mod digest;
 mod keys;
 #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,927 @@
+//! x86-64 CGO kernels (proposal 359's `ENC_UIV`, `DEC_UIV`, `UPDATE_UIV`; see
+//! [`reference`](super::reference) for the definitions).
+//!
+//! Two kernels share this code:
+//! - *narrow*: AES-NI and PCLMULQDQ on `xmm` registers, eight counter blocks at a time;
+//! - *wide*: VAES and VPCLMULQDQ on `ymm` registers for the bulk of each cell (the 31-block PRF
+//!   keystream, 16 blocks in flight, and the 32-block ET POLYVAL, two blocks per multiply);
+//!   the one-block steps (ET's AES block, the PRF's one-block POLYVAL) stay on `xmm`.
+//!
+//! POLYVAL over the 32 blocks of an ET tweak uses aggregated reduction: with the powers
+//! `KU^1 .. KU^32` precomputed (per key, in [`Sched`]), `UH = Σ X_j • KU^(32-j)` needs 32
+//! carry-less products accumulated unreduced and one Montgomery reduction. The powers are
+//! rebuilt on each key update (a tree of 31 products, depth 5).
+//!
+//! Safety: every function that executes these instructions is a `#[target_feature]` function;
+//! the only ways in ([`run_one`], [`run_batch`] and the [`Prims`] impls) hold a [`Token`], which
+//! exists only after run-time detection saw the instructions.
+
+use core::arch::x86_64::*;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::{
+    Cache, CgoJob, CgoOp, CgoOutcome, Dir, DirKeys, EncArgs, Prims, SendmeTag, BLK, PAYLOAD_LEN,
+    UIV_KEY_LEN,
+};
+use crate::CellBody;
+
+/// Number of POLYVAL powers kept: one per block of an ET tweak (`T'`, `CMD | X_R`, 30 more).
+const NPOW: usize = 32;
+
+/// The x86 kernels' schedule for one direction's `J | S`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[repr(C, align(32))]
+pub(crate) struct Sched {
+    /// `KB` encryption round keys, each doubled to 32 bytes for `ymm` use.
+    et_enc: [[u8; 32]; 11],
+    /// `KB` decryption round keys (`aesdec` order), clients only.
+    et_dec: [[u8; 16]; 11],
+    /// `K` encryption round keys, doubled.
+    prf: [[u8; 32]; 11],
+    /// `ku_pow[j] = KU^(32 - j)`: the power block `j` of an ET tweak is multiplied by when all
+    /// 32 are present; with only eight (`npow == 8`), entries `24..32` (`KU^8 .. KU^1`).
+    ku_pow: [[u8; 16]; NPOW],
+    /// For Karatsuba: `lo ^ hi` of each `ku_pow` entry, in both halves.
+    ku_kar: [[u8; 16]; NPOW],
+    /// `B`.
+    b: [u8; 16],
+    /// How many powers of `KU` are present: 8 right after a key update (cheap to make, used
+    /// with four reductions per mask), 32 once the keys are used a second time (one reduction).
+    npow: u8,
+    /// Masks computed since the last key update.
+    uses: u8,
+}
+
+impl Sched {
+    fn zero() -> Box<Sched> {
+        Box::new(Sched {
+            et_enc: [[0; 32]; 11],
+            et_dec: [[0; 16]; 11],
+            prf: [[0; 32]; 11],
+            ku_pow: [[0; 16]; NPOW],
+            ku_kar: [[0; 16]; NPOW],
+            b: [0; 16],
+            npow: 0,
+            uses: 0,
+        })
+    }
+}
+
+/// Proof that a kernel's instructions are present.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Token {
+    wide: bool,
+}
+
+impl Token {
+    /// AES-NI, PCLMULQDQ, SSE4.1 (the narrow kernel).
+    pub(crate) fn aesni() -> Option<Token> {
+        (std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+            && std::arch::is_x86_feature_detected!("sse4.1")
+            && std::arch::is_x86_feature_detected!("ssse3"))
+        .then_some(Token { wide: false })
+    }
+
+    /// The narrow kernel's features plus AVX2, VAES and VPCLMULQDQ (the wide kernel).
+    pub(crate) fn vaes256() -> Option<Token> {
+        (Token::aesni().is_some()
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("vpclmulqdq"))
+        .then_some(Token { wide: true })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers (narrow features; inlined into both kernels).
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ld(b: &[u8; 16]) -> __m128i {
+    // SAFETY: `b` is 16 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn st(b: &mut [u8; 16], v: __m128i) {
+    // SAFETY: `b` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_si128(b.as_mut_ptr().cast(), v) }
+}
+
+/// 16 bytes of `s` from `off` (bounds-checked; offsets are constants after inlining).
+#[inline(always)]
+fn at<const N: usize>(s: &[u8; N], off: usize) -> &[u8; 16] {
+    let r: &[u8] = &s[off..off + 16];
+    // The slice is 16 bytes by construction.
+    #[allow(clippy::unwrap_used)]
+    r.try_into().unwrap()
+}
+
+#[inline(always)]
+fn at_mut<const N: usize>(s: &mut [u8; N], off: usize) -> &mut [u8; 16] {
+    let r: &mut [u8] = &mut s[off..off + 16];
+    #[allow(clippy::unwrap_used)]
+    r.try_into().unwrap()
+}
+
+/// Montgomery reduction of the 256-bit product `hi:mid:lo` to `a • b = a b x^-128` mod
+/// `x^128 + x^127 + x^126 + x^121 + 1` (RFC 8452 §3), the POLYVAL field product.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn reduce(lo: __m128i, mid: __m128i, hi: __m128i) -> __m128i {
+    let lo = _mm_xor_si128(lo, _mm_slli_si128::<8>(mid));
+    let hi = _mm_xor_si128(hi, _mm_srli_si128::<8>(mid));
+    // x^-64 twice: fold the low 64 bits up with the constant 0xc2 << 56.
+    let poly = _mm_set_epi64x(0xc200_0000_0000_0000_u64 as i64, 1);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    let t = _mm_clmulepi64_si128::<0x10>(lo, poly);
+    let lo = _mm_xor_si128(_mm_shuffle_epi32::<0x4e>(lo), t);
+    _mm_xor_si128(hi, lo)
+}
+
+/// `a • b` (POLYVAL's field product).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn gf_mul(a: __m128i, b: __m128i) -> __m128i {
+    let lo = _mm_clmulepi64_si128::<0x00>(a, b);
+    let hi = _mm_clmulepi64_si128::<0x11>(a, b);
+    let mid = _mm_xor_si128(
+        _mm_clmulepi64_si128::<0x01>(a, b),
+        _mm_clmulepi64_si128::<0x10>(a, b),
+    );
+    reduce(lo, mid, hi)
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn rk(keys: &[[u8; 32]; 11], i: usize) -> __m128i {
+    ld(at(&keys[i], 0))
+}
+
+/// AES-128 encryption of one block.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_enc(keys: &[[u8; 32]; 11], b: __m128i) -> __m128i {
+    let mut s = _mm_xor_si128(b, rk(keys, 0));
+    for i in 1..10 {
+        s = _mm_aesenc_si128(s, rk(keys, i));
+    }
+    _mm_aesenclast_si128(s, rk(keys, 10))
+}
+
+/// AES-128 encryption of two blocks under two keys, round by round (two latency chains).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_enc2(
+    ka: &[[u8; 32]; 11],
+    a: __m128i,
+    kb: &[[u8; 32]; 11],
+    b: __m128i,
+) -> (__m128i, __m128i) {
+    let mut a = _mm_xor_si128(a, rk(ka, 0));
+    let mut b = _mm_xor_si128(b, rk(kb, 0));
+    for i in 1..10 {
+        a = _mm_aesenc_si128(a, rk(ka, i));
+        b = _mm_aesenc_si128(b, rk(kb, i));
+    }
+    (
+        _mm_aesenclast_si128(a, rk(ka, 10)),
+        _mm_aesenclast_si128(b, rk(kb, 10)),
+    )
+}
+
+/// AES-128 decryption of one block.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn aes_dec(keys: &[[u8; 16]; 11], b: __m128i) -> __m128i {
+    let mut s = _mm_xor_si128(b, ld(&keys[0]));
+    for k in &keys[1..10] {
+        s = _mm_aesdec_si128(s, ld(k));
+    }
+    _mm_aesdeclast_si128(s, ld(&keys[10]))
+}
+
+/// One step of the AES-128 key schedule (FIPS-197 §5.2): `SubWord(RotWord(w3)) ^ Rcon` comes
+/// from `aesenclast` on `RotWord(w3)` broadcast to all four columns (ShiftRows then moves
+/// nothing), which is faster than `aeskeygenassist` on the AMD cores measured.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn key_step(k: __m128i, rcon: i32) -> __m128i {
+    const ROT: [u8; 16] = [
+        13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12,
+    ];
+    let t = _mm_aesenclast_si128(_mm_shuffle_epi8(k, ld(&ROT)), _mm_set1_epi32(rcon));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    _mm_xor_si128(k, t)
+}
+
+/// AES-128 round constants (FIPS-197 §5.2).
+const RCON: [i32; 10] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
+
+/// The eleven AES-128 round keys of two keys, expanded side by side.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn expand2(a: __m128i, b: __m128i) -> ([__m128i; 11], [__m128i; 11]) {
+    let mut ra = [a; 11];
+    let mut rb = [b; 11];
+    for (i, rc) in RCON.iter().enumerate() {
+        ra[i + 1] = key_step(ra[i], *rc);
+        rb[i + 1] = key_step(rb[i], *rc);
+    }
+    (ra, rb)
+}
+
+/// The eleven AES-128 round keys of `key`.
+#[cfg(test)]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn expand(key: __m128i) -> [__m128i; 11] {
+    expand2(key, key).0
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_doubled(out: &mut [[u8; 32]; 11], keys: &[__m128i; 11]) {
+    for (o, k) in out.iter_mut().zip(keys) {
+        st(at_mut(o, 0), *k);
+        st(at_mut(o, 16), *k);
+    }
+}
+
+/// Stores `KU^(i+1)` (`pw[i]`) for `i < n` in the table, with its Karatsuba half-sum.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_powers(s: &mut Sched, pw: &[__m128i], from: usize) {
+    for (i, p) in pw.iter().enumerate().skip(from) {
+        let j = NPOW - 1 - i;
+        st(&mut s.ku_pow[j], *p);
+        let k = _mm_xor_si128(*p, _mm_shuffle_epi32::<0x4e>(*p));
+        st(&mut s.ku_kar[j], k);
+    }
+}
+
+/// Builds the schedule of `raw = KB | KU | K | B`, with eight powers of `KU`.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
+    let (e, p) = expand2(ld(at(raw, 0)), ld(at(raw, 32)));
+    store_doubled(&mut s.et_enc, &e);
+    if client {
+        st(&mut s.et_dec[0], e[10]);
+        for i in 1..10 {
+            st(&mut s.et_dec[i], _mm_aesimc_si128(e[10 - i]));
+        }
+        st(&mut s.et_dec[10], e[0]);
+    }
+    store_doubled(&mut s.prf, &p);
+    let h = ld(at(raw, 16));
+    let mut pw = [h; 8];
+    pw[1] = gf_mul(h, h);
+    pw[2] = gf_mul(pw[1], h);
+    pw[3] = gf_mul(pw[1], pw[1]);
+    for i in 0..4 {
+        pw[4 + i] = gf_mul(pw[i], pw[3]);
+    }
+    store_powers(s, &pw, 0);
+    s.b.copy_from_slice(&raw[48..64]);
+    s.npow = 8;
+    s.uses = 0;
+}
+
+/// Extends eight powers of `KU` to all 32.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn extend_powers(s: &mut Sched) {
+    let mut pw = [_mm_setzero_si128(); NPOW];
+    for (i, p) in pw.iter_mut().enumerate().take(8) {
+        *p = ld(&s.ku_pow[NPOW - 1 - i]);
+    }
+    let mut have = 8;
+    while have < NPOW {
+        let top = pw[have - 1];
+        for i in 0..have {
+            pw[have + i] = gf_mul(pw[i], top);
+        }
+        have *= 2;
+    }
+    store_powers(s, &pw, 8);
+    s.npow = NPOW as u8;
+}
+
+/// The PRF's counter block for `tweak` with offset `t` blocks: `(tweak • B)` with the low six
+/// bits of its last byte cleared, plus `t`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn prf_iv(s: &Sched, tweak: __m128i, t: i64) -> __m128i {
+    let h = gf_mul(tweak, ld(&s.b));
+    let keep = _mm_set_epi64x(0xc0ff_ffff_ffff_ffff_u64 as i64, -1);
+    _mm_add_epi64(_mm_and_si128(h, keep), _mm_set_epi64x(t << 56, 0))
+}
+
+/// `PRF(S, nonce, 1)`, the 80 bytes of a key update, as five blocks.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn update_stream(s: &Sched, nonce: __m128i) -> [__m128i; 5] {
+    let iv = prf_iv(s, nonce, 31);
+    let mut b: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, i), rk(&s.prf, 0)));
+    for r in 1..10 {
+        let k = rk(&s.prf, r);
+        for x in &mut b {
+            *x = _mm_aesenc_si128(*x, k);
+        }
+    }
+    let k = rk(&s.prf, 10);
+    b.map(|x| _mm_aesenclast_si128(x, k))
+}
+
+/// Two key-update streams at once (ten independent blocks).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn update_stream2(
+    sa: &Sched,
+    na: __m128i,
+    sb: &Sched,
+    nb: __m128i,
+) -> ([__m128i; 5], [__m128i; 5]) {
+    let (ia, ib) = (prf_iv(sa, na, 31), prf_iv(sb, nb, 31));
+    let mut a: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(ia, i), rk(&sa.prf, 0)));
+    let mut b: [__m128i; 5] =
+        core::array::from_fn(|i| _mm_xor_si128(ctr_add(ib, i), rk(&sb.prf, 0)));
+    for r in 1..10 {
+        let (ka, kb) = (rk(&sa.prf, r), rk(&sb.prf, r));
+        for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+            *x = _mm_aesenc_si128(*x, ka);
+            *y = _mm_aesenc_si128(*y, kb);
+        }
+    }
+    let (ka, kb) = (rk(&sa.prf, 10), rk(&sb.prf, 10));
+    (
+        a.map(|x| _mm_aesenclast_si128(x, ka)),
+        b.map(|x| _mm_aesenclast_si128(x, kb)),
+    )
+}
+
+/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule) and `N'`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5]) {
+    for (i, v) in ks.iter().take(4).enumerate() {
+        st(at_mut(&mut k.raw, 16 * i), *v);
+    }
+    st(nonce, ks[4]);
+    match &mut k.cache {
+        Cache::X86(s) => build(&k.raw, k.client, s),
+        // Callers made it X86 to compute `ks`.
+        _ => k.cache = Cache::Stale,
+    }
+}
+
+/// `iv + i` for the PRF's counter (the last byte never carries: see the reference).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_add(iv: __m128i, i: usize) -> __m128i {
+    _mm_add_epi64(iv, _mm_set_epi64x((i as i64) << 56, 0))
+}
+
+/// XORs one keystream block into `out` (up to 16 bytes).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn xor_block_into(out: &mut [u8], ks: __m128i) {
+    if let Ok(o) = <&mut [u8; 16]>::try_from(&mut out[..]) {
+        let v = _mm_xor_si128(ld(o), ks);
+        st(o, v);
+    } else {
+        let mut tmp = [0u8; 16];
+        st(&mut tmp, ks);
+        for (o, k) in out.iter_mut().zip(tmp) {
+            *o ^= k;
+        }
+        tmp.zeroize();
+    }
+}
+
+/// One AES round on eight `xmm` chains, round-major. In inline assembly because LLVM, left to
+/// itself, runs each chain's rounds back to back (latency-bound; see the crate README).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn round8_narrow(b: &mut [__m128i; 8], k: __m128i) {
+    // SAFETY: register-only AES rounds; the caller's features include AES-NI.
+    unsafe {
+        core::arch::asm!(
+            "aesenc {0}, {k}",
+            "aesenc {1}, {k}",
+            "aesenc {2}, {k}",
+            "aesenc {3}, {k}",
+            "aesenc {4}, {k}",
+            "aesenc {5}, {k}",
+            "aesenc {6}, {k}",
+            "aesenc {7}, {k}",
+            inout(xmm_reg) b[0],
+            inout(xmm_reg) b[1],
+            inout(xmm_reg) b[2],
+            inout(xmm_reg) b[3],
+            inout(xmm_reg) b[4],
+            inout(xmm_reg) b[5],
+            inout(xmm_reg) b[6],
+            inout(xmm_reg) b[7],
+            k = in(xmm_reg) k,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// XORs `CTR(K, iv)` into the 493-byte `out`, eight blocks at a time.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
+    for (g, group) in out.chunks_mut(8 * BLK).enumerate() {
+        let k0 = rk(keys, 0);
+        let mut b: [__m128i; 8] =
+            core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, g * 8 + i), k0));
+        for r in 1..10 {
+            round8_narrow(&mut b, rk(keys, r));
+        }
+        let k = rk(keys, 10);
+        for (x, o) in b.iter().zip(group.chunks_mut(BLK)) {
+            xor_block_into(o, _mm_aesenclast_si128(*x, k));
+        }
+    }
+}
+
+/// One AES round on eight `ymm` chains (sixteen blocks), round-major (see [`round8_narrow`]).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn round8_wide(b: &mut [__m256i; 8], k: __m256i) {
+    // SAFETY: register-only VAES rounds; the caller's features include VAES and AVX.
+    unsafe {
+        core::arch::asm!(
+            "vaesenc {0}, {0}, {k}",
+            "vaesenc {1}, {1}, {k}",
+            "vaesenc {2}, {2}, {k}",
+            "vaesenc {3}, {3}, {k}",
+            "vaesenc {4}, {4}, {k}",
+            "vaesenc {5}, {5}, {k}",
+            "vaesenc {6}, {6}, {k}",
+            "vaesenc {7}, {7}, {k}",
+            inout(ymm_reg) b[0],
+            inout(ymm_reg) b[1],
+            inout(ymm_reg) b[2],
+            inout(ymm_reg) b[3],
+            inout(ymm_reg) b[4],
+            inout(ymm_reg) b[5],
+            inout(ymm_reg) b[6],
+            inout(ymm_reg) b[7],
+            k = in(ymm_reg) k,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// The ET tweak's blocks: `T'`, `CMD | X_R[..15]`, then `X_R[15..]` in 16-byte blocks with
+/// the last (14 bytes) zero-padded. Block `j >= 2` starts at cell offset `31 + 16 (j - 2)`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn tweak_block1(cmd: u8, cell: &CellBody) -> __m128i {
+    _mm_insert_epi8::<0>(ld(at(cell, 15)), i32::from(cmd))
+}
+
+/// The last, zero-padded tweak block (cell bytes 495..509).
+#[inline(always)]
+fn tweak_tail(cell: &CellBody) -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..14].copy_from_slice(&cell[495..509]);
+    t
+}
+
+/// Block `j` of the ET tweak.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn tweak_block(j: usize, tprime: &[u8; 16], cmd: u8, cell: &CellBody, tail: &[u8; 16]) -> __m128i {
+    match j {
+        0 => ld(tprime),
+        1 => tweak_block1(cmd, cell),
+        31 => ld(tail),
+        _ => ld(at(cell, 31 + 16 * (j - 2))),
+    }
+}
+
+/// Karatsuba accumulation of `x * ku_pow[j]`: low, high and middle-sum products.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn acc_narrow(s: &Sched, j: usize, x: __m128i, acc: &mut [__m128i; 3]) {
+    let h = ld(&s.ku_pow[j]);
+    let hk = ld(&s.ku_kar[j]);
+    let xk = _mm_xor_si128(x, _mm_shuffle_epi32::<0x4e>(x));
+    acc[0] = _mm_xor_si128(acc[0], _mm_clmulepi64_si128::<0x00>(x, h));
+    acc[1] = _mm_xor_si128(acc[1], _mm_clmulepi64_si128::<0x11>(x, h));
+    acc[2] = _mm_xor_si128(acc[2], _mm_clmulepi64_si128::<0x00>(xk, hk));
+}
+
+/// Reduces Karatsuba accumulators.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn reduce_kar(acc: &[__m128i; 3]) -> __m128i {
+    let mid = _mm_xor_si128(acc[2], _mm_xor_si128(acc[0], acc[1]));
+    reduce(acc[0], mid, acc[1])
+}
+
+/// `UH(KU, T' | cmd | X_R)` on `xmm`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn et_mask_narrow(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+    let tail = tweak_tail(cell);
+    let z = _mm_setzero_si128();
+    if usize::from(s.npow) == NPOW {
+        let mut acc = [z; 3];
+        for j in 0..NPOW {
+            acc_narrow(s, j, tweak_block(j, tprime, cmd, cell, &tail), &mut acc);
+        }
+        reduce_kar(&acc)
+    } else {
+        // Horner over four chunks of eight blocks: the running value joins each chunk's
+        // first block, and each chunk's sum is reduced.
+        let mut y = z;
+        for c in 0..4 {
+            let mut acc = [z; 3];
+            for i in 0..8 {
+                let mut x = tweak_block(8 * c + i, tprime, cmd, cell, &tail);
+                if i == 0 {
+                    x = _mm_xor_si128(x, y);
+                }
+                acc_narrow(s, NPOW - 8 + i, x, &mut acc);
+            }
+            y = reduce_kar(&acc);
+        }
+        y
+    }
+}
+
+/// Karatsuba accumulation of two blocks `x` by the two powers at `ku_pow[j..j+2]`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn acc_wide(s: &Sched, j: usize, x: __m256i, acc: &mut [__m256i; 3]) {
+    let hp = &s.ku_pow.as_flattened()[16 * j..16 * j + 32];
+    let kp = &s.ku_kar.as_flattened()[16 * j..16 * j + 32];
+    // SAFETY: `hp` and `kp` are 32 readable bytes each.
+    let (h, hk) = unsafe {
+        (
+            _mm256_loadu_si256(hp.as_ptr().cast()),
+            _mm256_loadu_si256(kp.as_ptr().cast()),
+        )
+    };
+    let xk = _mm256_xor_si256(x, _mm256_shuffle_epi32::<0x4e>(x));
+    acc[0] = _mm256_xor_si256(acc[0], _mm256_clmulepi64_epi128::<0x00>(x, h));
+    acc[1] = _mm256_xor_si256(acc[1], _mm256_clmulepi64_epi128::<0x11>(x, h));
+    acc[2] = _mm256_xor_si256(acc[2], _mm256_clmulepi64_epi128::<0x00>(xk, hk));
+}
+
+/// Folds the two lanes of wide Karatsuba accumulators and reduces.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn reduce_wide(acc: &[__m256i; 3]) -> __m128i {
+    let fold =
+        |v: __m256i| _mm_xor_si128(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    reduce_kar(&[fold(acc[0]), fold(acc[1]), fold(acc[2])])
+}
+
+/// `UH(KU, T' | cmd | X_R)` on `ymm`: two blocks per carry-less multiply.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+    let mut last = [0u8; 32];
+    last[..30].copy_from_slice(&cell[479..509]);
+    let pair = |k: usize| match k {
+        0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
+        // SAFETY: 32 readable bytes at `last`.
+        15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
+        _ => {
+            let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
+            // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
+            unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
+        }
+    };
+    let z = _mm256_setzero_si256();
+    if usize::from(s.npow) == NPOW {
+        let mut acc = [z; 3];
+        for k in 0..NPOW / 2 {
+            acc_wide(s, 2 * k, pair(k), &mut acc);
+        }
+        reduce_wide(&acc)
+    } else {
+        let mut y = _mm_setzero_si128();
+        for c in 0..4 {
+            let mut acc = [z; 3];
+            for i in 0..4 {
+                let mut x = pair(4 * c + i);
+                if i == 0 {
+                    x = _mm256_xor_si256(x, _mm256_zextsi128_si256(y));
+                }
+                acc_wide(s, NPOW - 8 + 2 * i, x, &mut acc);
+            }
+            y = reduce_wide(&acc);
+        }
+        y
+    }
+}
+
+/// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
+    let base = _mm256_broadcastsi128_si256(iv);
+    let rkw = |i: usize| {
+        // SAFETY: each round key is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
+    };
+    for g in 0..2usize {
+        let mut b = [_mm256_setzero_si256(); 8];
+        for (i, x) in b.iter_mut().enumerate() {
+            let n = (16 * g + 2 * i) as i64;
+            let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
+            *x = _mm256_xor_si256(c, rkw(0));
+        }
+        for r in 1..10 {
+            round8_wide(&mut b, rkw(r));
+        }
+        let k = rkw(10);
+        for (i, x) in b.iter_mut().enumerate() {
+            let ks = _mm256_aesenclast_epi128(*x, k);
+            let off = 256 * g + 32 * i;
+            if off + 32 <= PAYLOAD_LEN {
+                let o = &mut out[off..off + 32];
+                // SAFETY: `o` is 32 readable and writable bytes.
+                unsafe {
+                    let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
+                    _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
+                }
+            } else {
+                // The last pair: 13 bytes of block 30, block 31 unused.
+                xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
+            }
+        }
+    }
+}
+
+/// Splits a cell into `X_L` and `X_R`.
+#[inline(always)]
+fn split(cell: &mut CellBody) -> (&mut [u8; 16], &mut [u8; PAYLOAD_LEN]) {
+    let (l, r) = cell.split_at_mut(16);
+    #[allow(clippy::unwrap_used)]
+    (l.try_into().unwrap(), r.try_into().unwrap())
+}
+
+/// The CGO primitives for one kernel width; only made inside the `#[target_feature]` entry
+/// points below, after a [`Token`] was checked.
+#[derive(Clone, Copy)]
+struct Kern<const WIDE: bool>(());
+
+impl<const WIDE: bool> Kern<WIDE> {
+    /// The x86 schedule of `k`, built if another backend ran last.
+    #[inline(always)]
+    fn sched(self, k: &mut DirKeys, count: bool) -> &Sched {
+        if !matches!(k.cache, Cache::X86(_)) {
+            let mut s = Sched::zero();
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { build(&k.raw, k.client, &mut s) };
+            k.cache = Cache::X86(s);
+        }
+        if let (true, Cache::X86(s)) = (count, &mut k.cache) {
+            // Keys used a second time are worth all 32 powers (a middle relay's keys never
+            // change); keys that change every cell (an edge's) keep eight.
+            s.uses = s.uses.saturating_add(1);
+            if s.uses >= 2 && usize::from(s.npow) != NPOW {
+                // SAFETY: as above.
+                unsafe { extend_powers(s) };
+            }
+        }
+        match &k.cache {
+            Cache::X86(s) => s,
+            // Set just above.
+            _ => unreachable!(),
+        }
+    }
+
+    #[inline(always)]
+    fn mask(self, s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+        if WIDE {
+            // SAFETY: `Kern<true>` exists only after a `Token` proved the wide features.
+            unsafe { et_mask_wide(s, tprime, cmd, cell) }
+        } else {
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { et_mask_narrow(s, tprime, cmd, cell) }
+        }
+    }
+
+    #[inline(always)]
+    fn ctr(self, s: &Sched, iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
+        if WIDE {
+            // SAFETY: `Kern<true>` exists only after a `Token` proved the wide features.
+            unsafe { ctr_wide(&s.prf, iv, out) }
+        } else {
+            // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+            unsafe { ctr_narrow(&s.prf, iv, out) }
+        }
+    }
+}
+
+impl<const WIDE: bool> Prims for Kern<WIDE> {
+    #[inline(always)]
+    fn encrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        let s = self.sched(k, true);
+        let mask = self.mask(s, tprime, cmd, cell);
+        let (l, r) = split(cell);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let y = _mm_xor_si128(aes_enc(&s.et_enc, _mm_xor_si128(ld(l), mask)), mask);
+            st(l, y);
+            let iv = prf_iv(s, y, 0);
+            self.ctr(s, iv, r);
+        }
+    }
+
+    #[inline(always)]
+    fn encrypt2(self, a: EncArgs<'_>, b: EncArgs<'_>) {
+        let sa = self.sched(a.keys, true);
+        let sb = self.sched(b.keys, true);
+        let ma = self.mask(sa, a.tprime, a.cmd, a.cell);
+        let mb = self.mask(sb, b.tprime, b.cmd, b.cell);
+        let (la, ra) = split(a.cell);
+        let (lb, rb) = split(b.cell);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let (ya, yb) = aes_enc2(
+                &sa.et_enc,
+                _mm_xor_si128(ld(la), ma),
+                &sb.et_enc,
+                _mm_xor_si128(ld(lb), mb),
+            );
+            let (ya, yb) = (_mm_xor_si128(ya, ma), _mm_xor_si128(yb, mb));
+            st(la, ya);
+            st(lb, yb);
+            let iva = prf_iv(sa, ya, 0);
+            let ivb = prf_iv(sb, yb, 0);
+            self.ctr(sa, iva, ra);
+            self.ctr(sb, ivb, rb);
+        }
+    }
+
+    #[inline(always)]
+    fn decrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        let s = self.sched(k, true);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        let y = unsafe { ld(at(cell, 0)) };
+        // SAFETY: as above.
+        let iv = unsafe { prf_iv(s, y, 0) };
+        self.ctr(s, iv, split(cell).1);
+        let mask = self.mask(s, tprime, cmd, cell);
+        // SAFETY: as above.
+        unsafe {
+            let x = _mm_xor_si128(aes_dec(&s.et_dec, _mm_xor_si128(y, mask)), mask);
+            st(at_mut(cell, 0), x);
+        }
+    }
+
+    #[inline(always)]
+    fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
+        let s = self.sched(k, false);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let ks = update_stream(s, ld(nonce));
+            install_update(k, nonce, &ks);
+        }
+    }
+
+    #[inline(always)]
+    fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
+        let sa = self.sched(ka, false);
+        let sb = self.sched(kb, false);
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        unsafe {
+            let (xa, xb) = update_stream2(sa, ld(na), sb, ld(nb));
+            install_update(ka, na, &xa);
+            install_update(kb, nb, &xb);
+        }
+    }
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn one_narrow(dir: &mut Dir, op: CgoOp, cmd: u8, cell: &mut CellBody) -> Option<SendmeTag> {
+    dir.run(Kern::<false>(()), op, cmd, cell)
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn one_wide(dir: &mut Dir, op: CgoOp, cmd: u8, cell: &mut CellBody) -> Option<SendmeTag> {
+    dir.run(Kern::<true>(()), op, cmd, cell)
+}
+
+/// Runs one op with the kernel `t` proves.
+pub(crate) fn run_one(
+    t: Token,
+    dir: &mut Dir,
+    op: CgoOp,
+    cmd: u8,
+    cell: &mut CellBody,
+) -> Option<SendmeTag> {
+    if t.wide {
+        // SAFETY: `t.wide` is set only by `Token::vaes256` after detecting the wide features.
+        unsafe { one_wide(dir, op, cmd, cell) }
+    } else {
+        // SAFETY: every `Token` comes from detection of at least the narrow features.
+        unsafe { one_narrow(dir, op, cmd, cell) }
+    }
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn batch_narrow(
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(Kern::<false>(()), hops, cells, jobs, out)
+}
+
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn batch_wide(
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(Kern::<true>(()), hops, cells, jobs, out)
+}
+
+/// Runs a checked batch with the kernel `t` proves.
+pub(crate) fn run_batch(
+    t: Token,
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    if t.wide {
+        // SAFETY: `t.wide` is set only by `Token::vaes256` after detecting the wide features.
+        unsafe { batch_wide(hops, cells, jobs, out) }
+    } else {
+        // SAFETY: every `Token` comes from detection of at least the narrow features.
+        unsafe { batch_narrow(hops, cells, jobs, out) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polyval::universal_hash::{KeyInit, UniversalHash};
+
+    fn rand16(seed: &mut u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        for x in &mut b {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *x = *seed as u8;
+        }
+        b
+    }
+
+    #[test]
+    fn gf_mul_matches_polyval_crate() {
+        if Token::aesni().is_none() {
+            return;
+        }
+        let mut seed = 99u64;
+        for _ in 0..200 {
+            let (h, x) = (rand16(&mut seed), rand16(&mut seed));
+            let mut p = polyval::Polyval::new(&h.into());
+            p.update(&[x.into()]);
+            let want: [u8; 16] = p.finalize().into();
+            let mut got = [0u8; 16];
+            // SAFETY: `Token::aesni` saw the narrow features.
+            unsafe { st(&mut got, gf_mul(ld(&x), ld(&h))) };
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn key_expansion_matches_fips197() {
+        if Token::aesni().is_none() {
+            return;
+        }
+        // FIPS-197 Appendix C.1: AES-128 of 00112233..ff under 00010203..0f.
+        let key: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let pt: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
+        let mut keys = [[0u8; 32]; 11];
+        let mut got = [0u8; 16];
+        // SAFETY: `Token::aesni` saw the narrow features.
+        unsafe {
+            store_doubled(&mut keys, &expand(ld(&key)));
+            st(&mut got, aes_enc(&keys, ld(&pt)));
+        }
+        assert_eq!(hex::encode(got), "69c4e0d86a7b0430d8cdb78070b4c55a");
+    }
+}
