@@ -338,6 +338,13 @@ impl ClientChannel {
         }
     }
 
+    /// Takes the open channel apart, for a caller that drives the socket itself (the load
+    /// generator of `chive-bench relay`): the socket, the TLS link, ciphertext the link has not
+    /// taken yet, and plaintext not yet framed into cells.
+    pub fn into_parts(self) -> (TcpStream, TlsLink, Vec<u8>, Vec<u8>) {
+        (self.stream, self.link, self.pending, self.buf)
+    }
+
     /// Queues `cell` to send (with [`ClientChannel::send_queued`]).
     pub fn queue(&mut self, cell: &CircCell) -> Result<(), DemoError> {
         cell.encode(CircIdLen::Four, &mut self.out)

@@ -11,6 +11,7 @@
 //! - [`reactor`]: the loops that drive one shard per thread with sockets (poll, io_uring).
 //! - [`shard`]: one data shard, sans-io: the connections of one reactor thread (TLS, link
 //!   handshake, cell framing) around one [`circuit::RelayCore`].
+//! - [`testnet`]: C tor relays on loopback, for interop tests and `chive-bench relay`.
 //! - [`tls`]: the TLS layer of Tor links: our link certificate, rustls configurations for
 //!   responder and initiator, and the sans-io [`tls::TlsLink`].
 
@@ -25,4 +26,5 @@ pub mod fuzzing;
 pub mod keygen;
 pub mod reactor;
 pub mod shard;
+pub mod testnet;
 pub mod tls;

@@ -980,14 +980,22 @@ impl Shard {
     }
 
     /// Encodes and queues the circuits' output cells on their connections.
+    ///
+    /// The batch's cells for a connection are gathered first and handed to TLS in one write,
+    /// so that they share TLS records (up to 16 KiB each) instead of taking one record per cell.
     fn route_out(&mut self) {
         let mut out = std::mem::take(&mut self.out);
         let mut overflowed: Vec<ConnId> = Vec::new();
+        // Connections whose queued plaintext was empty when this batch started: TLS takes their
+        // cells below. (A connection with plaintext already queued is waiting for TLS room and
+        // is fed by `handle_sent`.)
+        let mut fresh: Vec<ConnId> = Vec::new();
+        let mut over_cap: Vec<ConnId> = Vec::new();
+        let plain_max = self.limits.plain_out_max_bytes;
         for o in out.drain(..) {
             let Some(&conn) = self.chans.get(&o.chan) else {
                 continue;
             };
-            let plain_max = self.limits.plain_out_max_bytes;
             let Some(c) = self.get_mut(conn) else {
                 continue;
             };
@@ -1000,15 +1008,33 @@ impl Shard {
                 continue;
             }
             if start == 0 {
-                match c.tls.write_plaintext(&c.plain_out) {
-                    Ok(n) => drop(c.plain_out.drain(..n)),
-                    Err(_) => overflowed.push(conn),
+                fresh.push(conn);
+            } else {
+                if c.plain_out.len() > plain_max {
+                    // Checked again once TLS has taken what it can (this may be a fresh one).
+                    over_cap.push(conn);
                 }
+                self.mark_writable(conn);
             }
-            if c.plain_out.len() > plain_max {
-                overflowed.push(conn);
+        }
+        for conn in fresh {
+            let Some(c) = self.get_mut(conn) else {
+                continue;
+            };
+            match c.tls.write_plaintext(&c.plain_out) {
+                Ok(n) => drop(c.plain_out.drain(..n)),
+                Err(_) => overflowed.push(conn),
             }
             self.mark_writable(conn);
+        }
+        // Over the cap after TLS took what it could: the peer is not reading.
+        for conn in over_cap {
+            if self
+                .get_mut(conn)
+                .is_some_and(|c| c.plain_out.len() > plain_max)
+            {
+                overflowed.push(conn);
+            }
         }
         self.out = out;
         for conn in overflowed {

@@ -1,7 +1,7 @@
-//! C tor (the installed `tor`, 0.4.9) for interop tests: a relay on loopback ([`CTorRelay`]: a
-//! fresh data directory, a free ORPort, readiness by polling), or a client that connects to a
-//! bridge of the test's choosing ([`CTor::client_via_bridge`]); either is killed on drop, its log
-//! printed when the test fails. [`BlockingTls`] drives a `relay::tls::TlsLink` over a blocking
+//! C tor (the installed `tor`, 0.4.9) for interop tests: [`relay::testnet`]'s launcher (a relay
+//! on loopback, or a client that connects to a bridge of the test's choosing), wrapped so that a
+//! failure to start fails the test; either is killed on drop, its log printed when the test
+//! fails. [`BlockingTls`] drives a `relay::tls::TlsLink` over a blocking
 //! socket.
 //!
 //! Use it from a test file with `#[path = "common/ctor.rs"] mod ctor;`.
@@ -11,222 +11,92 @@
 #![allow(dead_code)] // Each test file uses its own subset.
 #![allow(clippy::unwrap_used)] // Test helper: a panic is a test failure.
 
-use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
 
-/// How long tor gets to open its ORPort and write its fingerprints.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A running `tor` process with its own temporary directory; killed (and the directory
-/// removed) on drop, its log printed if the test is failing.
+/// A running `tor` process ([`relay::testnet::CTor`]) whose failures fail the test.
 #[derive(Debug)]
-pub struct CTor {
-    child: Child,
-    dir: tempfile::TempDir,
-    label: String,
-}
+pub struct CTor(relay::testnet::CTor);
 
 impl CTor {
-    /// Runs `tor` with no torrc, a fresh private data directory, notices logged to a file, and
-    /// `args`. `label` names it in the log dump.
+    /// Runs `tor` with no torrc, a fresh private data directory and `args`.
     pub fn spawn(label: &str, args: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("chive-ctor-")
-            .tempdir()
-            .unwrap();
-        let log = fs::File::create(dir.path().join("tor.log")).unwrap();
-        let data_dir = dir.path().join("data");
-        fs::create_dir(&data_dir).unwrap();
-        set_private(&data_dir);
-        let spawned = Command::new("tor")
-            // No torrc at all: /etc/tor/torrc must not leak into the test.
-            .args(["-f", "/dev/null", "--defaults-torrc", "/dev/null"])
-            .arg("--ignore-missing-torrc")
-            .arg("--DataDirectory")
-            .arg(&data_dir)
-            .args(["--SocksPort", "0", "--Log", "notice stderr"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn();
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "this test needs C tor on PATH (`tor`, version 0.4.9): install it with \
-                 `apt-get install tor`"
-            ),
-            Err(e) => panic!("could not run tor: {e}"),
-        };
-        CTor {
-            child,
-            dir,
-            label: label.to_string(),
-        }
+        CTor(relay::testnet::CTor::spawn(label, args).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    /// A C tor client whose only way into the network is a bridge at `bridge`: it opens a TLS
-    /// connection there at once, which makes it a TLS client for a test server to observe.
+    /// A C tor client whose only way into the network is a bridge at `bridge`.
     pub fn client_via_bridge(label: &str, bridge: SocketAddr) -> Self {
-        let bridge = bridge.to_string();
-        CTor::spawn(label, &["--UseBridges", "1", "--Bridge", &bridge])
+        CTor(
+            relay::testnet::CTor::client_via_bridge(label, bridge)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     /// Its data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.0.data_dir()
     }
 
     /// Everything tor has logged so far.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("tor.log")).unwrap_or_default()
+        self.0.log()
     }
 
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.0.exited()
     }
 }
 
-impl Drop for CTor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- C tor log ({}) ----\n{}", self.label, self.log());
-        }
-    }
-}
-
-/// A running C tor relay on loopback.
+/// A running C tor relay on loopback ([`relay::testnet::CTorRelay`]) whose failures fail the
+/// test.
 #[derive(Debug)]
-pub struct CTorRelay {
-    tor: CTor,
-    or_addr: SocketAddr,
-    nickname: String,
-}
+pub struct CTorRelay(relay::testnet::CTorRelay);
 
 impl CTorRelay {
-    /// Starts a non-exit relay that publishes nothing, with `extra` options appended
-    /// (`["--ExitRelay", "1", ...]` overrides the defaults, since tor takes the last value).
-    /// Waits until its ORPort accepts TCP and its fingerprint files exist; panics with tor's log
-    /// otherwise.
+    /// Starts a non-exit relay that publishes nothing, with `extra` options appended; panics
+    /// with tor's log if it does not become ready.
     pub fn start(nickname: &str, extra: &[&str]) -> Self {
-        let mut last_log = String::new();
-        // The port is free when we look, but another process may take it before tor binds it.
-        for _ in 0..3 {
-            let port = free_port();
-            match Self::try_start(nickname, port, extra) {
-                Ok(relay) => return relay,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("C tor did not start; its last log:\n{last_log}");
-    }
-
-    fn try_start(nickname: &str, port: u16, extra: &[&str]) -> Result<Self, String> {
-        let or_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let or_port = or_addr.to_string();
-        let mut args = vec![
-            "--ORPort",
-            &or_port,
-            "--PublishServerDescriptor",
-            "0",
-            "--AssumeReachable",
-            "1",
-            "--ExitRelay",
-            "0",
-            "--Nickname",
-            nickname,
-            "--ContactInfo",
-            "x",
-        ];
-        args.extend_from_slice(extra);
-        let mut relay = CTorRelay {
-            tor: CTor::spawn(nickname, &args),
-            or_addr,
-            nickname: nickname.to_string(),
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = relay.tor.exited() {
-                return Err(format!("tor exited with {status}\n{}", relay.log()));
-            }
-            let listening =
-                TcpStream::connect_timeout(&relay.or_addr, Duration::from_millis(500)).is_ok();
-            // The ORPort opens before tor writes its fingerprint files.
-            if listening && relay.try_rsa_fingerprint().is_some() {
-                return Ok(relay);
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "tor not ready after {START_TIMEOUT:?}\n{}",
-                    relay.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        CTorRelay(
+            relay::testnet::CTorRelay::start(nickname, extra).unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     /// Where its ORPort listens.
     pub fn or_addr(&self) -> SocketAddr {
-        self.or_addr
+        self.0.or_addr()
     }
 
     /// Its data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.tor.data_dir()
+        self.0.data_dir()
     }
 
     /// Its nickname.
     pub fn nickname(&self) -> &str {
-        &self.nickname
+        self.0.nickname()
     }
 
-    /// Its RSA identity fingerprint (40 upper-case hex digits), from `<datadir>/fingerprint`.
+    /// Its RSA identity fingerprint (40 upper-case hex digits).
     pub fn rsa_fingerprint(&self) -> String {
-        self.try_rsa_fingerprint().unwrap()
+        self.0.rsa_fingerprint().unwrap()
     }
 
-    /// Its ed25519 identity (unpadded base64), from `<datadir>/fingerprint-ed25519`.
+    /// Its ed25519 identity (unpadded base64).
     pub fn ed25519_fingerprint(&self) -> String {
-        read_fingerprint(&self.data_dir().join("fingerprint-ed25519"), &self.nickname).unwrap()
-    }
-
-    fn try_rsa_fingerprint(&self) -> Option<String> {
-        read_fingerprint(&self.data_dir().join("fingerprint"), &self.nickname)
+        self.0.ed25519_fingerprint().unwrap()
     }
 
     /// Everything tor has logged so far.
     pub fn log(&self) -> String {
-        self.tor.log()
+        self.0.log()
     }
-}
-
-/// The value on a `nickname value` line, once tor has written the whole file.
-fn read_fingerprint(path: &Path, nickname: &str) -> Option<String> {
-    let text = fs::read_to_string(path).ok()?;
-    let line = text.lines().next()?;
-    let value = line.strip_prefix(nickname)?.strip_prefix(' ')?;
-    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// A loopback TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// tor refuses a data directory that others can read.
-fn set_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    relay::testnet::free_port().unwrap()
 }
 
 /// A [`relay::tls::TlsLink`] driven over a blocking `TcpStream`: the simplest possible
