@@ -1,5 +1,5 @@
 //! Test harness shared by the interop tests: a `chive relay` process and a blocking client
-//! channel (taken from `relay_e2e.rs`, which keeps its own copy).
+//! channel (used by `relay_e2e.rs` and `ctor_cgo.rs`).
 
 #![allow(dead_code)]
 
@@ -9,8 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crypto_simd::Engine;
-use proto::ids::CircId;
+use proto::chan_msg::DestroyReason;
+use proto::ids::{CircId, StreamId};
 use proto::keys::RelayKeys;
+use proto::relay_cell::RelayCmd;
+use proto::relay_msg::{Begin, EndReason, Host, RelayMsg};
 use relay::circuit::{CircCell, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
 use relay::demo::ClientChannel;
 
@@ -178,5 +181,77 @@ impl Chan {
             );
         }
         circ
+    }
+
+    /// BEGIN to the last hop; returns its END reason.
+    pub fn begin_refused(&mut self, circ: &mut OriginCircuit) -> EndReason {
+        let hop = circ.hops() - 1;
+        let begin = RelayMsg::Begin(Begin {
+            host: Host::parse("127.0.0.1").unwrap(),
+            port: 9,
+            flags: Default::default(),
+        });
+        let stream = StreamId::new(1);
+        let cell = circ
+            .send(&mut rand::rngs::OsRng, hop, stream, &begin)
+            .unwrap();
+        match self.exchange(circ, cell) {
+            ClientEvent::Msg {
+                hop: from,
+                stream_id,
+                msg: RelayMsg::End(end),
+                ..
+            } => {
+                assert_eq!((from, stream_id), (hop, stream));
+                end.reason
+            }
+            other => panic!("expected END, got {other:?}"),
+        }
+    }
+
+    /// Sends `cells` RELAY_DROPs with random data to `hop` in windows of `WINDOW`, and checks
+    /// every echo (the relays run with `testing_echo_drop`) byte for byte.
+    pub fn echo(&mut self, circ: &mut OriginCircuit, hop: usize, cells: usize) {
+        const WINDOW: usize = 32;
+        let mut rng = rand::rngs::OsRng;
+        let mut sent = std::collections::VecDeque::new();
+        for i in 0..cells {
+            let mut data = vec![0u8; 1 + i % proto::relay_cell::RELAY_DATA_MAX_V0];
+            rand::RngCore::fill_bytes(&mut rng, &mut data);
+            let cell = circ
+                .send_raw(&mut rng, hop, RelayCmd::DROP, None, &data)
+                .unwrap();
+            self.send(&cell);
+            sent.push_back(data);
+            if sent.len() == WINDOW || i + 1 == cells {
+                while let Some(want) = sent.pop_front() {
+                    let reply = self.recv(circ.circ_id());
+                    match circ.handle_cell(&reply).unwrap() {
+                        ClientEvent::Msg {
+                            hop: from, data, ..
+                        } => {
+                            assert_eq!(from, hop);
+                            assert_eq!(data, want);
+                        }
+                        other => panic!("expected a DROP echo, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// TRUNCATE at `hop`; returns the TRUNCATED reason.
+    pub fn truncate(&mut self, circ: &mut OriginCircuit, hop: usize) -> DestroyReason {
+        let cell = circ
+            .send_raw(&mut rand::rngs::OsRng, hop, RelayCmd::TRUNCATE, None, &[])
+            .unwrap();
+        match self.exchange(circ, cell) {
+            ClientEvent::Truncated { hop: from, reason } => {
+                assert_eq!(from, hop);
+                assert_eq!(circ.hops(), hop + 1);
+                reason
+            }
+            other => panic!("expected TRUNCATED, got {other:?}"),
+        }
     }
 }
