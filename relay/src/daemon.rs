@@ -19,6 +19,7 @@ use crate::config::{BackendChoice, Config};
 use crate::reactor::{self, Backend};
 use crate::shard::{RelayContext, Shard, ShardError};
 use crate::tls::{self, LinkCert, LinkKeyAlg};
+use crate::xshard;
 
 /// Lifetime of the TLS link certificate made at start. The daemon does not rotate it yet.
 /// The link key is RSA 2048, as C tor's: C tor 0.4.9 logs a warning ("expecting an rsa key")
@@ -101,8 +102,28 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             })?,
         );
     }
+    // One wake-up eventfd per shard, and the cross-shard mesh over them (crate::xshard).
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        wakers.push(Arc::new(reactor::Waker::new().map_err(|source| {
+            DaemonError::Io {
+                what: "creating a shard's eventfd",
+                source,
+            }
+        })?));
+    }
+    let links = xshard::mesh(
+        wakers
+            .iter()
+            .map(|w| w.clone() as Arc<dyn xshard::Wake>)
+            .collect(),
+    );
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for ((i, listener), (link, wake)) in listeners
+        .into_iter()
+        .enumerate()
+        .zip(links.into_iter().zip(wakers))
+    {
         let mut shard = Shard::new(
             ctx.clone(),
             engine,
@@ -112,6 +133,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         shard
             .core_mut()
             .set_echo_drop_for_tests(config.testing_echo_drop);
+        shard.set_xlink(link);
         let core = (!cores.is_empty())
             .then(|| cores.get(i % cores.len()).copied())
             .flatten();
@@ -124,7 +146,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                         tracing::warn!(shard = i, "could not pin to a core");
                     }
                 }
-                if let Err(e) = reactor::run_shard(backend, shard, listener, &stop) {
+                if let Err(e) = reactor::run_shard(backend, shard, listener, Some(wake), &stop) {
                     tracing::error!(shard = i, error = %e, "shard failed; stopping the relay");
                     stop.store(true, Ordering::Relaxed);
                 }

@@ -13,6 +13,8 @@
 //!   handshake, cell framing) around one [`circuit::RelayCore`].
 //! - [`tls`]: the TLS layer of Tor links: our link certificate, rustls configurations for
 //!   responder and initiator, and the sans-io [`tls::TlsLink`].
+//! - [`xshard`]: cross-shard channels: one canonical channel per peer for the relay, cells
+//!   crossing shards in batches.
 
 // `deny`, not `forbid`: `reactor::uring` alone allows unsafe code (io_uring submissions).
 #![deny(unsafe_code)]
@@ -26,3 +28,4 @@ pub mod keygen;
 pub mod reactor;
 pub mod shard;
 pub mod tls;
+pub mod xshard;

@@ -11,6 +11,8 @@
 pub mod poll;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+pub mod wake;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -55,17 +57,19 @@ pub enum Backend {
     IoUring,
 }
 
-/// Runs `shard` on `listener` with `backend` until `stop` is set.
+/// Runs `shard` on `listener` with `backend` until `stop` is set; `wake` is the eventfd other
+/// shards write when they queued cells for this one.
 pub fn run_shard(
     backend: Backend,
     shard: Shard,
     listener: TcpListener,
+    wake: Option<std::sync::Arc<Waker>>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     match backend {
-        Backend::Poll => poll::run(shard, listener, stop),
+        Backend::Poll => poll::run(shard, listener, wake, stop),
         #[cfg(target_os = "linux")]
-        Backend::IoUring => uring::run(shard, listener, stop),
+        Backend::IoUring => uring::run(shard, listener, wake, stop),
         #[cfg(not(target_os = "linux"))]
         Backend::IoUring => Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -73,6 +77,13 @@ pub fn run_shard(
         )),
     }
 }
+
+/// The reactor's wake-up handle ([`wake::EventFd`] on Linux).
+#[cfg(target_os = "linux")]
+pub type Waker = wake::EventFd;
+/// The reactor's wake-up handle: none off Linux (the reactor notices cells within a [`TICK`]).
+#[cfg(not(target_os = "linux"))]
+pub type Waker = crate::xshard::NoWake;
 
 /// Whether `stop` was set.
 fn stopped(stop: &AtomicBool) -> bool {

@@ -51,6 +51,7 @@ const OP_SEND: u64 = 3;
 const OP_CONNECT: u64 = 4;
 const OP_TIMER: u64 = 5;
 const OP_CANCEL: u64 = 6;
+const OP_WAKE: u64 = 7;
 
 fn user_data(slot: u32, op: u64) -> u64 {
     (u64::from(slot) << 8) | op
@@ -68,6 +69,7 @@ pub fn probe() -> io::Result<()> {
         (opcode::Send::CODE, "send"),
         (opcode::Connect::CODE, "connect"),
         (opcode::AsyncCancel::CODE, "async cancel"),
+        (opcode::PollAdd::CODE, "poll add"),
     ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(
@@ -116,10 +118,17 @@ struct Reactor {
     /// Read by the kernel while the timer is in flight.
     tick: Box<types::Timespec>,
     zero: Box<types::Timespec>,
+    /// A POLL_ADD on the wake eventfd is in flight.
+    wake_armed: bool,
 }
 
 /// Runs `shard` on `listener` with io_uring until `stop` is set.
-pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
+pub fn run(
+    mut shard: Shard,
+    listener: TcpListener,
+    wake: Option<std::sync::Arc<super::Waker>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let mut rng = StdRng::from_rng(rand::rngs::OsRng).map_err(io::Error::other)?;
     listener.set_nonblocking(false)?;
     let mut r = Reactor {
@@ -132,6 +141,7 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         timer_armed: false,
         tick: Box::new(types::Timespec::from(TICK)),
         zero: Box::new(types::Timespec::from(Duration::ZERO)),
+        wake_armed: false,
     };
     let mut cqes = [(0u64, 0i32, 0u32); CQE_BATCH];
     let result = loop {
@@ -144,6 +154,15 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
                 .user_data(user_data(0, OP_ACCEPT));
             r.push(&e)?;
             r.accept_armed = true;
+        }
+        if let Some(w) = wake.as_ref().filter(|_| !r.wake_armed) {
+            // POLL_ADD points at no memory: the eventfd is read (drained) here, not by the
+            // kernel.
+            let e = opcode::PollAdd::new(types::Fd(w.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(0, OP_WAKE));
+            r.push(&e)?;
+            r.wake_armed = true;
         }
         if !r.timer_armed {
             let ts: *const types::Timespec = if shard.has_ready_cells() {
@@ -177,6 +196,9 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         let now = unix_now();
         for &(ud, res, flags) in cqes.get(..n).unwrap_or_default() {
             r.complete(&mut shard, &mut rng, ud, res, flags, now);
+        }
+        if let Some(w) = wake.as_ref().filter(|_| !r.wake_armed) {
+            w.drain();
         }
         shard.process_batch(&mut rng, now);
         if shard.next_timeout().is_some_and(|t| t <= now) {
@@ -251,6 +273,8 @@ impl Reactor {
         let index = (ud >> 8) as u32;
         match op {
             OP_TIMER => self.timer_armed = false,
+            // The cells are taken by the next `process_batch`; the eventfd is drained there.
+            OP_WAKE => self.wake_armed = false,
             OP_ACCEPT => {
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
