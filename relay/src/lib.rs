@@ -4,6 +4,7 @@
 //! - [`circuit`]: circuits, sans-io: the per-shard [`circuit::RelayCore`] that creates,
 //!   extends, relays and tears down circuits, and the client's [`circuit::OriginCircuit`].
 //! - [`config`]: the TOML configuration of `chive relay --config FILE`.
+//! - [`control`]: the control shard: statistics and key rotation.
 //! - [`daemon`]: `chive relay`: keys, shard threads, shutdown.
 //! - [`demo`]: `chive demo`: three relays and a client on loopback, in one process.
 //! - [`keygen`]: `chive keygen`, which loads or creates a relay's keys in C tor's data-directory
@@ -21,6 +22,7 @@
 
 pub mod circuit;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod fuzzing;

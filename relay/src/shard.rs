@@ -85,11 +85,15 @@ use crate::circuit::CircCell;
 use crate::circuit::{
     ChanId, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
 };
+use crate::control::ShardGauges;
 use crate::tls::{TlsLink, DEFAULT_PENDING_TLS_MAX_BYTES};
 use crate::xshard::{RegEntry, ShardIndex, XLink, XMsg};
 use proto::cell::ChanCmd;
 use proto::chan_msg::DestroyReason;
 use proto::ids::CircId;
+use proto::ntor::NtorServerKeys;
+use proto::ntor_v3::NtorV3ServerKeys;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest slice [`Shard::poll_transmit`] prepares at once.
 const TRANSMIT_CHUNK_BYTES: usize = 64 * 1024;
@@ -326,6 +330,8 @@ pub struct Shard {
     memory_bytes: usize,
     /// Cross-shard channels ([`crate::xshard`]); see [`Shard::set_xlink`].
     x: Option<Cross>,
+    /// See [`Shard::set_gauges`].
+    gauges: Option<Arc<ShardGauges>>,
 }
 
 /// This shard's cross-shard state (see [`crate::xshard`] for the scheme).
@@ -406,6 +412,7 @@ impl Shard {
             stats: ShardStats::default(),
             memory_bytes: 0,
             x: None,
+            gauges: None,
         })
     }
 
@@ -425,6 +432,24 @@ impl Shard {
             cells_in: Vec::new(),
             blocked: false,
         });
+    }
+
+    /// The onion keys CREATE2 is answered with from now on (rotation: the previous key rides
+    /// along during its grace period).
+    pub fn set_server_keys(&mut self, ntor: NtorServerKeys, ntor_v3: NtorV3ServerKeys) {
+        self.core.set_server_keys(ntor, ntor_v3);
+    }
+
+    /// The context (link certificate, TLS configurations) for connections started from now
+    /// on; open connections keep theirs.
+    pub fn set_context(&mut self, ctx: Arc<RelayContext>) {
+        self.ctx = ctx;
+    }
+
+    /// Where this shard publishes its statistics for the control shard (once per
+    /// [`Shard::process_batch`]).
+    pub fn set_gauges(&mut self, gauges: Arc<ShardGauges>) {
+        self.gauges = Some(gauges);
     }
 
     /// Channels of other shards our circuits use (proxies).
@@ -658,6 +683,22 @@ impl Shard {
         }
         self.enforce_memory_cap();
         self.flush_cross();
+        self.publish();
+    }
+
+    /// Stores the counters the control shard logs (a few relaxed stores per batch).
+    fn publish(&self) {
+        let Some(g) = &self.gauges else { return };
+        let st = self.core.stats();
+        let set = |a: &AtomicU64, v: usize| a.store(v as u64, Ordering::Relaxed);
+        g.cells_relayed.store(st.cells_relayed, Ordering::Relaxed);
+        g.cells_recognized
+            .store(st.cells_recognized, Ordering::Relaxed);
+        set(&g.circuits, self.core.circuits());
+        set(&g.channels, self.chans.len());
+        set(&g.cross_circuits, self.cross_circuits());
+        set(&g.proxies, self.proxies());
+        set(&g.memory_bytes, self.memory_bytes);
     }
 
     /// The bytes held now: a walk over the connections (once per batch, not per cell).
@@ -1051,6 +1092,8 @@ impl Shard {
                 }
             }
             XMsg::ChannelClosed { proxy } => self.drop_proxy(proxy, false),
+            XMsg::ServerKeys { ntor, ntor_v3 } => self.set_server_keys(*ntor, *ntor_v3),
+            XMsg::Context(ctx) => self.set_context(ctx),
             XMsg::ProxyClosed { from, proxy, chan } => {
                 let ids: Vec<CircId> = x
                     .back
@@ -2093,6 +2136,99 @@ mod tests {
         assert_eq!(net.connects, 2);
         assert_eq!(net.shards[0].proxies(), 0);
         net.echo(0, &mut c0d, 2);
+    }
+
+    /// Onion-key rotation as the control shard pushes it over the shard's queue: during the
+    /// grace period CREATE2 with either key works; afterwards only the new key does.
+    #[test]
+    fn onion_key_rotation_keeps_the_previous_key_for_the_grace_period() {
+        let mut net = Net::new();
+        let links = crate::xshard::mesh(vec![Arc::new(crate::xshard::NoWake)]);
+        let link = links.into_iter().next().unwrap();
+        let control = link.tx[0].clone();
+        net.shards[0].set_xlink(link);
+        net.run();
+        let engine = Engine::from_env().unwrap();
+        let old = net.info(0);
+        let mut keys = net.shards[0].ctx.keys.clone();
+        let previous = keys.ntor_onion().clone();
+        keys.set_ntor_onion(proto::keys::NtorOnionKeypair::generate(&mut net.rng));
+        let new = RelayInfo::from_keys(&keys, vec![net.addrs[0]]);
+        assert_ne!(new, old);
+        let push = |net: &mut Net, prev: Option<proto::keys::NtorOnionKeypair>| {
+            control
+                .send(vec![XMsg::ServerKeys {
+                    ntor: Box::new(keys.ntor_server_keys(prev.clone())),
+                    ntor_v3: Box::new(keys.ntor_v3_server_keys(prev)),
+                }])
+                .unwrap();
+            net.run();
+        };
+        let mut n = 0u32;
+        let mut create = |net: &mut Net, kind, info: &RelayInfo| {
+            n += 1;
+            let id = CircId::new(0x8000_0000 | n).unwrap();
+            let (mut circ, cell) =
+                OriginCircuit::create_first_hop(&mut net.rng, engine, id, kind, info).unwrap();
+            net.exchange(&mut circ, cell)
+        };
+        let added = ClientEvent::HopAdded { hops: 1 };
+        push(&mut net, Some(previous));
+        for kind in [HandshakeKind::Ntor, HandshakeKind::NtorV3] {
+            assert_eq!(
+                create(&mut net, kind, &old),
+                added,
+                "{kind:?} old key, grace"
+            );
+            assert_eq!(create(&mut net, kind, &new), added, "{kind:?} new key");
+        }
+        push(&mut net, None);
+        for kind in [HandshakeKind::Ntor, HandshakeKind::NtorV3] {
+            let ev = create(&mut net, kind, &old);
+            assert!(
+                matches!(ev, ClientEvent::Destroyed { .. }),
+                "{kind:?} {ev:?}"
+            );
+            assert_eq!(create(&mut net, kind, &new), added, "{kind:?} new key");
+        }
+    }
+
+    /// A rotated link certificate is what connections accepted afterwards see; open channels
+    /// keep working.
+    #[test]
+    fn link_certificate_rotation_applies_to_new_connections() {
+        let mut net = XNet::new();
+        let mut c0 = net.build(0, 1);
+        let old_digest = net.shards[0].ctx.link_cert_digest;
+        assert_eq!(net.clients[0].tls.peer_cert_digest(), Some(old_digest));
+        let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, NOW, 86_400, &mut net.rng).unwrap();
+        let ctx = net.shards[0].ctx.clone();
+        let rotated = Arc::new(RelayContext {
+            keys: ctx.keys.clone(),
+            identity_certs: ctx.identity_certs.clone(),
+            server: server_config(&cert).unwrap(),
+            client: ctx.client.clone(),
+            link_cert_digest: cert.digest(),
+            our_addrs: ctx.our_addrs.clone(),
+        });
+        net.shards[0].set_context(rotated);
+        let r_addr = net.addrs[0];
+        let client = Client::new(&ctx, r_addr, &mut net.rng);
+        net.clients.push(client);
+        let conn = net.shards[0]
+            .handle_accepted(&mut net.rng, "10.9.9.50:5555".parse().unwrap(), NOW)
+            .unwrap();
+        net.pipes.push((XEnd::Client(2), XEnd::Shard(0, conn)));
+        net.run();
+        assert!(
+            net.clients[2].info.is_some(),
+            "handshake with the new certificate"
+        );
+        assert_eq!(net.clients[2].tls.peer_cert_digest(), Some(cert.digest()));
+        assert_ne!(cert.digest(), old_digest);
+        let mut c2 = net.build(2, 1);
+        net.echo(2, &mut c2, 2);
+        net.echo(0, &mut c0, 2);
     }
 
     #[test]

@@ -34,6 +34,9 @@ use proto::ids::{Ed25519Identity, RsaIdentity};
 use proto::link_spec::LinkSpec;
 
 use crate::circuit::{ChanId, CircCell};
+use crate::shard::RelayContext;
+use proto::ntor::NtorServerKeys;
+use proto::ntor_v3::NtorV3ServerKeys;
 
 /// Batches waiting in one shard's inbox before senders hold theirs back.
 pub const INBOX_BATCHES_MAX: usize = 1024;
@@ -78,6 +81,17 @@ pub enum XMsg {
         /// The receiver's channel.
         chan: ChanId,
     },
+    /// From the control shard: the onion keys for CREATE2 (with the previous key during its
+    /// grace period, [`crate::control`]).
+    ServerKeys {
+        /// ntor.
+        ntor: Box<NtorServerKeys>,
+        /// ntor v3.
+        ntor_v3: Box<NtorV3ServerKeys>,
+    },
+    /// From the control shard: a new relay context (a rotated link certificate) for the
+    /// connections started from now on.
+    Context(Arc<RelayContext>),
 }
 
 /// Wakes a shard's reactor (an eventfd in the reactors, anything in tests).

@@ -435,7 +435,13 @@ fn run_cross_shard(backend: &str) {
     // DESTROY E → M.
     for (chan, circ) in &mut chans {
         let cell = circ
-            .send_raw(&mut rand::rngs::OsRng, 1, RelayCmd::EXTEND2, None, &[0xff; 3])
+            .send_raw(
+                &mut rand::rngs::OsRng,
+                1,
+                RelayCmd::EXTEND2,
+                None,
+                &[0xff; 3],
+            )
             .unwrap();
         let ev = chan.exchange(circ, cell);
         assert!(
@@ -449,7 +455,9 @@ fn run_cross_shard(backend: &str) {
             // M answered with DESTROY: a new circuit on the same channel.
             *circ = chan.build(2, &path, &[CreateFast, NtorV3]);
         } else {
-            let cell = circ.extend(&mut rand::rngs::OsRng, NtorV3, &e.info).unwrap();
+            let cell = circ
+                .extend(&mut rand::rngs::OsRng, NtorV3, &e.info)
+                .unwrap();
             assert_eq!(chan.exchange(circ, cell), ClientEvent::HopAdded { hops: 2 });
         }
         chan.echo(circ, 1, 8);
