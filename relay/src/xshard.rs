@@ -250,6 +250,7 @@ pub fn mesh(wakers: Vec<Arc<dyn Wake>>) -> Vec<XLink> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
