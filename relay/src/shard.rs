@@ -101,6 +101,9 @@ const TRANSMIT_CHUNK_BYTES: usize = 64 * 1024;
 const PLAINTEXT_STEP_BYTES: usize = 16 * 1024;
 /// Rounds of [`Shard::process_batch`] per call before the reactor gets control back.
 const BATCH_ROUNDS_MAX: usize = 4;
+/// The most ciphertext kept for a closing connection's close_notify (the record itself is
+/// tiny; this bounds what TLS still had queued).
+const CLOSE_NOTIFY_MAX_BYTES: usize = 64 * 1024;
 /// Batches taken from the cross-shard inbox per [`Shard::process_batch`].
 const INBOX_DRAIN_MAX: usize = 64;
 
@@ -257,6 +260,8 @@ pub struct ShardStats {
     pub oom_circuits_closed: u64,
     /// Connections closed by the OOM policy (buffered bytes).
     pub oom_conns_closed: u64,
+    /// PADDING_NEGOTIATE cells received (all declined: see [`Shard::process_batch`]).
+    pub padding_negotiate: u64,
 }
 
 enum Handshake {
@@ -332,6 +337,9 @@ pub struct Shard {
     x: Option<Cross>,
     /// See [`Shard::set_gauges`].
     gauges: Option<Arc<ShardGauges>>,
+    /// The last bytes of closed connections (ending with TLS close_notify), until the reactor
+    /// takes them; at most one per connection slot.
+    last_words: VecDeque<(ConnId, Vec<u8>)>,
 }
 
 /// This shard's cross-shard state (see [`crate::xshard`] for the scheme).
@@ -413,6 +421,7 @@ impl Shard {
             memory_bytes: 0,
             x: None,
             gauges: None,
+            last_words: VecDeque::new(),
         })
     }
 
@@ -450,6 +459,14 @@ impl Shard {
     /// [`Shard::process_batch`]).
     pub fn set_gauges(&mut self, gauges: Arc<ShardGauges>) {
         self.gauges = Some(gauges);
+    }
+
+    /// The last bytes to write to `conn`'s socket after its [`ShardEvent::Close`]: the
+    /// ciphertext still waiting and our TLS close_notify. The reactor writes them without
+    /// blocking, if it can, then closes the socket.
+    pub fn take_close_notify(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let i = self.last_words.iter().position(|(c, _)| *c == conn)?;
+        self.last_words.remove(i).map(|(_, b)| b)
     }
 
     /// Channels of other shards our circuits use (proxies).
@@ -815,6 +832,17 @@ impl Shard {
                 RawCell::decode(c.inbuf.get(off..).unwrap_or_default(), circ_id_len)
             {
                 off += used;
+                if cell.cmd == ChanCmd::PADDING_NEGOTIATE {
+                    // padding-spec §2: a relay may decline link padding; chive sends none
+                    // (no padding machine yet), so a START or STOP changes nothing and needs
+                    // no answer (the protocol has none). Counted, and ignored even when
+                    // malformed, as C tor does; the channel stays open.
+                    let body = cell.body.as_slice();
+                    if proto::chan_msg::PaddingNegotiate::decode(body).is_ok() {
+                        self.stats.padding_negotiate += 1;
+                    }
+                    continue;
+                }
                 if let (Some(x), Some(id)) = (cross.as_deref_mut(), cell.circ_id) {
                     if let Some(&(shard, proxy, their)) = x.back.get(&(chan, id)) {
                         if let (Some(mut cc), Some(q)) =
@@ -1425,6 +1453,18 @@ impl Shard {
         self.free.push(conn.index);
         self.stats.closed += 1;
         self.events.push_back(ShardEvent::Close { conn, reason });
+        // TLS close_notify after whatever ciphertext was still waiting, for the reactor to
+        // write before it closes the socket (best effort: [`Shard::take_close_notify`]).
+        let mut c = c;
+        if !c.connecting && !matches!(reason, CloseReason::Tls | CloseReason::ConnectFailed) {
+            let mut bye = c.outbuf.split_off(c.out_off.min(c.outbuf.len()));
+            c.tls.send_close();
+            c.tls.poll_tls(&mut bye, CLOSE_NOTIFY_MAX_BYTES);
+            if self.last_words.len() >= self.limits.conns_max {
+                self.last_words.pop_front();
+            }
+            self.last_words.push_back((conn, bye));
+        }
         if c.inbound {
             if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
                 *n = n.saturating_sub(1);
@@ -2229,6 +2269,71 @@ mod tests {
         let mut c2 = net.build(2, 1);
         net.echo(2, &mut c2, 2);
         net.echo(0, &mut c0, 2);
+    }
+
+    /// PADDING_NEGOTIATE is declined silently and the channel goes on; a channel we close ends
+    /// with TLS close_notify.
+    #[test]
+    fn padding_negotiate_is_declined_and_close_sends_close_notify() {
+        let mut net = Net::new();
+        net.run();
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        for cmd in [
+            proto::chan_msg::PaddingNegotiateCmd::START,
+            proto::chan_msg::PaddingNegotiateCmd::STOP,
+        ] {
+            let mut body = Vec::new();
+            proto::chan_msg::PaddingNegotiate {
+                command: cmd,
+                ito_low_ms: 1500,
+                ito_high_ms: 9500,
+            }
+            .encode(&mut body)
+            .unwrap();
+            let mut fixed = [0u8; proto::cell::BODY_LEN];
+            fixed[..body.len()].copy_from_slice(&body);
+            let mut v = Vec::new();
+            RawCell {
+                circ_id: None,
+                cmd: ChanCmd::PADDING_NEGOTIATE,
+                body: proto::cell::CellBody::Fixed(&fixed),
+            }
+            .encode(CircIdLen::Four, &mut v)
+            .unwrap();
+            net.client.tls.write_plaintext(&v).unwrap();
+        }
+        net.run();
+        assert_eq!(net.shards[0].stats().padding_negotiate, 2);
+        assert!(net.client.cells().is_empty(), "no answer");
+        let id = CircId::new(0x8000_0001).unwrap();
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        assert_eq!(
+            net.exchange(&mut circ, cell),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        assert_eq!(net.shards[0].channels(), 1);
+        // Now the shard closes the channel: its last bytes carry close_notify.
+        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        net.shards[0].handle_close(conn);
+        assert!(matches!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close { conn: c, .. }) if c == conn
+        ));
+        let bye = net.shards[0].take_close_notify(conn).unwrap();
+        assert!(net.shards[0].take_close_notify(conn).is_none());
+        assert!(!net.client.tls.peer_closed());
+        net.client.recv(&bye);
+        assert!(net.client.tls.peer_closed());
     }
 
     #[test]

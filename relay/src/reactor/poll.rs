@@ -322,7 +322,15 @@ fn handle_events(shard: &mut Shard, poll: &Poll, socks: &mut Socks) {
                     shard.handle_connect_failed(conn);
                 }
             }
-            ShardEvent::Close { conn, reason } => socks.remove(poll, conn, reason),
+            ShardEvent::Close { conn, reason } => {
+                // The last ciphertext and TLS close_notify, if the socket takes them now.
+                if let (Some(bye), Some(s)) = (shard.take_close_notify(conn), socks.get(conn)) {
+                    if !s.connecting {
+                        let _ = s.stream.write(&bye);
+                    }
+                }
+                socks.remove(poll, conn, reason)
+            }
         }
     }
 }

@@ -380,9 +380,18 @@ impl Reactor {
                     }
                 }
                 ShardEvent::Close { conn, reason } => {
+                    let bye = shard.take_close_notify(conn);
                     let Some(index) = self.by_conn.remove(&conn) else {
                         continue;
                     };
+                    // The last ciphertext and TLS close_notify, without blocking, unless a
+                    // send is in flight (its bytes are part of `bye`: they would go twice).
+                    if let (Some(bye), Some(Some(s))) = (bye, self.slots.get(index as usize)) {
+                        if !s.send_inflight && !s.connect_inflight {
+                            let _ = socket2::SockRef::from(&s.stream)
+                                .send_with_flags(&bye, libc::MSG_DONTWAIT);
+                        }
+                    }
                     self.close_slot(index, reason)?;
                 }
             }
