@@ -24,13 +24,23 @@
 //! 5. Sleep until a socket is ready or [`Shard::next_timeout`], then [`Shard::handle_timeout`].
 //!    If [`Shard::has_ready_cells`], do not sleep.
 //!
-//! # Circuits stay on their shard
+//! # Circuits, channels and shards
 //!
-//! Each circuit lives on the shard that accepted its first channel, and the channel an EXTEND2
-//! needs is opened (or reused) by that same shard: no cell ever crosses shards and the per-cell
-//! path takes no lock. The price: a canonical channel to a given peer may exist once per shard
-//! rather than once per relay (tor-spec §5.3.1 asks relays to avoid duplicate channels but
-//! tolerates them; peers only see more TLS connections).
+//! Each circuit lives on the shard that accepted its first channel. The channel an EXTEND2
+//! needs is, in this order: a canonical channel of this shard (the core reuses it), a canonical
+//! channel of another shard (found in the relay's [`crate::xshard::ChannelRegistry`]; the
+//! circuit's cells then cross to that shard and back in batches, see [`crate::xshard`]), one
+//! this shard is already opening, or a new one opened by this shard. So the relay keeps one
+//! channel per peer (tor-spec §5.3.1), the per-cell path takes no lock, and a channel is
+//! reused only if canonical for an address the EXTEND2 names (the address we reach the peer
+//! at, or one its NETINFO claimed). Join the shards with [`Shard::set_xlink`]; a shard
+//! without one keeps everything to itself.
+//!
+//! # Link-level cells
+//!
+//! PADDING_NEGOTIATE is parsed and declined (chive sends no link padding; the protocol has no
+//! answer to send, and the channel is unaffected). A channel we close ends with TLS
+//! close_notify ([`Shard::take_close_notify`]).
 //!
 //! # Limits and overflow policy
 //!
@@ -50,8 +60,10 @@
 //! - [`ShardLimits::memory_max_bytes`]: the bytes the shard holds for circuits and connections
 //!   together ([`Shard::memory_bytes`]: cells queued towards opening channels, plus per
 //!   connection the received ciphertext and plaintext not yet consumed, the ciphertext not yet
-//!   sent and the cells waiting for TLS room). The relay-wide `limits.memory_max_bytes` is split
-//!   evenly across the shards, since a circuit never leaves its shard. At the end of each
+//!   sent and the cells waiting for TLS room, plus cells waiting to cross to or from other
+//!   shards). The counts are kept up to date as buffers grow and shrink, not recounted by a
+//!   walk. The relay-wide `limits.memory_max_bytes` is split evenly across the shards. At the
+//!   end of each
 //!   [`Shard::process_batch`], a shard over its cap applies the OOM policy of C tor's
 //!   `MaxMemInQueues`: it destroys the circuits holding the most queued cells
 //!   ([`RelayCore::close_largest_queue`], DESTROY with RESOURCELIMIT), then, while still over,
@@ -305,6 +317,8 @@ struct Conn {
     listed: bool,
     /// Accepted (counted in `per_ip`), not opened by us.
     inbound: bool,
+    /// [`Conn::buffered_bytes`] as last added to [`Shard::conn_bytes`].
+    counted: usize,
 }
 
 struct Slot {
@@ -340,6 +354,9 @@ pub struct Shard {
     /// The last bytes of closed connections (ending with TLS close_notify), until the reactor
     /// takes them; at most one per connection slot.
     last_words: VecDeque<(ConnId, Vec<u8>)>,
+    /// The buffered bytes of all connections, kept up to date as buffers grow and shrink
+    /// ([`Shard::recount`]), so the memory cap needs no walk.
+    conn_bytes: usize,
 }
 
 /// This shard's cross-shard state (see [`crate::xshard`] for the scheme).
@@ -422,6 +439,7 @@ impl Shard {
             x: None,
             gauges: None,
             last_words: VecDeque::new(),
+            conn_bytes: 0,
         })
     }
 
@@ -644,7 +662,10 @@ impl Shard {
             c.tls
                 .poll_tls(&mut c.outbuf, TRANSMIT_CHUNK_BYTES - pending);
         }
-        c.outbuf.get(c.out_off..).unwrap_or_default()
+        self.recount(conn);
+        self.get(conn)
+            .and_then(|c| c.outbuf.get(c.out_off..))
+            .unwrap_or_default()
     }
 
     /// `n` bytes of what [`Shard::poll_transmit`] gave were written.
@@ -667,6 +688,7 @@ impl Shard {
             }
         }
         let more = c.out_off < c.outbuf.len() || c.tls.wants_tls_out();
+        self.recount(conn);
         if more {
             self.mark_writable(conn);
         }
@@ -718,13 +740,29 @@ impl Shard {
         set(&g.memory_bytes, self.memory_bytes);
     }
 
-    /// The bytes held now: a walk over the connections (once per batch, not per cell).
+    /// Brings [`Shard::conn_bytes`] up to date after `conn`'s buffers changed.
+    fn recount(&mut self, conn: ConnId) {
+        let Some(c) = self.get_mut(conn) else { return };
+        let now = c.buffered_bytes();
+        let old = std::mem::replace(&mut c.counted, now);
+        self.conn_bytes = self.conn_bytes.saturating_sub(old).saturating_add(now);
+    }
+
+    /// The bytes held now, from counters kept up to date (no walk over the connections).
     fn count_memory(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(Conn::buffered_bytes)
-            .fold(self.core.queued_bytes(), usize::saturating_add)
+        #[cfg(test)]
+        assert_eq!(
+            self.conn_bytes,
+            self.slots
+                .iter()
+                .filter_map(|s| s.conn.as_ref())
+                .map(Conn::buffered_bytes)
+                .sum::<usize>(),
+            "incremental count matches a walk"
+        );
+        self.core
+            .queued_bytes()
+            .saturating_add(self.conn_bytes)
             .saturating_add(self.x.as_ref().map_or(0, |x| {
                 (x.out.iter().map(Vec::len).sum::<usize>() + x.cells_in.len())
                     * std::mem::size_of::<XMsg>()
@@ -1316,6 +1354,7 @@ impl Shard {
                 }
             }
         }
+        self.recount(conn);
         self.mark_writable(conn);
         if let Some(reason) = failed {
             self.stats.handshakes_failed += u64::from(finished.is_none() && !self.is_open(conn));
@@ -1431,6 +1470,7 @@ impl Shard {
                 overflowed.push(conn);
             }
             self.mark_writable(conn);
+            self.recount(conn);
         }
         self.out = out;
         for conn in overflowed {
@@ -1452,6 +1492,7 @@ impl Shard {
         }
         self.free.push(conn.index);
         self.stats.closed += 1;
+        self.conn_bytes = self.conn_bytes.saturating_sub(c.counted);
         self.events.push_back(ShardEvent::Close { conn, reason });
         // TLS close_notify after whatever ciphertext was still waiting, for the reactor to
         // write before it closes the socket (best effort: [`Shard::take_close_notify`]).
@@ -1573,6 +1614,7 @@ impl Conn {
             plain_out: Vec::new(),
             listed: false,
             inbound: false,
+            counted: 0,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! Each shard thread has its own listening socket bound with `SO_REUSEPORT` on the same ORPort
 //! ([`bind_reuseport`]), so the kernel spreads incoming connections over the shards and no
 //! connection is ever handed from one thread to another. Outbound channels (for EXTEND2) are
-//! opened by the shard whose circuit needs them (see [`crate::shard`]).
+//! opened by the shard whose circuit needs them when no shard has one (see [`crate::shard`]);
+//! cells of circuits using another shard's channel cross over queues, and each reactor waits
+//! on its [`Waker`] (an eventfd) along with its sockets.
 
 pub mod poll;
 #[cfg(target_os = "linux")]
