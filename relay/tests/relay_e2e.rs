@@ -50,15 +50,20 @@ struct Chive {
 
 impl Chive {
     fn start(nickname: &str, backend: &str) -> Chive {
+        Chive::start_with(nickname, backend, "")
+    }
+
+    /// As [`Chive::start`], with `extra` appended to the configuration file.
+    fn start_with(nickname: &str, backend: &str, extra: &str) -> Chive {
         for _ in 0..3 {
-            if let Some(c) = Chive::try_start(nickname, backend, free_port()) {
+            if let Some(c) = Chive::try_start(nickname, backend, free_port(), extra) {
                 return c;
             }
         }
         panic!("chive relay did not start");
     }
 
-    fn try_start(nickname: &str, backend: &str, port: u16) -> Option<Chive> {
+    fn try_start(nickname: &str, backend: &str, port: u16, extra: &str) -> Option<Chive> {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let data = dir.path().join("data");
@@ -67,7 +72,7 @@ impl Chive {
             &config,
             format!(
                 "or_address = \"{addr}\"\ndata_dir = \"{}\"\nnickname = \"{nickname}\"\n\
-                 shards = 2\nbackend = \"{backend}\"\ntesting_echo_drop = true\n[limits]\nhandshake_timeout_secs = 10\n",
+                 shards = 2\nbackend = \"{backend}\"\ntesting_echo_drop = true\n[limits]\nhandshake_timeout_secs = 10\n{extra}",
                 data.display()
             ),
         )
@@ -398,7 +403,8 @@ fn three_chive_relays_io_uring() {
 fn run_cross_shard(backend: &str) {
     use HandshakeKind::*;
     let (m, e) = std::thread::scope(|s| {
-        let m = s.spawn(|| Chive::start("chiveM", backend));
+        let stats = "[control]\nstats_interval_secs = 1\n";
+        let m = s.spawn(|| Chive::start_with("chiveM", backend, stats));
         let e = s.spawn(|| Chive::start("chiveE", backend));
         (m.join().unwrap(), e.join().unwrap())
     });
@@ -463,6 +469,20 @@ fn run_cross_shard(backend: &str) {
         chan.echo(circ, 1, 8);
     }
     assert_eq!(open(&e), 1, "still one channel: {}", e.log());
+    // The control shard's statistics show circuits of one shard on the other's channel.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !m
+        .log()
+        .lines()
+        .any(|l| l.contains("shard stats") && !l.contains("cross_circuits=0"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no cross-shard stats: {}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The channel closes: every circuit, on either shard of M, is told.
     assert!(e.terminate().success());
     for (chan, circ) in &mut chans {
