@@ -17,7 +17,8 @@
 //! - [`xshard`]: cross-shard channels: one canonical channel per peer for the relay, cells
 //!   crossing shards in batches.
 
-// `deny`, not `forbid`: `reactor::uring` alone allows unsafe code (io_uring submissions).
+// `deny`, not `forbid`: only `reactor::uring` (io_uring submissions) and `reactor::wake`
+// (creating an eventfd) allow unsafe code.
 #![deny(unsafe_code)]
 
 pub mod circuit;

@@ -1,7 +1,8 @@
 //! The reactors: the loops that drive one [`Shard`] per thread with sockets and a clock.
 //!
 //! - [`poll`]: the portable backend (`mio`: epoll on Linux, kqueue elsewhere).
-//! - `uring` (Linux): io_uring; the only module of the crate with `unsafe` code.
+//! - `uring` (Linux): io_uring; with `wake`, the only modules of the crate with `unsafe` code.
+//! - `wake` (Linux): the eventfd other shards write to wake this shard's reactor.
 //!
 //! Each shard thread has its own listening socket bound with `SO_REUSEPORT` on the same ORPort
 //! ([`bind_reuseport`]), so the kernel spreads incoming connections over the shards and no
