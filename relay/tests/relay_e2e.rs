@@ -324,6 +324,36 @@ fn accepting_shards(log: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
+/// Per shard thread named in `log`, the accepted connections not logged as closed.
+fn open_accepted_per_shard(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let peer = |l: &str| {
+        let p = l.split("peer=").nth(1)?.split_whitespace().next()?;
+        Some(
+            p.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .to_string(),
+        )
+    };
+    let closed: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .filter_map(peer)
+        .collect();
+    let mut open = std::collections::BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("accepted")) {
+        let (Some(p), Some(t)) = (
+            peer(l),
+            l.split_whitespace().find(|w| w.starts_with("chive-shard-")),
+        ) else {
+            continue;
+        };
+        if !closed.contains(&p) {
+            *open.entry(t.to_string()).or_insert(0) += 1;
+        }
+    }
+    open
+}
+
 fn run_three_chive_relays(backend: &str) {
     let relays: Vec<Chive> = std::thread::scope(|s| {
         let hs: Vec<_> = ["chiveA", "chiveB", "chiveC"]
@@ -410,19 +440,22 @@ fn run_cross_shard(backend: &str) {
     });
     let path = [&m.info, &e.info];
     let mut chans = Vec::new();
-    // Only the client channels count (not the start-up probe): each carries a circuit.
-    let skip = m.log().len();
-    let client_shards = |m: &Chive| accepting_shards(m.log().get(skip..).unwrap_or_default());
-    for i in 0..40u32 {
+    // Channels until each shard holds two open accepted connections: the start-up probe (a
+    // bare TCP connect, closed at once) cannot account for that.
+    let enough = |m: &Chive| {
+        let open = open_accepted_per_shard(&m.log());
+        open.len() == 2 && open.values().all(|&n| n >= 2)
+    };
+    for _ in 0..40u32 {
         let mut chan = Chan::open(&m.info);
         let circ = chan.build(1, &path, &[Ntor, NtorV3]);
         chans.push((chan, circ));
         std::thread::sleep(Duration::from_millis(10));
-        if i >= 1 && client_shards(&m).len() == 2 {
+        if enough(&m) {
             break;
         }
     }
-    assert_eq!(client_shards(&m).len(), 2, "{}", m.log());
+    assert!(enough(&m), "{}", m.log());
     for (chan, circ) in &mut chans {
         chan.echo(circ, 1, 48);
         chan.echo(circ, 0, 4);
