@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::circuit::Limits;
+pub use crate::control::ControlConfig;
 use crate::keygen::DEFAULT_NICKNAME;
 use crate::shard::ShardLimits;
 
@@ -128,6 +129,9 @@ pub struct Config {
     /// never on a public relay.
     #[serde(default)]
     pub testing_echo_drop: bool,
+    /// The control shard: statistics and key rotation.
+    #[serde(default)]
+    pub control: ControlConfig,
 }
 
 fn default_nickname() -> String {
@@ -232,6 +236,25 @@ mod tests {
         let c = Config::from_toml(example).unwrap();
         assert_eq!(c.backend, BackendChoice::Auto);
         assert_eq!(c.nickname, "chive");
+        assert_eq!(c.control, ControlConfig::default());
+    }
+
+    #[test]
+    fn control_table() {
+        let c = Config::from_toml(
+            "or_address = \"127.0.0.1:9001\"\ndata_dir = \"d\"\n[control]\nstats_interval_secs = 5\nonion_key_grace_secs = 9\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.stats_interval_secs, 5);
+        assert_eq!(c.control.onion_key_grace_secs, 9);
+        assert_eq!(
+            c.control.onion_key_lifetime_secs,
+            crate::control::ONION_KEY_LIFETIME_SECS
+        );
+        assert!(Config::from_toml(
+            "or_address = \"127.0.0.1:9001\"\ndata_dir = \"d\"\n[control]\nstats = 5\n"
+        )
+        .is_err());
     }
 
     #[test]

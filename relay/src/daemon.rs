@@ -16,14 +16,14 @@ use rand::rngs::OsRng;
 use thiserror::Error;
 
 use crate::config::{BackendChoice, Config};
+use crate::control::{Control, ShardGauges, ShardHandle};
 use crate::reactor::{self, Backend};
 use crate::shard::{RelayContext, Shard, ShardError};
 use crate::tls::{self, LinkCert, LinkKeyAlg};
+use crate::xshard;
 
-/// Lifetime of the TLS link certificate made at start. The daemon does not rotate it yet.
-/// The link key is RSA 2048, as C tor's: C tor 0.4.9 logs a warning ("expecting an rsa key")
-/// for every connection to a relay whose link certificate has another key type.
-const LINK_CERT_LIFETIME_SECS: u64 = 30 * 24 * 3600;
+/// How often the control shard checks its schedule and the stop flag.
+const CONTROL_TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -63,7 +63,15 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
     let mut rng = OsRng;
     let keys = RelayKeys::load_or_generate(&config.data_dir, now, &mut rng)?;
     keys.write_fingerprint_files(&config.data_dir, &config.nickname)?;
-    let cert = LinkCert::generate(LinkKeyAlg::Rsa2048, now, LINK_CERT_LIFETIME_SECS, &mut rng)?;
+    // The link key is RSA 2048, as C tor's: C tor 0.4.9 logs a warning ("expecting an rsa
+    // key") for every connection to a relay whose link certificate has another key type. The
+    // control shard replaces the certificate every `link_cert_lifetime_secs`.
+    let cert = LinkCert::generate(
+        LinkKeyAlg::Rsa2048,
+        now,
+        config.control.link_cert_lifetime_secs.saturating_mul(2),
+        &mut rng,
+    )?;
     let identity_certs = keys.identity_certs(now, &mut rng)?;
     let ctx = Arc::new(RelayContext {
         server: tls::server_config(&cert)?,
@@ -71,7 +79,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         link_cert_digest: cert.digest(),
         our_addrs: vec![config.or_address.ip()],
         identity_certs,
-        keys,
+        keys: keys.clone(),
     });
     let engine = Engine::from_env()?;
     let backend = choose_backend(config.backend)?;
@@ -101,8 +109,29 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             })?,
         );
     }
-    let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(n);
-    for (i, listener) in listeners.into_iter().enumerate() {
+    // One wake-up eventfd per shard, and the cross-shard mesh over them (crate::xshard).
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        wakers.push(Arc::new(reactor::Waker::new().map_err(|source| {
+            DaemonError::Io {
+                what: "creating a shard's eventfd",
+                source,
+            }
+        })?));
+    }
+    let links = xshard::mesh(
+        wakers
+            .iter()
+            .map(|w| w.clone() as Arc<dyn xshard::Wake>)
+            .collect(),
+    );
+    let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(n + 1);
+    let mut handles = Vec::with_capacity(n);
+    for ((i, listener), (link, wake)) in listeners
+        .into_iter()
+        .enumerate()
+        .zip(links.into_iter().zip(wakers))
+    {
         let mut shard = Shard::new(
             ctx.clone(),
             engine,
@@ -112,6 +141,17 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         shard
             .core_mut()
             .set_echo_drop_for_tests(config.testing_echo_drop);
+        let gauges = Arc::new(ShardGauges::default());
+        handles.push(ShardHandle {
+            tx: link.tx.get(i).cloned().ok_or(DaemonError::Io {
+                what: "wiring the shards",
+                source: io::Error::other("missing queue"),
+            })?,
+            wake: wake.clone(),
+            gauges: gauges.clone(),
+        });
+        shard.set_xlink(link);
+        shard.set_gauges(gauges);
         let core = (!cores.is_empty())
             .then(|| cores.get(i % cores.len()).copied())
             .flatten();
@@ -124,7 +164,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
                         tracing::warn!(shard = i, "could not pin to a core");
                     }
                 }
-                if let Err(e) = reactor::run_shard(backend, shard, listener, &stop) {
+                if let Err(e) = reactor::run_shard(backend, shard, listener, Some(wake), &stop) {
                     tracing::error!(shard = i, error = %e, "shard failed; stopping the relay");
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -140,6 +180,23 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
             "testing_echo_drop is on: RELAY_DROP cells are reflected (test networks only)"
         );
     }
+    let control = Control {
+        config: config.control,
+        keys,
+        ctx: ctx.clone(),
+        data_dir: config.data_dir.clone(),
+        shards: handles,
+    };
+    let control_stop = stop.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("chive-control".into())
+            .spawn(move || control.run(&control_stop, CONTROL_TICK))
+            .map_err(|source| DaemonError::Io {
+                what: "starting the control thread",
+                source,
+            })?,
+    );
     tracing::info!("chive relay running");
     for t in threads {
         let _ = t.join();

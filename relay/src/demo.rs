@@ -512,6 +512,7 @@ fn start_relay(
             backend: opts.backend,
             limits: LimitsConfig::default(),
             testing_echo_drop: true,
+            control: Default::default(),
         };
         let stop = stop.clone();
         let thread = std::thread::Builder::new()

@@ -24,13 +24,23 @@
 //! 5. Sleep until a socket is ready or [`Shard::next_timeout`], then [`Shard::handle_timeout`].
 //!    If [`Shard::has_ready_cells`], do not sleep.
 //!
-//! # Circuits stay on their shard
+//! # Circuits, channels and shards
 //!
-//! Each circuit lives on the shard that accepted its first channel, and the channel an EXTEND2
-//! needs is opened (or reused) by that same shard: no cell ever crosses shards and the per-cell
-//! path takes no lock. The price: a canonical channel to a given peer may exist once per shard
-//! rather than once per relay (tor-spec §5.3.1 asks relays to avoid duplicate channels but
-//! tolerates them; peers only see more TLS connections).
+//! Each circuit lives on the shard that accepted its first channel. The channel an EXTEND2
+//! needs is, in this order: a canonical channel of this shard (the core reuses it), a canonical
+//! channel of another shard (found in the relay's [`crate::xshard::ChannelRegistry`]; the
+//! circuit's cells then cross to that shard and back in batches, see [`crate::xshard`]), one
+//! this shard is already opening, or a new one opened by this shard. So the relay keeps one
+//! channel per peer (tor-spec §5.3.1), the per-cell path takes no lock, and a channel is
+//! reused only if canonical for an address the EXTEND2 names (the address we reach the peer
+//! at, or one its NETINFO claimed). Join the shards with [`Shard::set_xlink`]; a shard
+//! without one keeps everything to itself.
+//!
+//! # Link-level cells
+//!
+//! PADDING_NEGOTIATE is parsed and declined (chive sends no link padding; the protocol has no
+//! answer to send, and the channel is unaffected). A channel we close ends with TLS
+//! close_notify ([`Shard::take_close_notify`]).
 //!
 //! # Limits and overflow policy
 //!
@@ -50,8 +60,10 @@
 //! - [`ShardLimits::memory_max_bytes`]: the bytes the shard holds for circuits and connections
 //!   together ([`Shard::memory_bytes`]: cells queued towards opening channels, plus per
 //!   connection the received ciphertext and plaintext not yet consumed, the ciphertext not yet
-//!   sent and the cells waiting for TLS room). The relay-wide `limits.memory_max_bytes` is split
-//!   evenly across the shards, since a circuit never leaves its shard. At the end of each
+//!   sent and the cells waiting for TLS room, plus cells waiting to cross to or from other
+//!   shards). The counts are kept up to date as buffers grow and shrink, not recounted by a
+//!   walk. The relay-wide `limits.memory_max_bytes` is split evenly across the shards. At the
+//!   end of each
 //!   [`Shard::process_batch`], a shard over its cap applies the OOM policy of C tor's
 //!   `MaxMemInQueues`: it destroys the circuits holding the most queued cells
 //!   ([`RelayCore::close_largest_queue`], DESTROY with RESOURCELIMIT), then, while still over,
@@ -81,10 +93,19 @@ use rand_core::CryptoRngCore;
 use rustls::{ClientConfig, ServerConfig};
 use thiserror::Error;
 
+use crate::circuit::CircCell;
 use crate::circuit::{
     ChanId, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
 };
+use crate::control::ShardGauges;
 use crate::tls::{TlsLink, DEFAULT_PENDING_TLS_MAX_BYTES};
+use crate::xshard::{RegEntry, ShardIndex, XLink, XMsg};
+use proto::cell::ChanCmd;
+use proto::chan_msg::DestroyReason;
+use proto::ids::CircId;
+use proto::ntor::NtorServerKeys;
+use proto::ntor_v3::NtorV3ServerKeys;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest slice [`Shard::poll_transmit`] prepares at once.
 const TRANSMIT_CHUNK_BYTES: usize = 64 * 1024;
@@ -92,6 +113,11 @@ const TRANSMIT_CHUNK_BYTES: usize = 64 * 1024;
 const PLAINTEXT_STEP_BYTES: usize = 16 * 1024;
 /// Rounds of [`Shard::process_batch`] per call before the reactor gets control back.
 const BATCH_ROUNDS_MAX: usize = 4;
+/// The most ciphertext kept for a closing connection's close_notify (the record itself is
+/// tiny; this bounds what TLS still had queued).
+const CLOSE_NOTIFY_MAX_BYTES: usize = 64 * 1024;
+/// Batches taken from the cross-shard inbox per [`Shard::process_batch`].
+const INBOX_DRAIN_MAX: usize = 64;
 
 /// What every shard of a relay shares, read-only: keys, certificates and TLS configurations.
 pub struct RelayContext {
@@ -246,6 +272,8 @@ pub struct ShardStats {
     pub oom_circuits_closed: u64,
     /// Connections closed by the OOM policy (buffered bytes).
     pub oom_conns_closed: u64,
+    /// PADDING_NEGOTIATE cells received (all declined: see [`Shard::process_batch`]).
+    pub padding_negotiate: u64,
 }
 
 enum Handshake {
@@ -289,6 +317,8 @@ struct Conn {
     listed: bool,
     /// Accepted (counted in `per_ip`), not opened by us.
     inbound: bool,
+    /// [`Conn::buffered_bytes`] as last added to [`Shard::conn_bytes`].
+    counted: usize,
 }
 
 struct Slot {
@@ -317,6 +347,38 @@ pub struct Shard {
     stats: ShardStats,
     /// What [`Shard::memory_bytes`] reports: recomputed at each OOM check.
     memory_bytes: usize,
+    /// Cross-shard channels ([`crate::xshard`]); see [`Shard::set_xlink`].
+    x: Option<Cross>,
+    /// See [`Shard::set_gauges`].
+    gauges: Option<Arc<ShardGauges>>,
+    /// The last bytes of closed connections (ending with TLS close_notify), until the reactor
+    /// takes them; at most one per connection slot.
+    last_words: VecDeque<(ConnId, Vec<u8>)>,
+    /// The buffered bytes of all connections, kept up to date as buffers grow and shrink
+    /// ([`Shard::recount`]), so the memory cap needs no walk.
+    conn_bytes: usize,
+}
+
+/// This shard's cross-shard state (see [`crate::xshard`] for the scheme).
+struct Cross {
+    link: XLink,
+    /// Our proxies: our [`ChanId`] → (owning shard, its channel).
+    proxies: HashMap<ChanId, (ShardIndex, ChanId)>,
+    proxy_by_remote: HashMap<(ShardIndex, ChanId), ChanId>,
+    /// On channels we own: (channel, our circuit id) → (shard, its proxy, its circuit id).
+    back: HashMap<(ChanId, CircId), (ShardIndex, ChanId, CircId)>,
+    /// The reverse of `back`.
+    fwd: HashMap<(ShardIndex, ChanId, CircId), (ChanId, CircId)>,
+    /// Other shards' proxies that used each of our channels.
+    users: HashMap<ChanId, Vec<(ShardIndex, ChanId)>>,
+    /// Our relay channels in the registry, with the identity they are filed under.
+    registered: HashMap<ChanId, RsaIdentity>,
+    /// Messages for each shard, sent at the end of [`Shard::process_batch`].
+    out: Vec<Vec<XMsg>>,
+    /// Cells from other shards for our proxies, for the next batch.
+    cells_in: Vec<(ChanId, CircCell)>,
+    /// A destination's inbox was full: messages wait in `out`.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Shard {
@@ -374,7 +436,65 @@ impl Shard {
             ready_cells: false,
             stats: ShardStats::default(),
             memory_bytes: 0,
+            x: None,
+            gauges: None,
+            last_words: VecDeque::new(),
+            conn_bytes: 0,
         })
+    }
+
+    /// Joins this shard to its relay's other shards: channels are shared through
+    /// `link.registry` and cells cross over `link`'s queues (see [`crate::xshard`]).
+    pub fn set_xlink(&mut self, link: XLink) {
+        let n = link.tx.len();
+        self.x = Some(Cross {
+            link,
+            proxies: HashMap::new(),
+            proxy_by_remote: HashMap::new(),
+            back: HashMap::new(),
+            fwd: HashMap::new(),
+            users: HashMap::new(),
+            registered: HashMap::new(),
+            out: (0..n).map(|_| Vec::new()).collect(),
+            cells_in: Vec::new(),
+            blocked: false,
+        });
+    }
+
+    /// The onion keys CREATE2 is answered with from now on (rotation: the previous key rides
+    /// along during its grace period).
+    pub fn set_server_keys(&mut self, ntor: NtorServerKeys, ntor_v3: NtorV3ServerKeys) {
+        self.core.set_server_keys(ntor, ntor_v3);
+    }
+
+    /// The context (link certificate, TLS configurations) for connections started from now
+    /// on; open connections keep theirs.
+    pub fn set_context(&mut self, ctx: Arc<RelayContext>) {
+        self.ctx = ctx;
+    }
+
+    /// Where this shard publishes its statistics for the control shard (once per
+    /// [`Shard::process_batch`]).
+    pub fn set_gauges(&mut self, gauges: Arc<ShardGauges>) {
+        self.gauges = Some(gauges);
+    }
+
+    /// The last bytes to write to `conn`'s socket after its [`ShardEvent::Close`]: the
+    /// ciphertext still waiting and our TLS close_notify. The reactor writes them without
+    /// blocking, if it can, then closes the socket.
+    pub fn take_close_notify(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let i = self.last_words.iter().position(|(c, _)| *c == conn)?;
+        self.last_words.remove(i).map(|(_, b)| b)
+    }
+
+    /// Channels of other shards our circuits use (proxies).
+    pub fn proxies(&self) -> usize {
+        self.x.as_ref().map_or(0, |x| x.proxies.len())
+    }
+
+    /// Circuits of other shards whose next hop is one of our channels.
+    pub fn cross_circuits(&self) -> usize {
+        self.x.as_ref().map_or(0, |x| x.back.len())
     }
 
     /// The circuit core (counters, test hooks).
@@ -469,6 +589,7 @@ impl Shard {
                 && c.wire_in.len() < self.limits.inbuf_max_bytes
                 && c.outbuf.len() - c.out_off < self.limits.tls_out_max_bytes
                 && c.plain_out.is_empty()
+                && !self.x.as_ref().is_some_and(|x| x.blocked)
         })
     }
 
@@ -541,7 +662,10 @@ impl Shard {
             c.tls
                 .poll_tls(&mut c.outbuf, TRANSMIT_CHUNK_BYTES - pending);
         }
-        c.outbuf.get(c.out_off..).unwrap_or_default()
+        self.recount(conn);
+        self.get(conn)
+            .and_then(|c| c.outbuf.get(c.out_off..))
+            .unwrap_or_default()
     }
 
     /// `n` bytes of what [`Shard::poll_transmit`] gave were written.
@@ -564,6 +688,7 @@ impl Shard {
             }
         }
         let more = c.out_off < c.outbuf.len() || c.tls.wants_tls_out();
+        self.recount(conn);
         if more {
             self.mark_writable(conn);
         }
@@ -572,11 +697,16 @@ impl Shard {
     /// Whether cells are waiting for [`Shard::process_batch`] (the reactor must not sleep).
     pub fn has_ready_cells(&self) -> bool {
         self.ready_cells
+            || self
+                .x
+                .as_ref()
+                .is_some_and(|x| x.blocked || !x.cells_in.is_empty() || !x.link.rx.is_empty())
     }
 
     /// Processes every cell received since the last call in one [`RelayCore::handle_batch`]
     /// call (a few rounds if buffers were full), then acts on what the circuits asked for.
     pub fn process_batch(&mut self, rng: &mut impl CryptoRngCore, now: u64) {
+        self.handle_inbox();
         for _ in 0..BATCH_ROUNDS_MAX {
             self.ready_cells = false;
             if !self.batch_round(rng, now) {
@@ -591,15 +721,52 @@ impl Shard {
             }
         }
         self.enforce_memory_cap();
+        self.flush_cross();
+        self.publish();
     }
 
-    /// The bytes held now: a walk over the connections (once per batch, not per cell).
+    /// Stores the counters the control shard logs (a few relaxed stores per batch).
+    fn publish(&self) {
+        let Some(g) = &self.gauges else { return };
+        let st = self.core.stats();
+        let set = |a: &AtomicU64, v: usize| a.store(v as u64, Ordering::Relaxed);
+        g.cells_relayed.store(st.cells_relayed, Ordering::Relaxed);
+        g.cells_recognized
+            .store(st.cells_recognized, Ordering::Relaxed);
+        set(&g.circuits, self.core.circuits());
+        set(&g.channels, self.chans.len());
+        set(&g.cross_circuits, self.cross_circuits());
+        set(&g.proxies, self.proxies());
+        set(&g.memory_bytes, self.memory_bytes);
+    }
+
+    /// Brings [`Shard::conn_bytes`] up to date after `conn`'s buffers changed.
+    fn recount(&mut self, conn: ConnId) {
+        let Some(c) = self.get_mut(conn) else { return };
+        let now = c.buffered_bytes();
+        let old = std::mem::replace(&mut c.counted, now);
+        self.conn_bytes = self.conn_bytes.saturating_sub(old).saturating_add(now);
+    }
+
+    /// The bytes held now, from counters kept up to date (no walk over the connections).
     fn count_memory(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.conn.as_ref())
-            .map(Conn::buffered_bytes)
-            .fold(self.core.queued_bytes(), usize::saturating_add)
+        #[cfg(test)]
+        assert_eq!(
+            self.conn_bytes,
+            self.slots
+                .iter()
+                .filter_map(|s| s.conn.as_ref())
+                .map(Conn::buffered_bytes)
+                .sum::<usize>(),
+            "incremental count matches a walk"
+        );
+        self.core
+            .queued_bytes()
+            .saturating_add(self.conn_bytes)
+            .saturating_add(self.x.as_ref().map_or(0, |x| {
+                (x.out.iter().map(Vec::len).sum::<usize>() + x.cells_in.len())
+                    * std::mem::size_of::<XMsg>()
+            }))
     }
 
     /// The OOM policy (module docs): circuits with the most queued cells first, then the
@@ -678,6 +845,21 @@ impl Shard {
     fn batch_round(&mut self, rng: &mut impl CryptoRngCore, now: u64) -> bool {
         let mut cells: Vec<InCell<'_>> = Vec::new();
         self.consumed.clear();
+        let cells_in = self
+            .x
+            .as_mut()
+            .map(|x| std::mem::take(&mut x.cells_in))
+            .unwrap_or_default();
+        for (chan, cell) in &cells_in {
+            cells.push(InCell {
+                chan: *chan,
+                cell: cell.as_raw(),
+            });
+        }
+        // Circuit ids of other shards' circuits on our channels (none without cross traffic).
+        let mut done: Vec<(ChanId, CircId)> = Vec::new();
+        let cross = self.x.as_mut().filter(|x| !x.back.is_empty());
+        let mut cross = cross;
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(c) = &slot.conn else { continue };
             let ConnState::Open { chan, circ_id_len } = c.state else {
@@ -687,20 +869,57 @@ impl Shard {
             while let Some((cell, used)) =
                 RawCell::decode(c.inbuf.get(off..).unwrap_or_default(), circ_id_len)
             {
-                cells.push(InCell { chan, cell });
                 off += used;
+                if cell.cmd == ChanCmd::PADDING_NEGOTIATE {
+                    // padding-spec §2: a relay may decline link padding; chive sends none
+                    // (no padding machine yet), so a START or STOP changes nothing and needs
+                    // no answer (the protocol has none). Counted, and ignored even when
+                    // malformed, as C tor does; the channel stays open.
+                    let body = cell.body.as_slice();
+                    if proto::chan_msg::PaddingNegotiate::decode(body).is_ok() {
+                        self.stats.padding_negotiate += 1;
+                    }
+                    continue;
+                }
+                if let (Some(x), Some(id)) = (cross.as_deref_mut(), cell.circ_id) {
+                    if let Some(&(shard, proxy, their)) = x.back.get(&(chan, id)) {
+                        if let (Some(mut cc), Some(q)) =
+                            (CircCell::from_raw(&cell), x.out.get_mut(usize::from(shard)))
+                        {
+                            cc.circ_id = their;
+                            if cc.cmd == ChanCmd::DESTROY {
+                                done.push((chan, id));
+                            }
+                            q.push(XMsg::FromChannel { proxy, cell: cc });
+                        }
+                        continue;
+                    }
+                }
+                cells.push(InCell { chan, cell });
             }
             if off > 0 {
                 self.consumed.push((i as u32, off));
             }
         }
-        if cells.is_empty() {
+        if cells.is_empty() && self.consumed.is_empty() {
             return false;
         }
-        self.stats.batches += 1;
-        self.core
-            .handle_batch(rng, &cells, &mut self.out, &mut self.core_events);
+        if !cells.is_empty() {
+            self.stats.batches += 1;
+            self.core
+                .handle_batch(rng, &cells, &mut self.out, &mut self.core_events);
+        }
         drop(cells);
+        if let Some(x) = self.x.as_mut() {
+            let mut cells_in = cells_in;
+            cells_in.clear();
+            if x.cells_in.is_empty() {
+                x.cells_in = cells_in;
+            }
+        }
+        for (chan, id) in done {
+            self.forget_cross(chan, id);
+        }
         let consumed = std::mem::take(&mut self.consumed);
         for &(i, off) in &consumed {
             let Some(conn) = self.id_at(i as usize) else {
@@ -731,6 +950,8 @@ impl Shard {
                 Event::CloseChannel { chan } => {
                     if let Some(&conn) = self.chans.get(&chan) {
                         self.close(conn, CloseReason::Protocol);
+                    } else {
+                        self.drop_proxy(chan, true);
                     }
                 }
             }
@@ -747,6 +968,10 @@ impl Shard {
         ed_id: Option<Ed25519Identity>,
         link_specs: &[LinkSpec],
     ) {
+        // An open channel of another shard (one canonical channel per peer for the relay).
+        if self.use_remote_channel(request, rsa_id, ed_id, link_specs) {
+            return;
+        }
         // A channel to this relay already being opened serves this request too.
         for slot in &mut self.slots {
             if let Some(Conn {
@@ -820,6 +1045,210 @@ impl Shard {
             None => {
                 self.core.handle_channel_failed(request, &mut self.out);
                 self.route_out();
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Cross-shard channels (crate::xshard)
+
+    /// Serves `request` with another shard's open channel if the registry has a canonical one:
+    /// our core gets a proxy channel standing for it.
+    fn use_remote_channel(
+        &mut self,
+        request: RequestId,
+        rsa_id: RsaIdentity,
+        ed_id: Option<Ed25519Identity>,
+        link_specs: &[LinkSpec],
+    ) -> bool {
+        let Some(x) = self.x.as_mut() else {
+            return false;
+        };
+        let Some(e) = x.link.registry.find(rsa_id, ed_id, link_specs, x.link.me) else {
+            return false;
+        };
+        let proxy = match x.proxy_by_remote.get(&(e.shard, e.chan)) {
+            Some(&p) => p,
+            None => {
+                self.next_chan = self.next_chan.wrapping_add(1);
+                let p = ChanId(self.next_chan);
+                x.proxies.insert(p, (e.shard, e.chan));
+                x.proxy_by_remote.insert((e.shard, e.chan), p);
+                p
+            }
+        };
+        let info = ChanInfo {
+            link_version: e.link_version,
+            initiator: e.initiator,
+            rsa_id: Some(rsa_id),
+            ed_id: e.ed_id,
+        };
+        self.core
+            .handle_channel_opened(request, proxy, info, &mut self.out);
+        self.core.set_channel_addrs(proxy, e.addrs);
+        self.route_out();
+        true
+    }
+
+    /// Takes what other shards sent (a bounded number of batches per call).
+    fn handle_inbox(&mut self) {
+        for _ in 0..INBOX_DRAIN_MAX {
+            let Some(batch) = self.x.as_ref().and_then(|x| x.link.rx.try_recv().ok()) else {
+                break;
+            };
+            for msg in batch {
+                self.handle_xmsg(msg);
+            }
+        }
+        self.route_out();
+    }
+
+    fn handle_xmsg(&mut self, msg: XMsg) {
+        let Some(x) = self.x.as_mut() else { return };
+        match msg {
+            XMsg::ToChannel {
+                from,
+                proxy,
+                chan,
+                mut cell,
+            } => {
+                if !self.chans.contains_key(&chan) {
+                    // Closed meanwhile (or never ours): the sender's circuits on it die.
+                    if let Some(q) = x.out.get_mut(usize::from(from)) {
+                        q.push(XMsg::ChannelClosed { proxy });
+                    }
+                    return;
+                }
+                let key = (from, proxy, cell.circ_id);
+                let ours = match x.fwd.get(&key) {
+                    Some(&(_, id)) => id,
+                    None if cell.cmd == ChanCmd::CREATE2 => {
+                        let Some(id) = self.core.reserve_circ_id(chan) else {
+                            // No id or room on the channel: refuse as the peer would.
+                            if let Some(q) = x.out.get_mut(usize::from(from)) {
+                                let reason = [DestroyReason::RESOURCELIMIT.0];
+                                q.push(XMsg::FromChannel {
+                                    proxy,
+                                    cell: CircCell::new(cell.circ_id, ChanCmd::DESTROY, &reason),
+                                });
+                            }
+                            return;
+                        };
+                        x.fwd.insert(key, (chan, id));
+                        x.back.insert((chan, id), key);
+                        let users = x.users.entry(chan).or_default();
+                        if !users.contains(&(from, proxy)) {
+                            users.push((from, proxy));
+                        }
+                        id
+                    }
+                    // A cell for a circuit that is gone on this side.
+                    None => return,
+                };
+                let destroy = cell.cmd == ChanCmd::DESTROY;
+                cell.circ_id = ours;
+                self.out.push(OutCell { chan, cell });
+                if destroy {
+                    self.forget_cross(chan, ours);
+                }
+            }
+            XMsg::FromChannel { proxy, cell } => {
+                if x.proxies.contains_key(&proxy) {
+                    x.cells_in.push((proxy, cell));
+                }
+            }
+            XMsg::ChannelClosed { proxy } => self.drop_proxy(proxy, false),
+            XMsg::ServerKeys { ntor, ntor_v3 } => self.set_server_keys(*ntor, *ntor_v3),
+            XMsg::Context(ctx) => self.set_context(ctx),
+            XMsg::ProxyClosed { from, proxy, chan } => {
+                let ids: Vec<CircId> = x
+                    .back
+                    .iter()
+                    .filter(|(k, v)| k.0 == chan && v.0 == from && v.1 == proxy)
+                    .map(|(k, _)| k.1)
+                    .collect();
+                if let Some(u) = x.users.get_mut(&chan) {
+                    u.retain(|&p| p != (from, proxy));
+                }
+                for id in ids {
+                    let reason = [DestroyReason::CHANNEL_CLOSED.0];
+                    self.out.push(OutCell {
+                        chan,
+                        cell: CircCell::new(id, ChanCmd::DESTROY, &reason),
+                    });
+                    self.forget_cross(chan, id);
+                }
+            }
+        }
+    }
+
+    /// Removes the translation of our circuit id `id` on our channel `chan`.
+    fn forget_cross(&mut self, chan: ChanId, id: CircId) {
+        let Some(x) = self.x.as_mut() else { return };
+        if let Some(key) = x.back.remove(&(chan, id)) {
+            x.fwd.remove(&key);
+            self.core.release_circ_id(chan, id);
+        }
+    }
+
+    /// Our channel `chan` closed: every other shard's proxy of it hears so.
+    fn cross_channel_closed(&mut self, chan: ChanId) {
+        let Some(x) = self.x.as_mut() else { return };
+        if let Some(rsa) = x.registered.remove(&chan) {
+            x.link.registry.remove(rsa, x.link.me, chan);
+        }
+        if let Some(users) = x.users.remove(&chan) {
+            for (shard, proxy) in users {
+                if let Some(q) = x.out.get_mut(usize::from(shard)) {
+                    q.push(XMsg::ChannelClosed { proxy });
+                }
+            }
+        }
+        x.back.retain(|k, _| k.0 != chan);
+        x.fwd.retain(|_, v| v.0 != chan);
+    }
+
+    /// Forgets our proxy `proxy`: its circuits die (DESTROY with CHANNEL_CLOSED towards their
+    /// origin); `tell_owner` when the owning shard must drop its side too.
+    fn drop_proxy(&mut self, proxy: ChanId, tell_owner: bool) {
+        let Some(x) = self.x.as_mut() else { return };
+        let Some((shard, chan)) = x.proxies.remove(&proxy) else {
+            return;
+        };
+        x.proxy_by_remote.remove(&(shard, chan));
+        x.cells_in.retain(|(p, _)| *p != proxy);
+        if tell_owner {
+            let from = x.link.me;
+            if let Some(q) = x.out.get_mut(usize::from(shard)) {
+                q.push(XMsg::ProxyClosed { from, proxy, chan });
+            }
+        }
+        self.core.handle_channel_closed(proxy, &mut self.out);
+        self.route_out();
+    }
+
+    /// Sends each shard its batch, then wakes it. A full inbox keeps the batch here (and stops
+    /// reading sockets, [`Shard::wants_read`]) until a later call.
+    fn flush_cross(&mut self) {
+        let Some(x) = self.x.as_mut() else { return };
+        x.blocked = false;
+        for (i, q) in x.out.iter_mut().enumerate() {
+            if q.is_empty() {
+                continue;
+            }
+            let (Some(tx), Some(w)) = (x.link.tx.get(i), x.link.wakers.get(i)) else {
+                q.clear();
+                continue;
+            };
+            match tx.try_send(std::mem::take(q)) {
+                Ok(()) => w.wake(),
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    *q = back;
+                    x.blocked = true;
+                    // The receiver may be asleep with a full inbox it has not seen yet.
+                    w.wake();
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
             }
         }
     }
@@ -925,6 +1354,7 @@ impl Shard {
                 }
             }
         }
+        self.recount(conn);
         self.mark_writable(conn);
         if let Some(reason) = failed {
             self.stats.handshakes_failed += u64::from(finished.is_none() && !self.is_open(conn));
@@ -969,8 +1399,27 @@ impl Shard {
             rsa_id: info.peer.as_ref().map(|p| p.rsa_identity),
             ed_id: info.peer.as_ref().map(|p| p.ed25519_identity),
         };
-        if requests.is_empty() {
-            self.core.add_channel(chan, chan_info);
+        self.core.add_channel(chan, chan_info);
+        if let (Some(rsa), Some(peer)) = (chan_info.rsa_id, self.get(conn).map(|c| c.peer)) {
+            // tor-spec §5.3.1: canonical for the address we reach the peer at and those its
+            // NETINFO claimed.
+            let mut addrs = vec![peer.ip()];
+            addrs.extend(info.peer_addrs.iter().filter(|a| **a != peer.ip()));
+            self.core.set_channel_addrs(chan, addrs.clone());
+            if let Some(x) = self.x.as_mut() {
+                x.link.registry.insert(
+                    rsa,
+                    RegEntry {
+                        shard: x.link.me,
+                        chan,
+                        link_version: chan_info.link_version,
+                        initiator: chan_info.initiator,
+                        ed_id: chan_info.ed_id,
+                        addrs,
+                    },
+                );
+                x.registered.insert(chan, rsa);
+            }
         }
         for r in requests {
             self.core
@@ -994,6 +1443,18 @@ impl Shard {
         let plain_max = self.limits.plain_out_max_bytes;
         for o in out.drain(..) {
             let Some(&conn) = self.chans.get(&o.chan) else {
+                if let Some(x) = self.x.as_mut() {
+                    if let Some(&(shard, chan)) = x.proxies.get(&o.chan) {
+                        if let Some(q) = x.out.get_mut(usize::from(shard)) {
+                            q.push(XMsg::ToChannel {
+                                from: x.link.me,
+                                proxy: o.chan,
+                                chan,
+                                cell: o.cell,
+                            });
+                        }
+                    }
+                }
                 continue;
             };
             let Some(c) = self.get_mut(conn) else {
@@ -1026,6 +1487,7 @@ impl Shard {
                 Err(_) => overflowed.push(conn),
             }
             self.mark_writable(conn);
+            self.recount(conn);
         }
         // Over the cap after TLS took what it could: the peer is not reading.
         for conn in over_cap {
@@ -1056,7 +1518,20 @@ impl Shard {
         }
         self.free.push(conn.index);
         self.stats.closed += 1;
+        self.conn_bytes = self.conn_bytes.saturating_sub(c.counted);
         self.events.push_back(ShardEvent::Close { conn, reason });
+        // TLS close_notify after whatever ciphertext was still waiting, for the reactor to
+        // write before it closes the socket (best effort: [`Shard::take_close_notify`]).
+        let mut c = c;
+        if !c.connecting && !matches!(reason, CloseReason::Tls | CloseReason::ConnectFailed) {
+            let mut bye = c.outbuf.split_off(c.out_off.min(c.outbuf.len()));
+            c.tls.send_close();
+            c.tls.poll_tls(&mut bye, CLOSE_NOTIFY_MAX_BYTES);
+            if self.last_words.len() >= self.limits.conns_max {
+                self.last_words.pop_front();
+            }
+            self.last_words.push_back((conn, bye));
+        }
         if c.inbound {
             if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
                 *n = n.saturating_sub(1);
@@ -1069,6 +1544,7 @@ impl Shard {
             ConnState::Open { chan, .. } => {
                 self.chans.remove(&chan);
                 self.core.handle_channel_closed(chan, &mut self.out);
+                self.cross_channel_closed(chan);
             }
             ConnState::Handshaking(Handshake::Initiator { requests, .. }) => {
                 for r in requests {
@@ -1164,6 +1640,7 @@ impl Conn {
             plain_out: Vec::new(),
             listed: false,
             inbound: false,
+            counted: 0,
         }
     }
 }
@@ -1489,6 +1966,442 @@ mod tests {
             assert_eq!(got.len(), 1, "{got:?}");
             circ.handle_cell(&got[0]).unwrap()
         }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum XEnd {
+        Client(usize),
+        Shard(usize, ConnId),
+    }
+
+    /// Relay R as two shards (0 and 1) joined by a cross-shard mesh, relay P (shard 2, echoing
+    /// DROPs), and one client on each of R's shards; byte pipes as in [`Net`].
+    struct XNet {
+        rng: StdRng,
+        shards: Vec<Shard>,
+        addrs: Vec<SocketAddr>,
+        clients: Vec<Client>,
+        pipes: Vec<(XEnd, XEnd)>,
+        connects: usize,
+    }
+
+    impl XNet {
+        fn new() -> XNet {
+            let mut rng = StdRng::seed_from_u64(11);
+            let r_addr: SocketAddr = "10.0.0.1:9001".parse().unwrap();
+            let p_addr: SocketAddr = "10.0.0.2:9001".parse().unwrap();
+            let (r, p) = (context(21, r_addr), context(22, p_addr));
+            let engine = Engine::from_env().unwrap();
+            let mk = |c: &Arc<RelayContext>| {
+                Shard::new(c.clone(), engine, ShardLimits::default(), Limits::default()).unwrap()
+            };
+            let mut shards = vec![mk(&r), mk(&r), mk(&p)];
+            let links = crate::xshard::mesh(vec![
+                Arc::new(crate::xshard::NoWake),
+                Arc::new(crate::xshard::NoWake),
+            ]);
+            for (s, l) in shards.iter_mut().zip(links) {
+                s.set_xlink(l);
+            }
+            shards[2].core_mut().set_echo_drop_for_tests(true);
+            let clients = vec![
+                Client::new(&r, r_addr, &mut rng),
+                Client::new(&r, r_addr, &mut rng),
+            ];
+            let mut net = XNet {
+                rng,
+                shards,
+                addrs: vec![r_addr, r_addr, p_addr],
+                clients,
+                pipes: Vec::new(),
+                connects: 0,
+            };
+            for k in 0..2 {
+                let from = SocketAddr::new(IpAddr::from([10, 9, 9, k as u8]), 5555);
+                let conn = net.shards[k]
+                    .handle_accepted(&mut net.rng, from, NOW)
+                    .unwrap();
+                net.pipes.push((XEnd::Client(k), XEnd::Shard(k, conn)));
+            }
+            net.run();
+            net
+        }
+
+        fn info(&self, i: usize) -> RelayInfo {
+            RelayInfo::from_keys(&self.shards[i].ctx.keys, vec![self.addrs[i]])
+        }
+
+        fn peer(&self, e: XEnd) -> Option<XEnd> {
+            self.pipes.iter().find_map(|&(a, b)| {
+                if a == e {
+                    Some(b)
+                } else if b == e {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+        }
+
+        fn deliver(&mut self, to: XEnd, data: &[u8]) {
+            match to {
+                XEnd::Client(k) => self.clients[k].recv(data),
+                XEnd::Shard(s, c) => self.shards[s].handle_recv(c, data, NOW),
+            }
+        }
+
+        fn run(&mut self) {
+            for _ in 0..200 {
+                let mut busy = false;
+                for k in 0..self.clients.len() {
+                    let mut out = Vec::new();
+                    self.clients[k].tls.poll_tls(&mut out, usize::MAX);
+                    if !out.is_empty() {
+                        busy = true;
+                        if let Some(to) = self.peer(XEnd::Client(k)) {
+                            self.deliver(to, &out);
+                        }
+                    }
+                }
+                for s in 0..self.shards.len() {
+                    busy |= self.shards[s].has_ready_cells();
+                    self.shards[s].process_batch(&mut self.rng, NOW);
+                    while let Some(ev) = self.shards[s].poll_event() {
+                        busy = true;
+                        match ev {
+                            ShardEvent::Connect { conn, addr } => {
+                                self.connects += 1;
+                                let t = self.addrs.iter().rposition(|a| *a == addr).unwrap();
+                                let from = SocketAddr::new(self.addrs[s].ip(), 40000 + s as u16);
+                                let tc = self.shards[t]
+                                    .handle_accepted(&mut self.rng, from, NOW)
+                                    .unwrap();
+                                self.pipes.push((XEnd::Shard(s, conn), XEnd::Shard(t, tc)));
+                                self.shards[s].handle_connected(conn);
+                            }
+                            ShardEvent::Close { conn, .. } => {
+                                let me = XEnd::Shard(s, conn);
+                                if let Some(p) = self.peer(me) {
+                                    self.pipes.retain(|&(a, b)| a != me && b != me);
+                                    if let XEnd::Shard(t, tc) = p {
+                                        self.shards[t].handle_eof(tc);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    while let Some(conn) = self.shards[s].poll_writable() {
+                        let data = self.shards[s].poll_transmit(conn).to_vec();
+                        if data.is_empty() {
+                            continue;
+                        }
+                        busy = true;
+                        self.shards[s].handle_sent(conn, data.len());
+                        if let Some(to) = self.peer(XEnd::Shard(s, conn)) {
+                            self.deliver(to, &data);
+                        }
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+            panic!("network not quiet");
+        }
+
+        fn exchange(&mut self, k: usize, circ: &mut OriginCircuit, cell: CircCell) -> ClientEvent {
+            self.clients[k].send(&cell);
+            self.run();
+            let got = self.clients[k].cells();
+            assert_eq!(got.len(), 1, "{got:?}");
+            circ.handle_cell(&got[0]).unwrap()
+        }
+
+        /// A circuit from client `k` through R to P.
+        fn build(&mut self, k: usize, v: u32) -> OriginCircuit {
+            let engine = Engine::from_env().unwrap();
+            let (r, p) = (self.info(0), self.info(2));
+            let id = CircId::new(0x8000_0000 | v).unwrap();
+            let (mut circ, cell) =
+                OriginCircuit::create_first_hop(&mut self.rng, engine, id, HandshakeKind::Ntor, &r)
+                    .unwrap();
+            assert_eq!(
+                self.exchange(k, &mut circ, cell),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+            let cell = circ
+                .extend(&mut self.rng, HandshakeKind::NtorV3, &p)
+                .unwrap();
+            assert_eq!(
+                self.exchange(k, &mut circ, cell),
+                ClientEvent::HopAdded { hops: 2 }
+            );
+            circ
+        }
+
+        /// RELAY_DROPs to P, echoed: every byte checked.
+        fn echo(&mut self, k: usize, circ: &mut OriginCircuit, n: u8) {
+            for i in 0..n {
+                let data: Vec<u8> = (0..400).map(|j| (j as u8) ^ i ^ (k as u8 * 77)).collect();
+                let cell = circ
+                    .send_raw(&mut self.rng, 1, RelayCmd::DROP, None, &data)
+                    .unwrap();
+                match self.exchange(k, circ, cell) {
+                    ClientEvent::Msg {
+                        hop: 1, data: got, ..
+                    } => assert_eq!(got, data, "echo {i}"),
+                    ev => panic!("{ev:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn circuits_cross_shards_to_the_one_canonical_channel() {
+        let mut net = XNet::new();
+        // Client 1's circuit makes shard 1 open the relay's channel to P.
+        let mut c1 = net.build(1, 1);
+        assert_eq!(net.connects, 1);
+        // Client 0's circuits (on shard 0) extend over shard 1's channel: no second channel.
+        let mut c0 = net.build(0, 1);
+        let mut c0b = net.build(0, 2);
+        assert_eq!(net.connects, 1, "one channel to P for the whole relay");
+        assert_eq!(net.shards[2].channels(), 1);
+        assert_eq!(net.shards[0].proxies(), 1);
+        assert_eq!(net.shards[1].cross_circuits(), 2);
+        assert_eq!(net.shards[0].core().circuits(), 2);
+        assert_eq!(net.shards[1].core().circuits(), 1);
+        assert_eq!(net.shards[2].core().circuits(), 3);
+        net.echo(0, &mut c0, 5);
+        net.echo(1, &mut c1, 3);
+        net.echo(0, &mut c0b, 3);
+
+        // DESTROY from shard 0 towards P (TRUNCATE at hop 0).
+        let cell = c0b
+            .send_raw(&mut net.rng, 0, RelayCmd::TRUNCATE, None, &[])
+            .unwrap();
+        assert_eq!(
+            net.exchange(0, &mut c0b, cell),
+            ClientEvent::Truncated {
+                hop: 0,
+                reason: DestroyReason::REQUESTED
+            }
+        );
+        assert_eq!(net.shards[1].cross_circuits(), 1);
+        assert_eq!(net.shards[2].core().circuits(), 2);
+
+        // DESTROY from P back to shard 0: P closes its half for a malformed EXTEND2.
+        let cell = c0
+            .send_raw(&mut net.rng, 1, RelayCmd::EXTEND2, None, &[0xff; 3])
+            .unwrap();
+        let ev = net.exchange(0, &mut c0, cell);
+        assert!(
+            matches!(
+                ev,
+                ClientEvent::Truncated { hop: 0, .. } | ClientEvent::Destroyed { .. }
+            ),
+            "{ev:?}"
+        );
+        assert_eq!(net.shards[1].cross_circuits(), 0);
+        assert_eq!(net.shards[2].core().circuits(), 1);
+        // Client 1's circuit is untouched.
+        net.echo(1, &mut c1, 2);
+
+        // A new circuit from shard 0 reuses the proxy; then P's channel closes.
+        let mut c0c = net.build(0, 3);
+        net.echo(0, &mut c0c, 2);
+        assert_eq!(net.connects, 1);
+        let p_conn = net
+            .pipes
+            .iter()
+            .find_map(|&(a, b)| match (a, b) {
+                (_, XEnd::Shard(2, c)) | (XEnd::Shard(2, c), _) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        net.shards[2].handle_close(p_conn);
+        net.run();
+        for (k, circ) in [(0, &mut c0c), (1, &mut c1)] {
+            let got = net.clients[k].cells();
+            assert_eq!(got.len(), 1, "{got:?}");
+            let ev = circ.handle_cell(&got[0]).unwrap();
+            assert!(
+                matches!(
+                    ev,
+                    ClientEvent::Truncated {
+                        hop: 0,
+                        reason: DestroyReason::CHANNEL_CLOSED
+                    } | ClientEvent::Destroyed { .. }
+                ),
+                "{ev:?}"
+            );
+        }
+        assert_eq!(net.shards[0].proxies(), 0);
+        assert_eq!(net.shards[1].cross_circuits(), 0);
+        assert_eq!(net.shards[1].channels(), 1, "only client 1's channel");
+        // With no channel anywhere, shard 0 opens its own.
+        let mut c0d = net.build(0, 4);
+        assert_eq!(net.connects, 2);
+        assert_eq!(net.shards[0].proxies(), 0);
+        net.echo(0, &mut c0d, 2);
+    }
+
+    /// Onion-key rotation as the control shard pushes it over the shard's queue: during the
+    /// grace period CREATE2 with either key works; afterwards only the new key does.
+    #[test]
+    fn onion_key_rotation_keeps_the_previous_key_for_the_grace_period() {
+        let mut net = Net::new();
+        let links = crate::xshard::mesh(vec![Arc::new(crate::xshard::NoWake)]);
+        let link = links.into_iter().next().unwrap();
+        let control = link.tx[0].clone();
+        net.shards[0].set_xlink(link);
+        net.run();
+        let engine = Engine::from_env().unwrap();
+        let old = net.info(0);
+        let mut keys = net.shards[0].ctx.keys.clone();
+        let previous = keys.ntor_onion().clone();
+        keys.set_ntor_onion(proto::keys::NtorOnionKeypair::generate(&mut net.rng));
+        let new = RelayInfo::from_keys(&keys, vec![net.addrs[0]]);
+        assert_ne!(new, old);
+        let push = |net: &mut Net, prev: Option<proto::keys::NtorOnionKeypair>| {
+            control
+                .send(vec![XMsg::ServerKeys {
+                    ntor: Box::new(keys.ntor_server_keys(prev.clone())),
+                    ntor_v3: Box::new(keys.ntor_v3_server_keys(prev)),
+                }])
+                .unwrap();
+            net.run();
+        };
+        let mut n = 0u32;
+        let mut create = |net: &mut Net, kind, info: &RelayInfo| {
+            n += 1;
+            let id = CircId::new(0x8000_0000 | n).unwrap();
+            let (mut circ, cell) =
+                OriginCircuit::create_first_hop(&mut net.rng, engine, id, kind, info).unwrap();
+            net.exchange(&mut circ, cell)
+        };
+        let added = ClientEvent::HopAdded { hops: 1 };
+        push(&mut net, Some(previous));
+        for kind in [HandshakeKind::Ntor, HandshakeKind::NtorV3] {
+            assert_eq!(
+                create(&mut net, kind, &old),
+                added,
+                "{kind:?} old key, grace"
+            );
+            assert_eq!(create(&mut net, kind, &new), added, "{kind:?} new key");
+        }
+        push(&mut net, None);
+        for kind in [HandshakeKind::Ntor, HandshakeKind::NtorV3] {
+            let ev = create(&mut net, kind, &old);
+            assert!(
+                matches!(ev, ClientEvent::Destroyed { .. }),
+                "{kind:?} {ev:?}"
+            );
+            assert_eq!(create(&mut net, kind, &new), added, "{kind:?} new key");
+        }
+    }
+
+    /// A rotated link certificate is what connections accepted afterwards see; open channels
+    /// keep working.
+    #[test]
+    fn link_certificate_rotation_applies_to_new_connections() {
+        let mut net = XNet::new();
+        let mut c0 = net.build(0, 1);
+        let old_digest = net.shards[0].ctx.link_cert_digest;
+        assert_eq!(net.clients[0].tls.peer_cert_digest(), Some(old_digest));
+        let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, NOW, 86_400, &mut net.rng).unwrap();
+        let ctx = net.shards[0].ctx.clone();
+        let rotated = Arc::new(RelayContext {
+            keys: ctx.keys.clone(),
+            identity_certs: ctx.identity_certs.clone(),
+            server: server_config(&cert).unwrap(),
+            client: ctx.client.clone(),
+            link_cert_digest: cert.digest(),
+            our_addrs: ctx.our_addrs.clone(),
+        });
+        net.shards[0].set_context(rotated);
+        let r_addr = net.addrs[0];
+        let client = Client::new(&ctx, r_addr, &mut net.rng);
+        net.clients.push(client);
+        let conn = net.shards[0]
+            .handle_accepted(&mut net.rng, "10.9.9.50:5555".parse().unwrap(), NOW)
+            .unwrap();
+        net.pipes.push((XEnd::Client(2), XEnd::Shard(0, conn)));
+        net.run();
+        assert!(
+            net.clients[2].info.is_some(),
+            "handshake with the new certificate"
+        );
+        assert_eq!(net.clients[2].tls.peer_cert_digest(), Some(cert.digest()));
+        assert_ne!(cert.digest(), old_digest);
+        let mut c2 = net.build(2, 1);
+        net.echo(2, &mut c2, 2);
+        net.echo(0, &mut c0, 2);
+    }
+
+    /// PADDING_NEGOTIATE is declined silently and the channel goes on; a channel we close ends
+    /// with TLS close_notify.
+    #[test]
+    fn padding_negotiate_is_declined_and_close_sends_close_notify() {
+        let mut net = Net::new();
+        net.run();
+        let engine = Engine::from_env().unwrap();
+        let first = net.info(0);
+        for cmd in [
+            proto::chan_msg::PaddingNegotiateCmd::START,
+            proto::chan_msg::PaddingNegotiateCmd::STOP,
+        ] {
+            let mut body = Vec::new();
+            proto::chan_msg::PaddingNegotiate {
+                command: cmd,
+                ito_low_ms: 1500,
+                ito_high_ms: 9500,
+            }
+            .encode(&mut body)
+            .unwrap();
+            let mut fixed = [0u8; proto::cell::BODY_LEN];
+            fixed[..body.len()].copy_from_slice(&body);
+            let mut v = Vec::new();
+            RawCell {
+                circ_id: None,
+                cmd: ChanCmd::PADDING_NEGOTIATE,
+                body: proto::cell::CellBody::Fixed(&fixed),
+            }
+            .encode(CircIdLen::Four, &mut v)
+            .unwrap();
+            net.client.tls.write_plaintext(&v).unwrap();
+        }
+        net.run();
+        assert_eq!(net.shards[0].stats().padding_negotiate, 2);
+        assert!(net.client.cells().is_empty(), "no answer");
+        let id = CircId::new(0x8000_0001).unwrap();
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        assert_eq!(
+            net.exchange(&mut circ, cell),
+            ClientEvent::HopAdded { hops: 1 }
+        );
+        assert_eq!(net.shards[0].channels(), 1);
+        // Now the shard closes the channel: its last bytes carry close_notify.
+        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+            panic!()
+        };
+        net.shards[0].handle_close(conn);
+        assert!(matches!(
+            net.shards[0].poll_event(),
+            Some(ShardEvent::Close { conn: c, .. }) if c == conn
+        ));
+        let bye = net.shards[0].take_close_notify(conn).unwrap();
+        assert!(net.shards[0].take_close_notify(conn).is_none());
+        assert!(!net.client.tls.peer_closed());
+        net.client.recv(&bye);
+        assert!(net.client.tls.peer_closed());
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   extends to the other implementation, authenticating as initiator and checked as
 //!   responder; DROPs echoed by the chive hop cross C tor's relay crypto both ways.
 //!
+//! - [`circuits_cross_shards`] (and `_io_uring`): circuits entering a 2-shard relay on both
+//!   shards all extend over its single channel to the next relay, so half of them cross
+//!   shards; echoes, DESTROY both ways and the channel's close are checked.
+//!
 //! The relays run as the test binary's sibling `chive` (`CARGO_BIN_EXE_chive`) in temporary
 //! data directories; each test finishes in seconds.
 
@@ -24,7 +28,7 @@ mod ctor;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chive::{relay_info, Chan, Chive};
 use ctor::CTorRelay;
@@ -80,6 +84,36 @@ fn accepting_shards(log: &str) -> std::collections::BTreeSet<String> {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// Per shard thread named in `log`, the accepted connections not logged as closed.
+fn open_accepted_per_shard(log: &str) -> std::collections::BTreeMap<String, usize> {
+    let peer = |l: &str| {
+        let p = l.split("peer=").nth(1)?.split_whitespace().next()?;
+        Some(
+            p.trim_start_matches("Some(")
+                .trim_end_matches(')')
+                .to_string(),
+        )
+    };
+    let closed: std::collections::BTreeSet<String> = log
+        .lines()
+        .filter(|l| l.contains("connection closed"))
+        .filter_map(peer)
+        .collect();
+    let mut open = std::collections::BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("accepted")) {
+        let (Some(p), Some(t)) = (
+            peer(l),
+            l.split_whitespace().find(|w| w.starts_with("chive-shard-")),
+        ) else {
+            continue;
+        };
+        if !closed.contains(&p) {
+            *open.entry(t.to_string()).or_insert(0) += 1;
+        }
+    }
+    open
 }
 
 fn run_three_chive_relays(backend: &str) {
@@ -150,6 +184,134 @@ fn three_chive_relays_io_uring() {
         return;
     }
     run_three_chive_relays("io_uring");
+}
+
+/// Circuits forced to cross shards: relay M (2 shards) gets client channels on both of its
+/// shards, and every circuit extends from M to relay E. M keeps ONE channel to E for the whole
+/// relay, so the circuits entering on the other shard relay their cells through the shard that
+/// owns it. Checked: E accepted a single connection; DROP echoes byte for byte from E and M;
+/// DESTROY from M towards E (TRUNCATE) and from E towards M (E destroys its half on a malformed
+/// EXTEND2); then E goes away and every circuit hears of the closed channel.
+fn run_cross_shard(backend: &str) {
+    use HandshakeKind::*;
+    let (m, e) = std::thread::scope(|s| {
+        let stats = "[control]\nstats_interval_secs = 1\n";
+        let m = s.spawn(|| Chive::start_with("chiveM", backend, stats));
+        let e = s.spawn(|| Chive::start("chiveE", backend));
+        (m.join().unwrap(), e.join().unwrap())
+    });
+    let path = [&m.info, &e.info];
+    let mut chans = Vec::new();
+    // Channels until each shard holds two open accepted connections: the start-up probe (a
+    // bare TCP connect, closed at once) cannot account for that.
+    let enough = |m: &Chive| {
+        let open = open_accepted_per_shard(&m.log());
+        open.len() == 2 && open.values().all(|&n| n >= 2)
+    };
+    for _ in 0..40u32 {
+        let mut chan = Chan::open(&m.info);
+        let circ = chan.build(1, &path, &[Ntor, NtorV3]);
+        chans.push((chan, circ));
+        std::thread::sleep(Duration::from_millis(10));
+        if enough(&m) {
+            break;
+        }
+    }
+    assert!(enough(&m), "{}", m.log());
+    for (chan, circ) in &mut chans {
+        chan.echo(circ, 1, 48);
+        chan.echo(circ, 0, 4);
+    }
+    // Connections E holds open (the start-up probe came and went).
+    let open = |r: &Chive| {
+        let log = r.log();
+        let n = |w: &str| log.lines().filter(|l| l.contains(w)).count();
+        n("accepted") - n("connection closed")
+    };
+    assert_eq!(open(&e), 1, "one channel from M to E: {}", e.log());
+    // DESTROY M → E, then the circuit grows again over the same channel.
+    for (chan, circ) in &mut chans {
+        assert_eq!(chan.truncate(circ, 0), DestroyReason::REQUESTED);
+        let cell = circ.extend(&mut rand::rngs::OsRng, Ntor, &e.info).unwrap();
+        assert_eq!(chan.exchange(circ, cell), ClientEvent::HopAdded { hops: 2 });
+        chan.echo(circ, 1, 16);
+    }
+    // DESTROY E → M.
+    for (chan, circ) in &mut chans {
+        let cell = circ
+            .send_raw(
+                &mut rand::rngs::OsRng,
+                1,
+                RelayCmd::EXTEND2,
+                None,
+                &[0xff; 3],
+            )
+            .unwrap();
+        let ev = chan.exchange(circ, cell);
+        assert!(
+            matches!(
+                ev,
+                ClientEvent::Truncated { hop: 0, .. } | ClientEvent::Destroyed { .. }
+            ),
+            "{ev:?}"
+        );
+        if circ.is_closed() {
+            // M answered with DESTROY: a new circuit on the same channel.
+            *circ = chan.build(2, &path, &[CreateFast, NtorV3]);
+        } else {
+            let cell = circ
+                .extend(&mut rand::rngs::OsRng, NtorV3, &e.info)
+                .unwrap();
+            assert_eq!(chan.exchange(circ, cell), ClientEvent::HopAdded { hops: 2 });
+        }
+        chan.echo(circ, 1, 8);
+    }
+    assert_eq!(open(&e), 1, "still one channel: {}", e.log());
+    // The control shard's statistics show circuits of one shard on the other's channel.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !m
+        .log()
+        .lines()
+        .any(|l| l.contains("shard stats") && !l.contains("cross_circuits=0"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no cross-shard stats: {}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The channel closes: every circuit, on either shard of M, is told.
+    assert!(e.terminate().success());
+    for (chan, circ) in &mut chans {
+        let reply = chan.recv(circ.circ_id());
+        let ev = circ.handle_cell(&reply).unwrap();
+        assert!(
+            matches!(
+                ev,
+                ClientEvent::Truncated {
+                    hop: 0,
+                    reason: DestroyReason::CHANNEL_CLOSED
+                } | ClientEvent::Destroyed { .. }
+            ),
+            "{ev:?}"
+        );
+    }
+    assert!(m.terminate().success());
+}
+
+#[test]
+fn circuits_cross_shards() {
+    run_cross_shard("poll");
+}
+
+#[test]
+fn circuits_cross_shards_io_uring() {
+    if let Err(e) = relay::reactor::uring_probe() {
+        eprintln!("SKIPPED: io_uring unavailable here: {e}");
+        return;
+    }
+    run_cross_shard("io_uring");
 }
 
 #[test]

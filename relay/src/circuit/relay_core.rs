@@ -46,7 +46,8 @@
 //! the circuit holding the most queued data (the one that started queueing first among equals)
 //! with RESOURCELIMIT in both directions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use crypto_simd::cgo::{CgoHop, CgoJob, CgoOp, CgoOutcome, CMD_RELAY};
 use crypto_simd::{Engine, Job, Op, Outcome, Tor1Hop};
@@ -320,6 +321,10 @@ pub struct RelayCore {
     queued_bytes: usize,
     /// Source of [`PendingExtend::queued_since`].
     queue_seq: u64,
+    /// Circuit ids held on a channel for circuits of another shard ([`RelayCore::reserve_circ_id`]).
+    reserved: HashSet<(ChanId, CircId)>,
+    /// Addresses a channel is canonical for ([`RelayCore::set_channel_addrs`]).
+    canonical_addrs: HashMap<ChanId, Vec<IpAddr>>,
 }
 
 impl std::fmt::Debug for RelayCore {
@@ -416,6 +421,8 @@ impl RelayCore {
             echo_drop: false,
             queued_bytes: 0,
             queue_seq: 0,
+            reserved: HashSet::new(),
+            canonical_addrs: HashMap::new(),
         })
     }
 
@@ -467,6 +474,37 @@ impl RelayCore {
         }
         if let Some(ed) = info.ed_id {
             self.by_ed.entry(ed).or_insert(chan);
+        }
+    }
+
+    /// Holds a fresh circuit id on `chan` for a circuit whose other half lives on another shard
+    /// (the shard owning `chan` relays its cells): this core never allocates it and counts it
+    /// against [`Limits::circuits_per_channel_max`] until [`RelayCore::release_circ_id`].
+    pub fn reserve_circ_id(&mut self, chan: ChanId) -> Option<CircId> {
+        let id = self.alloc_circ_id(chan)?;
+        self.reserved.insert((chan, id));
+        if let Some(ch) = self.chans.get_mut(&chan) {
+            ch.circuits += 1;
+        }
+        Some(id)
+    }
+
+    /// Gives back an id from [`RelayCore::reserve_circ_id`].
+    pub fn release_circ_id(&mut self, chan: ChanId, id: CircId) {
+        if self.reserved.remove(&(chan, id)) {
+            if let Some(ch) = self.chans.get_mut(&chan) {
+                ch.circuits = ch.circuits.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The addresses `chan`'s peer is known at (the address we see it at and those its NETINFO
+    /// claimed). EXTEND2 reuses the channel only if one of its link-specifier addresses is
+    /// among them (tor-spec §5.3.1, canonical channels); a channel without addresses set is
+    /// reused on identity alone.
+    pub fn set_channel_addrs(&mut self, chan: ChanId, addrs: Vec<IpAddr>) {
+        if self.chans.contains_key(&chan) {
+            self.canonical_addrs.insert(chan, addrs);
         }
     }
 
@@ -614,6 +652,8 @@ impl RelayCore {
             }
         }
         self.scratch_slots = slots;
+        self.reserved.retain(|(c, _)| *c != chan);
+        self.canonical_addrs.remove(&chan);
         if let Some(c) = self.chans.remove(&chan) {
             if let Some(rsa) = c.info.rsa_id {
                 if self.by_rsa.get(&rsa) == Some(&chan) {
@@ -1339,7 +1379,7 @@ impl RelayCore {
                 self.close(slot, Some(DestroyReason::OR_IDENTITY), None, out);
                 return;
             }
-            if usable {
+            if usable && self.is_canonical(chan, &e.link_specs) {
                 self.send_create(slot, chan, e.htype, &e.hdata, out);
                 return;
             }
@@ -1433,12 +1473,20 @@ impl RelayCore {
         for _ in 0..CIRC_ID_ATTEMPTS_MAX {
             ch.id_counter = ch.id_counter.wrapping_add(1) & 0x7fff_ffff;
             if let Some(id) = CircId::new(high | ch.id_counter) {
-                if !self.routes.contains_key(&(chan, id)) {
+                if !self.routes.contains_key(&(chan, id)) && !self.reserved.contains(&(chan, id)) {
                     return Some(id);
                 }
             }
         }
         None
+    }
+
+    /// Whether `chan` may serve an EXTEND2 naming `specs` (see [`RelayCore::set_channel_addrs`]).
+    fn is_canonical(&self, chan: ChanId, specs: &[LinkSpec]) -> bool {
+        let Some(known) = self.canonical_addrs.get(&chan) else {
+            return true;
+        };
+        crate::xshard::canonical_for(specs, known)
     }
 
     /// TRUNCATE: destroys everything after this hop.

@@ -1,16 +1,21 @@
 //! The reactors: the loops that drive one [`Shard`] per thread with sockets and a clock.
 //!
 //! - [`poll`]: the portable backend (`mio`: epoll on Linux, kqueue elsewhere).
-//! - `uring` (Linux): io_uring; the only module of the crate with `unsafe` code.
+//! - `uring` (Linux): io_uring; with `wake`, the only modules of the crate with `unsafe` code.
+//! - `wake` (Linux): the eventfd other shards write to wake this shard's reactor.
 //!
 //! Each shard thread has its own listening socket bound with `SO_REUSEPORT` on the same ORPort
 //! ([`bind_reuseport`]), so the kernel spreads incoming connections over the shards and no
 //! connection is ever handed from one thread to another. Outbound channels (for EXTEND2) are
-//! opened by the shard whose circuit needs them (see [`crate::shard`]).
+//! opened by the shard whose circuit needs them when no shard has one (see [`crate::shard`]);
+//! cells of circuits using another shard's channel cross over queues, and each reactor waits
+//! on its [`Waker`] (an eventfd) along with its sockets.
 
 pub mod poll;
 #[cfg(target_os = "linux")]
 pub mod uring;
+#[cfg(target_os = "linux")]
+pub mod wake;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -55,17 +60,19 @@ pub enum Backend {
     IoUring,
 }
 
-/// Runs `shard` on `listener` with `backend` until `stop` is set.
+/// Runs `shard` on `listener` with `backend` until `stop` is set; `wake` is the eventfd other
+/// shards write when they queued cells for this one.
 pub fn run_shard(
     backend: Backend,
     shard: Shard,
     listener: TcpListener,
+    wake: Option<std::sync::Arc<Waker>>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     match backend {
-        Backend::Poll => poll::run(shard, listener, stop),
+        Backend::Poll => poll::run(shard, listener, wake, stop),
         #[cfg(target_os = "linux")]
-        Backend::IoUring => uring::run(shard, listener, stop),
+        Backend::IoUring => uring::run(shard, listener, wake, stop),
         #[cfg(not(target_os = "linux"))]
         Backend::IoUring => Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -73,6 +80,13 @@ pub fn run_shard(
         )),
     }
 }
+
+/// The reactor's wake-up handle ([`wake::EventFd`] on Linux).
+#[cfg(target_os = "linux")]
+pub type Waker = wake::EventFd;
+/// The reactor's wake-up handle: none off Linux (the reactor notices cells within a [`TICK`]).
+#[cfg(not(target_os = "linux"))]
+pub type Waker = crate::xshard::NoWake;
 
 /// Whether `stop` was set.
 fn stopped(stop: &AtomicBool) -> bool {

@@ -20,6 +20,7 @@ use super::{stopped, unix_now, TICK};
 use crate::shard::{CloseReason, ConnId, Shard, ShardEvent};
 
 const LISTENER: Token = Token(usize::MAX);
+const WAKE: Token = Token(usize::MAX - 1);
 /// Readiness events drained per wait.
 const EVENTS_MAX: usize = 1024;
 /// Bytes read from a socket per `read` call.
@@ -90,7 +91,12 @@ impl Socks {
 }
 
 /// Runs `shard` on `listener` until `stop` is set.
-pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
+pub fn run(
+    mut shard: Shard,
+    listener: TcpListener,
+    wake: Option<std::sync::Arc<super::Waker>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let mut rng = StdRng::from_rng(rand::rngs::OsRng).map_err(io::Error::other)?;
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(EVENTS_MAX);
@@ -98,6 +104,15 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
     let mut listener = MioListener::from_std(listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
+    #[cfg(target_os = "linux")]
+    if let Some(w) = &wake {
+        use std::os::fd::AsRawFd;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&w.as_raw_fd()),
+            WAKE,
+            Interest::READABLE,
+        )?;
+    }
     let mut socks = Socks {
         socks: Vec::new(),
         readable: Vec::new(),
@@ -133,6 +148,14 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 accept_all(&mut shard, &mut rng, &poll, &listener, &mut socks, now);
+                continue;
+            }
+            if ev.token() == WAKE {
+                // Cells from other shards: process_batch below takes them.
+                #[cfg(target_os = "linux")]
+                if let Some(w) = &wake {
+                    w.drain();
+                }
                 continue;
             }
             let i = ev.token().0;
@@ -299,7 +322,15 @@ fn handle_events(shard: &mut Shard, poll: &Poll, socks: &mut Socks) {
                     shard.handle_connect_failed(conn);
                 }
             }
-            ShardEvent::Close { conn, reason } => socks.remove(poll, conn, reason),
+            ShardEvent::Close { conn, reason } => {
+                // The last ciphertext and TLS close_notify, if the socket takes them now.
+                if let (Some(bye), Some(s)) = (shard.take_close_notify(conn), socks.get(conn)) {
+                    if !s.connecting {
+                        let _ = s.stream.write(&bye);
+                    }
+                }
+                socks.remove(poll, conn, reason)
+            }
         }
     }
 }

@@ -4,8 +4,11 @@
 //!   kernel ends it).
 //! - Each connection has at most one receive and one send in flight. A receive lands in the
 //!   connection's own buffer, allocated when the connection starts; a send goes from the
-//!   connection's own send buffer, a copy of what [`Shard::poll_transmit`] gave. Provided
-//!   buffer rings and registered buffers are not used yet (to be measured first).
+//!   connection's own send buffer, a copy of what [`Shard::poll_transmit`] gave. Multishot
+//!   receives into a provided-buffer ring were tried and measured with `chive demo --seconds 3`
+//!   (2-vCPU AMD EPYC, shared, release, A/B alternating): 16 KiB x 256 buffers gave 20-25%
+//!   fewer hop-cells per relay CPU-second than one 64 KiB receive per connection, 64 KiB x 64
+//!   about 10% fewer; not kept. Registered buffers are not used either.
 //! - Outbound connects for EXTEND2 are `IORING_OP_CONNECT` on a fresh socket.
 //! - Submissions are batched: everything one iteration wants goes out in one
 //!   `io_uring_enter`, which also waits for at least one completion (or the tick timer).
@@ -51,6 +54,7 @@ const OP_SEND: u64 = 3;
 const OP_CONNECT: u64 = 4;
 const OP_TIMER: u64 = 5;
 const OP_CANCEL: u64 = 6;
+const OP_WAKE: u64 = 7;
 
 fn user_data(slot: u32, op: u64) -> u64 {
     (u64::from(slot) << 8) | op
@@ -68,6 +72,7 @@ pub fn probe() -> io::Result<()> {
         (opcode::Send::CODE, "send"),
         (opcode::Connect::CODE, "connect"),
         (opcode::AsyncCancel::CODE, "async cancel"),
+        (opcode::PollAdd::CODE, "poll add"),
     ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(
@@ -116,10 +121,17 @@ struct Reactor {
     /// Read by the kernel while the timer is in flight.
     tick: Box<types::Timespec>,
     zero: Box<types::Timespec>,
+    /// A POLL_ADD on the wake eventfd is in flight.
+    wake_armed: bool,
 }
 
 /// Runs `shard` on `listener` with io_uring until `stop` is set.
-pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Result<()> {
+pub fn run(
+    mut shard: Shard,
+    listener: TcpListener,
+    wake: Option<std::sync::Arc<super::Waker>>,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let mut rng = StdRng::from_rng(rand::rngs::OsRng).map_err(io::Error::other)?;
     listener.set_nonblocking(false)?;
     let mut r = Reactor {
@@ -132,6 +144,7 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         timer_armed: false,
         tick: Box::new(types::Timespec::from(TICK)),
         zero: Box::new(types::Timespec::from(Duration::ZERO)),
+        wake_armed: false,
     };
     let mut cqes = [(0u64, 0i32, 0u32); CQE_BATCH];
     let result = loop {
@@ -144,6 +157,15 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
                 .user_data(user_data(0, OP_ACCEPT));
             r.push(&e)?;
             r.accept_armed = true;
+        }
+        if let Some(w) = wake.as_ref().filter(|_| !r.wake_armed) {
+            // POLL_ADD points at no memory: the eventfd is read (drained) here, not by the
+            // kernel.
+            let e = opcode::PollAdd::new(types::Fd(w.as_raw_fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(user_data(0, OP_WAKE));
+            r.push(&e)?;
+            r.wake_armed = true;
         }
         if !r.timer_armed {
             let ts: *const types::Timespec = if shard.has_ready_cells() {
@@ -177,6 +199,9 @@ pub fn run(mut shard: Shard, listener: TcpListener, stop: &AtomicBool) -> io::Re
         let now = unix_now();
         for &(ud, res, flags) in cqes.get(..n).unwrap_or_default() {
             r.complete(&mut shard, &mut rng, ud, res, flags, now);
+        }
+        if let Some(w) = wake.as_ref().filter(|_| !r.wake_armed) {
+            w.drain();
         }
         shard.process_batch(&mut rng, now);
         if shard.next_timeout().is_some_and(|t| t <= now) {
@@ -251,6 +276,8 @@ impl Reactor {
         let index = (ud >> 8) as u32;
         match op {
             OP_TIMER => self.timer_armed = false,
+            // The cells are taken by the next `process_batch`; the eventfd is drained there.
+            OP_WAKE => self.wake_armed = false,
             OP_ACCEPT => {
                 if !cqueue::more(flags) {
                     self.accept_armed = false;
@@ -356,9 +383,18 @@ impl Reactor {
                     }
                 }
                 ShardEvent::Close { conn, reason } => {
+                    let bye = shard.take_close_notify(conn);
                     let Some(index) = self.by_conn.remove(&conn) else {
                         continue;
                     };
+                    // The last ciphertext and TLS close_notify, without blocking, unless a
+                    // send is in flight (its bytes are part of `bye`: they would go twice).
+                    if let (Some(bye), Some(Some(s))) = (bye, self.slots.get(index as usize)) {
+                        if !s.send_inflight && !s.connect_inflight {
+                            let _ = socket2::SockRef::from(&s.stream)
+                                .send_with_flags(&bye, libc::MSG_DONTWAIT);
+                        }
+                    }
                     self.close_slot(index, reason)?;
                 }
             }

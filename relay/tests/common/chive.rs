@@ -31,15 +31,20 @@ pub struct Chive {
 
 impl Chive {
     pub fn start(nickname: &str, backend: &str) -> Chive {
+        Chive::start_with(nickname, backend, "")
+    }
+
+    /// As [`Chive::start`], with `extra` appended to the configuration file.
+    pub fn start_with(nickname: &str, backend: &str, extra: &str) -> Chive {
         for _ in 0..3 {
-            if let Some(c) = Chive::try_start(nickname, backend, free_port()) {
+            if let Some(c) = Chive::try_start(nickname, backend, free_port(), extra) {
                 return c;
             }
         }
         panic!("chive relay did not start");
     }
 
-    fn try_start(nickname: &str, backend: &str, port: u16) -> Option<Chive> {
+    fn try_start(nickname: &str, backend: &str, port: u16, extra: &str) -> Option<Chive> {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let data = dir.path().join("data");
@@ -48,7 +53,7 @@ impl Chive {
             &config,
             format!(
                 "or_address = \"{addr}\"\ndata_dir = \"{}\"\nnickname = \"{nickname}\"\n\
-                 shards = 2\nbackend = \"{backend}\"\ntesting_echo_drop = true\n[limits]\nhandshake_timeout_secs = 10\n",
+                 shards = 2\nbackend = \"{backend}\"\ntesting_echo_drop = true\n[limits]\nhandshake_timeout_secs = 10\n{extra}",
                 data.display()
             ),
         )
