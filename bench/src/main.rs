@@ -173,6 +173,7 @@ fn main() -> ExitCode {
             pin_cores: pin,
             backend: relay::config::BackendChoice::Auto,
             limits: relay::config::LimitsConfig::default(),
+            control: Default::default(),
             testing_echo_drop: echo_drop,
         }),
     }
