@@ -500,6 +500,12 @@ fn start_relay(
     opts: &DemoOptions,
     stop: &Arc<AtomicBool>,
 ) -> Result<DemoRelay, DemoError> {
+    // Held from choosing a port until the relay listens on it. The relay's listeners use
+    // SO_REUSEPORT, so two demos in one process (the tests run several at once) that picked the
+    // same free port could both bind it and split each other's connections; once a relay
+    // listens, `free_port`'s plain bind can no longer return its port.
+    static PORT_CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _choosing = PORT_CHOICE.lock().unwrap_or_else(|e| e.into_inner());
     let mut last = None;
     for _ in 0..3 {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
