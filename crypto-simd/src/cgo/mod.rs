@@ -177,54 +177,11 @@ pub(crate) trait Prims: Copy {
         self.encrypt(a.keys, a.tprime, a.cmd, a.cell);
         self.encrypt(b.keys, b.tprime, b.cmd, b.cell);
     }
-    /// `ENC_UIV` of independent cells: `cells[i]` under `dirs[i]` (with its `T'`) and
-    /// command `cmds[i]`; the directions are distinct. At most [`MAX_GROUP`] cells.
-    #[inline(always)]
-    fn encrypt_group(self, dirs: &mut [&mut Dir], cmds: &[u8], cells: &mut [&mut CellBody]) {
-        encrypt_group_pairs(self, dirs, cmds, cells);
-    }
     /// Two independent `UPDATE_UIV`s; a kernel may interleave them.
     #[inline(always)]
     fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
         self.update(ka, na);
         self.update(kb, nb);
-    }
-}
-
-/// Most cells in one [`Prims::encrypt_group`].
-pub(crate) const MAX_GROUP: usize = 16;
-
-/// [`Prims::encrypt_group`] two cells at a time with [`Prims::encrypt2`].
-#[inline(always)]
-pub(crate) fn encrypt_group_pairs<P: Prims>(
-    p: P,
-    dirs: &mut [&mut Dir],
-    cmds: &[u8],
-    cells: &mut [&mut CellBody],
-) {
-    for ((d, c), m) in dirs
-        .chunks_mut(2)
-        .zip(cells.chunks_mut(2))
-        .zip(cmds.chunks(2))
-    {
-        match (d, c, m) {
-            ([da, db], [ca, cb], [ma, mb]) => p.encrypt2(
-                EncArgs {
-                    keys: &mut da.keys,
-                    tprime: &da.tprime,
-                    cmd: *ma,
-                    cell: ca,
-                },
-                EncArgs {
-                    keys: &mut db.keys,
-                    tprime: &db.tprime,
-                    cmd: *mb,
-                    cell: cb,
-                },
-            ),
-            ([da, ..], [ca, ..], [ma, ..]) => p.encrypt(&mut da.keys, &da.tprime, *ma, ca),
-            _ => {}
-        }
     }
 }
 
@@ -551,22 +508,16 @@ pub(crate) fn run_batch_with<P: Prims>(
 ) {
     let mut i = 0;
     while let Some(&job) = jobs.get(i) {
-        // Runs of relay jobs on distinct hops and cells: encrypt them together.
-        let (rest, out_rest) = (&jobs[i..], out.get_mut(i..).unwrap_or_default());
-        let n = if run_relay_group::<MAX_GROUP, P>(p, hops, cells, rest, out_rest) {
-            MAX_GROUP
-        } else if run_relay_group::<8, P>(p, hops, cells, rest, out_rest) {
-            8
-        } else if run_relay_group::<4, P>(p, hops, cells, rest, out_rest) {
-            4
-        } else if run_relay_group::<2, P>(p, hops, cells, rest, out_rest) {
-            2
-        } else {
-            0
-        };
-        if n > 0 {
-            i += n;
-            continue;
+        // Two relay pass-through jobs on different hops and cells: encrypt them together.
+        if let Some(&next) = jobs.get(i + 1) {
+            if let Some((a, b)) = run_relay_pair(p, hops, cells, job, next) {
+                if let Some(o) = out.get_mut(i..i + 2) {
+                    o[0] = a;
+                    o[1] = b;
+                }
+                i += 2;
+                continue;
+            }
         }
         if let (Some(hop), Some(cell), Some(o)) = (
             hops.get_mut(job.hop as usize),
@@ -579,92 +530,70 @@ pub(crate) fn run_batch_with<P: Prims>(
     }
 }
 
-/// The direction a relay op uses on a relay hop; `None` for a client hop or a client op.
+/// Runs two jobs at once if both are relay ops on distinct relay hops and distinct cells (so
+/// they are independent); `None` (nothing done) otherwise.
 #[inline(always)]
-fn relay_dir(hop: &mut CgoHop, op: CgoOp) -> Option<&mut Dir> {
-    match (hop, op) {
-        (CgoHop::Relay(r), CgoOp::RelayForward) => Some(&mut r.fwd),
-        (CgoHop::Relay(r), CgoOp::RelayBackward | CgoOp::RelayOriginate) => Some(&mut r.bwd),
-        _ => None,
-    }
-}
-
-/// Runs the first `N` jobs at once if all are relay ops on relay hops, on pairwise distinct
-/// hops and cells (so they are independent), writing their outcomes to `out[..N]`; returns
-/// `false` (nothing done) otherwise.
-#[inline(always)]
-fn run_relay_group<const N: usize, P: Prims>(
+fn run_relay_pair<P: Prims>(
     p: P,
     hops: &mut [CgoHop],
     cells: &mut [CellBody],
-    jobs: &[CgoJob],
-    out: &mut [CgoOutcome],
-) -> bool {
-    let (Some(js), Some(out)) = (jobs.get(..N), out.get_mut(..N)) else {
-        return false;
-    };
-    let relay = |j: &CgoJob| {
+    a: CgoJob,
+    b: CgoJob,
+) -> Option<(CgoOutcome, CgoOutcome)> {
+    let relay_op = |op| {
         matches!(
-            j.op,
+            op,
             CgoOp::RelayForward | CgoOp::RelayBackward | CgoOp::RelayOriginate
-        ) && matches!(hops.get(j.hop as usize), Some(CgoHop::Relay(_)))
+        )
     };
-    if !js.iter().all(relay) {
-        return false;
+    if !relay_op(a.op) || !relay_op(b.op) {
+        return None;
     }
-    let hidx: [usize; N] = core::array::from_fn(|k| js[k].hop as usize);
-    let cidx: [usize; N] = core::array::from_fn(|k| js[k].cell as usize);
-    let Ok(hs) = hops.get_disjoint_mut(hidx) else {
-        return false;
+    let [ha, hb] = hops
+        .get_disjoint_mut([a.hop as usize, b.hop as usize])
+        .ok()?;
+    let [ca, cb] = cells
+        .get_disjoint_mut([a.cell as usize, b.cell as usize])
+        .ok()?;
+    let (CgoHop::Relay(ra), CgoHop::Relay(rb)) = (ha, hb) else {
+        return None;
     };
-    let Ok(mut cs) = cells.get_disjoint_mut(cidx) else {
-        return false;
+    let da = if a.op == CgoOp::RelayForward {
+        &mut ra.fwd
+    } else {
+        &mut ra.bwd
     };
-    let mut k = 0;
-    let dirs = hs.map(|h| {
-        let d = relay_dir(h, js[k].op);
-        k += 1;
-        d
-    });
-    if dirs.iter().any(Option::is_none) {
-        return false;
+    let db = if b.op == CgoOp::RelayForward {
+        &mut rb.fwd
+    } else {
+        &mut rb.bwd
+    };
+    let (ta, tb) = (da.pre_encrypt(a.op, ca), db.pre_encrypt(b.op, cb));
+    p.encrypt2(
+        EncArgs {
+            keys: &mut da.keys,
+            tprime: &da.tprime,
+            cmd: a.cmd,
+            cell: ca,
+        },
+        EncArgs {
+            keys: &mut db.keys,
+            tprime: &db.tprime,
+            cmd: b.cmd,
+            cell: cb,
+        },
+    );
+    let (ua, ub) = (da.post_encrypt(a.op, ca), db.post_encrypt(b.op, cb));
+    match (ua, ub) {
+        (true, true) => p.update2(&mut da.keys, &mut da.nonce, &mut db.keys, &mut db.nonce),
+        (true, false) => p.update(&mut da.keys, &mut da.nonce),
+        (false, true) => p.update(&mut db.keys, &mut db.nonce),
+        (false, false) => {}
     }
-    // Every entry was checked to be `Some` just above.
-    #[allow(clippy::unwrap_used)]
-    let mut dirs = dirs.map(|d| d.unwrap());
-    let cmds: [u8; N] = core::array::from_fn(|k| js[k].cmd);
-    let mut t_in = [[0u8; BLK]; N];
-    for ((t, d), (j, c)) in t_in.iter_mut().zip(&dirs).zip(js.iter().zip(&mut cs)) {
-        *t = d.pre_encrypt(j.op, c);
-    }
-    p.encrypt_group(&mut dirs, &cmds, &mut cs);
-    let mut upd = [false; N];
-    for ((u, d), (j, c)) in upd.iter_mut().zip(&mut dirs).zip(js.iter().zip(&cs)) {
-        *u = d.post_encrypt(j.op, c);
-    }
-    // Key updates, two at a time.
-    let mut pending: Option<usize> = None;
-    for k in 0..N {
-        if !upd[k] {
-            continue;
-        }
-        match pending.take() {
-            None => pending = Some(k),
-            Some(a) => {
-                if let Ok([da, db]) = dirs.get_disjoint_mut([a, k]) {
-                    p.update2(&mut da.keys, &mut da.nonce, &mut db.keys, &mut db.nonce);
-                }
-            }
-        }
-    }
-    if let Some(a) = pending {
-        let d = &mut dirs[a];
-        p.update(&mut d.keys, &mut d.nonce);
-    }
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = dirs[k].relay_outcome(js[k].op, t_in[k], upd[k]);
-    }
-    true
+    Some((
+        da.relay_outcome(a.op, ta, ua),
+        db.relay_outcome(b.op, tb, ub),
+    ))
 }
 
 impl crate::Engine {

@@ -650,13 +650,13 @@ fn vaes_backends_get_the_wide_kernel_when_the_cpu_has_it() {
     }
 }
 
-/// Runs of relay jobs on distinct hops are encrypted as groups (two to eight cells, the wide
-/// kernel pipelines them: one cell's POLYVAL between another's AES rounds). Batches of every
-/// size from 1 to 19 and 64, mixing: cells recognized at the relay (made by the client, so
-/// the keys update inside a group), pass-through cells, originated cells, and the same hop
-/// twice in a row (a group must stop there). Every backend equals the reference.
+/// Neighbouring relay jobs on distinct hops and cells are encrypted (and their key updates
+/// made) side by side. Batches of every size from 1 to 19 and 64 (odd sizes leave one job
+/// unpaired), mixing: cells recognized at the relay (made by the client, so keys update inside
+/// a pair), pass-through cells, originated cells, and the same hop twice in a row (consecutive
+/// cells of one circuit, which must not be paired). Every backend equals the reference.
 #[test]
-fn relay_groups_match_the_reference_for_odd_sizes_and_repeated_hops() {
+fn relay_pairs_match_the_reference_for_odd_sizes_and_repeated_hops() {
     let reference = crate::Engine::new(crate::Backend::Portable).unwrap();
     let mut rng = Rng::new(0x9e0);
     for e in engines() {

@@ -589,315 +589,81 @@ fn reduce_wide(acc: &[__m256i; 3]) -> __m128i {
     reduce_kar(&[fold(acc[0]), fold(acc[1]), fold(acc[2])])
 }
 
-/// The running state of one cell's ET POLYVAL on `ymm`, fed pair by pair ([`mask_step`]) so
-/// that it can be interleaved with another cell's keystream.
-#[derive(Clone, Copy)]
-struct MaskAcc {
-    /// Karatsuba accumulators (low, high, middle) of the current chunk (or of all 32 blocks).
-    acc: [__m256i; 3],
-    /// Horner mode (eight powers): the reduced value of the chunks so far.
-    y: __m128i,
-}
-
-impl MaskAcc {
-    #[inline]
-    #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-    fn new() -> MaskAcc {
-        MaskAcc {
-            acc: [_mm256_setzero_si256(); 3],
-            y: _mm_setzero_si128(),
-        }
-    }
-}
-
-/// Tweak blocks `2k` and `2k + 1` (`k < 16`) of an ET tweak as one `ymm`.
+/// `UH(KU, T' | cmd | X_R)` on `ymm`: two blocks per carry-less multiply.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn tweak_pair(tprime: &[u8; 16], cmd: u8, cell: &CellBody, k: usize) -> __m256i {
-    match k {
+fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
+    let mut last = [0u8; 32];
+    last[..30].copy_from_slice(&cell[479..509]);
+    let pair = |k: usize| match k {
         0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
-        // Block 30 (cell 479..495) and block 31: cell 495..509 zero-padded, which is the
-        // 16 bytes at 493 shifted down by two.
-        15 => _mm256_set_m128i(_mm_srli_si128::<2>(ld(at(cell, 493))), ld(at(cell, 479))),
+        // SAFETY: 32 readable bytes at `last`.
+        15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
         _ => {
             let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
             // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
             unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
         }
-    }
-}
-
-/// Feeds tweak pair `k` (in order, `0..16`) of a cell into its mask state: with all 32 powers
-/// one aggregated sum; with eight, Horner over four chunks of four pairs (the running value
-/// joins each chunk's first pair and each chunk's sum is reduced).
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn mask_step(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody, k: usize, m: &mut MaskAcc) {
-    let x = tweak_pair(tprime, cmd, cell, k);
-    if usize::from(s.npow) == NPOW {
-        acc_wide(s, 2 * k, x, &mut m.acc);
-    } else {
-        let i = k % 4;
-        let x = if i == 0 {
-            m.acc = [_mm256_setzero_si256(); 3];
-            _mm256_xor_si256(x, _mm256_zextsi128_si256(m.y))
-        } else {
-            x
-        };
-        acc_wide(s, NPOW - 8 + 2 * i, x, &mut m.acc);
-        if i == 3 {
-            m.y = reduce_wide(&m.acc);
-        }
-    }
-}
-
-/// [`mask_step`] when all 32 powers are present.
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn mask_step_full(
-    s: &Sched,
-    tprime: &[u8; 16],
-    cmd: u8,
-    cell: &CellBody,
-    k: usize,
-    m: &mut MaskAcc,
-) {
-    acc_wide(s, 2 * k, tweak_pair(tprime, cmd, cell, k), &mut m.acc);
-}
-
-/// The mask once all 16 pairs were fed.
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn mask_done(s: &Sched, m: &MaskAcc) -> __m128i {
-    if usize::from(s.npow) == NPOW {
-        reduce_wide(&m.acc)
-    } else {
-        m.y
-    }
-}
-
-/// `UH(KU, T' | cmd | X_R)` on `ymm`: two blocks per carry-less multiply.
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
-    let mut m = MaskAcc::new();
-    for k in 0..16 {
-        mask_step(s, tprime, cmd, cell, k, &mut m);
-    }
-    mask_done(s, &m)
-}
-
-/// A cell whose ET POLYVAL is computed while another cell's keystream runs.
-#[derive(Clone, Copy)]
-struct Woven<'a> {
-    s: &'a Sched,
-    tprime: &'a [u8; 16],
-    cmd: u8,
-    cell: &'a CellBody,
-}
-
-/// XORs half `g` (`0`: blocks 0..16, `1`: blocks 16..31) of `CTR(K, iv)` into the 493-byte
-/// `out` on `ymm` (16 blocks in flight); if `poly` is given, all 16 POLYVAL pairs of that
-/// (other) cell are fed between the AES rounds, so the carry-less multiplier and the AES units
-/// work at once; the POLYVAL state goes in and comes back by value (in registers).
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn ctr_half(
-    keys: &[[u8; 32]; 11],
-    iv: __m128i,
-    out: &mut [u8; PAYLOAD_LEN],
-    g: usize,
-    poly: Option<Woven<'_>>,
-    m_in: MaskAcc,
-) -> MaskAcc {
-    // A local copy, returned as a new value at the end: were `m` itself returned, it would
-    // live in the caller's return slot (memory) through all the steps.
-    let mut m = MaskAcc {
-        acc: m_in.acc,
-        y: m_in.y,
     };
+    let z = _mm256_setzero_si256();
+    if usize::from(s.npow) == NPOW {
+        let mut acc = [z; 3];
+        for k in 0..NPOW / 2 {
+            acc_wide(s, 2 * k, pair(k), &mut acc);
+        }
+        reduce_wide(&acc)
+    } else {
+        let mut y = _mm_setzero_si128();
+        for c in 0..4 {
+            let mut acc = [z; 3];
+            for i in 0..4 {
+                let mut x = pair(4 * c + i);
+                if i == 0 {
+                    x = _mm256_xor_si256(x, _mm256_zextsi128_si256(y));
+                }
+                acc_wide(s, NPOW - 8 + 2 * i, x, &mut acc);
+            }
+            y = reduce_wide(&acc);
+        }
+        y
+    }
+}
+
+/// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
     let base = _mm256_broadcastsi128_si256(iv);
     let rkw = |i: usize| {
         // SAFETY: each round key is 32 readable bytes.
         unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
     };
-    let mut b = [_mm256_setzero_si256(); 8];
-    for (i, x) in b.iter_mut().enumerate() {
-        let n = (16 * g + 2 * i) as i64;
-        let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
-        *x = _mm256_xor_si256(c, rkw(0));
-    }
-    // Written out (not a loop), and with the all-powers case separate, so that the compiler
-    // keeps the POLYVAL accumulators in registers: in a loop, or with the Horner branch in
-    // every step, they went through memory, one store-to-load chain per pair. Rounds 1-7
-    // carry two POLYVAL pairs each, rounds 8 and 9 one.
-    macro_rules! round {
-        ($step:ident, $r:expr $(, $k:expr)*) => {
-            round8_wide(&mut b, rkw($r));
-            if let Some(w) = poly {
-                $($step(w.s, w.tprime, w.cmd, w.cell, $k, &mut m);)*
-            }
-        };
-    }
-    macro_rules! rounds {
-        ($step:ident) => {
-            round!($step, 1, 0, 1);
-            round!($step, 2, 2, 3);
-            round!($step, 3, 4, 5);
-            round!($step, 4, 6, 7);
-            round!($step, 5, 8, 9);
-            round!($step, 6, 10, 11);
-            round!($step, 7, 12, 13);
-            round!($step, 8, 14);
-            round!($step, 9, 15);
-        };
-    }
-    if poly.is_some_and(|w| usize::from(w.s.npow) == NPOW) {
-        rounds!(mask_step_full);
-    } else {
-        rounds!(mask_step);
-    }
-    let k = rkw(10);
-    for (i, x) in b.iter_mut().enumerate() {
-        let ks = _mm256_aesenclast_epi128(*x, k);
-        let off = 256 * g + 32 * i;
-        if off + 32 <= PAYLOAD_LEN {
-            let o = &mut out[off..off + 32];
-            // SAFETY: `o` is 32 readable and writable bytes.
-            unsafe {
-                let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
-                _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
-            }
-        } else {
-            // The last pair: 13 bytes of block 30, block 31 unused.
-            xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
+    for g in 0..2usize {
+        let mut b = [_mm256_setzero_si256(); 8];
+        for (i, x) in b.iter_mut().enumerate() {
+            let n = (16 * g + 2 * i) as i64;
+            let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
+            *x = _mm256_xor_si256(c, rkw(0));
         }
-    }
-    MaskAcc {
-        acc: [m.acc[0], m.acc[1], m.acc[2]],
-        y: m.y,
-    }
-}
-
-/// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`.
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
-    let m = MaskAcc::new();
-    ctr_half(keys, iv, out, 0, None, m);
-    ctr_half(keys, iv, out, 1, None, m);
-}
-
-/// The serial middle of `ENC_UIV` once the mask is known: `Y_L = ET(X_L)` written to the
-/// cell, and the PRF counter block for `Y_L` returned.
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn seal_left(s: &Sched, mask: __m128i, l: &mut [u8; 16]) -> __m128i {
-    let y = _mm_xor_si128(aes_enc(&s.et_enc, _mm_xor_si128(ld(l), mask)), mask);
-    st(l, y);
-    prf_iv(s, y, 0)
-}
-
-/// Cells per pipeline stage in [`enc_pipeline`].
-const STAGE: usize = 2;
-
-/// `ENC_UIV` of up to [`MAX_GROUP`](super::MAX_GROUP) independent cells (distinct directions
-/// and cells; `cells[i]` under `dirs[i]` with command `cmds[i]`), software-pipelined two cells per stage: the keystream of stage `i` runs with the
-/// POLYVAL of stage `i + 1` fed between its AES rounds (the carry-less multiplies and the AES
-/// rounds then share the vector units instead of taking turns), and stage `i + 1`'s serial
-/// part (mask reduction, ET's AES block, the PRF's one-block POLYVAL) sits before stage `i`'s
-/// second keystream half, where out-of-order execution overlaps it with those rounds.
-/// Every direction's schedule must be built ([`Kern::sched`]).
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn enc_pipeline(dirs: &[&mut Dir], cmds: &[u8], cells: &mut [&mut CellBody]) {
-    let n = cells.len().min(dirs.len()).min(cmds.len()).min(super::MAX_GROUP);
-    let mut ivs = [_mm_setzero_si128(); super::MAX_GROUP];
-    // Prologue: stage 0 alone.
-    for (i, c) in cells.iter_mut().enumerate().take(STAGE.min(n)) {
-        let s = sched_of(&dirs[i].keys);
-        let mask = et_mask_wide(s, &dirs[i].tprime, cmds[i], c);
-        ivs[i] = seal_left(s, mask, split(c).0);
-    }
-    let mut cur = 0;
-    while cur < n {
-        let next = (cur + STAGE).min(n);
-        let next_end = (next + STAGE).min(n);
-        let (head, tail) = cells.split_at_mut(next);
-        let cur_cells = &mut head[cur..];
-        let next_cells = &mut tail[..next_end - next];
-        let mut accs = [MaskAcc::new(); STAGE];
-        // First keystream halves of this stage, each with one next cell's POLYVAL.
-        for (j, c) in cur_cells.iter_mut().enumerate() {
-            let s = sched_of(&dirs[cur + j].keys);
-            let poly = next_cells.get(j).map(|b| Woven {
-                s: sched_of(&dirs[next + j].keys),
-                tprime: &dirs[next + j].tprime,
-                cmd: cmds[next + j],
-                cell: b,
-            });
-            accs[j] = ctr_half(&s.prf, ivs[cur + j], split(c).1, 0, poly, accs[j]);
+        for r in 1..10 {
+            round8_wide(&mut b, rkw(r));
         }
-        // Next cells not woven (this stage was shorter): their POLYVAL alone.
-        for (j, b) in next_cells.iter().enumerate().skip(cur_cells.len()) {
-            let s = sched_of(&dirs[next + j].keys);
-            for k in 0..16 {
-                mask_step(s, &dirs[next + j].tprime, cmds[next + j], b, k, &mut accs[j]);
+        let k = rkw(10);
+        for (i, x) in b.iter_mut().enumerate() {
+            let ks = _mm256_aesenclast_epi128(*x, k);
+            let off = 256 * g + 32 * i;
+            if off + 32 <= PAYLOAD_LEN {
+                let o = &mut out[off..off + 32];
+                // SAFETY: `o` is 32 readable and writable bytes.
+                unsafe {
+                    let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
+                    _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
+                }
+            } else {
+                // The last pair: 13 bytes of block 30, block 31 unused.
+                xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
             }
         }
-        // The next stage's serial part.
-        for (j, b) in next_cells.iter_mut().enumerate() {
-            let s = sched_of(&dirs[next + j].keys);
-            let mask = mask_done(s, &accs[j]);
-            ivs[next + j] = seal_left(s, mask, split(b).0);
-        }
-        // Second keystream halves.
-        for (j, c) in cur_cells.iter_mut().enumerate() {
-            let s = sched_of(&dirs[cur + j].keys);
-            ctr_half(&s.prf, ivs[cur + j], split(c).1, 1, None, accs[j]);
-        }
-        cur = next;
-    }
-}
-
-/// `ENC_UIV` of up to [`MAX_GROUP`](super::MAX_GROUP) independent cells, in program order
-/// arranged so that out-of-order execution overlaps each stage's serial part with the next
-/// stage's POLYVAL: mask(0); then per stage `i`: serial(i), mask(i + 1), keystream(i).
-#[inline]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn enc_ordered(dirs: &[&mut Dir], cmds: &[u8], cells: &mut [&mut CellBody]) {
-    let n = cells.len().min(dirs.len()).min(cmds.len()).min(super::MAX_GROUP);
-    let mut masks = [_mm_setzero_si128(); super::MAX_GROUP];
-    for (i, c) in cells.iter().enumerate().take(STAGE.min(n)) {
-        masks[i] = et_mask_wide(sched_of(&dirs[i].keys), &dirs[i].tprime, cmds[i], c);
-    }
-    let mut cur = 0;
-    while cur < n {
-        let next = (cur + STAGE).min(n);
-        let next_end = (next + STAGE).min(n);
-        let (head, tail) = cells.split_at_mut(next);
-        let mut ivs = [_mm_setzero_si128(); STAGE];
-        for (j, c) in head[cur..].iter_mut().enumerate() {
-            ivs[j] = seal_left(sched_of(&dirs[cur + j].keys), masks[cur + j], split(c).0);
-        }
-        for (j, b) in tail[..next_end - next].iter().enumerate() {
-            let i = next + j;
-            masks[i] = et_mask_wide(sched_of(&dirs[i].keys), &dirs[i].tprime, cmds[i], b);
-        }
-        for (j, c) in head[cur..].iter_mut().enumerate() {
-            ctr_wide(&sched_of(&dirs[cur + j].keys).prf, ivs[j], split(c).1);
-        }
-        cur = next;
-    }
-}
-
-/// The x86 schedule of keys whose schedule was built by [`Kern::sched`].
-#[inline(always)]
-fn sched_of(k: &DirKeys) -> &Sched {
-    match &k.cache {
-        Cache::X86(s) => s,
-        // Callers build the schedule first.
-        _ => unreachable!(),
     }
 }
 
@@ -1002,19 +768,6 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
             self.ctr(sa, iva, ra);
             self.ctr(sb, ivb, rb);
         }
-    }
-
-    #[inline(always)]
-    fn encrypt_group(self, dirs: &mut [&mut Dir], cmds: &[u8], cells: &mut [&mut CellBody]) {
-        if !WIDE {
-            super::encrypt_group_pairs(self, dirs, cmds, cells);
-            return;
-        }
-        for d in dirs.iter_mut() {
-            self.sched(&mut d.keys, true);
-        }
-        // SAFETY: `Kern<true>` exists only after a `Token` proved the wide features.
-        unsafe { enc_ordered(dirs, cmds, cells) }
     }
 
     #[inline(always)]
