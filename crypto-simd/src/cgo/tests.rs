@@ -720,11 +720,18 @@ fn relay_pairs_match_the_reference_for_odd_sizes_and_repeated_hops() {
             }
             for (j, o) in jobs.iter().zip(&out) {
                 if j.op == CgoOp::RelayForward && (j.hop as usize) < CLEAN {
-                    assert!(matches!(o, CgoOutcome::Recognized(_)), "batch of {n}: {o:?}");
+                    assert!(
+                        matches!(o, CgoOutcome::Recognized(_)),
+                        "batch of {n}: {o:?}"
+                    );
                     recognized += 1;
                 }
             }
         }
-        assert!(recognized > 20, "{}: only {recognized} recognized", e.backend());
+        assert!(
+            recognized > 20,
+            "{}: only {recognized} recognized",
+            e.backend()
+        );
     }
 }
