@@ -381,11 +381,24 @@ fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5]) {
     }
 }
 
-/// `iv + i` for the PRF's counter (the last byte never carries: see the reference).
+/// `+i` in the last byte of a block, for `i < 32` (see [`CTR_INC`]).
+static CTR_INC1: [[u64; 2]; 32] = {
+    let mut t = [[0u64; 2]; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = [0, (i as u64) << 56];
+        i += 1;
+    }
+    t
+};
+
+/// `iv + i` for the PRF's counter, `i < 32` (the last byte never carries: see the reference).
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn ctr_add(iv: __m128i, i: usize) -> __m128i {
-    _mm_add_epi64(iv, _mm_set_epi64x((i as i64) << 56, 0))
+    let inc = &CTR_INC1[i % 32];
+    // SAFETY: `inc` is 16 readable bytes.
+    _mm_add_epi64(iv, unsafe { _mm_loadu_si128(inc.as_ptr().cast()) })
 }
 
 /// XORs one keystream block into `out` (up to 16 bytes).
@@ -629,6 +642,19 @@ fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m12
     }
 }
 
+/// The counter increments of blocks `2i` and `2i + 1` as one `ymm` (`+n` in the last byte of
+/// each lane), loaded rather than built: built at run time, the 16 of a cell took ~100 scalar
+/// and shuffle instructions competing with the AES rounds.
+static CTR_INC: [[u64; 4]; 16] = {
+    let mut t = [[0u64; 4]; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = [0, (2 * i as u64) << 56, 0, (2 * i as u64 + 1) << 56];
+        i += 1;
+    }
+    t
+};
+
 /// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
@@ -641,9 +667,10 @@ fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
     for g in 0..2usize {
         let mut b = [_mm256_setzero_si256(); 8];
         for (i, x) in b.iter_mut().enumerate() {
-            let n = (16 * g + 2 * i) as i64;
-            let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
-            *x = _mm256_xor_si256(c, rkw(0));
+            let inc = &CTR_INC[8 * g + i];
+            // SAFETY: `inc` is 32 readable bytes.
+            let inc = unsafe { _mm256_loadu_si256(inc.as_ptr().cast()) };
+            *x = _mm256_xor_si256(_mm256_add_epi64(base, inc), rkw(0));
         }
         for r in 1..10 {
             round8_wide(&mut b, rkw(r));
