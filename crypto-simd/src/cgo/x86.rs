@@ -660,36 +660,44 @@ static CTR_INC: [[u64; 4]; 16] = {
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
     let base = _mm256_broadcastsi128_si256(iv);
+    ctr_group::<0>(keys, base, out);
+    ctr_group::<1>(keys, base, out);
+}
+
+/// Blocks `16 G .. 16 G + 16` of [`ctr_wide`] (a constant `G`, so that the offsets are
+/// constants and the final rounds and stores are straight-line code, not a loop through the
+/// stack).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn ctr_group<const G: usize>(keys: &[[u8; 32]; 11], base: __m256i, out: &mut [u8; PAYLOAD_LEN]) {
     let rkw = |i: usize| {
         // SAFETY: each round key is 32 readable bytes.
         unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
     };
-    for g in 0..2usize {
-        let mut b = [_mm256_setzero_si256(); 8];
-        for (i, x) in b.iter_mut().enumerate() {
-            let inc = &CTR_INC[8 * g + i];
-            // SAFETY: `inc` is 32 readable bytes.
-            let inc = unsafe { _mm256_loadu_si256(inc.as_ptr().cast()) };
-            *x = _mm256_xor_si256(_mm256_add_epi64(base, inc), rkw(0));
-        }
-        for r in 1..10 {
-            round8_wide(&mut b, rkw(r));
-        }
-        let k = rkw(10);
-        for (i, x) in b.iter_mut().enumerate() {
-            let ks = _mm256_aesenclast_epi128(*x, k);
-            let off = 256 * g + 32 * i;
-            if off + 32 <= PAYLOAD_LEN {
-                let o = &mut out[off..off + 32];
-                // SAFETY: `o` is 32 readable and writable bytes.
-                unsafe {
-                    let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
-                    _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
-                }
-            } else {
-                // The last pair: 13 bytes of block 30, block 31 unused.
-                xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
+    let k0 = rkw(0);
+    let mut b: [__m256i; 8] = core::array::from_fn(|i| {
+        let inc = &CTR_INC[8 * G + i];
+        // SAFETY: `inc` is 32 readable bytes.
+        let inc = unsafe { _mm256_loadu_si256(inc.as_ptr().cast()) };
+        _mm256_xor_si256(_mm256_add_epi64(base, inc), k0)
+    });
+    for r in 1..10 {
+        round8_wide(&mut b, rkw(r));
+    }
+    let k = rkw(10);
+    let ks = b.map(|x| _mm256_aesenclast_epi128(x, k));
+    for (i, ks) in ks.into_iter().enumerate() {
+        let off = 256 * G + 32 * i;
+        if off + 32 <= PAYLOAD_LEN {
+            let o = &mut out[off..off + 32];
+            // SAFETY: `o` is 32 readable and writable bytes.
+            unsafe {
+                let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
+                _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
             }
+        } else {
+            // The last pair: 13 bytes of block 30, block 31 unused.
+            xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
         }
     }
 }
