@@ -452,16 +452,34 @@ fn round8_narrow(b: &mut [__m128i; 8], k: __m128i) {
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
-    for (g, group) in out.chunks_mut(8 * BLK).enumerate() {
-        let k0 = rk(keys, 0);
-        let mut b: [__m128i; 8] =
-            core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, g * 8 + i), k0));
-        for r in 1..10 {
-            round8_narrow(&mut b, rk(keys, r));
-        }
-        let k = rk(keys, 10);
-        for (x, o) in b.iter().zip(group.chunks_mut(BLK)) {
-            xor_block_into(o, _mm_aesenclast_si128(*x, k));
+    ctr_narrow_group::<0>(keys, iv, out);
+    ctr_narrow_group::<1>(keys, iv, out);
+    ctr_narrow_group::<2>(keys, iv, out);
+    ctr_narrow_group::<3>(keys, iv, out);
+}
+
+/// Blocks `8 G .. 8 G + 8` of [`ctr_narrow`], with constant offsets (see [`ctr_group`]).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_narrow_group<const G: usize>(
+    keys: &[[u8; 32]; 11],
+    iv: __m128i,
+    out: &mut [u8; PAYLOAD_LEN],
+) {
+    let k0 = rk(keys, 0);
+    let mut b: [__m128i; 8] = core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, G * 8 + i), k0));
+    for r in 1..10 {
+        round8_narrow(&mut b, rk(keys, r));
+    }
+    let k = rk(keys, 10);
+    let ks = b.map(|x| _mm_aesenclast_si128(x, k));
+    for (i, ks) in ks.into_iter().enumerate() {
+        let off = BLK * (8 * G + i);
+        if off + BLK <= PAYLOAD_LEN {
+            xor_block_into(&mut out[off..off + BLK], ks);
+        } else if off < PAYLOAD_LEN {
+            // Block 30: its first 13 bytes; block 31 is not used.
+            xor_block_into(&mut out[off..], ks);
         }
     }
 }
