@@ -215,9 +215,10 @@ fn key_step(k: __m128i, rcon: i32) -> __m128i {
         13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12,
     ];
     let t = _mm_aesenclast_si128(_mm_shuffle_epi8(k, ld(&ROT)), _mm_set1_epi32(rcon));
+    // The prefix XOR of the four words in two steps (shift by one word, then by two) rather
+    // than three: a shorter chain beside the `aesenclast`.
     let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
-    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
-    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<8>(k));
     _mm_xor_si128(k, t)
 }
 
@@ -268,7 +269,22 @@ fn store_powers(s: &mut Sched, pw: &[__m128i], from: usize) {
 /// Builds the schedule of `raw = KB | KU | K | B`, with eight powers of `KU`.
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
-    let (e, p) = expand2(ld(at(raw, 0)), ld(at(raw, 32)));
+    let keys = [0, 16, 32, 48].map(|o| ld(at(raw, o)));
+    build_regs(&keys, client, s);
+}
+
+/// [`build_regs`] compiled with AVX (three-operand encodings, fewer register copies), for
+/// the wide kernel.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
+fn build_regs_avx(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
+    build_regs(keys, client, s)
+}
+
+/// Builds the schedule of `KB, KU, K, B` (in registers, e.g. straight from a key update).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn build_regs(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
+    let (e, p) = expand2(keys[0], keys[2]);
     store_doubled(&mut s.et_enc, &e);
     if client {
         st(&mut s.et_dec[0], e[10]);
@@ -278,7 +294,7 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
         st(&mut s.et_dec[10], e[0]);
     }
     store_doubled(&mut s.prf, &p);
-    let h = ld(at(raw, 16));
+    let h = keys[1];
     let mut pw = [h; 8];
     pw[1] = gf_mul(h, h);
     pw[2] = gf_mul(pw[1], h);
@@ -287,7 +303,7 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
         pw[4 + i] = gf_mul(pw[i], pw[3]);
     }
     store_powers(s, &pw, 0);
-    s.b.copy_from_slice(&raw[48..64]);
+    st(&mut s.b, keys[3]);
     s.npow = 8;
     s.uses = 0;
 }
@@ -366,16 +382,23 @@ fn update_stream2(
     )
 }
 
-/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule) and `N'`.
+/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule from the
+/// registers, with AVX encodings if `wide`) and `N'`.
+///
+/// # Safety
+/// With `wide`, the CPU must have AVX and AVX2.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5]) {
+unsafe fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5], wide: bool) {
     for (i, v) in ks.iter().take(4).enumerate() {
         st(at_mut(&mut k.raw, 16 * i), *v);
     }
     st(nonce, ks[4]);
+    let keys = [ks[0], ks[1], ks[2], ks[3]];
     match &mut k.cache {
-        Cache::X86(s) => build(&k.raw, k.client, s),
+        // SAFETY: the caller guarantees AVX and AVX2 when `wide`.
+        Cache::X86(s) if wide => unsafe { build_regs_avx(&keys, k.client, s) },
+        Cache::X86(s) => build_regs(&keys, k.client, s),
         // Callers made it X86 to compute `ks`.
         _ => k.cache = Cache::Stale,
     }
@@ -842,10 +865,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
     #[inline(always)]
     fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
         let s = self.sched(k, false);
-        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features, and
+        // `Kern<true>` (`WIDE`) only after one proved the wide ones (AVX2 among them).
         unsafe {
             let ks = update_stream(s, ld(nonce));
-            install_update(k, nonce, &ks);
+            install_update(k, nonce, &ks, WIDE);
         }
     }
 
@@ -853,11 +877,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
     fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
         let sa = self.sched(ka, false);
         let sb = self.sched(kb, false);
-        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        // SAFETY: as in `update`.
         unsafe {
             let (xa, xb) = update_stream2(sa, ld(na), sb, ld(nb));
-            install_update(ka, na, &xa);
-            install_update(kb, nb, &xb);
+            install_update(ka, na, &xa, WIDE);
+            install_update(kb, nb, &xb, WIDE);
         }
     }
 }
