@@ -649,3 +649,89 @@ fn vaes_backends_get_the_wide_kernel_when_the_cpu_has_it() {
         );
     }
 }
+
+/// Neighbouring relay jobs on distinct hops and cells are encrypted (and their key updates
+/// made) side by side. Batches of every size from 1 to 19 and 64 (odd sizes leave one job
+/// unpaired), mixing: cells recognized at the relay (made by the client, so keys update inside
+/// a pair), pass-through cells, originated cells, and the same hop twice in a row (consecutive
+/// cells of one circuit, which must not be paired). Every backend equals the reference.
+#[test]
+fn relay_pairs_match_the_reference_for_odd_sizes_and_repeated_hops() {
+    let reference = crate::Engine::new(crate::Backend::Portable).unwrap();
+    let mut rng = Rng::new(0x9e0);
+    for e in engines() {
+        const CLEAN: usize = 12;
+        const ALL: usize = 24;
+        let (mut clients, mut relays) = (Vec::new(), Vec::new());
+        for _ in 0..ALL {
+            let (c, r) = circuit(&mut rng, 1);
+            clients.extend(c);
+            relays.extend(r.into_iter().map(CgoHop::Relay));
+        }
+        let mut relays_ref = relays.clone();
+        let mut recognized = 0;
+        for n in (1..=19).chain([64, 64, 7]) {
+            let (mut cells, mut jobs) = (Vec::new(), Vec::new());
+            let mut last = u32::MAX;
+            for k in 0..n {
+                // Mostly distinct hops; sometimes the previous job's hop again.
+                let c = if k > 0 && rng.below(5) == 0 {
+                    last as usize
+                } else {
+                    rng.below(ALL)
+                };
+                last = c as u32;
+                let cmd = if rng.below(4) == 0 {
+                    CMD_RELAY_EARLY
+                } else {
+                    CMD_RELAY
+                };
+                let mut cell = [0u8; 509];
+                rng.fill(&mut cell);
+                let op = match rng.below(3) {
+                    0 => CgoOp::RelayOriginate,
+                    1 if c >= CLEAN => CgoOp::RelayBackward,
+                    _ => CgoOp::RelayForward,
+                };
+                if op == CgoOp::RelayForward && c < CLEAN {
+                    // A cell for this relay, sealed by its client in job order.
+                    clients[c].originate(cmd, &mut cell);
+                }
+                jobs.push(CgoJob {
+                    hop: c as u32,
+                    cell: cells.len() as u32,
+                    cmd,
+                    op,
+                });
+                cells.push(cell);
+            }
+            let mut cells_ref = cells.clone();
+            let mut out = vec![CgoOutcome::Done; n];
+            let mut out_ref = out.clone();
+            e.process_batch_cgo(&mut relays, &mut cells, &jobs, &mut out)
+                .unwrap();
+            reference
+                .process_batch_cgo(&mut relays_ref, &mut cells_ref, &jobs, &mut out_ref)
+                .unwrap();
+            assert_eq!(out, out_ref, "{} batch of {n}: outcomes", e.backend());
+            assert!(cells == cells_ref, "{} batch of {n}: cells", e.backend());
+            for (a, b) in relays.iter().zip(&relays_ref) {
+                assert_eq!(hop_state(a), hop_state(b), "{} batch of {n}", e.backend());
+            }
+            for (j, o) in jobs.iter().zip(&out) {
+                if j.op == CgoOp::RelayForward && (j.hop as usize) < CLEAN {
+                    assert!(
+                        matches!(o, CgoOutcome::Recognized(_)),
+                        "batch of {n}: {o:?}"
+                    );
+                    recognized += 1;
+                }
+            }
+        }
+        assert!(
+            recognized > 20,
+            "{}: only {recognized} recognized",
+            e.backend()
+        );
+    }
+}

@@ -215,9 +215,10 @@ fn key_step(k: __m128i, rcon: i32) -> __m128i {
         13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12,
     ];
     let t = _mm_aesenclast_si128(_mm_shuffle_epi8(k, ld(&ROT)), _mm_set1_epi32(rcon));
+    // The prefix XOR of the four words in two steps (shift by one word, then by two) rather
+    // than three: a shorter chain beside the `aesenclast`.
     let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
-    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
-    let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+    let k = _mm_xor_si128(k, _mm_slli_si128::<8>(k));
     _mm_xor_si128(k, t)
 }
 
@@ -268,7 +269,22 @@ fn store_powers(s: &mut Sched, pw: &[__m128i], from: usize) {
 /// Builds the schedule of `raw = KB | KU | K | B`, with eight powers of `KU`.
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
-    let (e, p) = expand2(ld(at(raw, 0)), ld(at(raw, 32)));
+    let keys = [0, 16, 32, 48].map(|o| ld(at(raw, o)));
+    build_regs(&keys, client, s);
+}
+
+/// [`build_regs`] compiled with AVX (three-operand encodings, fewer register copies), for
+/// the wide kernel.
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
+fn build_regs_avx(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
+    build_regs(keys, client, s)
+}
+
+/// Builds the schedule of `KB, KU, K, B` (in registers, e.g. straight from a key update).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn build_regs(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
+    let (e, p) = expand2(keys[0], keys[2]);
     store_doubled(&mut s.et_enc, &e);
     if client {
         st(&mut s.et_dec[0], e[10]);
@@ -278,7 +294,7 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
         st(&mut s.et_dec[10], e[0]);
     }
     store_doubled(&mut s.prf, &p);
-    let h = ld(at(raw, 16));
+    let h = keys[1];
     let mut pw = [h; 8];
     pw[1] = gf_mul(h, h);
     pw[2] = gf_mul(pw[1], h);
@@ -287,7 +303,7 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
         pw[4 + i] = gf_mul(pw[i], pw[3]);
     }
     store_powers(s, &pw, 0);
-    s.b.copy_from_slice(&raw[48..64]);
+    st(&mut s.b, keys[3]);
     s.npow = 8;
     s.uses = 0;
 }
@@ -366,26 +382,46 @@ fn update_stream2(
     )
 }
 
-/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule) and `N'`.
+/// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule from the
+/// registers, with AVX encodings if `wide`) and `N'`.
+///
+/// # Safety
+/// With `wide`, the CPU must have AVX and AVX2.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5]) {
+unsafe fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5], wide: bool) {
     for (i, v) in ks.iter().take(4).enumerate() {
         st(at_mut(&mut k.raw, 16 * i), *v);
     }
     st(nonce, ks[4]);
+    let keys = [ks[0], ks[1], ks[2], ks[3]];
     match &mut k.cache {
-        Cache::X86(s) => build(&k.raw, k.client, s),
+        // SAFETY: the caller guarantees AVX and AVX2 when `wide`.
+        Cache::X86(s) if wide => unsafe { build_regs_avx(&keys, k.client, s) },
+        Cache::X86(s) => build_regs(&keys, k.client, s),
         // Callers made it X86 to compute `ks`.
         _ => k.cache = Cache::Stale,
     }
 }
 
-/// `iv + i` for the PRF's counter (the last byte never carries: see the reference).
+/// `+i` in the last byte of a block, for `i < 32` (see [`CTR_INC`]).
+static CTR_INC1: [[u64; 2]; 32] = {
+    let mut t = [[0u64; 2]; 32];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = [0, (i as u64) << 56];
+        i += 1;
+    }
+    t
+};
+
+/// `iv + i` for the PRF's counter, `i < 32` (the last byte never carries: see the reference).
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn ctr_add(iv: __m128i, i: usize) -> __m128i {
-    _mm_add_epi64(iv, _mm_set_epi64x((i as i64) << 56, 0))
+    let inc = &CTR_INC1[i % 32];
+    // SAFETY: `inc` is 16 readable bytes.
+    _mm_add_epi64(iv, unsafe { _mm_loadu_si128(inc.as_ptr().cast()) })
 }
 
 /// XORs one keystream block into `out` (up to 16 bytes).
@@ -439,16 +475,34 @@ fn round8_narrow(b: &mut [__m128i; 8], k: __m128i) {
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn ctr_narrow(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
-    for (g, group) in out.chunks_mut(8 * BLK).enumerate() {
-        let k0 = rk(keys, 0);
-        let mut b: [__m128i; 8] =
-            core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, g * 8 + i), k0));
-        for r in 1..10 {
-            round8_narrow(&mut b, rk(keys, r));
-        }
-        let k = rk(keys, 10);
-        for (x, o) in b.iter().zip(group.chunks_mut(BLK)) {
-            xor_block_into(o, _mm_aesenclast_si128(*x, k));
+    ctr_narrow_group::<0>(keys, iv, out);
+    ctr_narrow_group::<1>(keys, iv, out);
+    ctr_narrow_group::<2>(keys, iv, out);
+    ctr_narrow_group::<3>(keys, iv, out);
+}
+
+/// Blocks `8 G .. 8 G + 8` of [`ctr_narrow`], with constant offsets (see [`ctr_group`]).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn ctr_narrow_group<const G: usize>(
+    keys: &[[u8; 32]; 11],
+    iv: __m128i,
+    out: &mut [u8; PAYLOAD_LEN],
+) {
+    let k0 = rk(keys, 0);
+    let mut b: [__m128i; 8] = core::array::from_fn(|i| _mm_xor_si128(ctr_add(iv, G * 8 + i), k0));
+    for r in 1..10 {
+        round8_narrow(&mut b, rk(keys, r));
+    }
+    let k = rk(keys, 10);
+    let ks = b.map(|x| _mm_aesenclast_si128(x, k));
+    for (i, ks) in ks.into_iter().enumerate() {
+        let off = BLK * (8 * G + i);
+        if off + BLK <= PAYLOAD_LEN {
+            xor_block_into(&mut out[off..off + BLK], ks);
+        } else if off < PAYLOAD_LEN {
+            // Block 30: its first 13 bytes; block 31 is not used.
+            xor_block_into(&mut out[off..], ks);
         }
     }
 }
@@ -629,40 +683,62 @@ fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m12
     }
 }
 
+/// The counter increments of blocks `2i` and `2i + 1` as one `ymm` (`+n` in the last byte of
+/// each lane), loaded rather than built: built at run time, the 16 of a cell took ~100 scalar
+/// and shuffle instructions competing with the AES rounds.
+static CTR_INC: [[u64; 4]; 16] = {
+    let mut t = [[0u64; 4]; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = [0, (2 * i as u64) << 56, 0, (2 * i as u64 + 1) << 56];
+        i += 1;
+    }
+    t
+};
+
 /// XORs `CTR(K, iv)` into the 493-byte `out` on `ymm`: 16 blocks in flight.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn ctr_wide(keys: &[[u8; 32]; 11], iv: __m128i, out: &mut [u8; PAYLOAD_LEN]) {
     let base = _mm256_broadcastsi128_si256(iv);
+    ctr_group::<0>(keys, base, out);
+    ctr_group::<1>(keys, base, out);
+}
+
+/// Blocks `16 G .. 16 G + 16` of [`ctr_wide`] (a constant `G`, so that the offsets are
+/// constants and the final rounds and stores are straight-line code, not a loop through the
+/// stack).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn ctr_group<const G: usize>(keys: &[[u8; 32]; 11], base: __m256i, out: &mut [u8; PAYLOAD_LEN]) {
     let rkw = |i: usize| {
         // SAFETY: each round key is 32 readable bytes.
         unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
     };
-    for g in 0..2usize {
-        let mut b = [_mm256_setzero_si256(); 8];
-        for (i, x) in b.iter_mut().enumerate() {
-            let n = (16 * g + 2 * i) as i64;
-            let c = _mm256_add_epi64(base, _mm256_set_epi64x((n + 1) << 56, 0, n << 56, 0));
-            *x = _mm256_xor_si256(c, rkw(0));
-        }
-        for r in 1..10 {
-            round8_wide(&mut b, rkw(r));
-        }
-        let k = rkw(10);
-        for (i, x) in b.iter_mut().enumerate() {
-            let ks = _mm256_aesenclast_epi128(*x, k);
-            let off = 256 * g + 32 * i;
-            if off + 32 <= PAYLOAD_LEN {
-                let o = &mut out[off..off + 32];
-                // SAFETY: `o` is 32 readable and writable bytes.
-                unsafe {
-                    let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
-                    _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
-                }
-            } else {
-                // The last pair: 13 bytes of block 30, block 31 unused.
-                xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
+    let k0 = rkw(0);
+    let mut b: [__m256i; 8] = core::array::from_fn(|i| {
+        let inc = &CTR_INC[8 * G + i];
+        // SAFETY: `inc` is 32 readable bytes.
+        let inc = unsafe { _mm256_loadu_si256(inc.as_ptr().cast()) };
+        _mm256_xor_si256(_mm256_add_epi64(base, inc), k0)
+    });
+    for r in 1..10 {
+        round8_wide(&mut b, rkw(r));
+    }
+    let k = rkw(10);
+    let ks = b.map(|x| _mm256_aesenclast_epi128(x, k));
+    for (i, ks) in ks.into_iter().enumerate() {
+        let off = 256 * G + 32 * i;
+        if off + 32 <= PAYLOAD_LEN {
+            let o = &mut out[off..off + 32];
+            // SAFETY: `o` is 32 readable and writable bytes.
+            unsafe {
+                let v = _mm256_xor_si256(_mm256_loadu_si256(o.as_ptr().cast()), ks);
+                _mm256_storeu_si256(o.as_mut_ptr().cast(), v);
             }
+        } else {
+            // The last pair: 13 bytes of block 30, block 31 unused.
+            xor_block_into(&mut out[off..], _mm256_castsi256_si128(ks));
         }
     }
 }
@@ -789,10 +865,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
     #[inline(always)]
     fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
         let s = self.sched(k, false);
-        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features, and
+        // `Kern<true>` (`WIDE`) only after one proved the wide ones (AVX2 among them).
         unsafe {
             let ks = update_stream(s, ld(nonce));
-            install_update(k, nonce, &ks);
+            install_update(k, nonce, &ks, WIDE);
         }
     }
 
@@ -800,11 +877,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
     fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
         let sa = self.sched(ka, false);
         let sb = self.sched(kb, false);
-        // SAFETY: a `Kern` exists only after a `Token` proved the narrow features.
+        // SAFETY: as in `update`.
         unsafe {
             let (xa, xb) = update_stream2(sa, ld(na), sb, ld(nb));
-            install_update(ka, na, &xa);
-            install_update(kb, nb, &xb);
+            install_update(ka, na, &xa, WIDE);
+            install_update(kb, nb, &xb, WIDE);
         }
     }
 }
