@@ -92,6 +92,7 @@ pub fn run(config: &Config, stop: Arc<AtomicBool>) -> Result<(), DaemonError> {
         shards = n,
         ?backend,
         shard_memory_max_bytes = config.limits.shard_limits(n).memory_max_bytes,
+        tls_provider = crate::tls::chosen_provider().name(),
         "chive relay starting"
     );
     let cores = if config.pin_cores {

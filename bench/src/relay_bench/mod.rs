@@ -144,18 +144,23 @@ impl ChiveChild {
             let port = relay::testnet::free_port().map_err(|e| format!("free port: {e}"))?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let mut cmd = Command::new(&exe);
-            cmd.arg("relay-node")
-                .arg("--or-address")
-                .arg(addr.to_string())
-                .arg("--data-dir")
-                .arg(dir.path())
-                .arg("--nickname")
-                .arg(nickname)
-                .arg("--shards")
-                .arg(shards.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
+            // The children use the TLS provider this process measured and reports.
+            cmd.env(
+                relay::tls::PROVIDER_ENV,
+                relay::tls::chosen_provider().name(),
+            )
+            .arg("relay-node")
+            .arg("--or-address")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--nickname")
+            .arg(nickname)
+            .arg("--shards")
+            .arg(shards.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
             if pin {
                 cmd.arg("--pin");
             }
@@ -429,6 +434,10 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
                     Impl::CTor => "openssl (C tor)".to_string(),
                 },
                 "loadgen_crypto_backend": backend,
+                "tls_provider": match r.which {
+                    Impl::Chive => relay::tls::chosen_provider().name(),
+                    Impl::CTor => "openssl (C tor)",
+                },
             })
         })
         .collect();
@@ -455,7 +464,10 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
         }
         return Ok(());
     }
-    println!("cpu: {cpu}; chive crypto backend: {backend}; {mode}");
+    println!(
+        "cpu: {cpu}; chive crypto backend: {backend}; chive TLS provider: {}; {mode}",
+        relay::tls::chosen_provider().name()
+    );
     println!(
         "{} circuits over {} channels; {} round(s) per relay of {:.1} s after {:.1} s warm-up",
         opts.circuits,
