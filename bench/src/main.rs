@@ -85,6 +85,9 @@ enum Cmd {
         /// Shards of the chive sink relay.
         #[arg(long, default_value_t = 1)]
         sink_shards: usize,
+        /// CGO relay crypto (proposal 359) on every hop instead of tor1.
+        #[arg(long)]
+        cgo: bool,
         /// Implementations to run, in order: `ctor`, `chive`.
         #[arg(long, value_delimiter = ',', default_values_t = ["ctor".to_string(), "chive".to_string()])]
         impls: Vec<String>,
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             r_cpus,
             sink_shards,
             impls,
+            cgo,
         } => {
             let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0));
             relay_bench::run(&relay_bench::RelayBenchOptions {
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
                 sink_shards,
                 impls,
                 json,
+                cgo,
             })
         }
         Cmd::RelayNode {

@@ -126,3 +126,34 @@ fn chive_open_loop_at_a_low_rate() {
     let sent = lines[0].get("cells_sent").and_then(Value::as_u64).unwrap();
     assert!(sent <= 400, "{sent}");
 }
+
+/// The same load with CGO circuits (proposal 359) through both relays: C tor 0.4.9 and chive
+/// both accept the `Relay=6` request, and the sink echoes v1-format cells.
+#[test]
+fn both_relays_with_cgo_circuits() {
+    let lines = run(&[
+        "--cgo",
+        "--circuits",
+        "4",
+        "--channels",
+        "1",
+        "--window",
+        "2",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--rounds",
+        "1",
+    ]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    check_impl(&lines[0], "ctor", 1);
+    check_impl(&lines[1], "chive", 1);
+    for o in &lines[..2] {
+        assert_eq!(
+            o.get("relay_crypto").and_then(Value::as_str),
+            Some("cgo"),
+            "{o}"
+        );
+    }
+}

@@ -70,6 +70,8 @@ pub struct LoadParams {
     pub window: usize,
     /// Cells per second this thread offers; 0 for closed loop.
     pub rate: f64,
+    /// Handshake for both hops: `NtorV3Cgo` makes CGO circuits (proposal 359), `Ntor` tor1.
+    pub handshake: HandshakeKind,
 }
 
 /// When a round measures, fixed once every thread has built its circuits.
@@ -109,8 +111,8 @@ pub struct LoadTally {
     pub latency: Histogram<u64>,
 }
 
-/// Opens a channel to `r`, builds `params.circuits` circuits `r` → `s` (ntor, then ntor via
-/// EXTEND2), meets the others at `meet`, and pushes cells until the window ends.
+/// Opens a channel to `r`, builds `params.circuits` circuits `r` → `s` (`params.handshake`,
+/// then the same via EXTEND2), meets the others at `meet`, and pushes cells until the window ends.
 pub fn run_channel(
     r: &RelayInfo,
     s: &RelayInfo,
@@ -121,7 +123,7 @@ pub fn run_channel(
     let setup = ClientChannel::open(r)
         .map_err(LoadError::from)
         .and_then(|mut chan| {
-            let circs = build_circuits(&mut chan, r, s, engine, params.circuits)?;
+            let circs = build_circuits(&mut chan, r, s, engine, params)?;
             Ok((chan, circs))
         });
     // Every thread reaches the barriers, even after a failure, so that none waits forever.
@@ -142,21 +144,21 @@ fn build_circuits(
     r: &RelayInfo,
     s: &RelayInfo,
     engine: Engine,
-    n: usize,
+    params: LoadParams,
 ) -> Result<Vec<OriginCircuit>, LoadError> {
+    let (n, kind) = (params.circuits, params.handshake);
     let mut rng = rand::rngs::OsRng;
     let mut circs = Vec::with_capacity(n);
     for i in 0..n {
         let id = circ_id(i)?;
-        let (circ, cell) =
-            OriginCircuit::create_first_hop(&mut rng, engine, id, HandshakeKind::Ntor, r)?;
+        let (circ, cell) = OriginCircuit::create_first_hop(&mut rng, engine, id, kind, r)?;
         chan.queue(&cell)?;
         circs.push(circ);
     }
     chan.send_queued()?;
     await_hops(chan, &mut circs, 1)?;
     for c in &mut circs {
-        let cell = c.extend(&mut rng, HandshakeKind::Ntor, s)?;
+        let cell = c.extend(&mut rng, kind, s)?;
         chan.queue(&cell)?;
     }
     chan.send_queued()?;

@@ -88,6 +88,8 @@ pub struct RelayBenchOptions {
     pub impls: Vec<String>,
     /// One JSON object per line.
     pub json: bool,
+    /// CGO circuits (ntor v3 asking for `Relay=6` at both hops) instead of tor1 (ntor).
+    pub cgo: bool,
 }
 
 /// One implementation's figures over all its rounds.
@@ -282,6 +284,11 @@ fn round(
                     circuits: (c..opts.circuits).step_by(channels).count(),
                     window: opts.window,
                     rate: opts.rate / channels as f64,
+                    handshake: if opts.cgo {
+                        relay::circuit::HandshakeKind::NtorV3Cgo
+                    } else {
+                        relay::circuit::HandshakeKind::Ntor
+                    },
                 };
                 let (r_info, s_info, meet) = (&r_info, &s_info, &meet);
                 scope.spawn(move || loadgen::run_channel(r_info, s_info, engine, params, meet))
@@ -398,6 +405,10 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
     } else {
         format!("closed loop, window {}", opts.window)
     };
+    let mode = format!(
+        "{mode}; relay crypto {}",
+        if opts.cgo { "CGO" } else { "tor1" }
+    );
     let objs: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
@@ -427,6 +438,7 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
                 "circuits": opts.circuits,
                 "channels": opts.channels.min(opts.circuits),
                 "mode": mode,
+                "relay_crypto": if opts.cgo { "cgo" } else { "tor1" },
                 "shards": match r.which { Impl::Chive => opts.shards, Impl::CTor => 1 },
                 "cpu_model": cpu,
                 "crypto_backend": match r.which {
