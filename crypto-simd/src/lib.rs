@@ -456,6 +456,15 @@ impl Default for Engine {
     }
 }
 
+/// Clears a stack buffer that held keystream, so no key-derived bytes outlive the call. A plain
+/// fill (vector stores, unlike `zeroize`'s byte-wise volatile writes, which would cost more than
+/// the AES here) made observable through `black_box`, so the stores are not dropped as dead.
+#[inline(always)]
+pub(crate) fn wipe(buf: &mut [u8]) {
+    buf.fill(0);
+    core::hint::black_box(&*buf);
+}
+
 /// A keystream kernel: XORs the next 509 bytes of `layer`'s keystream into `cell`.
 trait Kernel: Copy {
     fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody);
@@ -499,6 +508,10 @@ impl Kernel for Portable {
                 *c ^= k;
             }
         }
+        for b in ks.iter_mut() {
+            wipe(b);
+        }
+        wipe(&mut flat);
     }
 }
 

@@ -127,6 +127,9 @@ impl Sha1x8 {
                 unsafe { crate::x86::sha1ni_run::<4>(&mut h4, &t4, nt, nu, &mut up4) };
                 h[..4].copy_from_slice(&h4);
                 updated[..4].copy_from_slice(&up4);
+                h4 = [[0; 5]; 4];
+                up4 = [[0; 5]; 4];
+                core::hint::black_box((&h4, &up4));
             }
         } else {
             let steps = n_total.iter().copied().max().unwrap_or(0);
@@ -149,6 +152,11 @@ impl Sha1x8 {
                 o.copy_from_slice(&w.to_be_bytes());
             }
         }
+        // The chaining values are the circuits' running digest states (seeded from Df/Db):
+        // clear the stack copies, as `crate::wipe` does for keystream.
+        h = [[0; 5]; LANES];
+        updated = [[0; 5]; LANES];
+        core::hint::black_box((&h, &updated));
     }
 }
 

@@ -573,6 +573,7 @@ pub(crate) unsafe fn aesni_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBod
     aesni_group::<11>(&keys, first + 11, b);
     aesni_group::<11>(&keys, first + 22, c);
     xor_cell(cell, &ks, off);
+    crate::wipe(ks.as_flattened_mut());
 }
 
 /// Keystream buffer of the AES-NI and VAES-512 kernels: 36 blocks (9 zmm).
@@ -630,6 +631,7 @@ pub(crate) unsafe fn vaes512_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellB
         vaes512_group::<8>(&keys, first, &mut ks);
     }
     xor_cell(cell, &ks, off);
+    crate::wipe(ks.as_flattened_mut());
 }
 
 #[target_feature(enable = "vaes,avx512f,avx2,aes")]
