@@ -508,9 +508,8 @@ impl Kernel for Portable {
                 *c ^= k;
             }
         }
-        for b in ks.iter_mut() {
-            wipe(b);
-        }
+        ks = [aes::Block::default(); BLOCKS];
+        core::hint::black_box(&ks);
         wipe(&mut flat);
     }
 }
