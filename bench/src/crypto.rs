@@ -38,18 +38,6 @@ struct OpensslNs {
     sha1: f64,
 }
 
-pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
 /// Runs `openssl speed ... -bytes 512` and returns ns per 512-byte block, from the last line
 /// (`<name>  <N>k`, N in thousands of bytes per second).
 fn openssl_ns(args: &[&str]) -> Option<f64> {
@@ -161,7 +149,7 @@ pub fn run(
         },
         None => Backend::supported().collect(),
     };
-    let cpu = cpu_model();
+    let cpu = relay::demo::cpu_model();
     let ossl = if no_openssl { None } else { measure_openssl(1) };
     if ossl.is_none() && !no_openssl {
         eprintln!("warning: could not run or parse `openssl speed`; ratios omitted");

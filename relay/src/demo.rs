@@ -750,8 +750,8 @@ fn shard_cpu_secs() -> f64 {
         .sum()
 }
 
-/// `model name` from /proc/cpuinfo.
-fn cpu_model() -> String {
+/// `model name` from /proc/cpuinfo ("unknown" if there is none), printed with every figure.
+pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -29,7 +29,7 @@ use ctor::CTorRelay;
 use proto::ids::StreamId;
 use proto::relay_cell::RelayCmd;
 use proto::relay_cell_v1::RelayCellFormat;
-use proto::relay_msg::{Begin, Data, Host, RelayMsg};
+use proto::relay_msg::{Data, RelayMsg};
 use relay::circuit::{ClientEvent, HandshakeKind, OriginCircuit, RelayInfo};
 
 use HandshakeKind::{NtorV3, NtorV3Cgo};
@@ -106,27 +106,8 @@ fn echo(chan: &mut Chan, circ: &mut OriginCircuit, hop: usize, cells: usize) {
 /// BEGIN to the last hop (a non-exit): it comes back as END from that hop, on our stream.
 fn begin_refused(chan: &mut Chan, circ: &mut OriginCircuit) {
     let hop = circ.hops() - 1;
-    let stream = StreamId::new(7);
-    let begin = RelayMsg::Begin(Begin {
-        host: Host::parse("127.0.0.1").unwrap(),
-        port: 9,
-        flags: Default::default(),
-    });
-    let cell = circ
-        .send(&mut rand::rngs::OsRng, hop, stream, &begin)
-        .unwrap();
-    match chan.exchange(circ, cell) {
-        ClientEvent::Msg {
-            hop: from,
-            stream_id,
-            msg: RelayMsg::End(end),
-            ..
-        } => {
-            assert_eq!((from, stream_id), (hop, stream));
-            eprintln!("hop {hop} refused BEGIN with {:?}", end.reason);
-        }
-        other => panic!("expected END, got {other:?}"),
-    }
+    let reason = chan.begin_refused(circ);
+    eprintln!("hop {hop} refused BEGIN with {reason:?}");
 }
 
 /// Builds `path` with `kinds`, checks the formats, echoes from every chive hop in

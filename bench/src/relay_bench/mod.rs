@@ -365,11 +365,6 @@ fn round(
     Ok(())
 }
 
-/// `model name` from /proc/cpuinfo.
-fn cpu_model() -> String {
-    crate::crypto::cpu_model()
-}
-
 /// Runs the benchmark and prints it.
 pub fn run(opts: &RelayBenchOptions) -> ExitCode {
     match run_inner(opts) {
@@ -392,7 +387,7 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let engine = Engine::from_env().map_err(|e| e.to_string())?;
     let backend = engine.backend().to_string();
-    let cpu = cpu_model();
+    let cpu = relay::demo::cpu_model();
     let sink = ChiveChild::start("chivebenchS", opts.sink_shards, false, true)?;
     let mut results: Vec<ImplResult> = impls.iter().map(|&i| ImplResult::new(i)).collect();
     for _ in 0..opts.rounds {
