@@ -695,12 +695,15 @@ impl Shard {
     }
 
     /// Whether cells are waiting for [`Shard::process_batch`] (the reactor must not sleep).
+    /// A batch held back by a full inbox elsewhere does not count: the receiving shard wakes
+    /// this one when it has made room ([`Shard::handle_inbox`]), and the reactor's tick retries
+    /// where there is no wake-up.
     pub fn has_ready_cells(&self) -> bool {
         self.ready_cells
             || self
                 .x
                 .as_ref()
-                .is_some_and(|x| x.blocked || !x.cells_in.is_empty() || !x.link.rx.is_empty())
+                .is_some_and(|x| !x.cells_in.is_empty() || !x.link.rx.is_empty())
     }
 
     /// Processes every cell received since the last call in one [`RelayCore::handle_batch`]
@@ -1090,14 +1093,27 @@ impl Shard {
         true
     }
 
-    /// Takes what other shards sent (a bounded number of batches per call).
+    /// Takes what other shards sent (a bounded number of batches per call). If the inbox was
+    /// full, a sender may be holding a batch back ([`Shard::flush_cross`]) and sleeping: wake
+    /// every other shard once there is room, so none has to poll for it.
     fn handle_inbox(&mut self) {
+        let was_full = self.x.as_ref().is_some_and(|x| x.link.rx.is_full());
         for _ in 0..INBOX_DRAIN_MAX {
             let Some(batch) = self.x.as_ref().and_then(|x| x.link.rx.try_recv().ok()) else {
                 break;
             };
             for msg in batch {
                 self.handle_xmsg(msg);
+            }
+        }
+        if was_full {
+            if let Some(x) = self.x.as_ref() {
+                let me = usize::from(x.link.me);
+                for (i, w) in x.link.wakers.iter().enumerate() {
+                    if i != me {
+                        w.wake();
+                    }
+                }
             }
         }
         self.route_out();
@@ -2811,6 +2827,60 @@ mod tests {
         assert!(s.handle_accepted(&mut rng, a, NOW).is_some());
         assert_eq!(s.stats().refused, 1);
         assert_eq!(s.stats().accepted, 4);
+    }
+
+    /// A shard that drains a full inbox wakes the other shards (a sender may be holding a
+    /// batch back for room), and only then; a held-back batch alone does not keep a reactor
+    /// from sleeping.
+    #[test]
+    fn draining_a_full_inbox_wakes_the_senders() {
+        #[derive(Default)]
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl crate::xshard::Wake for Count {
+            fn wake(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let woken = |c: &Count| c.0.load(std::sync::atomic::Ordering::Relaxed);
+        let mut rng = StdRng::seed_from_u64(5);
+        let ctx = context(31, "10.0.0.9:9001".parse().unwrap());
+        let engine = Engine::from_env().unwrap();
+        let counts = [Arc::new(Count::default()), Arc::new(Count::default())];
+        let links = crate::xshard::mesh(
+            counts
+                .iter()
+                .map(|c| c.clone() as Arc<dyn crate::xshard::Wake>)
+                .collect(),
+        );
+        let senders = links[0].tx.clone();
+        let mut shards: Vec<Shard> = links
+            .into_iter()
+            .map(|l| {
+                let mut s = Shard::new(
+                    ctx.clone(),
+                    engine,
+                    ShardLimits::default(),
+                    Limits::default(),
+                )
+                .unwrap();
+                s.set_xlink(l);
+                s
+            })
+            .collect();
+        // A few batches: drained without waking anyone.
+        for _ in 0..3 {
+            senders[1].try_send(Vec::new()).unwrap();
+        }
+        assert!(shards[1].has_ready_cells());
+        shards[1].process_batch(&mut rng, NOW);
+        assert_eq!((woken(&counts[0]), woken(&counts[1])), (0, 0));
+        // A full inbox: the next send is refused; draining wakes shard 0, not shard 1 itself.
+        while senders[1].try_send(Vec::new()).is_ok() {}
+        assert!(senders[1].is_full());
+        shards[1].process_batch(&mut rng, NOW);
+        assert_eq!((woken(&counts[0]), woken(&counts[1])), (1, 0));
+        assert!(!senders[1].is_full());
+        assert!(!shards[0].has_ready_cells());
     }
 
     #[test]
