@@ -101,6 +101,18 @@ impl Timers {
         }
     }
 
+    /// The schedule of a relay restarted at `now` whose current onion key was made at
+    /// `onion_made` (its file's age, as C tor judges it): the next rotation is due one lifetime
+    /// after that (at once if overdue), and a previous key, if one is kept, stays valid until
+    /// one grace period after the current key replaced it.
+    pub fn resume(config: ControlConfig, now: u64, onion_made: u64, has_previous: bool) -> Self {
+        let mut t = Timers::new(config, now);
+        let made = onion_made.min(now);
+        t.next_onion = made.saturating_add(config.onion_key_lifetime_secs.max(1));
+        t.grace_end = has_previous.then(|| made.saturating_add(config.onion_key_grace_secs));
+        t
+    }
+
     /// The earliest time an [`Action`] is due.
     pub fn next_deadline(&self) -> u64 {
         [
@@ -186,7 +198,7 @@ pub struct Control {
 impl Control {
     /// Runs the schedule until `stop` is set (checked every `tick`).
     pub fn run(mut self, stop: &AtomicBool, tick: Duration) {
-        let mut timers = Timers::new(self.config, crate::reactor::unix_now());
+        let mut timers = self.resume_schedule(crate::reactor::unix_now());
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(tick);
             let now = crate::reactor::unix_now();
@@ -236,6 +248,39 @@ impl Control {
                 "shard stats"
             );
         }
+    }
+
+    /// The schedule as the key files on disk leave it: the current onion key's age decides the
+    /// next rotation, and a previous key (`secret_onion_key_ntor.old`) still inside its grace
+    /// period is handed to the shards again, so clients that fetched it before a restart can
+    /// still extend to us.
+    fn resume_schedule(&self, now: u64) -> Timers {
+        let dir = self.data_dir.join(proto::key_file::KEYS_DIR);
+        let current = dir.join(proto::key_file::SECRET_ONION_KEY_NTOR);
+        let made = std::fs::metadata(&current)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(now, |d| d.as_secs());
+        let old = dir.join(format!("{}.old", proto::key_file::SECRET_ONION_KEY_NTOR));
+        let in_grace = made.saturating_add(self.config.onion_key_grace_secs) > now;
+        let previous = if in_grace {
+            match proto::key_file::load(&old, proto::key_file::parse_ntor_secret_key) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "previous onion key unreadable; not kept");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let timers = Timers::resume(self.config, now, made, previous.is_some());
+        if previous.is_some() {
+            self.push_server_keys(previous);
+            tracing::info!("previous onion key kept for the rest of its grace period");
+        }
+        timers
     }
 
     fn push_server_keys(&self, previous: Option<NtorOnionKeypair>) {
@@ -335,6 +380,35 @@ mod tests {
                 (1200, Action::RotateLinkCert),
             ]
         );
+    }
+
+    /// After a restart the schedule follows the key file's age, not the restart.
+    #[test]
+    fn resumed_schedule_follows_the_key_age() {
+        let cfg = ControlConfig {
+            stats_interval_secs: 0,
+            onion_key_lifetime_secs: 100,
+            onion_key_grace_secs: 30,
+            link_cert_lifetime_secs: 1000,
+        };
+        // Key made at 950, restart at 1000 with a previous key: it is retired at 980 (already
+        // past: at once), the next rotation is at 1050, not 1100.
+        let mut t = Timers::resume(cfg, 1000, 950, true);
+        assert_eq!(t.poll(1000), Some(Action::DropPreviousOnionKey));
+        assert_eq!(t.poll(1000), None);
+        assert_eq!(t.next_deadline(), 1050);
+        assert_eq!(t.poll(1050), Some(Action::RotateOnionKey));
+        // Key made at 990: the previous one stays until 1020.
+        let mut t = Timers::resume(cfg, 1000, 990, true);
+        assert_eq!(t.next_deadline(), 1020);
+        assert_eq!(t.poll(1019), None);
+        assert_eq!(t.poll(1020), Some(Action::DropPreviousOnionKey));
+        // An overdue key rotates at once; no previous key means no retirement.
+        let mut t = Timers::resume(cfg, 1000, 800, false);
+        assert_eq!(t.poll(1000), Some(Action::RotateOnionKey));
+        // A file from the future (clock change) counts as made now.
+        let t = Timers::resume(cfg, 1000, 5000, false);
+        assert_eq!(t.next_deadline(), 1100);
     }
 
     #[test]
