@@ -429,6 +429,215 @@ unsafe fn vaes_group8x6(k: *const u8, first: u64, q: *mut u8) -> [__m256i; 8] {
     [a0, a1, a2, a3, a4, a5, a6, a7]
 }
 
+/// Counter constants of [`vaes_cell16`]: the byte swap (per 128-bit lane, bytes 0..8 zero,
+/// bytes 8..16 the high quadword reversed), then sixteen lane increments `(2 j, 2 j + 1)` in the
+/// high quadwords, so every counter vector is one `vpaddq` from the broadcast first block (no
+/// chain of dependent additions).
+#[repr(C, align(32))]
+struct CtrTable([u8; 32 * 17]);
+
+const fn ctr_table() -> CtrTable {
+    let mut t = [0u8; 32 * 17];
+    let mut i = 0;
+    while i < 8 {
+        t[i] = ZERO;
+        t[16 + i] = ZERO;
+        t[8 + i] = 15 - i as u8;
+        t[16 + 8 + i] = 15 - i as u8;
+        i += 1;
+    }
+    let mut j = 0;
+    while j < 16 {
+        let base = 32 + 32 * j;
+        t[base + 8] = (2 * j) as u8;
+        t[base + 16 + 8] = (2 * j + 1) as u8;
+        j += 1;
+    }
+    CtrTable(t)
+}
+
+static CTR_TABLE: CtrTable = ctr_table();
+
+/// Counter vector `$j` (0..16) of the cell into `$dst`, from the broadcast first block in
+/// `$base`, the byte swap in `$sw` and round key 0 in `$k0` (register or memory operands).
+macro_rules! ctr_vec {
+    ($dst:literal, $base:literal, $j:literal, $sw:literal, $k0:literal) => {
+        concat!(
+            "vpaddq ", $dst, ", ", $base, ", ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
+            "vpshufb ", $dst, ", ", $dst, ", ", $sw, "\n",
+            "vpxor ", $dst, ", ", $dst, ", ", $k0, "\n",
+        )
+    };
+}
+
+/// One AES step of the eight `b` chains with the key at `[{k} + off]`.
+macro_rules! ymm8m_b {
+    ($ins:literal, $off:literal) => {
+        concat!(
+            $ins, " {b0}, {b0}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b1}, {b1}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b2}, {b2}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b3}, {b3}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b4}, {b4}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b5}, {b5}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b6}, {b6}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins, " {b7}, {b7}, ymmword ptr [{k} + ", $off, "]\n",
+        )
+    };
+}
+
+/// One AES step of the eight `b` chains with the key in register operand `$key`.
+macro_rules! ymm8r_b {
+    ($ins:literal, $key:literal) => {
+        concat!(
+            $ins, " {b0}, {b0}, ", $key, "\n",
+            $ins, " {b1}, {b1}, ", $key, "\n",
+            $ins, " {b2}, {b2}, ", $key, "\n",
+            $ins, " {b3}, {b3}, ", $key, "\n",
+            $ins, " {b4}, {b4}, ", $key, "\n",
+            $ins, " {b5}, {b5}, ", $key, "\n",
+            $ins, " {b6}, {b6}, ", $key, "\n",
+            $ins, " {b7}, {b7}, ", $key, "\n",
+        )
+    };
+}
+
+/// A second-group counter (vector `8 + $i`) built in `b$i` once that register's round key is
+/// no longer needed: from `{first}` in a general register, the rest as memory operands.
+macro_rules! ctr_b {
+    ($reg:literal, $j:literal) => {
+        concat!(
+            "vmovq {", $reg, ":x}, {first}\n",
+            "vpbroadcastq {", $reg, "}, {", $reg, ":x}\n",
+            "vpaddq {", $reg, "}, {", $reg, "}, ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
+            "vpshufb {", $reg, "}, {", $reg, "}, ymmword ptr [{c}]\n",
+            "vpxor {", $reg, "}, {", $reg, "}, ymmword ptr [{k}]\n",
+        )
+    };
+}
+
+/// XORs chains `b0..b6` into memory at `{q} + 256 ..`.
+macro_rules! xor6_b {
+    () => {
+        concat!(
+            "vpxor {b0}, {b0}, ymmword ptr [{q} + 256]\n",
+            "vmovdqu ymmword ptr [{q} + 256], {b0}\n",
+            "vpxor {b1}, {b1}, ymmword ptr [{q} + 288]\n",
+            "vmovdqu ymmword ptr [{q} + 288], {b1}\n",
+            "vpxor {b2}, {b2}, ymmword ptr [{q} + 320]\n",
+            "vmovdqu ymmword ptr [{q} + 320], {b2}\n",
+            "vpxor {b3}, {b3}, ymmword ptr [{q} + 352]\n",
+            "vmovdqu ymmword ptr [{q} + 352], {b3}\n",
+            "vpxor {b4}, {b4}, ymmword ptr [{q} + 384]\n",
+            "vmovdqu ymmword ptr [{q} + 384], {b4}\n",
+            "vpxor {b5}, {b5}, ymmword ptr [{q} + 416]\n",
+            "vmovdqu ymmword ptr [{q} + 416], {b5}\n",
+        )
+    };
+}
+
+/// Encrypts a cell's 32 fresh blocks `first .. first + 32` (sixteen `ymm` chains in two
+/// groups `a` and `b` of eight) and XORs the first fourteen results into the 32-byte vectors
+/// at `q`, `q + 32`, ... in place; returns vectors 14 and 15 (the tail). One assembly block
+/// from counters to stores, nothing through the stack.
+///
+/// The registers change roles so that the AES units never wait at the group boundary:
+/// group `a` runs rounds 1..=8 with keys 1..=8 in the `b` registers; each `b` register is
+/// rebuilt as a group-`b` counter as soon as its key has been used (every counter is one
+/// `vpaddq` from the broadcast first block, no dependent chain); then group `a`'s rounds 9 and
+/// 10 and group `b`'s rounds 1 and 2 run side by side with memory keys (sixteen independent
+/// chains); group `a` is XORed into the cell, its registers take keys 3..=10, and group `b`
+/// runs rounds 3..=10 from them.
+///
+/// # Safety
+/// `k` must point to 11 x 32 readable bytes (32-byte aligned), `q .. q + 448` must be
+/// readable and writable, and the CPU must support VAES and AVX2.
+#[inline]
+#[target_feature(enable = "vaes,avx2,aes")]
+unsafe fn vaes_cell16(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i) {
+    let c = CTR_TABLE.0.as_ptr();
+    let (v14, v15): (__m256i, __m256i);
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 544-byte aligned
+    // constant table; the block reads `k` and `c`, reads and writes `q .. q + 448`, and
+    // touches only the named registers.
+    unsafe {
+        asm!(
+            "vmovq {b0:x}, {first}",
+            "vpbroadcastq {b0}, {b0:x}",
+            "vmovdqa {b1}, ymmword ptr [{c}]",
+            "vmovdqa {b2}, ymmword ptr [{k}]",
+            ctr_vec!("{a0}", "{b0}", "0", "{b1}", "{b2}"),
+            ctr_vec!("{a1}", "{b0}", "1", "{b1}", "{b2}"),
+            ctr_vec!("{a2}", "{b0}", "2", "{b1}", "{b2}"),
+            ctr_vec!("{a3}", "{b0}", "3", "{b1}", "{b2}"),
+            ctr_vec!("{a4}", "{b0}", "4", "{b1}", "{b2}"),
+            ctr_vec!("{a5}", "{b0}", "5", "{b1}", "{b2}"),
+            ctr_vec!("{a6}", "{b0}", "6", "{b1}", "{b2}"),
+            ctr_vec!("{a7}", "{b0}", "7", "{b1}", "{b2}"),
+            "vmovdqa {b0}, ymmword ptr [{k} + 32]",
+            "vmovdqa {b1}, ymmword ptr [{k} + 64]",
+            "vmovdqa {b2}, ymmword ptr [{k} + 96]",
+            "vmovdqa {b3}, ymmword ptr [{k} + 128]",
+            "vmovdqa {b4}, ymmword ptr [{k} + 160]",
+            "vmovdqa {b5}, ymmword ptr [{k} + 192]",
+            "vmovdqa {b6}, ymmword ptr [{k} + 224]",
+            "vmovdqa {b7}, ymmword ptr [{k} + 256]",
+            ymm8r!("vaesenc", "{b0}"),
+            ctr_b!("b0", "8"),
+            ymm8r!("vaesenc", "{b1}"),
+            ctr_b!("b1", "9"),
+            ymm8r!("vaesenc", "{b2}"),
+            ctr_b!("b2", "10"),
+            ymm8r!("vaesenc", "{b3}"),
+            ctr_b!("b3", "11"),
+            ymm8r!("vaesenc", "{b4}"),
+            ctr_b!("b4", "12"),
+            ymm8r!("vaesenc", "{b5}"),
+            ctr_b!("b5", "13"),
+            ymm8r!("vaesenc", "{b6}"),
+            ctr_b!("b6", "14"),
+            ymm8r!("vaesenc", "{b7}"),
+            ctr_b!("b7", "15"),
+            ymm8m!("vaesenc", "288"),
+            ymm8m_b!("vaesenc", "32"),
+            ymm8m!("vaesenclast", "320"),
+            ymm8m_b!("vaesenc", "64"),
+            xor8!(),
+            "vmovdqa {a0}, ymmword ptr [{k} + 96]",
+            "vmovdqa {a1}, ymmword ptr [{k} + 128]",
+            "vmovdqa {a2}, ymmword ptr [{k} + 160]",
+            "vmovdqa {a3}, ymmword ptr [{k} + 192]",
+            "vmovdqa {a4}, ymmword ptr [{k} + 224]",
+            "vmovdqa {a5}, ymmword ptr [{k} + 256]",
+            "vmovdqa {a6}, ymmword ptr [{k} + 288]",
+            "vmovdqa {a7}, ymmword ptr [{k} + 320]",
+            ymm8r_b!("vaesenc", "{a0}"),
+            ymm8r_b!("vaesenc", "{a1}"),
+            ymm8r_b!("vaesenc", "{a2}"),
+            ymm8r_b!("vaesenc", "{a3}"),
+            ymm8r_b!("vaesenc", "{a4}"),
+            ymm8r_b!("vaesenc", "{a5}"),
+            ymm8r_b!("vaesenc", "{a6}"),
+            ymm8r_b!("vaesenclast", "{a7}"),
+            xor6_b!(),
+            k = in(reg) k,
+            q = in(reg) q,
+            c = in(reg) c,
+            first = in(reg) first,
+            a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
+            a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
+            a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
+            a6 = out(ymm_reg) _, a7 = out(ymm_reg) _,
+            b0 = out(ymm_reg) _, b1 = out(ymm_reg) _,
+            b2 = out(ymm_reg) _, b3 = out(ymm_reg) _,
+            b4 = out(ymm_reg) _, b5 = out(ymm_reg) _,
+            b6 = out(ymm_reg) v14, b7 = out(ymm_reg) v15,
+            options(nostack, preserves_flags),
+        );
+    }
+    (v14, v15)
+}
+
 /// Counter block `n` as an xmm value (see module doc for the layout).
 #[target_feature(enable = "sse2")]
 fn ctr128(n: u64) -> __m128i {
@@ -488,19 +697,16 @@ pub(crate) unsafe fn vaes256_xor_cell(
     // requirement. Overlapping vectors are ordered as the module doc explains.
     // SAFETY: `d + 32 j <= 463` for every `j` used (0..=14), inside `cell`.
     let q = |j: usize| unsafe { p.add(d + 32 * j).cast::<__m256i>() };
-    // SAFETY: the head is `cell[0..16]`, `ymm` 0..8 are `cell[d .. d + 256]` (see above); `k`
+    // SAFETY: the head is `cell[0..16]`, `ymm` 0..14 are `cell[d .. d + 448]` (see above); `k`
     // points to the doubled round keys and VAES is enabled here.
-    unsafe {
+    let (v14, v15) = unsafe {
         // The head first: it changes only bytes `0..d`, which `ymm` 0 does not cover, so the
         // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        vaes_group8x8(k, first, q(0).cast());
-    }
-    // SAFETY: `ymm` 8..14 are `cell[d + 256 .. d + 448]` (see above); `k` points to the
-    // doubled round keys and VAES is enabled here.
-    let b = unsafe { vaes_group8x6(k, first.wrapping_add(16), q(8).cast()) };
-    let last = b[7];
+        vaes_cell16(k, first, q(0).cast())
+    };
+    let last = v15;
     let (b30, b31) = (
         _mm256_castsi256_si128(last),
         _mm256_extracti128_si256::<1>(last),
@@ -527,7 +733,7 @@ pub(crate) unsafe fn vaes256_xor_cell(
         let c_last = _mm256_loadu_si256(q(14));
         _mm_storeu_si128(t1, _mm_xor_si128(c_t1, w1));
         _mm_storeu_si128(t2, _mm_xor_si128(c_t2, w2));
-        _mm256_storeu_si256(q(14), _mm256_xor_si256(c_last, b[6]));
+        _mm256_storeu_si256(q(14), _mm256_xor_si256(c_last, v14));
     }
 }
 
