@@ -638,6 +638,157 @@ unsafe fn vaes_cell16(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i
     (v14, v15)
 }
 
+/// Constants of [`vaes_cell16_be`]: a mask keeping each lane's high quadword, then sixteen
+/// lane increments `(2 j, 2 j + 1)` added to the last byte of big-endian counters.
+#[repr(C, align(32))]
+struct BeTable([u8; 32 * 17]);
+
+const fn be_table() -> BeTable {
+    let mut t = [0u8; 32 * 17];
+    let mut i = 8;
+    while i < 16 {
+        t[i] = 0xff;
+        t[16 + i] = 0xff;
+        i += 1;
+    }
+    let mut j = 0;
+    while j < 16 {
+        t[32 + 32 * j + 15] = (2 * j) as u8;
+        t[32 + 32 * j + 16 + 15] = (2 * j + 1) as u8;
+        j += 1;
+    }
+    BeTable(t)
+}
+
+static BE_TABLE: BeTable = be_table();
+
+/// A second-group counter (vector `$j`) in `{$reg}`, from the big-endian base at `[{s}]`.
+macro_rules! ctr_be {
+    ($reg:literal, $j:literal) => {
+        concat!(
+            "vmovdqa {", $reg, "}, ymmword ptr [{s}]\n",
+            "vpaddq {", $reg, "}, {", $reg, "}, ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
+            "vpxor {", $reg, "}, {", $reg, "}, ymmword ptr [{k}]\n",
+        )
+    };
+}
+
+/// 32-byte aligned scratch for [`vaes_cell16_be`]'s counter base (stream positions only, no
+/// key material).
+#[repr(C, align(32))]
+struct Base([u8; 32]);
+
+/// [`vaes_cell16`] for the common case that the last byte of the first counter block is at
+/// most `256 - 32`, so the 32 counters differ only in their last byte and are made with one
+/// `vpaddq` each on the big-endian form, without the byte swap.
+///
+/// Every vector instruction that is not an AES round competes with `vaesenc` for the two
+/// pipes that run it on Zen 3 (measured: leaving out the second group's counter set-up took
+/// 4 ns off a 34 ns cell), so this form has 29 fewer of them per cell: the base is broadcast
+/// once and kept in `s` for the second group's counters, which are built with a load, an
+/// add and an XOR each.
+///
+/// # Safety
+/// As [`vaes_cell16`], and `first & 0xff <= 224`.
+#[inline]
+#[target_feature(enable = "vaes,avx2,aes")]
+unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i) {
+    let c = BE_TABLE.0.as_ptr();
+    let mut base = Base([0; 32]);
+    let s = base.0.as_mut_ptr();
+    let fbe = first.swap_bytes();
+    let (v14, v15): (__m256i, __m256i);
+    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 544-byte aligned
+    // constant table and `s` 32 aligned writable bytes; the block reads `k` and `c`, reads and
+    // writes `q .. q + 448` and `s .. s + 32`, and touches only the named registers.
+    unsafe {
+        asm!(
+            "vmovq {b0:x}, {fbe}",
+            "vpbroadcastq {b0}, {b0:x}",
+            "vpand {b0}, {b0}, ymmword ptr [{c}]",
+            "vmovdqa ymmword ptr [{s}], {b0}",
+            "vmovdqa {b1}, ymmword ptr [{k}]",
+            "vpaddq {a0}, {b0}, ymmword ptr [{c} + 32]",
+            "vpxor {a0}, {a0}, {b1}",
+            "vpaddq {a1}, {b0}, ymmword ptr [{c} + 64]",
+            "vpxor {a1}, {a1}, {b1}",
+            "vpaddq {a2}, {b0}, ymmword ptr [{c} + 96]",
+            "vpxor {a2}, {a2}, {b1}",
+            "vpaddq {a3}, {b0}, ymmword ptr [{c} + 128]",
+            "vpxor {a3}, {a3}, {b1}",
+            "vpaddq {a4}, {b0}, ymmword ptr [{c} + 160]",
+            "vpxor {a4}, {a4}, {b1}",
+            "vpaddq {a5}, {b0}, ymmword ptr [{c} + 192]",
+            "vpxor {a5}, {a5}, {b1}",
+            "vpaddq {a6}, {b0}, ymmword ptr [{c} + 224]",
+            "vpxor {a6}, {a6}, {b1}",
+            "vpaddq {a7}, {b0}, ymmword ptr [{c} + 256]",
+            "vpxor {a7}, {a7}, {b1}",
+            "vmovdqa {b0}, ymmword ptr [{k} + 32]",
+            "vmovdqa {b1}, ymmword ptr [{k} + 64]",
+            "vmovdqa {b2}, ymmword ptr [{k} + 96]",
+            "vmovdqa {b3}, ymmword ptr [{k} + 128]",
+            "vmovdqa {b4}, ymmword ptr [{k} + 160]",
+            "vmovdqa {b5}, ymmword ptr [{k} + 192]",
+            "vmovdqa {b6}, ymmword ptr [{k} + 224]",
+            "vmovdqa {b7}, ymmword ptr [{k} + 256]",
+            ymm8r!("vaesenc", "{b0}"),
+            ctr_be!("b0", "8"),
+            ymm8r!("vaesenc", "{b1}"),
+            ctr_be!("b1", "9"),
+            ymm8r!("vaesenc", "{b2}"),
+            ctr_be!("b2", "10"),
+            ymm8r!("vaesenc", "{b3}"),
+            ctr_be!("b3", "11"),
+            ymm8r!("vaesenc", "{b4}"),
+            ctr_be!("b4", "12"),
+            ymm8r!("vaesenc", "{b5}"),
+            ctr_be!("b5", "13"),
+            ymm8r!("vaesenc", "{b6}"),
+            ctr_be!("b6", "14"),
+            ymm8r!("vaesenc", "{b7}"),
+            ctr_be!("b7", "15"),
+            ymm8m!("vaesenc", "288"),
+            ymm8m_b!("vaesenc", "32"),
+            ymm8m!("vaesenclast", "320"),
+            ymm8m_b!("vaesenc", "64"),
+            xor8!(),
+            "vmovdqa {a0}, ymmword ptr [{k} + 96]",
+            "vmovdqa {a1}, ymmword ptr [{k} + 128]",
+            "vmovdqa {a2}, ymmword ptr [{k} + 160]",
+            "vmovdqa {a3}, ymmword ptr [{k} + 192]",
+            "vmovdqa {a4}, ymmword ptr [{k} + 224]",
+            "vmovdqa {a5}, ymmword ptr [{k} + 256]",
+            "vmovdqa {a6}, ymmword ptr [{k} + 288]",
+            "vmovdqa {a7}, ymmword ptr [{k} + 320]",
+            ymm8r_b!("vaesenc", "{a0}"),
+            ymm8r_b!("vaesenc", "{a1}"),
+            ymm8r_b!("vaesenc", "{a2}"),
+            ymm8r_b!("vaesenc", "{a3}"),
+            ymm8r_b!("vaesenc", "{a4}"),
+            ymm8r_b!("vaesenc", "{a5}"),
+            ymm8r_b!("vaesenc", "{a6}"),
+            ymm8r_b!("vaesenclast", "{a7}"),
+            xor6_b!(),
+            k = in(reg) k,
+            q = in(reg) q,
+            c = in(reg) c,
+            s = in(reg) s,
+            fbe = in(reg) fbe,
+            a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
+            a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
+            a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
+            a6 = out(ymm_reg) _, a7 = out(ymm_reg) _,
+            b0 = out(ymm_reg) _, b1 = out(ymm_reg) _,
+            b2 = out(ymm_reg) _, b3 = out(ymm_reg) _,
+            b4 = out(ymm_reg) _, b5 = out(ymm_reg) _,
+            b6 = out(ymm_reg) v14, b7 = out(ymm_reg) v15,
+            options(nostack, preserves_flags),
+        );
+    }
+    (v14, v15)
+}
+
 /// Counter block `n` as an xmm value (see module doc for the layout).
 #[target_feature(enable = "sse2")]
 fn ctr128(n: u64) -> __m128i {
@@ -704,7 +855,11 @@ pub(crate) unsafe fn vaes256_xor_cell(
         // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        vaes_cell16(k, first, q(0).cast())
+        if first & 0xff <= 224 {
+            vaes_cell16_be(k, first, q(0).cast())
+        } else {
+            vaes_cell16(k, first, q(0).cast())
+        }
     };
     let last = v15;
     let (b30, b31) = (
