@@ -499,6 +499,11 @@ impl Kernel for Portable {
                 *c ^= k;
             }
         }
+        // Both buffers hold keystream.
+        keys::wipe(&mut flat);
+        for b in ks.iter_mut() {
+            keys::wipe(b);
+        }
     }
 }
 

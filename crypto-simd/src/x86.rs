@@ -229,206 +229,6 @@ macro_rules! xor8 {
     };
 }
 
-/// XORs chains 0..6 into memory at `{q}`.
-macro_rules! xor6 {
-    () => {
-        concat!(
-            "vpxor {a0}, {a0}, ymmword ptr [{q} + 0]\n",
-            "vmovdqu ymmword ptr [{q} + 0], {a0}\n",
-            "vpxor {a1}, {a1}, ymmword ptr [{q} + 32]\n",
-            "vmovdqu ymmword ptr [{q} + 32], {a1}\n",
-            "vpxor {a2}, {a2}, ymmword ptr [{q} + 64]\n",
-            "vmovdqu ymmword ptr [{q} + 64], {a2}\n",
-            "vpxor {a3}, {a3}, ymmword ptr [{q} + 96]\n",
-            "vmovdqu ymmword ptr [{q} + 96], {a3}\n",
-            "vpxor {a4}, {a4}, ymmword ptr [{q} + 128]\n",
-            "vmovdqu ymmword ptr [{q} + 128], {a4}\n",
-            "vpxor {a5}, {a5}, ymmword ptr [{q} + 160]\n",
-            "vmovdqu ymmword ptr [{q} + 160], {a5}\n",
-        )
-    };
-}
-
-/// Counter set-up constants: the byte swap (per 128-bit lane, bytes 0..8 zero, bytes 8..16 the
-/// high quadword reversed), lane increments (0, 1) in the high quadwords, and the step (2, 2).
-#[repr(C, align(32))]
-struct CtrConsts([u8; 96]);
-
-static CTR_CONSTS: CtrConsts = CtrConsts([
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 15, 14, 13, 12, 11, 10, 9, 8, //
-    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 15, 14, 13, 12, 11, 10, 9, 8, //
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
-    0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, //
-    0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
-    0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, //
-]);
-
-/// Builds eight counter vectors in `{a0}`..`{a7}` and loads round keys 1..=8 into
-/// `{k1}`..`{k8}` (see [`vaes_group8x8`]).
-macro_rules! ctr8_keys {
-    () => {
-        concat!(
-            "vmovq {k1:x}, {first}\n",
-            "vpbroadcastq {k1}, {k1:x}\n",
-            "vpaddq {k1}, {k1}, ymmword ptr [{c} + 32]\n",
-            "vmovdqa {k2}, ymmword ptr [{c}]\n",
-            "vmovdqa {k3}, ymmword ptr [{c} + 64]\n",
-            "vmovdqa {k4}, ymmword ptr [{k}]\n",
-            "vpshufb {a0}, {k1}, {k2}\n",
-            "vpxor {a0}, {a0}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a1}, {k1}, {k2}\n",
-            "vpxor {a1}, {a1}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a2}, {k1}, {k2}\n",
-            "vpxor {a2}, {a2}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a3}, {k1}, {k2}\n",
-            "vpxor {a3}, {a3}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a4}, {k1}, {k2}\n",
-            "vpxor {a4}, {a4}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a5}, {k1}, {k2}\n",
-            "vpxor {a5}, {a5}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a6}, {k1}, {k2}\n",
-            "vpxor {a6}, {a6}, {k4}\n",
-            "vpaddq {k1}, {k1}, {k3}\n",
-            "vpshufb {a7}, {k1}, {k2}\n",
-            "vpxor {a7}, {a7}, {k4}\n",
-            "vmovdqa {k1}, ymmword ptr [{k} + 32]\n",
-            "vmovdqa {k2}, ymmword ptr [{k} + 64]\n",
-            "vmovdqa {k3}, ymmword ptr [{k} + 96]\n",
-            "vmovdqa {k4}, ymmword ptr [{k} + 128]\n",
-            "vmovdqa {k5}, ymmword ptr [{k} + 160]\n",
-            "vmovdqa {k6}, ymmword ptr [{k} + 192]\n",
-            "vmovdqa {k7}, ymmword ptr [{k} + 224]\n",
-            "vmovdqa {k8}, ymmword ptr [{k} + 256]\n",
-        )
-    };
-}
-
-/// Encrypts fresh blocks `first .. first + 16` (eight `ymm` chains) and XORs all eight results
-/// into the 32-byte vectors at `q`, `q + 32`, ... in place; one assembly block from counters to
-/// stores, so nothing goes through the stack.
-///
-/// Counters: `first` broadcast, plus 0 and 1 in the two lanes' high quadwords, byte-swapped
-/// with `vpshufb` (which also zeroes the low quadwords), XORed with round key 0; then plus 2
-/// per vector. Round keys 1..=8 are then loaded into the registers the counter set-up used,
-/// keys 9 and 10 are memory operands. Keys as memory operands in every step need one 256-bit
-/// load per `vaesenc`, and Zen 3 loads at most two 256-bit vectors per cycle: with the cell's
-/// own loads on top, the load ports, not the AES units, bounded the kernel (measured: 40 extra
-/// loads per 154 AES steps cost 15 TSC ticks, exactly two loads per cycle). Eight chains and
-/// eight keys fill the sixteen `ymm` registers; the XOR reuses the chain registers.
-///
-/// # Safety
-/// `k` must point to 11 x 32 readable bytes (32-byte aligned), `q .. q + 256` must be
-/// readable and writable, and the CPU must support VAES and AVX2.
-#[inline]
-#[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group8x8(k: *const u8, first: u64, q: *mut u8) -> [__m256i; 8] {
-    let c = CTR_CONSTS.0.as_ptr();
-    let (a0, a1, a2, a3, a4, a5, a6, a7): (
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-    );
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 96-byte aligned
-    // constant table; the block reads `k` and `c`, reads and writes `q .. q + 256`, and
-    // touches only the named registers.
-    unsafe {
-        asm!(
-            ctr8_keys!(),
-            ymm8r!("vaesenc", "{k1}"),
-            ymm8r!("vaesenc", "{k2}"),
-            ymm8r!("vaesenc", "{k3}"),
-            ymm8r!("vaesenc", "{k4}"),
-            ymm8r!("vaesenc", "{k5}"),
-            ymm8r!("vaesenc", "{k6}"),
-            ymm8r!("vaesenc", "{k7}"),
-            ymm8r!("vaesenc", "{k8}"),
-            ymm8m!("vaesenc", "288"),
-            ymm8m!("vaesenclast", "320"),
-            xor8!(),
-            k = in(reg) k,
-            q = in(reg) q,
-            c = in(reg) c,
-            first = in(reg) first,
-            k1 = out(ymm_reg) _, k2 = out(ymm_reg) _,
-            k3 = out(ymm_reg) _, k4 = out(ymm_reg) _,
-            k5 = out(ymm_reg) _, k6 = out(ymm_reg) _,
-            k7 = out(ymm_reg) _, k8 = out(ymm_reg) _,
-            a0 = out(ymm_reg) a0, a1 = out(ymm_reg) a1,
-            a2 = out(ymm_reg) a2, a3 = out(ymm_reg) a3,
-            a4 = out(ymm_reg) a4, a5 = out(ymm_reg) a5,
-            a6 = out(ymm_reg) a6, a7 = out(ymm_reg) a7,
-            options(nostack, preserves_flags),
-        );
-    }
-    [a0, a1, a2, a3, a4, a5, a6, a7]
-}
-
-/// [`vaes_group8x8`], XORing only the first six results into memory (the last two go to the
-/// cell's tail and the next carry).
-///
-/// # Safety
-/// `k` must point to 11 x 32 readable bytes (32-byte aligned), `q .. q + 192` must be
-/// readable and writable, and the CPU must support VAES and AVX2.
-#[inline]
-#[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_group8x6(k: *const u8, first: u64, q: *mut u8) -> [__m256i; 8] {
-    let c = CTR_CONSTS.0.as_ptr();
-    let (a0, a1, a2, a3, a4, a5, a6, a7): (
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-        __m256i,
-    );
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 96-byte aligned
-    // constant table; the block reads `k` and `c`, reads and writes `q .. q + 192`, and
-    // touches only the named registers.
-    unsafe {
-        asm!(
-            ctr8_keys!(),
-            ymm8r!("vaesenc", "{k1}"),
-            ymm8r!("vaesenc", "{k2}"),
-            ymm8r!("vaesenc", "{k3}"),
-            ymm8r!("vaesenc", "{k4}"),
-            ymm8r!("vaesenc", "{k5}"),
-            ymm8r!("vaesenc", "{k6}"),
-            ymm8r!("vaesenc", "{k7}"),
-            ymm8r!("vaesenc", "{k8}"),
-            ymm8m!("vaesenc", "288"),
-            ymm8m!("vaesenclast", "320"),
-            xor6!(),
-            k = in(reg) k,
-            q = in(reg) q,
-            c = in(reg) c,
-            first = in(reg) first,
-            k1 = out(ymm_reg) _, k2 = out(ymm_reg) _,
-            k3 = out(ymm_reg) _, k4 = out(ymm_reg) _,
-            k5 = out(ymm_reg) _, k6 = out(ymm_reg) _,
-            k7 = out(ymm_reg) _, k8 = out(ymm_reg) _,
-            a0 = out(ymm_reg) a0, a1 = out(ymm_reg) a1,
-            a2 = out(ymm_reg) a2, a3 = out(ymm_reg) a3,
-            a4 = out(ymm_reg) a4, a5 = out(ymm_reg) a5,
-            a6 = out(ymm_reg) a6, a7 = out(ymm_reg) a7,
-            options(nostack, preserves_flags),
-        );
-    }
-    [a0, a1, a2, a3, a4, a5, a6, a7]
-}
-
 /// Counter constants of [`vaes_cell16`]: the byte swap (per 128-bit lane, bytes 0..8 zero,
 /// bytes 8..16 the high quadword reversed), then sixteen lane increments `(2 j, 2 j + 1)` in the
 /// high quadwords, so every counter vector is one `vpaddq` from the broadcast first block (no
@@ -934,9 +734,10 @@ pub(crate) unsafe fn aesni_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellBod
     aesni_group::<11>(&keys, first + 11, b);
     aesni_group::<11>(&keys, first + 22, c);
     xor_cell(cell, &ks, off);
+    crate::keys::wipe(ks.as_flattened_mut());
 }
 
-/// Keystream buffer of the AES-NI and VAES-512 kernels: 36 blocks (9 zmm).
+/// Keystream buffer of the AES-NI and VAES-512 kernels: 36 blocks (9 zmm); wiped after use.
 type Keystream = [[u8; 16]; 36];
 
 /// Blocks a cell at byte offset `off` (0..16) within its first block spans.
@@ -991,6 +792,7 @@ pub(crate) unsafe fn vaes512_xor_cell(rk: &RoundKeys, pos: u64, cell: &mut CellB
         vaes512_group::<8>(&keys, first, &mut ks);
     }
     xor_cell(cell, &ks, off);
+    crate::keys::wipe(ks.as_flattened_mut());
 }
 
 #[target_feature(enable = "vaes,avx512f,avx2,aes")]
