@@ -501,9 +501,7 @@ impl Kernel for Portable {
         }
         // Both buffers hold keystream.
         keys::wipe(&mut flat);
-        for b in ks.iter_mut() {
-            keys::wipe(b);
-        }
+        keys::wipe_each(&mut ks);
     }
 }
 
