@@ -5,20 +5,22 @@
 //!
 //! **VAES-256** carries the unused tail of the last keystream block of each cell over to the
 //! next cell of the same hop and direction ([`Carry`]), so a cell needs at most 32 fresh blocks:
-//! exactly sixteen `ymm` registers, encrypted in two inline-assembly groups of eight chains.
-//! Each group keeps round keys 1..=8 in the other eight registers and takes keys 9 and 10 as
-//! memory operands; key 0 is XORed into the counters before. On Zen 3 a `ymm` `vaesenc`
-//! issues two per cycle with 4-cycle latency, so eight chains keep both AES pipes busy; the
-//! keys are in registers because Zen 3 loads at most two 256-bit vectors per cycle, and with
-//! every key a memory operand (one load per `vaesenc`) the load ports bounded the kernel. The
-//! first group's results are XORed into the cell by the same assembly block, freeing its
-//! registers for the second group. With `d` the number of cell bytes the carry covers (0, or
-//! `16 - off`), fresh `ymm` j covers cell bytes `d + 32 j ..`:
+//! exactly sixteen `ymm` registers, as two groups `a` and `b` of eight chains, all in one
+//! inline-assembly block from counters to stores ([`vaes_cell16_be`], [`vaes_cell16`]). On Zen 3
+//! a `ymm` `vaesenc` issues two per cycle with 4-cycle latency, so eight chains keep both AES
+//! pipes busy, and Zen 3 loads at most two 256-bit vectors per cycle, so round keys sit in
+//! registers wherever they can (a key as a memory operand is one load per `vaesenc`). The
+//! registers swap roles: group `a` runs rounds 1..=8 with keys 1..=8 in the `b` registers; each
+//! `b` register becomes a group-`b` counter once its key is used; then `a`'s rounds 9 and 10
+//! and `b`'s rounds 1 and 2 run side by side (sixteen chains, memory keys); `a` is XORed into
+//! the cell, its registers take keys 3..=10, and `b` runs rounds 3..=10. With `d` the number
+//! of cell bytes the carry covers (0, or `16 - off`), fresh `ymm` j covers cell bytes
+//! `d + 32 j ..`:
 //!
 //! - the carry is stored ready to XOR: keystream for cell bytes `0..d`, zeros after, applied to
 //!   `cell[0..16]`;
 //! - `ymm` 0..=14 are XORed in full with unaligned 32-byte loads and stores (0..=13 inside
-//!   the assembly blocks);
+//!   the assembly block);
 //! - `ymm` 15 (fresh blocks 30 and 31) is shuffled into two windows, `cell[477..493]` and
 //!   `cell[493..509]`, zero where `ymm` 14 writes, and into the next carry.
 //!
@@ -33,8 +35,16 @@
 //!
 //! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
 //! `n` big-endian. `pos` is a `u64` byte count, so `n < 2^60` and `n + 33` never carries out of
-//! the low 64 bits: counters are added as little-endian 64-bit lanes (`vpaddq`, which carries
-//! across 2^32 and every byte boundary) and byte-swapped into place with `vpshufb`.
+//! the low 64 bits. When the last byte of the first fresh block is at most 224 (7 cells in 8),
+//! the 32 counters differ only in that byte, and VAES-256 adds to the big-endian form directly
+//! (one `vpaddq` per vector, no byte swap: every vector instruction that is not an AES round
+//! competes with `vaesenc` for its pipes). Otherwise counters are added as little-endian
+//! 64-bit lanes (`vpaddq`, which carries across 2^32 and every byte boundary) and
+//! byte-swapped into place with `vpshufb`. Either way each vector is one add from the
+//! broadcast first block (no chain of dependent additions).
+//!
+//! Stack buffers holding keystream (the AES-NI and VAES-512 keystream) are wiped after use
+//! (`keys::wipe`).
 
 use core::arch::asm;
 use core::arch::x86_64::*;
@@ -263,9 +273,27 @@ static CTR_TABLE: CtrTable = ctr_table();
 macro_rules! ctr_vec {
     ($dst:literal, $base:literal, $j:literal, $sw:literal, $k0:literal) => {
         concat!(
-            "vpaddq ", $dst, ", ", $base, ", ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
-            "vpshufb ", $dst, ", ", $dst, ", ", $sw, "\n",
-            "vpxor ", $dst, ", ", $dst, ", ", $k0, "\n",
+            "vpaddq ",
+            $dst,
+            ", ",
+            $base,
+            ", ymmword ptr [{c} + 32 + 32 * ",
+            $j,
+            "]\n",
+            "vpshufb ",
+            $dst,
+            ", ",
+            $dst,
+            ", ",
+            $sw,
+            "\n",
+            "vpxor ",
+            $dst,
+            ", ",
+            $dst,
+            ", ",
+            $k0,
+            "\n",
         )
     };
 }
@@ -274,14 +302,38 @@ macro_rules! ctr_vec {
 macro_rules! ymm8m_b {
     ($ins:literal, $off:literal) => {
         concat!(
-            $ins, " {b0}, {b0}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b1}, {b1}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b2}, {b2}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b3}, {b3}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b4}, {b4}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b5}, {b5}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b6}, {b6}, ymmword ptr [{k} + ", $off, "]\n",
-            $ins, " {b7}, {b7}, ymmword ptr [{k} + ", $off, "]\n",
+            $ins,
+            " {b0}, {b0}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b1}, {b1}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b2}, {b2}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b3}, {b3}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b4}, {b4}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b5}, {b5}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b6}, {b6}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
+            $ins,
+            " {b7}, {b7}, ymmword ptr [{k} + ",
+            $off,
+            "]\n",
         )
     };
 }
@@ -290,14 +342,38 @@ macro_rules! ymm8m_b {
 macro_rules! ymm8r_b {
     ($ins:literal, $key:literal) => {
         concat!(
-            $ins, " {b0}, {b0}, ", $key, "\n",
-            $ins, " {b1}, {b1}, ", $key, "\n",
-            $ins, " {b2}, {b2}, ", $key, "\n",
-            $ins, " {b3}, {b3}, ", $key, "\n",
-            $ins, " {b4}, {b4}, ", $key, "\n",
-            $ins, " {b5}, {b5}, ", $key, "\n",
-            $ins, " {b6}, {b6}, ", $key, "\n",
-            $ins, " {b7}, {b7}, ", $key, "\n",
+            $ins,
+            " {b0}, {b0}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b1}, {b1}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b2}, {b2}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b3}, {b3}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b4}, {b4}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b5}, {b5}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b6}, {b6}, ",
+            $key,
+            "\n",
+            $ins,
+            " {b7}, {b7}, ",
+            $key,
+            "\n",
         )
     };
 }
@@ -307,11 +383,31 @@ macro_rules! ymm8r_b {
 macro_rules! ctr_b {
     ($reg:literal, $j:literal) => {
         concat!(
-            "vmovq {", $reg, ":x}, {first}\n",
-            "vpbroadcastq {", $reg, "}, {", $reg, ":x}\n",
-            "vpaddq {", $reg, "}, {", $reg, "}, ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
-            "vpshufb {", $reg, "}, {", $reg, "}, ymmword ptr [{c}]\n",
-            "vpxor {", $reg, "}, {", $reg, "}, ymmword ptr [{k}]\n",
+            "vmovq {",
+            $reg,
+            ":x}, {first}\n",
+            "vpbroadcastq {",
+            $reg,
+            "}, {",
+            $reg,
+            ":x}\n",
+            "vpaddq {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{c} + 32 + 32 * ",
+            $j,
+            "]\n",
+            "vpshufb {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{c}]\n",
+            "vpxor {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{k}]\n",
         )
     };
 }
@@ -466,9 +562,21 @@ static BE_TABLE: BeTable = be_table();
 macro_rules! ctr_be {
     ($reg:literal, $j:literal) => {
         concat!(
-            "vmovdqa {", $reg, "}, ymmword ptr [{s}]\n",
-            "vpaddq {", $reg, "}, {", $reg, "}, ymmword ptr [{c} + 32 + 32 * ", $j, "]\n",
-            "vpxor {", $reg, "}, {", $reg, "}, ymmword ptr [{k}]\n",
+            "vmovdqa {",
+            $reg,
+            "}, ymmword ptr [{s}]\n",
+            "vpaddq {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{c} + 32 + 32 * ",
+            $j,
+            "]\n",
+            "vpxor {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{k}]\n",
         )
     };
 }
