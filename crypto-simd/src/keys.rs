@@ -101,6 +101,34 @@ pub(crate) struct Carry {
     pub(crate) bytes: [u8; 16],
 }
 
+/// Overwrites `buf` with zeros so the compiler cannot drop the stores: a stack buffer of
+/// keystream or other key-derived bytes, before it goes out of scope.
+///
+/// `zeroize` writes a byte array one volatile byte at a time, and a volatile store of a
+/// 16-byte array goes through a stack temporary (measured: 576 bytes cost 17 ns per cell on
+/// the AES-NI path, +22%). On x86-64 this is a plain `fill` (vector stores) followed by an
+/// empty assembly block that is handed the buffer's address and may read memory, so the
+/// compiler must keep the stores; elsewhere `zeroize`.
+#[allow(unsafe_code)]
+pub(crate) fn wipe(buf: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        buf.fill(0);
+        // SAFETY: the block is empty; it only receives an address, touches no register,
+        // stack or flags, and (without `nomem`) counts as reading memory, which keeps the
+        // zeroing stores above.
+        unsafe {
+            core::arch::asm!(
+                "/* {0} */",
+                in(reg) buf.as_ptr(),
+                options(nostack, preserves_flags, readonly)
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    buf.zeroize();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +148,14 @@ mod tests {
             assert_eq!(w[..16], w[16..]);
         }
         assert_eq!(rk.wide().as_ptr() as usize % 32, 0);
+    }
+
+    #[test]
+    fn wipe_clears_every_byte() {
+        for len in [0usize, 1, 15, 16, 17, 64, 509, 576] {
+            let mut buf = vec![0xa5u8; len];
+            wipe(&mut buf);
+            assert!(buf.iter().all(|&b| b == 0), "{len}");
+        }
     }
 }
