@@ -35,9 +35,14 @@
 pub mod cgo;
 mod client;
 mod relay_core;
+mod stream;
 
 pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
+};
+pub use stream::{
+    Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
+    SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
 };
 pub use relay_core::{
     fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
