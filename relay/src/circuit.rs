@@ -40,13 +40,13 @@ mod stream;
 pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
 };
-pub use stream::{
-    Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
-    SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
-};
 pub use relay_core::{
     fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
     Stats,
+};
+pub use stream::{
+    Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
+    SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
 };
 
 use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};

@@ -415,8 +415,7 @@ impl Streams {
         };
         r.map(Some).map_err(|fault| {
             self.streams.remove(&id);
-            self.control
-                .push_back(end_msg(id, EndReason::TORPROTOCOL));
+            self.control.push_back(end_msg(id, EndReason::TORPROTOCOL));
             StreamError::StreamProtocol { stream: id, fault }
         })
     }
@@ -472,7 +471,9 @@ impl Streams {
         } = ev
         {
             if hop == self.hop {
-                if let Some(e) = self.handle_msg(stream_id, msg.cmd(), data, circ.last_recv_tag())? {
+                if let Some(e) =
+                    self.handle_msg(stream_id, msg.cmd(), data, circ.last_recv_tag())?
+                {
                     return Ok(e);
                 }
             }

@@ -1,0 +1,238 @@
+//! Streams through a C tor 0.4.9 exit: chive's client ([`relay::circuit::Streams`] on an
+//! [`OriginCircuit`]) opens a stream with RELAY_BEGIN to a local TCP echo server through a C
+//! tor relay configured as an exit to that one port ([`CTorRelay::start_exit`]), pushes
+//! [`TOTAL`] random bytes each way (more than 1000 DATA cells: the exit's circuit window and
+//! ours both need several authenticated circuit SENDMEs, the stream windows several stream
+//! SENDMEs), checks every byte, ENDs the stream (the echo server sees the close), and destroys
+//! the circuit. A BEGIN to a port the exit policy refuses comes back as END EXITPOLICY.
+//!
+//! Paths: chive client → chive → chive → C tor exit, and chive client → C tor → chive → C tor
+//! exit.
+//!
+//! CI installs tor; locally: `apt-get install tor`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/chive.rs"]
+mod chive;
+#[path = "common/ctor.rs"]
+mod ctor;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chive::{relay_info, Chan, Chive};
+use ctor::CTorRelay;
+use proto::relay_msg::{Begin, EndReason, Host};
+use relay::circuit::{HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START};
+
+use HandshakeKind::{Ntor, NtorV3};
+
+/// Bytes pushed each way: about 1300 full v0 DATA cells.
+const TOTAL: usize = 640 * 1024;
+/// Most bytes sent and not yet echoed back, so that neither side's socket buffers fill while
+/// the other waits (the windows alone would allow 1000 cells, about 500 KB).
+const IN_FLIGHT: usize = 128 * 1024;
+
+/// A TCP echo server on 127.0.0.1: every connection is echoed until EOF, then the number of
+/// bytes it echoed is sent on the channel.
+fn echo_server() -> (u16, mpsc::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                let mut echoed = 0;
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            echoed += n;
+                        }
+                    }
+                }
+                let _ = tx.send(echoed);
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Sends every cell the streams have ready.
+fn flush(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) {
+    while let Some(cell) = streams.poll_cell(&mut rand::rngs::OsRng, circ).unwrap() {
+        chan.send(&cell);
+    }
+}
+
+/// The next stream-layer event.
+fn next(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) -> StreamEvent {
+    let cell = chan.recv(circ.circ_id());
+    let ev = circ.handle_cell(&cell).unwrap();
+    streams.handle_event(circ, ev).unwrap()
+}
+
+fn begin(port: u16) -> Begin {
+    Begin {
+        host: Host::parse("127.0.0.1").unwrap(),
+        port,
+        flags: Default::default(),
+    }
+}
+
+/// A BEGIN to `port`, which the exit policy refuses: END EXITPOLICY before any CONNECTED.
+fn begin_refused(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams, port: u16) {
+    let id = streams.begin(&begin(port)).unwrap();
+    flush(chan, circ, streams);
+    match next(chan, circ, streams) {
+        StreamEvent::Ended { stream, end } => {
+            assert_eq!(stream, id);
+            assert_eq!(end.reason, EndReason::EXITPOLICY);
+        }
+        other => panic!("expected END EXITPOLICY, got {other:?}"),
+    }
+    assert_eq!(streams.stream_windows(id), None);
+}
+
+/// Opens a stream to `port`. C tor checks streams against the exit policy of its own
+/// descriptor, which it builds a little after it starts: until then it refuses every stream
+/// with END EXITPOLICY, so that answer is retried (for at most a minute).
+fn connect(
+    chan: &mut Chan,
+    circ: &mut OriginCircuit,
+    streams: &mut Streams,
+    port: u16,
+) -> proto::ids::StreamId {
+    for attempt in 0..60 {
+        let id = streams.begin(&begin(port)).unwrap();
+        flush(chan, circ, streams);
+        match next(chan, circ, streams) {
+            StreamEvent::Connected { stream, .. } => {
+                assert_eq!(stream, id);
+                eprintln!("connected after {attempt} refusals");
+                return id;
+            }
+            StreamEvent::Ended { stream, end } if end.reason == EndReason::EXITPOLICY => {
+                assert_eq!(stream, id);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            other => panic!("expected CONNECTED, got {other:?}"),
+        }
+    }
+    panic!("the exit refused the stream for a minute");
+}
+
+/// Opens a stream to the echo server at `port` through the last hop, pushes [`TOTAL`] random
+/// bytes, checks the echo byte for byte, ENDs the stream and waits for the server to see the
+/// close, then destroys the circuit.
+fn echo_through(
+    chan: &mut Chan,
+    mut circ: OriginCircuit,
+    port: u16,
+    closed: &mpsc::Receiver<usize>,
+) {
+    let circ = &mut circ;
+    let hop = circ.hops() - 1;
+    let mut streams = Streams::new(hop, circ.hop_format(hop).unwrap());
+    let s = &mut streams;
+    begin_refused(chan, circ, s, port.wrapping_add(1).max(1));
+
+    let id = connect(chan, circ, s, port);
+
+    let mut data = vec![0u8; TOTAL];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
+    let (mut written, mut received) = (0, Vec::with_capacity(TOTAL));
+    let (mut circ_sendmes, mut stream_sendmes, mut cells_in) = (0, 0, 0);
+    while received.len() < TOTAL {
+        let until = TOTAL.min(received.len() + IN_FLIGHT);
+        if written < until {
+            written += s.write(id, &data[written..until]).unwrap();
+        }
+        flush(chan, circ, s);
+        match next(chan, circ, s) {
+            StreamEvent::Data { stream, data } => {
+                assert_eq!(stream, id);
+                cells_in += 1;
+                received.extend_from_slice(&data);
+            }
+            StreamEvent::Sendme { stream: None } => circ_sendmes += 1,
+            StreamEvent::Sendme { stream: Some(s) } => {
+                assert_eq!(s, id);
+                stream_sendmes += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(received == data, "echoed bytes differ");
+    eprintln!(
+        "{TOTAL} bytes each way: {cells_in} DATA cells in, {circ_sendmes} circuit and \
+         {stream_sendmes} stream SENDMEs from the exit"
+    );
+    // Over 1000 DATA cells went each way: without the exit's SENDMEs our window would have
+    // closed, without ours the exit's.
+    let cells_out = TOTAL.div_ceil(498);
+    assert!(cells_out > usize::from(CIRC_WINDOW_START));
+    assert!(cells_in > usize::from(CIRC_WINDOW_START));
+    assert!(circ_sendmes >= (cells_out - usize::from(CIRC_WINDOW_START)) / 100);
+    assert!(stream_sendmes >= (cells_out - 500) / 50);
+
+    s.end(id, EndReason::DONE).unwrap();
+    flush(chan, circ, s);
+    assert_eq!(s.stream_windows(id), None);
+    let echoed = closed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the echo server never saw the stream close");
+    assert_eq!(echoed, TOTAL);
+
+    chan.send(&circ.destroy());
+    assert!(circ.is_closed());
+}
+
+#[test]
+fn streams_through_c_tor_exit() {
+    let (port, closed) = echo_server();
+    let (chives, ctors) = std::thread::scope(|s| {
+        let c1 = s.spawn(|| Chive::start("chiveX1", "poll"));
+        let c2 = s.spawn(|| Chive::start("chiveX2", "poll"));
+        let e = s.spawn(|| {
+            CTorRelay::start_exit("ctorExit", port, &["--ExtendAllowPrivateAddresses", "1"])
+        });
+        let m = s.spawn(|| CTorRelay::start("ctorMid", &["--ExtendAllowPrivateAddresses", "1"]));
+        (
+            vec![c1.join().unwrap(), c2.join().unwrap()],
+            vec![e.join().unwrap(), m.join().unwrap()],
+        )
+    });
+    let (a, b) = (&chives[0].info, &chives[1].info);
+    let exit = relay_info(&ctors[0].data_dir(), ctors[0].or_addr());
+    let mid = relay_info(&ctors[1].data_dir(), ctors[1].or_addr());
+
+    // chive → chive → C tor exit.
+    let mut chan = Chan::open(a);
+    let circ = chan.build(1, &[a, b, &exit], &[NtorV3, Ntor, NtorV3]);
+    echo_through(&mut chan, circ, port, &closed);
+    // The channel still works after the DESTROY.
+    let mut circ = chan.build(2, &[a], &[NtorV3]);
+    chan.send(&circ.destroy());
+
+    // C tor → chive → C tor exit.
+    let mut chan = Chan::open(&mid);
+    let circ = chan.build(1, &[&mid, a, &exit], &[NtorV3, NtorV3, Ntor]);
+    echo_through(&mut chan, circ, port, &closed);
+    let mut circ = chan.build(2, &[&mid], &[NtorV3]);
+    chan.send(&circ.destroy());
+
+    drop(ctors);
+    for c in chives {
+        assert!(c.terminate().success());
+    }
+}
