@@ -144,9 +144,9 @@ fn echo_through(
     let hop = circ.hops() - 1;
     let mut streams = Streams::new(hop, circ.hop_format(hop).unwrap());
     let s = &mut streams;
-    begin_refused(chan, circ, s, port.wrapping_add(1).max(1));
-
     let id = connect(chan, circ, s, port);
+    // Refused while the first stream is open: that one goes on.
+    begin_refused(chan, circ, s, port.wrapping_add(1).max(1));
 
     let mut data = vec![0u8; TOTAL];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
