@@ -329,7 +329,9 @@ impl Streams {
                 s.package_window -= 1;
                 self.package_window -= 1;
                 self.data_sent += 1;
-                self.tag_owed = self.data_sent % u64::from(CIRC_WINDOW_INCREMENT) == 0;
+                self.tag_owed = self
+                    .data_sent
+                    .is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT));
                 self.cursor = id.get();
                 return Some(OutMsg {
                     stream: Some(id),
