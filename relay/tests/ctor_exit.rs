@@ -6,8 +6,12 @@
 //! SENDMEs), checks every byte, ENDs the stream (the echo server sees the close), and destroys
 //! the circuit. A BEGIN to a port the exit policy refuses comes back as END EXITPOLICY.
 //!
-//! Paths: chive client → chive → chive → C tor exit, and chive client → C tor → chive → C tor
-//! exit.
+//! Paths: chive client → chive → chive → C tor exit (tor1 hops, then CGO on the chive hops),
+//! and chive client → C tor → chive → C tor exit.
+//!
+//! A C tor relay with no consensus accepts BEGIN only with `RefuseUnknownExits 0` (else the
+//! previous hop is an unknown relay: END MISC) and once it has built its own descriptor
+//! (until then every stream fails its exit policy: END EXITPOLICY, retried here).
 //!
 //! CI installs tor; locally: `apt-get install tor`.
 
@@ -28,7 +32,7 @@ use ctor::CTorRelay;
 use proto::relay_msg::{Begin, EndReason, Host};
 use relay::circuit::{HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START};
 
-use HandshakeKind::{Ntor, NtorV3};
+use HandshakeKind::{Ntor, NtorV3, NtorV3Cgo};
 
 /// Bytes pushed each way: about 1300 full v0 DATA cells.
 const TOTAL: usize = 640 * 1024;
@@ -169,7 +173,7 @@ fn echo_through(
                 assert_eq!(s, id);
                 stream_sendmes += 1;
             }
-            other => panic!("unexpected {other:?}"),
+            other => panic!("unexpected {other:?} after {cells_in} DATA cells in"),
         }
     }
     assert!(received == data, "echoed bytes differ");
@@ -220,7 +224,13 @@ fn streams_through_c_tor_exit() {
     let mut chan = Chan::open(a);
     let circ = chan.build(1, &[a, b, &exit], &[NtorV3, Ntor, NtorV3]);
     echo_through(&mut chan, circ, port, &closed);
-    // The channel still works after the DESTROY.
+    // CGO on the chive hops. (Not at the exit: C tor 0.4.9 cannot send a stream SENDME in the
+    // v1 relay cell format, which gives SENDME no stream id; it trips a non-fatal assertion
+    // and closes the circuit. Streams through a CGO exit need congestion control, proposal
+    // 324, which uses XON/XOFF instead.)
+    let circ = chan.build(3, &[a, b, &exit], &[NtorV3Cgo, NtorV3Cgo, NtorV3]);
+    echo_through(&mut chan, circ, port, &closed);
+    // The channel still works after the DESTROYs.
     let mut circ = chan.build(2, &[a], &[NtorV3]);
     chan.send(&circ.destroy());
 

@@ -15,7 +15,10 @@
 //!   DATA cells, or the circuit is broken.
 //!
 //! Congestion control (proposal 324) is never requested (the ntor v3 client message has no
-//! CC_REQUEST), so the hop uses these fixed windows.
+//! CC_REQUEST), so the hop uses these fixed windows. That rules out streams to a CGO hop: the
+//! v1 relay cell format (proposal 359) gives SENDME no stream id, so stream SENDMEs cannot be
+//! sent either way (sealing ours fails with [`ClientError::MessageTooLong`]; C tor 0.4.9 closes
+//! the circuit when its own would be due). A tor1 exit behind CGO hops is fine.
 //!
 //! The core is sans-io and crypto-free: [`Streams::poll_msg`] gives the next message to seal
 //! ([`Streams::sent_tag`] takes the tag of the cell it became), [`Streams::handle_msg`] takes
