@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use chive::{relay_info, Chan, Chive};
 use ctor::CTorRelay;
+use proto::relay_cell::RelayCmd;
 use proto::relay_msg::{Begin, EndReason, Host};
 use relay::circuit::{HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START};
 
@@ -183,7 +184,7 @@ fn echo_through(
     );
     // Over 1000 DATA cells went each way: without the exit's SENDMEs our window would have
     // closed, without ours the exit's.
-    let cells_out = TOTAL.div_ceil(498);
+    let cells_out = TOTAL.div_ceil(circ.hop_format(hop).unwrap().data_max(RelayCmd::DATA));
     assert!(cells_out > usize::from(CIRC_WINDOW_START));
     assert!(cells_in > usize::from(CIRC_WINDOW_START));
     assert!(circ_sendmes >= (cells_out - usize::from(CIRC_WINDOW_START)) / 100);
