@@ -462,6 +462,8 @@ impl Connected {
 
 /// Length of the digest in a version 1 SENDME.
 pub const SENDME_V1_DIGEST_LEN: usize = 20;
+/// Length of the tag in a version 1 SENDME on a CGO hop (proposal 359).
+pub const SENDME_V1_CGO_TAG_LEN: usize = 16;
 
 /// RELAY_SENDME: flow-control acknowledgement, either direction. Stream-level (stream id
 /// nonzero, always empty) or circuit-level (stream id 0).
@@ -470,7 +472,8 @@ pub const SENDME_V1_DIGEST_LEN: usize = 20;
 ///   empty                         legacy, version 0
 ///   VERSION u8  DATA_LEN u16  DATA
 ///     version 0: DATA ignored
-///     version 1: DATA starts with the 20-byte digest of the acknowledged cell (proposal 289)
+///     version 1: DATA starts with the 20-byte digest of the acknowledged cell (proposal 289),
+///                or is the 16-byte CGO tag of that cell on a CGO hop (proposal 359)
 /// ```
 ///
 /// Whether a version is acceptable is the circuit's decision (`sendme_accept_min_version`),
@@ -484,6 +487,12 @@ pub enum Sendme {
         /// The first 20 bytes of the rolling digest after the acknowledged DATA cell.
         digest: [u8; SENDME_V1_DIGEST_LEN],
     },
+    /// Version 1 with 16 to 19 bytes of DATA: a CGO hop's tag (what C tor 0.4.9 sends on a
+    /// CGO circuit); only a CGO hop's circuit can tell it from a short tor1 digest.
+    V1Cgo {
+        /// The first 16 bytes of DATA: the acknowledged cell's tag.
+        tag: [u8; SENDME_V1_CGO_TAG_LEN],
+    },
     /// A version this code does not know, kept as it came.
     Unrecognized {
         /// VERSION.
@@ -494,8 +503,8 @@ pub enum Sendme {
 }
 
 impl Sendme {
-    /// Decodes a SENDME body. A version 1 DATA shorter than 20 bytes is an error; longer, its
-    /// first 20 bytes are the digest (tor-spec §7.3.1).
+    /// Decodes a SENDME body. A version 1 DATA of 20 bytes or more is a digest (its first 20
+    /// bytes, tor-spec §7.3.1); of 16 to 19, a CGO tag (its first 16); shorter, an error.
     pub fn decode(body: &[u8]) -> Result<Self, CodecError> {
         if body.is_empty() {
             return Ok(Sendme::V0);
@@ -506,10 +515,17 @@ impl Sendme {
         Ok(match version {
             0 => Sendme::V0,
             1 => {
-                let digest = Reader::new(data)
-                    .take_array()
-                    .map_err(|_| CodecError::BadValue("SENDME v1 DATA_LEN"))?;
-                Sendme::V1 { digest }
+                let mut r = Reader::new(data);
+                if data.len() >= SENDME_V1_DIGEST_LEN {
+                    Sendme::V1 {
+                        digest: r.take_array()?,
+                    }
+                } else {
+                    let tag = r
+                        .take_array()
+                        .map_err(|_| CodecError::BadValue("SENDME v1 DATA_LEN"))?;
+                    Sendme::V1Cgo { tag }
+                }
             }
             version => Sendme::Unrecognized {
                 version,
@@ -525,6 +541,10 @@ impl Sendme {
             Sendme::V1 { digest } => {
                 out.put_u8(1);
                 out.put_u16_prefixed(digest, "SENDME digest")?;
+            }
+            Sendme::V1Cgo { tag } => {
+                out.put_u8(1);
+                out.put_u16_prefixed(tag, "SENDME tag")?;
             }
             Sendme::Unrecognized { version, data } => {
                 if *version <= 1 {
@@ -1337,9 +1357,24 @@ mod tests {
             "01 0014 F01234989823478bcdefabcdef01234567890123",
             Sendme::V1 { digest }.into(),
         );
-        check_err(
+        // 16 to 19 bytes: a CGO tag, its first 16 bytes.
+        let tag: [u8; 16] = unhex("F01234989823478bcdefabcdef012345")
+            .try_into()
+            .expect("16 bytes");
+        check(
+            c,
+            "01 0010 F01234989823478bcdefabcdef012345",
+            Sendme::V1Cgo { tag }.into(),
+        );
+        check_noncanonical(
             c,
             "01 0013 F01234989823478bcdefabcdef012345678901",
+            "01 0010 F01234989823478bcdefabcdef012345",
+            Sendme::V1Cgo { tag }.into(),
+        );
+        check_err(
+            c,
+            "01 000f F01234989823478bcdefabcdef0123",
             CodecError::BadValue("SENDME v1 DATA_LEN"),
         );
         check_err(c, "01 0014 F012", CodecError::Truncated);
@@ -1762,6 +1797,7 @@ mod tests {
             prop_oneof![
                 Just(Sendme::V0),
                 any::<[u8; 20]>().prop_map(|digest| Sendme::V1 { digest }),
+                any::<[u8; 16]>().prop_map(|tag| Sendme::V1Cgo { tag }),
                 (2u8.., arb_bytes(40))
                     .prop_map(|(version, data)| Sendme::Unrecognized { version, data }),
             ]

@@ -12,6 +12,9 @@
 //! - [`OriginCircuit`] (in `client.rs`): a circuit as its origin (a client) sees it: building it
 //!   hop by hop, sending and receiving relay messages. The integration tests and the `bench`
 //!   load generator drive relays with it.
+//! - [`Streams`] (in `stream.rs`): the client's streams on an [`OriginCircuit`] to its exit
+//!   hop: BEGIN, CONNECTED, DATA, END, with stream and circuit windows and authenticated
+//!   (proposal 289) SENDMEs, so that a client can move data through any exit (tor-spec §6, §7).
 //! - [`cgo`]: Counter Galois Onion relay crypto (proposal 359) per hop, for both. A hop uses
 //!   CGO and the v1 relay cell format ([`proto::relay_cell_v1`]) when its client asked for
 //!   `Relay=6` in the ntor v3 subprotocol request ([`HandshakeKind::NtorV3Cgo`]) and the relay
@@ -35,6 +38,7 @@
 pub mod cgo;
 mod client;
 mod relay_core;
+mod stream;
 
 pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
@@ -42,6 +46,10 @@ pub use client::{
 pub use relay_core::{
     fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
     Stats,
+};
+pub use stream::{
+    Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
+    SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
 };
 
 use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};

@@ -8,7 +8,7 @@
 //! - [`CTorRelay`]: a non-exit relay on a free 127.0.0.1 ORPort that publishes nothing
 //!   (`PublishServerDescriptor 0`, `AssumeReachable 1`), ready once its ORPort accepts TCP and its
 //!   fingerprint files exist; its keys are read from [`CTorRelay::data_dir`] (tor-spec §1.1, C
-//!   tor's `keys/` layout).
+//!   tor's `keys/` layout). [`CTorRelay::start_exit`] makes it an exit to one loopback port.
 //!
 //! Nothing here is used by a running relay.
 
@@ -147,6 +147,31 @@ impl Drop for CTor {
     }
 }
 
+/// The options that make a C tor relay with no consensus an exit to `127.0.0.1:port` only:
+/// `ExitRelay 1`, private addresses allowed (`ExitPolicyRejectPrivate 0`), an exit policy of
+/// that one address and port, `RefuseUnknownExits 0` (an exit refuses, with END MISC, streams
+/// on circuits whose previous hop is not a relay in its consensus, and there is none), and DNS
+/// self-tests off (with no network they would fail, and an exit whose DNS looks broken refuses
+/// streams).
+pub fn exit_options(port: u16) -> Vec<String> {
+    [
+        "--ExitRelay",
+        "1",
+        "--ExitPolicyRejectPrivate",
+        "0",
+        "--ExitPolicy",
+        &format!("accept 127.0.0.1:{port},reject *:*"),
+        "--RefuseUnknownExits",
+        "0",
+        "--ServerDNSDetectHijacking",
+        "0",
+        "--ServerDNSAllowBrokenConfig",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A running C tor relay on loopback.
 #[derive(Debug)]
 pub struct CTorRelay {
@@ -174,6 +199,15 @@ impl CTorRelay {
             reason: "no attempt".into(),
             log: String::new(),
         }))
+    }
+
+    /// Starts a relay like [`CTorRelay::start`] that is also an exit to `127.0.0.1:port` and
+    /// nowhere else ([`exit_options`]), with `extra` options appended.
+    pub fn start_exit(nickname: &str, port: u16, extra: &[&str]) -> Result<Self, TestnetError> {
+        let exit = exit_options(port);
+        let mut args: Vec<&str> = exit.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        Self::start(nickname, &args)
     }
 
     fn try_start(nickname: &str, port: u16, extra: &[&str]) -> Result<Self, TestnetError> {

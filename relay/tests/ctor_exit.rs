@@ -1,16 +1,21 @@
-//! Bytes checked end to end through a C tor exit: chive's client opens a stream with
-//! RELAY_BEGIN at a C tor 0.4.9 relay configured as an exit to a TCP echo server on loopback,
-//! and pushes DATA both ways with flow control (tor-spec §6.2–§7.4, prop 289):
+//! Streams through a C tor 0.4.9 exit: chive's client ([`relay::circuit::Streams`] on an
+//! [`OriginCircuit`]) opens a stream with RELAY_BEGIN to a local TCP echo server through a C
+//! tor relay configured as an exit to that one port ([`CTorRelay::start_exit`]), pushes
+//! [`TOTAL`] random bytes each way (more than 1000 DATA cells: the exit's circuit window and
+//! ours both need several authenticated circuit SENDMEs, the stream windows several stream
+//! SENDMEs), checks every byte, ENDs the stream (the echo server sees the close), and destroys
+//! the circuit. A BEGIN to a port the exit policy refuses comes back as END EXITPOLICY. A
+//! circuit SENDME whose authenticating digest has one bit flipped makes the exit destroy the
+//! circuit.
 //!
-//! - [`chive_chive_ctor_exit`]: chive client → chive → chive → C tor exit → echo server;
-//! - [`ctor_chive_ctor_exit`]: chive client → C tor → chive → C tor exit → echo server.
+//! Paths: chive client → chive → chive → C tor exit (tor1 hops, then CGO on the chive hops),
+//! and chive client → C tor → chive → C tor exit.
 //!
-//! Each stream carries more than the stream window (500 cells) and the circuit window (1000
-//! cells) in each direction, so both sides must send SENDMEs: ours to the exit are
-//! authenticated (SENDME v1 with the digest of the 100th cell), and C tor closes the circuit if
-//! one is missing or wrong (tested too: a flipped bit in our SENDME's digest gets the circuit
-//! destroyed). Every echoed byte is checked, then the stream ends with END and the circuit is
-//! destroyed.
+//! A C tor relay with no consensus accepts BEGIN only with `RefuseUnknownExits 0` (else the
+//! previous hop is an unknown relay: END MISC) and once it has built its own descriptor
+//! (until then every stream fails its exit policy: END EXITPOLICY, retried here).
+//!
+//! CI installs tor; locally: `apt-get install tor`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,300 +25,305 @@ mod chive;
 mod ctor;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use chive::{relay_info, Chan, Chive};
 use ctor::CTorRelay;
-use proto::ids::StreamId;
-use proto::relay_cell::RELAY_DATA_MAX_V0;
-use proto::relay_msg::{Begin, Data, End, EndReason, Host, RelayMsg, Sendme};
-use relay::circuit::{ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag};
+use proto::relay_cell::RelayCmd;
+use proto::relay_msg::{Begin, EndReason, Host};
+use relay::circuit::{
+    ClientEvent, HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START,
+};
 
-/// DATA cells sent and expected back per stream: over 1000, so every window is crossed.
-const CELLS: usize = 1200;
-/// Cells sent before reading their echoes back.
-const BURST: usize = 40;
-/// tor-spec §7.3–§7.4: initial windows and SENDME increments.
-const CIRC_WINDOW: usize = 1000;
-const CIRC_INCREMENT: usize = 100;
-const STREAM_WINDOW: usize = 500;
-const STREAM_INCREMENT: usize = 50;
+use HandshakeKind::{CreateFast, Ntor, NtorV3, NtorV3Cgo};
 
-/// A TCP echo server on loopback, one thread per connection.
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
+/// Bytes pushed each way: about 1300 full v0 DATA cells.
+const TOTAL: usize = 640 * 1024;
+/// Most bytes sent and not yet echoed back, so that neither side's socket buffers fill while
+/// the other waits (the windows alone would allow 1000 cells, about 500 KB).
+const IN_FLIGHT: usize = 128 * 1024;
+
+/// A TCP echo server on 127.0.0.1: every connection is echoed until EOF, then the number of
+/// bytes it echoed is sent on the channel.
+fn echo_server() -> (u16, mpsc::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
             std::thread::spawn(move || {
-                let mut buf = [0u8; 16384];
+                let mut buf = [0u8; 16 * 1024];
+                let mut echoed = 0;
                 loop {
                     match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if conn.write_all(&buf[..n]).is_err() {
-                                return;
+                                break;
                             }
+                            echoed += n;
                         }
                     }
                 }
+                let _ = tx.send(echoed);
             });
         }
     });
-    addr
+    (port, rx)
 }
 
-/// A C tor relay that exits only to `target`.
-fn ctor_exit(nickname: &str, target: SocketAddr) -> CTorRelay {
-    let policy = format!("accept {target},reject *:*");
-    CTorRelay::start(
-        nickname,
-        &[
-            "--ExitRelay",
-            "1",
-            "--ExitPolicy",
-            &policy,
-            "--ExitPolicyRejectPrivate",
-            "0",
-            "--ExitPolicyRejectLocalInterfaces",
-            "0",
-            "--ExtendAllowPrivateAddresses",
-            "1",
-            // The previous hop is a relay this exit has no consensus to know; by default C tor
-            // refuses exits from unknown relays (END MISC) as if they were clients.
-            "--RefuseUnknownExits",
-            "0",
-        ],
-    )
+/// Sends every cell the streams have ready.
+fn flush(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) {
+    while let Some(cell) = streams.poll_cell(&mut rand::rngs::OsRng, circ).unwrap() {
+        chan.send(&cell);
+    }
 }
 
-/// The client's side of one stream and its circuit's windows.
-struct Flow {
-    /// Cells we may still package (circuit and stream), refilled by the exit's SENDMEs.
-    circ_package: usize,
-    stream_package: usize,
-    /// DATA cells received since our last SENDME (circuit and stream).
-    circ_delivered: usize,
-    stream_delivered: usize,
-    /// DATA cells received in all, SENDMEs sent, and SENDMEs received (circuit, stream).
-    received: usize,
-    sendmes_sent: usize,
-    circ_sendmes_received: usize,
-    stream_sendmes_received: usize,
+/// [`flush`], but every circuit SENDME goes out with one bit of its digest flipped. Returns
+/// how many SENDMEs were tampered with.
+fn flush_tampered(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) -> usize {
+    let mut tampered = 0;
+    while let Some(mut m) = streams.poll_msg() {
+        if m.cmd == RelayCmd::SENDME && m.stream.is_none() {
+            // Version 1, then the digest's length, then the digest.
+            assert_eq!(m.data[0], 1, "a v1 SENDME");
+            m.data[3] ^= 0x01;
+            tampered += 1;
+        }
+        let cell = circ
+            .send_raw(
+                &mut rand::rngs::OsRng,
+                streams.hop(),
+                m.cmd,
+                m.stream,
+                &m.data,
+            )
+            .unwrap();
+        streams.sent_tag(circ.last_sent_tag());
+        chan.send(&cell);
+    }
+    tampered
 }
 
-/// Opens a stream to `target` at the last hop, pushes `CELLS` DATA cells of random bytes through
-/// the echo server and checks that every byte comes back in order; then ENDs the stream.
-///
-/// With `tamper`, our first circuit SENDME carries a digest with one bit flipped: the exit must
-/// then destroy the circuit (and the function returns when it does).
-fn echo_through_exit(chan: &mut Chan, circ: &mut OriginCircuit, target: SocketAddr, tamper: bool) {
-    let mut rng = rand::rngs::OsRng;
-    let exit = circ.hops() - 1;
-    // C tor checks BEGIN against the exit policy of its own descriptor, which it builds a
-    // little after its ORPort opens; until then it refuses with END(EXITPOLICY). Retry on a
-    // fresh stream id until it accepts.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut id = 7;
-    let stream = loop {
-        let stream = StreamId::new(id);
-        let begin = RelayMsg::Begin(Begin {
-            host: Host::parse(&target.ip().to_string()).unwrap(),
-            port: target.port(),
-            flags: Default::default(),
-        });
-        let cell = circ.send(&mut rng, exit, stream, &begin).unwrap();
-        match chan.exchange(circ, cell) {
-            ClientEvent::Msg {
-                hop,
-                stream_id,
-                msg: RelayMsg::Connected(_),
-                ..
-            } => {
-                assert_eq!((hop, stream_id), (exit, stream));
-                break stream;
+/// The next stream-layer event.
+fn next(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) -> StreamEvent {
+    let cell = chan.recv(circ.circ_id());
+    let ev = circ.handle_cell(&cell).unwrap();
+    streams.handle_event(circ, ev).unwrap()
+}
+
+fn begin(port: u16) -> Begin {
+    Begin {
+        host: Host::parse("127.0.0.1").unwrap(),
+        port,
+        flags: Default::default(),
+    }
+}
+
+/// A BEGIN to `port`, which the exit policy refuses: END EXITPOLICY before any CONNECTED.
+fn begin_refused(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams, port: u16) {
+    let id = streams.begin(&begin(port)).unwrap();
+    flush(chan, circ, streams);
+    match next(chan, circ, streams) {
+        StreamEvent::Ended { stream, end } => {
+            assert_eq!(stream, id);
+            assert_eq!(end.reason, EndReason::EXITPOLICY);
+        }
+        other => panic!("expected END EXITPOLICY, got {other:?}"),
+    }
+    assert_eq!(streams.stream_windows(id), None);
+}
+
+/// Opens a stream to `port`. C tor checks streams against the exit policy of its own
+/// descriptor, which it builds a little after it starts: until then it refuses every stream
+/// with END EXITPOLICY, so that answer is retried (for at most a minute).
+fn connect(
+    chan: &mut Chan,
+    circ: &mut OriginCircuit,
+    streams: &mut Streams,
+    port: u16,
+) -> proto::ids::StreamId {
+    for attempt in 0..60 {
+        let id = streams.begin(&begin(port)).unwrap();
+        flush(chan, circ, streams);
+        match next(chan, circ, streams) {
+            StreamEvent::Connected { stream, .. } => {
+                assert_eq!(stream, id);
+                eprintln!("connected after {attempt} refusals");
+                return id;
             }
-            ClientEvent::Msg {
-                msg: RelayMsg::End(End { reason, .. }),
-                ..
-            } if reason == EndReason::EXITPOLICY && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(500));
-                id += 1;
+            StreamEvent::Ended { stream, end } if end.reason == EndReason::EXITPOLICY => {
+                assert_eq!(stream, id);
+                std::thread::sleep(Duration::from_secs(1));
             }
             other => panic!("expected CONNECTED, got {other:?}"),
         }
-    };
+    }
+    panic!("the exit refused the stream for a minute");
+}
 
-    let mut flow = Flow {
-        circ_package: CIRC_WINDOW,
-        stream_package: STREAM_WINDOW,
-        circ_delivered: 0,
-        stream_delivered: 0,
-        received: 0,
-        sendmes_sent: 0,
-        circ_sendmes_received: 0,
-        stream_sendmes_received: 0,
-    };
-    let mut sent_bytes: Vec<u8> = Vec::new();
-    let mut echoed: Vec<u8> = Vec::new();
-    let mut sent_cells = 0;
-    while sent_cells < CELLS || echoed.len() < sent_bytes.len() {
-        // Send a burst, as far as both package windows allow.
-        let mut burst = 0;
-        while sent_cells < CELLS
-            && burst < BURST
-            && flow.circ_package > 0
-            && flow.stream_package > 0
-        {
-            // Mostly full cells, so the echo needs over 1000 cells back as well.
-            let mut data = vec![0u8; RELAY_DATA_MAX_V0 - (sent_cells * 37) % 11];
-            rand::RngCore::fill_bytes(&mut rng, &mut data);
-            sent_bytes.extend_from_slice(&data);
-            let msg = RelayMsg::Data(Data::new(data).unwrap());
-            chan.send(&circ.send(&mut rng, exit, stream, &msg).unwrap());
-            flow.circ_package -= 1;
-            flow.stream_package -= 1;
-            sent_cells += 1;
-            burst += 1;
+/// Opens a stream to the echo server at `port` through the last hop, pushes [`TOTAL`] random
+/// bytes, checks the echo byte for byte, ENDs the stream and waits for the server to see the
+/// close, then destroys the circuit.
+fn echo_through(
+    chan: &mut Chan,
+    mut circ: OriginCircuit,
+    port: u16,
+    closed: &mpsc::Receiver<usize>,
+) {
+    let circ = &mut circ;
+    let hop = circ.hops() - 1;
+    let mut streams = Streams::new(hop, circ.hop_format(hop).unwrap());
+    let s = &mut streams;
+    let id = connect(chan, circ, s, port);
+    // Refused while the first stream is open: that one goes on.
+    begin_refused(chan, circ, s, port.wrapping_add(1).max(1));
+
+    let mut data = vec![0u8; TOTAL];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
+    let (mut written, mut received) = (0, Vec::with_capacity(TOTAL));
+    let (mut circ_sendmes, mut stream_sendmes, mut cells_in) = (0, 0, 0);
+    while received.len() < TOTAL {
+        let until = TOTAL.min(received.len() + IN_FLIGHT);
+        if written < until {
+            written += s.write(id, &data[written..until]).unwrap();
         }
-        // Read until this burst is echoed, or until a SENDME reopens a window we wait on.
-        let blocked = |f: &Flow| f.circ_package == 0 || f.stream_package == 0;
-        let target_len = sent_bytes.len();
-        while echoed.len() < target_len || (sent_cells < CELLS && blocked(&flow)) {
-            let reply = chan.recv(circ.circ_id());
-            match circ.handle_cell(&reply).unwrap() {
-                ClientEvent::Msg {
-                    hop,
-                    stream_id,
-                    msg,
-                    ..
-                } => {
-                    assert_eq!(hop, exit, "message from a middle hop: {msg:?}");
-                    match (stream_id, msg) {
-                        (Some(id), RelayMsg::Data(d)) if Some(id) == stream => {
-                            echoed.extend_from_slice(d.as_bytes());
-                            assert!(echoed.len() <= sent_bytes.len(), "more echoed than sent");
-                            flow.received += 1;
-                            flow.circ_delivered += 1;
-                            flow.stream_delivered += 1;
-                            // The circuit SENDME first: its digest must be that of the
-                            // 100th cell, the one just received.
-                            if flow.circ_delivered == CIRC_INCREMENT {
-                                let SendmeTag::Tor1(digest) = circ.last_recv_tag() else {
-                                    panic!("expected a tor1 digest for the exit hop");
-                                };
-                                let mut digest = digest;
-                                if tamper {
-                                    digest[0] ^= 1;
-                                }
-                                let msg = RelayMsg::Sendme(Sendme::V1 { digest });
-                                chan.send(&circ.send(&mut rng, exit, None, &msg).unwrap());
-                                flow.circ_delivered = 0;
-                                flow.sendmes_sent += 1;
-                            }
-                            if flow.stream_delivered == STREAM_INCREMENT {
-                                let msg = RelayMsg::Sendme(Sendme::V0);
-                                chan.send(&circ.send(&mut rng, exit, stream, &msg).unwrap());
-                                flow.stream_delivered = 0;
-                                flow.sendmes_sent += 1;
-                            }
-                        }
-                        (None, RelayMsg::Sendme(_)) => {
-                            flow.circ_package += CIRC_INCREMENT;
-                            flow.circ_sendmes_received += 1;
-                        }
-                        (Some(id), RelayMsg::Sendme(_)) if Some(id) == stream => {
-                            flow.stream_package += STREAM_INCREMENT;
-                            flow.stream_sendmes_received += 1;
-                        }
-                        (id, other) => panic!("unexpected {other:?} on stream {id:?}"),
-                    }
-                }
-                ClientEvent::Destroyed { .. } if tamper && flow.sendmes_sent > 0 => return,
-                other => panic!("unexpected {other:?}"),
+        flush(chan, circ, s);
+        match next(chan, circ, s) {
+            StreamEvent::Data { stream, data } => {
+                assert_eq!(stream, id);
+                cells_in += 1;
+                received.extend_from_slice(&data);
             }
+            StreamEvent::Sendme { stream: None } => circ_sendmes += 1,
+            StreamEvent::Sendme { stream: Some(s) } => {
+                assert_eq!(s, id);
+                stream_sendmes += 1;
+            }
+            other => panic!("unexpected {other:?} after {cells_in} DATA cells in"),
         }
-        assert_eq!(
-            echoed[..],
-            sent_bytes[..echoed.len()],
-            "echoed bytes differ from those sent"
+    }
+    assert!(received == data, "echoed bytes differ");
+    eprintln!(
+        "{TOTAL} bytes each way: {cells_in} DATA cells in, {circ_sendmes} circuit and \
+         {stream_sendmes} stream SENDMEs from the exit"
+    );
+    // Over 1000 DATA cells went each way: without the exit's SENDMEs our window would have
+    // closed, without ours the exit's.
+    let cells_out = TOTAL.div_ceil(circ.hop_format(hop).unwrap().data_max(RelayCmd::DATA));
+    assert!(cells_out > usize::from(CIRC_WINDOW_START));
+    assert!(cells_in > usize::from(CIRC_WINDOW_START));
+    assert!(circ_sendmes >= (cells_out - usize::from(CIRC_WINDOW_START)) / 100);
+    assert!(stream_sendmes >= (cells_out - 500) / 50);
+
+    s.end(id, EndReason::DONE).unwrap();
+    flush(chan, circ, s);
+    assert_eq!(s.stream_windows(id), None);
+    let echoed = closed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the echo server never saw the stream close");
+    assert_eq!(echoed, TOTAL);
+
+    chan.send(&circ.destroy());
+    assert!(circ.is_closed());
+}
+
+/// Pushes data through a stream to the echo server until our first circuit SENDME goes out
+/// with a wrong digest: the exit must destroy the circuit then, and not before.
+fn tampered_sendme_closes(
+    chan: &mut Chan,
+    mut circ: OriginCircuit,
+    port: u16,
+    closed: &mpsc::Receiver<usize>,
+) {
+    let circ = &mut circ;
+    let hop = circ.hops() - 1;
+    let mut streams = Streams::new(hop, circ.hop_format(hop).unwrap());
+    let s = &mut streams;
+    let id = connect(chan, circ, s, port);
+    let data = vec![0x5au8; TOTAL];
+    let (mut written, mut received, mut tampered) = (0, 0, 0);
+    loop {
+        let until = TOTAL.min(received + IN_FLIGHT);
+        if written < until {
+            written += s.write(id, &data[written..until]).unwrap();
+        }
+        tampered += flush_tampered(chan, circ, s);
+        let cell = chan.recv(circ.circ_id());
+        match circ.handle_cell(&cell).unwrap() {
+            ClientEvent::Destroyed { .. } => {
+                assert!(tampered > 0, "destroyed before any SENDME was sent");
+                assert!(circ.is_closed());
+                // The exit closed the stream's connection with the circuit.
+                let echoed = closed
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("the echo server never saw the stream close");
+                assert!(echoed < TOTAL);
+                return;
+            }
+            ev => match s.handle_event(circ, ev).unwrap() {
+                StreamEvent::Data { data, .. } => received += data.len(),
+                StreamEvent::Sendme { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            },
+        }
+        assert!(
+            received < TOTAL,
+            "the exit accepted a SENDME with a wrong digest"
         );
     }
-    assert!(!tamper, "the exit accepted a SENDME with a wrong digest");
-    assert_eq!(echoed, sent_bytes);
-    // Both directions crossed both windows: the exit's SENDMEs let us send past ours, and it
-    // sent past its own only because it accepted our authenticated SENDMEs.
-    assert!(
-        flow.received > CIRC_WINDOW,
-        "only {} cells came back",
-        flow.received
-    );
-    assert!(flow.circ_sendmes_received >= (CELLS - CIRC_WINDOW).div_ceil(CIRC_INCREMENT));
-    assert!(flow.stream_sendmes_received >= (CELLS - STREAM_WINDOW).div_ceil(STREAM_INCREMENT));
-    assert_eq!(
-        flow.sendmes_sent,
-        flow.received / CIRC_INCREMENT + flow.received / STREAM_INCREMENT
-    );
-
-    // END the stream; the exit closes its side of the echo connection.
-    let end = RelayMsg::End(End {
-        reason: EndReason::DONE,
-        exit_policy: None,
-    });
-    chan.send(&circ.send(&mut rng, exit, stream, &end).unwrap());
-}
-
-fn path_infos(ctors: &[&CTorRelay]) -> Vec<RelayInfo> {
-    ctors
-        .iter()
-        .map(|t| relay_info(&t.data_dir(), t.or_addr()))
-        .collect()
 }
 
 #[test]
-fn chive_chive_ctor_exit() {
-    let target = echo_server();
-    let (a, b, x) = std::thread::scope(|s| {
-        let a = s.spawn(|| Chive::start("chiveX1", "poll"));
-        let b = s.spawn(|| Chive::start("chiveX2", "io_uring"));
-        let x = s.spawn(|| ctor_exit("ctorExit1", target));
-        (a.join().unwrap(), b.join().unwrap(), x.join().unwrap())
+fn streams_through_c_tor_exit() {
+    let (port, closed) = echo_server();
+    let (chives, ctors) = std::thread::scope(|s| {
+        let c1 = s.spawn(|| Chive::start("chiveX1", "poll"));
+        let c2 = s.spawn(|| Chive::start("chiveX2", "io_uring"));
+        let e = s.spawn(|| {
+            CTorRelay::start_exit("ctorExit", port, &["--ExtendAllowPrivateAddresses", "1"])
+        });
+        let m = s.spawn(|| CTorRelay::start("ctorMid", &["--ExtendAllowPrivateAddresses", "1"]));
+        (
+            vec![c1.join().unwrap(), c2.join().unwrap()],
+            vec![e.join().unwrap(), m.join().unwrap()],
+        )
     });
-    let infos = path_infos(&[&x]);
-    use HandshakeKind::*;
-    let mut chan = Chan::open(&a.info);
-    for (n, kinds) in [[CreateFast, NtorV3, Ntor], [NtorV3, Ntor, NtorV3]]
-        .iter()
-        .enumerate()
-    {
-        let mut circ = chan.build(n as u32 + 1, &[&a.info, &b.info, &infos[0]], kinds);
-        echo_through_exit(&mut chan, &mut circ, target, false);
-        chan.send(&circ.destroy());
-    }
-    // A SENDME v1 whose digest is not that of the acknowledged cell closes the circuit.
-    let mut circ = chan.build(3, &[&a.info, &b.info, &infos[0]], &[Ntor, Ntor, Ntor]);
-    echo_through_exit(&mut chan, &mut circ, target, true);
-    assert!(circ.is_closed());
-    assert!(!x.log().contains("Bug:"), "{}", x.log());
-}
+    let (a, b) = (&chives[0].info, &chives[1].info);
+    let exit = relay_info(&ctors[0].data_dir(), ctors[0].or_addr());
+    let mid = relay_info(&ctors[1].data_dir(), ctors[1].or_addr());
 
-#[test]
-fn ctor_chive_ctor_exit() {
-    let target = echo_server();
-    let (a, x, y) = std::thread::scope(|s| {
-        let a = s.spawn(|| Chive::start("chiveX3", "poll"));
-        let allow = ["--ExtendAllowPrivateAddresses", "1"];
-        let x = s.spawn(move || CTorRelay::start("ctorMid", &allow));
-        let y = s.spawn(|| ctor_exit("ctorExit2", target));
-        (a.join().unwrap(), x.join().unwrap(), y.join().unwrap())
-    });
-    let infos = path_infos(&[&x, &y]);
-    use HandshakeKind::*;
-    let mut chan = Chan::open(&infos[0]);
-    let mut circ = chan.build(1, &[&infos[0], &a.info, &infos[1]], &[Ntor, NtorV3, Ntor]);
-    echo_through_exit(&mut chan, &mut circ, target, false);
+    // chive → chive → C tor exit.
+    let mut chan = Chan::open(a);
+    let circ = chan.build(1, &[a, b, &exit], &[NtorV3, Ntor, NtorV3]);
+    echo_through(&mut chan, circ, port, &closed);
+    // CGO on the chive hops. (Not at the exit: C tor 0.4.9 cannot send a stream SENDME in the
+    // v1 relay cell format, which gives SENDME no stream id; it trips a non-fatal assertion
+    // and closes the circuit. Streams through a CGO exit need congestion control, proposal
+    // 324, which uses XON/XOFF instead.)
+    let circ = chan.build(3, &[a, b, &exit], &[NtorV3Cgo, NtorV3Cgo, NtorV3]);
+    echo_through(&mut chan, circ, port, &closed);
+    // A circuit SENDME with a wrong digest closes the circuit, and only the circuit.
+    let circ = chan.build(4, &[a, b, &exit], &[CreateFast, Ntor, Ntor]);
+    tampered_sendme_closes(&mut chan, circ, port, &closed);
+    // The channel still works after the DESTROYs.
+    let mut circ = chan.build(2, &[a], &[NtorV3]);
     chan.send(&circ.destroy());
-    assert!(!y.log().contains("Bug:"), "{}", y.log());
+
+    // C tor → chive → C tor exit.
+    let mut chan = Chan::open(&mid);
+    let circ = chan.build(1, &[&mid, a, &exit], &[NtorV3, NtorV3, Ntor]);
+    echo_through(&mut chan, circ, port, &closed);
+    let mut circ = chan.build(2, &[&mid], &[NtorV3]);
+    chan.send(&circ.destroy());
+
+    assert!(!ctors[0].log().contains("Bug:"), "{}", ctors[0].log());
+    drop(ctors);
+    for c in chives {
+        assert!(c.terminate().success());
+    }
 }

@@ -499,7 +499,16 @@ impl OriginCircuit {
                 })
             }
             cmd => {
-                let msg = RelayMsg::decode(cmd, view.data).map_err(ClientError::BadMsg)?;
+                let msg = match RelayMsg::decode(cmd, view.data) {
+                    Ok(m) => m,
+                    // A malformed stream message is its stream's fault, not the circuit's:
+                    // the stream layer (`stream.rs`) closes that stream only.
+                    Err(_) if view.stream_id.is_some() => RelayMsg::Unrecognized {
+                        cmd,
+                        body: view.data.to_vec(),
+                    },
+                    Err(e) => return Err(ClientError::BadMsg(e)),
+                };
                 Ok(ClientEvent::Msg {
                     hop,
                     stream_id: view.stream_id,

@@ -63,6 +63,14 @@ impl CTorRelay {
         )
     }
 
+    /// Starts a relay that is also an exit to `127.0.0.1:port` only.
+    pub fn start_exit(nickname: &str, port: u16, extra: &[&str]) -> Self {
+        CTorRelay(
+            relay::testnet::CTorRelay::start_exit(nickname, port, extra)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
     /// Where its ORPort listens.
     pub fn or_addr(&self) -> SocketAddr {
         self.0.or_addr()

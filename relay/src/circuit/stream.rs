@@ -1,0 +1,961 @@
+//! Streams as a circuit's origin sees them, with fixed-window flow control (tor-spec §6
+//! "Stream management", <https://spec.torproject.org/tor-spec/opening-streams.html>, §7
+//! "Flow control", <https://spec.torproject.org/tor-spec/flow-control.html>, and proposal 289
+//! "Authenticating SENDME cells").
+//!
+//! [`Streams`] holds the streams of one circuit to one hop (the exit): RELAY_BEGIN (§6.2),
+//! CONNECTED, DATA cut to the most the hop's relay cell format carries, END with its reason
+//! (§6.3), and both windows of §7:
+//!
+//! - per stream: 500 DATA cells each way, a stream SENDME (empty, version 0 as stream SENDMEs
+//!   always are) every 50 cells delivered;
+//! - per circuit: 1000 DATA cells each way, a circuit SENDME every 100 cells delivered. It is
+//!   version 1: it carries the [`SendmeTag`] of the cell it acknowledges (the 100th DATA cell
+//!   since the last SENDME); the hop's SENDMEs must carry the tags of our 100th, 200th, ...
+//!   DATA cells, or the circuit is broken.
+//!
+//! Congestion control (proposal 324) is never requested (the ntor v3 client message has no
+//! CC_REQUEST), so the hop uses these fixed windows. That rules out streams to a CGO hop: the
+//! v1 relay cell format (proposal 359) gives SENDME no stream id, so stream SENDMEs cannot be
+//! sent either way (sealing ours fails with [`ClientError::MessageTooLong`]; C tor 0.4.9 closes
+//! the circuit when its own would be due). A tor1 exit behind CGO hops is fine.
+//!
+//! The core is sans-io and crypto-free: [`Streams::poll_msg`] gives the next message to seal
+//! ([`Streams::sent_tag`] takes the tag of the cell it became), [`Streams::handle_msg`] takes
+//! a received one with its tag. [`Streams::poll_cell`] and [`Streams::handle_event`] do the
+//! same through an [`OriginCircuit`].
+//!
+//! Input that breaks a stream's rules closes that stream only (an END with reason TORPROTOCOL
+//! is queued, [`StreamError::StreamProtocol`]); input that breaks the circuit's windows or
+//! SENDME authentication gives [`StreamError::CircuitProtocol`]: destroy the circuit.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use proto::ids::StreamId;
+use proto::relay_cell::RelayCmd;
+use proto::relay_cell_v1::RelayCellFormat;
+use proto::relay_msg::{Begin, Connected, End, EndReason};
+use rand_core::CryptoRngCore;
+use thiserror::Error;
+
+use super::client::{ClientError, ClientEvent, OriginCircuit, SendmeTag};
+use super::CircCell;
+
+/// DATA cells a circuit may send before a circuit SENDME (tor-spec §7.3).
+pub const CIRC_WINDOW_START: u16 = 1000;
+/// DATA cells a circuit SENDME acknowledges.
+pub const CIRC_WINDOW_INCREMENT: u16 = 100;
+/// DATA cells a stream may send before a stream SENDME (tor-spec §7.4).
+pub const STREAM_WINDOW_START: u16 = 500;
+/// DATA cells a stream SENDME acknowledges.
+pub const STREAM_WINDOW_INCREMENT: u16 = 50;
+/// Most open streams on one circuit.
+pub const STREAMS_MAX: usize = 512;
+/// Most bytes [`Streams::write`] buffers per stream.
+pub const SEND_BUFFER_MAX: usize = 64 * 1024;
+
+/// How the hop broke the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Fault {
+    /// More DATA than the window allowed.
+    #[error("DATA beyond the window")]
+    WindowExceeded,
+    /// A SENDME that would open the window beyond its start.
+    #[error("SENDME beyond the window")]
+    SendmeOverflow,
+    /// A circuit SENDME whose tag is not that of the cell it must acknowledge, or not v1.
+    #[error("SENDME not authenticated")]
+    BadSendmeTag,
+    /// A message the stream did not expect in its state.
+    #[error("unexpected {0}")]
+    UnexpectedMsg(RelayCmd),
+    /// A CONNECTED body that does not parse.
+    #[error("malformed CONNECTED")]
+    BadConnected,
+}
+
+/// Why a [`Streams`] call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The hop broke a stream's rules: that stream is gone (END TORPROTOCOL queued), the
+    /// circuit and its other streams go on.
+    #[error("stream {stream} closed: {fault}")]
+    StreamProtocol {
+        /// The stream.
+        stream: StreamId,
+        /// What was wrong.
+        fault: Fault,
+    },
+    /// The hop broke the circuit's flow control: destroy the circuit.
+    #[error("circuit flow control: {0}")]
+    CircuitProtocol(Fault),
+    /// The circuit failed (sealing a cell).
+    #[error(transparent)]
+    Circuit(#[from] ClientError),
+    /// No such open stream (never opened, ended, or closing).
+    #[error("no stream {0}")]
+    NoSuchStream(StreamId),
+    /// [`STREAMS_MAX`] streams are open, or every stream id is in use.
+    #[error("too many streams")]
+    TooManyStreams,
+}
+
+/// Something that happened to a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The hop opened the stream.
+    Connected {
+        /// The stream.
+        stream: StreamId,
+        /// The address it gave.
+        connected: Connected,
+    },
+    /// Stream bytes.
+    Data {
+        /// The stream.
+        stream: StreamId,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The hop closed the stream (before CONNECTED: it refused it).
+    Ended {
+        /// The stream.
+        stream: StreamId,
+        /// Its END.
+        end: End,
+    },
+    /// A SENDME opened a window (`None`: the circuit's): more may be sent.
+    Sendme {
+        /// The stream, or `None` for the circuit.
+        stream: Option<StreamId>,
+    },
+    /// A stream message for a stream that is gone (it may cross our END): dropped, after its
+    /// circuit-level accounting.
+    Ignored,
+    /// An event the stream layer does not handle (another hop, a circuit-level message, a
+    /// handshake), given back.
+    Other(ClientEvent),
+}
+
+/// A message to seal for the streams' hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMsg {
+    /// Its stream, or `None` for a circuit SENDME.
+    pub stream: Option<StreamId>,
+    /// The relay command.
+    pub cmd: RelayCmd,
+    /// The body.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// BEGIN sent, no CONNECTED yet.
+    Connecting,
+    Open,
+}
+
+#[derive(Debug)]
+struct Stream {
+    state: State,
+    package_window: u16,
+    deliver_window: u16,
+    out: VecDeque<u8>,
+    /// Our END, sent once `out` is empty.
+    end: Option<EndReason>,
+    /// Stream SENDMEs queued, not yet sent.
+    sendmes_queued: u16,
+}
+
+/// The streams of one circuit to one hop, with the circuit's windows.
+#[derive(Debug)]
+pub struct Streams {
+    hop: usize,
+    data_max: usize,
+    next_id: u16,
+    streams: BTreeMap<StreamId, Stream>,
+    /// BEGIN, SENDME and protocol-violation END messages, sent before any DATA. Bounded: one
+    /// BEGIN per stream, the windows bound the SENDMEs, one END per stream.
+    control: VecDeque<OutMsg>,
+    package_window: u16,
+    /// Opens again as our SENDMEs are sent (not when queued): a caller that stops polling
+    /// stops the hop.
+    deliver_window: u16,
+    /// Circuit SENDMEs queued, not yet sent.
+    sendmes_queued: u16,
+    data_sent: u64,
+    /// The last polled message was a 100th DATA cell: its tag is owed.
+    tag_owed: bool,
+    /// Tags of our 100th, 200th, ... DATA cells not yet acknowledged (at most 10).
+    awaiting: VecDeque<SendmeTag>,
+    /// Round-robin position among streams with data.
+    cursor: u16,
+}
+
+impl Streams {
+    /// No streams yet, to hop `hop` whose cells have `format`.
+    pub fn new(hop: usize, format: RelayCellFormat) -> Self {
+        Streams {
+            hop,
+            data_max: format.data_max(RelayCmd::DATA),
+            next_id: 1,
+            streams: BTreeMap::new(),
+            control: VecDeque::new(),
+            package_window: CIRC_WINDOW_START,
+            deliver_window: CIRC_WINDOW_START,
+            sendmes_queued: 0,
+            data_sent: 0,
+            tag_owed: false,
+            awaiting: VecDeque::new(),
+            cursor: 0,
+        }
+    }
+
+    /// The streams' hop.
+    pub fn hop(&self) -> usize {
+        self.hop
+    }
+
+    /// The circuit's package and deliver windows.
+    pub fn circ_windows(&self) -> (u16, u16) {
+        (self.package_window, self.deliver_window)
+    }
+
+    /// A stream's package and deliver windows.
+    pub fn stream_windows(&self, stream: StreamId) -> Option<(u16, u16)> {
+        self.streams
+            .get(&stream)
+            .map(|s| (s.package_window, s.deliver_window))
+    }
+
+    /// Bytes [`Streams::write`] took for `stream` that are not sent yet.
+    pub fn buffered(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.out.len())
+    }
+
+    /// Opens a stream: queues its BEGIN.
+    pub fn begin(&mut self, begin: &Begin) -> Result<StreamId, StreamError> {
+        if self.streams.len() >= STREAMS_MAX {
+            return Err(StreamError::TooManyStreams);
+        }
+        let mut data = Vec::new();
+        begin
+            .encode(&mut data)
+            .map_err(|_| ClientError::MessageTooLong)?;
+        // Fewer than 65535 streams are open, so a free id turns up.
+        let id = loop {
+            let id = StreamId::new(self.next_id).ok_or(StreamError::TooManyStreams)?;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.streams.contains_key(&id) {
+                break id;
+            }
+        };
+        self.streams.insert(
+            id,
+            Stream {
+                state: State::Connecting,
+                package_window: STREAM_WINDOW_START,
+                deliver_window: STREAM_WINDOW_START,
+                out: VecDeque::new(),
+                end: None,
+                sendmes_queued: 0,
+            },
+        );
+        self.control.push_back(OutMsg {
+            stream: Some(id),
+            cmd: RelayCmd::BEGIN,
+            data,
+        });
+        Ok(id)
+    }
+
+    /// Buffers bytes for `stream` (sent once it is connected): how many it took, at most
+    /// [`SEND_BUFFER_MAX`] buffered.
+    pub fn write(&mut self, stream: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        let s = self.open_stream(stream)?;
+        let n = data.len().min(SEND_BUFFER_MAX.saturating_sub(s.out.len()));
+        s.out.extend(&data[..n]);
+        Ok(n)
+    }
+
+    /// Closes `stream` with `reason`: its END follows the bytes still buffered.
+    pub fn end(&mut self, stream: StreamId, reason: EndReason) -> Result<(), StreamError> {
+        self.open_stream(stream)?.end = Some(reason);
+        Ok(())
+    }
+
+    fn open_stream(&mut self, stream: StreamId) -> Result<&mut Stream, StreamError> {
+        self.streams
+            .get_mut(&stream)
+            .filter(|s| s.end.is_none())
+            .ok_or(StreamError::NoSuchStream(stream))
+    }
+
+    /// The next message to seal for the hop, if any may go now: control messages first, then
+    /// DATA round-robin over the streams as the windows allow, then the ENDs of drained
+    /// closing streams. After sealing it, give its cell's tag to [`Streams::sent_tag`].
+    pub fn poll_msg(&mut self) -> Option<OutMsg> {
+        self.tag_owed = false;
+        if let Some(m) = self.control.pop_front() {
+            if m.cmd == RelayCmd::SENDME {
+                match m.stream {
+                    None if self.sendmes_queued > 0 => {
+                        self.deliver_window += CIRC_WINDOW_INCREMENT;
+                        self.sendmes_queued -= 1;
+                    }
+                    Some(id) => {
+                        if let Some(s) = self.streams.get_mut(&id).filter(|s| s.sendmes_queued > 0)
+                        {
+                            s.deliver_window += STREAM_WINDOW_INCREMENT;
+                            s.sendmes_queued -= 1;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            return Some(m);
+        }
+        if self.package_window > 0 {
+            let start = self.cursor;
+            let pick = self
+                .streams
+                .range(StreamId::new(start.saturating_add(1))?..)
+                .chain(self.streams.iter())
+                .find(|(_, s)| s.state == State::Open && s.package_window > 0 && !s.out.is_empty())
+                .map(|(id, _)| *id);
+            if let Some(id) = pick {
+                let s = self.streams.get_mut(&id)?;
+                let n = s.out.len().min(self.data_max);
+                let data: Vec<u8> = s.out.drain(..n).collect();
+                s.package_window -= 1;
+                self.package_window -= 1;
+                self.data_sent += 1;
+                self.tag_owed = self
+                    .data_sent
+                    .is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT));
+                self.cursor = id.get();
+                return Some(OutMsg {
+                    stream: Some(id),
+                    cmd: RelayCmd::DATA,
+                    data,
+                });
+            }
+        }
+        let done = self
+            .streams
+            .iter()
+            .find(|(_, s)| s.end.is_some() && s.out.is_empty())
+            .map(|(id, _)| *id)?;
+        let s = self.remove(done)?;
+        Some(end_msg(done, s.end.unwrap_or(EndReason::DONE)))
+    }
+
+    /// The tag of the cell the last [`Streams::poll_msg`] message became.
+    pub fn sent_tag(&mut self, tag: SendmeTag) {
+        if std::mem::take(&mut self.tag_owed) {
+            self.awaiting.push_back(tag);
+        }
+    }
+
+    /// Handles a relay message from the streams' hop, `tag` being its cell's SENDME tag:
+    /// `None` if it is not a stream-layer message (a circuit-level message other than SENDME).
+    pub fn handle_msg(
+        &mut self,
+        stream: Option<StreamId>,
+        cmd: RelayCmd,
+        data: &[u8],
+        tag: SendmeTag,
+    ) -> Result<Option<StreamEvent>, StreamError> {
+        let Some(id) = stream else {
+            return if cmd == RelayCmd::SENDME {
+                self.circ_sendme(data).map(Some)
+            } else {
+                Ok(None)
+            };
+        };
+        if cmd == RelayCmd::DATA {
+            // Every DATA cell counts against the circuit, even one for a gone stream.
+            self.deliver_window = self
+                .deliver_window
+                .checked_sub(1)
+                .ok_or(StreamError::CircuitProtocol(Fault::WindowExceeded))?;
+            if self.deliver_window + self.sendmes_queued * CIRC_WINDOW_INCREMENT
+                <= CIRC_WINDOW_START - CIRC_WINDOW_INCREMENT
+            {
+                self.sendmes_queued += 1;
+                let mut body = vec![1];
+                let t = tag.as_bytes();
+                body.extend_from_slice(&(t.len() as u16).to_be_bytes());
+                body.extend_from_slice(t);
+                self.control.push_back(OutMsg {
+                    stream: None,
+                    cmd: RelayCmd::SENDME,
+                    data: body,
+                });
+            }
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(Some(StreamEvent::Ignored));
+        };
+        let r = match (cmd, s.state) {
+            (RelayCmd::END, _) => {
+                self.remove(id);
+                let end = End::decode(data).unwrap_or(End::new(EndReason::MISC));
+                return Ok(Some(StreamEvent::Ended { stream: id, end }));
+            }
+            (RelayCmd::CONNECTED, State::Connecting) => match Connected::decode(data) {
+                Ok(connected) => {
+                    s.state = State::Open;
+                    Ok(StreamEvent::Connected {
+                        stream: id,
+                        connected,
+                    })
+                }
+                Err(_) => Err(Fault::BadConnected),
+            },
+            (RelayCmd::DATA, State::Open) => match s.deliver_window.checked_sub(1) {
+                Some(w) => {
+                    s.deliver_window = w;
+                    if w + s.sendmes_queued * STREAM_WINDOW_INCREMENT
+                        <= STREAM_WINDOW_START - STREAM_WINDOW_INCREMENT
+                    {
+                        s.sendmes_queued += 1;
+                        self.control.push_back(OutMsg {
+                            stream: Some(id),
+                            cmd: RelayCmd::SENDME,
+                            data: Vec::new(),
+                        });
+                    }
+                    Ok(StreamEvent::Data {
+                        stream: id,
+                        data: data.to_vec(),
+                    })
+                }
+                None => Err(Fault::WindowExceeded),
+            },
+            (RelayCmd::SENDME, State::Open) => {
+                match s.package_window.checked_add(STREAM_WINDOW_INCREMENT) {
+                    Some(w) if w <= STREAM_WINDOW_START => {
+                        s.package_window = w;
+                        Ok(StreamEvent::Sendme { stream: Some(id) })
+                    }
+                    _ => Err(Fault::SendmeOverflow),
+                }
+            }
+            (cmd, _) => Err(Fault::UnexpectedMsg(cmd)),
+        };
+        r.map(Some).map_err(|fault| {
+            self.remove(id);
+            self.control.push_back(end_msg(id, EndReason::TORPROTOCOL));
+            StreamError::StreamProtocol { stream: id, fault }
+        })
+    }
+
+    /// Forgets a stream and the SENDMEs queued for it.
+    fn remove(&mut self, id: StreamId) -> Option<Stream> {
+        self.control
+            .retain(|m| !(m.cmd == RelayCmd::SENDME && m.stream == Some(id)));
+        self.streams.remove(&id)
+    }
+
+    fn circ_sendme(&mut self, data: &[u8]) -> Result<StreamEvent, StreamError> {
+        let bad = StreamError::CircuitProtocol(Fault::BadSendmeTag);
+        let want = self
+            .awaiting
+            .pop_front()
+            .ok_or(StreamError::CircuitProtocol(Fault::SendmeOverflow))?;
+        // VERSION 1, DATA_LEN, DATA starting with the tag.
+        let (&version, rest) = data.split_first().ok_or(bad)?;
+        let len = rest
+            .get(..2)
+            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+            .ok_or(bad)?;
+        let body = rest.get(2..2 + len).ok_or(bad)?;
+        let t = want.as_bytes();
+        if version != 1 || t.is_empty() || body.get(..t.len()) != Some(t) {
+            return Err(bad);
+        }
+        // At most 10 tags are owed, so the window never passes its start here.
+        self.package_window = (self.package_window + CIRC_WINDOW_INCREMENT).min(CIRC_WINDOW_START);
+        Ok(StreamEvent::Sendme { stream: None })
+    }
+
+    /// The next cell for the hop, sealed on `circ`, if any may go now.
+    pub fn poll_cell(
+        &mut self,
+        rng: &mut impl CryptoRngCore,
+        circ: &mut OriginCircuit,
+    ) -> Result<Option<CircCell>, StreamError> {
+        let Some(m) = self.poll_msg() else {
+            return Ok(None);
+        };
+        let cell = circ.send_raw(rng, self.hop, m.cmd, m.stream, &m.data)?;
+        self.sent_tag(circ.last_sent_tag());
+        Ok(Some(cell))
+    }
+
+    /// Handles what [`OriginCircuit::handle_cell`] just gave (call it before the circuit sees
+    /// another cell: the circuit's last received tag must be this event's).
+    pub fn handle_event(
+        &mut self,
+        circ: &OriginCircuit,
+        ev: ClientEvent,
+    ) -> Result<StreamEvent, StreamError> {
+        if let ClientEvent::Msg {
+            hop,
+            stream_id,
+            ref msg,
+            ref data,
+        } = ev
+        {
+            if hop == self.hop {
+                if let Some(e) =
+                    self.handle_msg(stream_id, msg.cmd(), data, circ.last_recv_tag())?
+                {
+                    return Ok(e);
+                }
+            }
+        }
+        Ok(StreamEvent::Other(ev))
+    }
+}
+
+fn end_msg(stream: StreamId, reason: EndReason) -> OutMsg {
+    OutMsg {
+        stream: Some(stream),
+        cmd: RelayCmd::END,
+        data: vec![reason.0],
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
+mod tests {
+    use super::*;
+    use proto::relay_msg::Host;
+
+    fn begin() -> Begin {
+        Begin {
+            host: Host::parse("127.0.0.1").unwrap(),
+            port: 7,
+            flags: Default::default(),
+        }
+    }
+
+    /// A tag that names the cell: `n` in its first bytes.
+    fn tag(n: u64) -> SendmeTag {
+        let mut t = [0u8; 20];
+        t[..8].copy_from_slice(&n.to_be_bytes());
+        SendmeTag::Tor1(t)
+    }
+
+    fn sendme_v1(t: SendmeTag) -> Vec<u8> {
+        let mut b = vec![1, 0, t.as_bytes().len() as u8];
+        b.extend_from_slice(t.as_bytes());
+        b
+    }
+
+    /// Streams with `n` connected streams; the BEGINs polled.
+    fn connected(format: RelayCellFormat, n: usize) -> (Streams, Vec<StreamId>) {
+        let mut s = Streams::new(2, format);
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = s.begin(&begin()).unwrap();
+            let m = s.poll_msg().unwrap();
+            assert_eq!((m.stream, m.cmd), (Some(id), RelayCmd::BEGIN));
+            assert_eq!(Begin::decode(&m.data).unwrap(), begin());
+            let ev = s
+                .handle_msg(Some(id), RelayCmd::CONNECTED, &[], SendmeTag::None)
+                .unwrap();
+            assert!(matches!(ev, Some(StreamEvent::Connected { stream, .. }) if stream == id));
+            ids.push(id);
+        }
+        (s, ids)
+    }
+
+    /// Polls every message that may go now, tagging each cell with the count of DATA cells
+    /// sent so far; returns the DATA cells per stream (in order) and the other messages.
+    fn drain(s: &mut Streams, sent: &mut u64) -> (Vec<(StreamId, Vec<u8>)>, Vec<OutMsg>) {
+        let (mut data, mut other) = (Vec::new(), Vec::new());
+        while let Some(m) = s.poll_msg() {
+            if m.cmd == RelayCmd::DATA {
+                *sent += 1;
+                s.sent_tag(tag(*sent));
+                data.push((m.stream.unwrap(), m.data));
+            } else {
+                s.sent_tag(SendmeTag::None);
+                other.push(m);
+            }
+        }
+        (data, other)
+    }
+
+    /// Keeps `id`'s buffer full and sends until the windows stop it: DATA cells sent.
+    fn fill_and_send(s: &mut Streams, ids: &[StreamId], sent: &mut u64) -> usize {
+        let mut cells = 0;
+        loop {
+            for &id in ids {
+                s.write(id, &[0x5a; SEND_BUFFER_MAX]).unwrap();
+            }
+            let (d, _) = drain(s, sent);
+            if d.is_empty() {
+                return cells;
+            }
+            cells += d.len();
+        }
+    }
+
+    #[test]
+    fn data_waits_for_connected_and_is_cut_to_the_format() {
+        for (format, max) in [(RelayCellFormat::V0, 498), (RelayCellFormat::V1, 488)] {
+            let mut s = Streams::new(1, format);
+            let id = s.begin(&begin()).unwrap();
+            let bytes: Vec<u8> = (0..1200u32).map(|i| i as u8).collect();
+            assert_eq!(s.write(id, &bytes).unwrap(), 1200);
+            assert_eq!(s.poll_msg().unwrap().cmd, RelayCmd::BEGIN);
+            assert_eq!(s.poll_msg(), None, "no DATA before CONNECTED");
+            s.handle_msg(Some(id), RelayCmd::CONNECTED, &[], SendmeTag::None)
+                .unwrap();
+            let mut got = Vec::new();
+            let mut lens = Vec::new();
+            while let Some(m) = s.poll_msg() {
+                assert_eq!((m.stream, m.cmd), (Some(id), RelayCmd::DATA));
+                lens.push(m.data.len());
+                got.extend(m.data);
+            }
+            assert_eq!(lens, [max, max, 1200 - 2 * max]);
+            assert_eq!(got, bytes);
+            assert_eq!(s.stream_windows(id), Some((497, 500)));
+            assert_eq!(s.circ_windows(), (997, 1000));
+        }
+    }
+
+    #[test]
+    fn write_is_bounded() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 1);
+        assert_eq!(
+            s.write(ids[0], &vec![0; SEND_BUFFER_MAX + 10]).unwrap(),
+            SEND_BUFFER_MAX
+        );
+        assert_eq!(s.write(ids[0], &[0; 10]).unwrap(), 0);
+        assert_eq!(s.buffered(ids[0]), SEND_BUFFER_MAX);
+    }
+
+    #[test]
+    fn stream_window_stops_sending_until_a_stream_sendme() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 1);
+        let id = ids[0];
+        let mut sent = 0;
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 500);
+        assert_eq!(s.stream_windows(id), Some((0, 500)));
+        let ev = s
+            .handle_msg(Some(id), RelayCmd::SENDME, &[], SendmeTag::None)
+            .unwrap();
+        assert_eq!(ev, Some(StreamEvent::Sendme { stream: Some(id) }));
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 50);
+        // Ten SENDMEs reopen the window fully; an eleventh overflows it.
+        for _ in 0..10 {
+            s.handle_msg(Some(id), RelayCmd::SENDME, &[], SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(s.stream_windows(id), Some((500, 500)));
+        assert_eq!(
+            s.handle_msg(Some(id), RelayCmd::SENDME, &[], SendmeTag::None),
+            Err(StreamError::StreamProtocol {
+                stream: id,
+                fault: Fault::SendmeOverflow
+            })
+        );
+    }
+
+    #[test]
+    fn circuit_window_needs_authenticated_sendmes() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 3);
+        let mut sent = 0;
+        // Three streams could send 1500 cells; the circuit stops them at 1000.
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 1000);
+        assert_eq!(s.circ_windows().0, 0);
+        // Stream SENDMEs do not help.
+        for &id in &ids {
+            s.handle_msg(Some(id), RelayCmd::SENDME, &[], SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 0);
+        // The first circuit SENDME must carry the tag of our 100th DATA cell.
+        assert_eq!(
+            s.handle_msg(
+                None,
+                RelayCmd::SENDME,
+                &sendme_v1(tag(100)),
+                SendmeTag::None
+            ),
+            Ok(Some(StreamEvent::Sendme { stream: None }))
+        );
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 100);
+        for n in [200, 300] {
+            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(n)), SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(s.circ_windows().0, 200);
+
+        // A wrong tag (the 399th cell's instead of the 400th's), a v0 SENDME, a truncated
+        // one: the circuit is broken.
+        for body in [sendme_v1(tag(399)), Vec::new(), vec![1, 0, 20, 0]] {
+            let (mut s2, ids2) = connected(RelayCellFormat::V0, 1);
+            let mut sent2 = 0;
+            fill_and_send(&mut s2, &ids2, &mut sent2);
+            assert_eq!(
+                s2.handle_msg(None, RelayCmd::SENDME, &body, SendmeTag::None),
+                Err(StreamError::CircuitProtocol(Fault::BadSendmeTag))
+            );
+        }
+        assert_eq!(
+            s.handle_msg(
+                None,
+                RelayCmd::SENDME,
+                &sendme_v1(tag(399)),
+                SendmeTag::None
+            ),
+            Err(StreamError::CircuitProtocol(Fault::BadSendmeTag))
+        );
+        // A SENDME for cells never sent.
+        let (mut s3, _) = connected(RelayCellFormat::V0, 1);
+        assert_eq!(
+            s3.handle_msg(
+                None,
+                RelayCmd::SENDME,
+                &sendme_v1(tag(100)),
+                SendmeTag::None
+            ),
+            Err(StreamError::CircuitProtocol(Fault::SendmeOverflow))
+        );
+        // Other circuit-level messages are not the stream layer's.
+        assert_eq!(
+            s3.handle_msg(None, RelayCmd::DROP, &[], SendmeTag::None),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn delivered_data_is_acknowledged() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 3);
+        let mut stream_sendmes = Vec::new();
+        let mut circ_sendmes = Vec::new();
+        for n in 1..=300u64 {
+            let id = ids[(n as usize - 1) / 100];
+            let data = [n as u8; 3];
+            let ev = s
+                .handle_msg(Some(id), RelayCmd::DATA, &data, tag(n))
+                .unwrap();
+            assert_eq!(
+                ev,
+                Some(StreamEvent::Data {
+                    stream: id,
+                    data: data.to_vec()
+                })
+            );
+            while let Some(m) = s.poll_msg() {
+                assert_eq!(m.cmd, RelayCmd::SENDME);
+                match m.stream {
+                    Some(id) => {
+                        assert!(m.data.is_empty(), "stream SENDMEs are v0");
+                        stream_sendmes.push((n, id));
+                    }
+                    None => circ_sendmes.push((n, m.data)),
+                }
+            }
+        }
+        // Every 50 cells on a stream, every 100 on the circuit, v1 with that cell's tag.
+        let want: Vec<_> = (1..=6u64)
+            .map(|k| (50 * k, ids[(k as usize - 1) / 2]))
+            .collect();
+        assert_eq!(stream_sendmes, want);
+        let want: Vec<_> = (1..=3u64)
+            .map(|k| (100 * k, sendme_v1(tag(100 * k))))
+            .collect();
+        assert_eq!(circ_sendmes, want);
+        assert_eq!(s.circ_windows().1, 1000);
+        assert_eq!(s.stream_windows(ids[0]), Some((500, 500)));
+
+        // A CGO tag is 16 bytes.
+        let (mut s, ids) = connected(RelayCellFormat::V1, 1);
+        for n in 1..=100u64 {
+            s.handle_msg(
+                Some(ids[0]),
+                RelayCmd::DATA,
+                &[1],
+                SendmeTag::Cgo([n as u8; 16]),
+            )
+            .unwrap();
+        }
+        let msgs: Vec<_> = std::iter::from_fn(|| s.poll_msg()).collect();
+        let circ: Vec<_> = msgs.iter().filter(|m| m.stream.is_none()).collect();
+        assert_eq!((msgs.len(), circ.len()), (3, 1));
+        assert_eq!(circ[0].data, sendme_v1(SendmeTag::Cgo([100; 16])));
+    }
+
+    #[test]
+    fn unsent_sendmes_close_the_windows() {
+        // The caller never polls: the hop may send 500 cells on a stream, then no more.
+        let (mut s, ids) = connected(RelayCellFormat::V0, 3);
+        for _ in 0..500 {
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, &[0], SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, &[0], SendmeTag::None),
+            Err(StreamError::StreamProtocol {
+                stream: ids[0],
+                fault: Fault::WindowExceeded
+            })
+        );
+        // And 1000 on the circuit (the cell that broke the stream counted).
+        for _ in 0..499 {
+            s.handle_msg(Some(ids[1]), RelayCmd::DATA, &[0], SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(s.circ_windows().1, 0);
+        assert_eq!(
+            s.handle_msg(Some(ids[2]), RelayCmd::DATA, &[0], SendmeTag::None),
+            Err(StreamError::CircuitProtocol(Fault::WindowExceeded))
+        );
+    }
+
+    #[test]
+    fn end_handling() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 2);
+        // The hop ENDs a stream with a reason; what comes after for it is dropped, but still
+        // counts against the circuit.
+        let ev = s
+            .handle_msg(
+                Some(ids[0]),
+                RelayCmd::END,
+                &[EndReason::DONE.0],
+                SendmeTag::None,
+            )
+            .unwrap();
+        assert_eq!(
+            ev,
+            Some(StreamEvent::Ended {
+                stream: ids[0],
+                end: End::new(EndReason::DONE)
+            })
+        );
+        assert_eq!(s.stream_windows(ids[0]), None);
+        assert_eq!(
+            s.write(ids[0], b"x"),
+            Err(StreamError::NoSuchStream(ids[0]))
+        );
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, b"late", SendmeTag::None),
+            Ok(Some(StreamEvent::Ignored))
+        );
+        assert_eq!(s.circ_windows().1, 999);
+        // An empty END means MISC.
+        let ev = s
+            .handle_msg(Some(ids[1]), RelayCmd::END, &[], SendmeTag::None)
+            .unwrap();
+        assert!(
+            matches!(ev, Some(StreamEvent::Ended { end, .. }) if end.reason == EndReason::MISC)
+        );
+
+        // END before CONNECTED: a refusal.
+        let id = s.begin(&begin()).unwrap();
+        s.poll_msg().unwrap();
+        let ev = s
+            .handle_msg(
+                Some(id),
+                RelayCmd::END,
+                &[EndReason::EXITPOLICY.0],
+                SendmeTag::None,
+            )
+            .unwrap();
+        assert!(
+            matches!(ev, Some(StreamEvent::Ended { end, .. }) if end.reason == EndReason::EXITPOLICY)
+        );
+
+        // Our END follows the buffered bytes, then the stream is gone.
+        let (mut s, ids) = connected(RelayCellFormat::V0, 1);
+        s.write(ids[0], &[7; 600]).unwrap();
+        s.end(ids[0], EndReason::DONE).unwrap();
+        assert_eq!(
+            s.write(ids[0], b"x"),
+            Err(StreamError::NoSuchStream(ids[0]))
+        );
+        let msgs: Vec<_> = std::iter::from_fn(|| s.poll_msg()).collect();
+        let cmds: Vec<_> = msgs.iter().map(|m| m.cmd).collect();
+        assert_eq!(cmds, [RelayCmd::DATA, RelayCmd::DATA, RelayCmd::END]);
+        assert_eq!(msgs[2].data, [EndReason::DONE.0]);
+        assert_eq!(s.stream_windows(ids[0]), None);
+    }
+
+    #[test]
+    fn bad_input_closes_only_its_stream() {
+        let (mut s, ids) = connected(RelayCellFormat::V0, 1);
+        let cases: [(RelayCmd, &[u8], Fault); 4] = [
+            (
+                RelayCmd::DATA,
+                b"early",
+                Fault::UnexpectedMsg(RelayCmd::DATA),
+            ),
+            (RelayCmd::CONNECTED, &[1, 2, 3], Fault::BadConnected),
+            (
+                RelayCmd::BEGIN,
+                b"x:1\0",
+                Fault::UnexpectedMsg(RelayCmd::BEGIN),
+            ),
+            (
+                RelayCmd::SENDME,
+                &[],
+                Fault::UnexpectedMsg(RelayCmd::SENDME),
+            ),
+        ];
+        for (cmd, body, fault) in cases {
+            let bad = s.begin(&begin()).unwrap();
+            assert_eq!(s.poll_msg().unwrap().cmd, RelayCmd::BEGIN);
+            assert_eq!(
+                s.handle_msg(Some(bad), cmd, body, SendmeTag::None),
+                Err(StreamError::StreamProtocol { stream: bad, fault })
+            );
+            assert_eq!(s.stream_windows(bad), None);
+            let end = s.poll_msg().unwrap();
+            assert_eq!(
+                (end.stream, end.cmd, end.data),
+                (Some(bad), RelayCmd::END, vec![EndReason::TORPROTOCOL.0])
+            );
+        }
+        // The good stream goes on both ways.
+        s.write(ids[0], b"still here").unwrap();
+        let m = s.poll_msg().unwrap();
+        assert_eq!((m.stream, m.data), (Some(ids[0]), b"still here".to_vec()));
+        assert!(s
+            .handle_msg(Some(ids[0]), RelayCmd::DATA, b"yes", SendmeTag::None)
+            .is_ok());
+        // A second CONNECTED on an open stream is a violation too.
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::CONNECTED, &[], SendmeTag::None),
+            Err(StreamError::StreamProtocol {
+                stream: ids[0],
+                fault: Fault::UnexpectedMsg(RelayCmd::CONNECTED)
+            })
+        );
+    }
+
+    #[test]
+    fn stream_ids_are_unique_and_bounded() {
+        let mut s = Streams::new(0, RelayCellFormat::V0);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..STREAMS_MAX {
+            assert!(seen.insert(s.begin(&begin()).unwrap()));
+        }
+        assert_eq!(s.begin(&begin()), Err(StreamError::TooManyStreams));
+        // Ids are reused only once free.
+        let first = *seen.iter().next().unwrap();
+        s.handle_msg(Some(first), RelayCmd::END, &[], SendmeTag::None)
+            .unwrap();
+        s.next_id = first.get();
+        assert_eq!(s.begin(&begin()), Ok(first));
+    }
+}
