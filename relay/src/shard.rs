@@ -598,7 +598,19 @@ impl Shard {
         let Some(c) = self.get_mut(conn) else {
             return;
         };
-        c.wire_in.extend_from_slice(data);
+        if c.wire_in.is_empty() {
+            // TLS takes what it can straight from the reactor's buffer; only the rest (a
+            // partial record, or what waits for the plaintext to be read) is kept.
+            match c.tls.handle_tls(data) {
+                Ok(n) => c
+                    .wire_in
+                    .extend_from_slice(data.get(n..).unwrap_or_default()),
+                // The error is sticky: `pump_in` meets it again and closes the connection.
+                Err(_) => c.wire_in.extend_from_slice(data),
+            }
+        } else {
+            c.wire_in.extend_from_slice(data);
+        }
         self.pump_in(conn, now);
     }
 
@@ -666,6 +678,29 @@ impl Shard {
         self.get(conn)
             .and_then(|c| c.outbuf.get(c.out_off..))
             .unwrap_or_default()
+    }
+
+    /// Like [`Shard::poll_transmit`], but hands the bytes over instead of lending them: `buf`
+    /// (whose contents must all have been written) is swapped with the connection's
+    /// ciphertext buffer, so no byte is copied. The caller owns what `buf` then holds and
+    /// writes all of it, resubmitting after short writes, before calling again; it still
+    /// reports each write with [`Shard::handle_sent`] (which then only refills TLS). Returns
+    /// how many bytes `buf` holds.
+    pub fn take_transmit(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> usize {
+        buf.clear();
+        if self.poll_transmit(conn).is_empty() {
+            return 0;
+        }
+        let Some(c) = self.get_mut(conn) else {
+            return 0;
+        };
+        if c.out_off > 0 {
+            c.outbuf.drain(..c.out_off);
+            c.out_off = 0;
+        }
+        std::mem::swap(&mut c.outbuf, buf);
+        self.recount(conn);
+        buf.len()
     }
 
     /// `n` bytes of what [`Shard::poll_transmit`] gave were written.
@@ -1279,22 +1314,15 @@ impl Shard {
                         }
                     }
                 }
-                while c.inbuf.len() < inbuf_max {
-                    let room = (inbuf_max - c.inbuf.len()).min(self.scratch.len());
-                    let Some(buf) = self.scratch.get_mut(..room) else {
-                        break;
-                    };
-                    match c.tls.read_plaintext(buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            progress = true;
-                            c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        }
+                if c.inbuf.len() < inbuf_max {
+                    // Straight from TLS's plaintext buffers into the cell buffer.
+                    let room = inbuf_max - c.inbuf.len();
+                    match c.tls.read_plaintext_into(&mut c.inbuf, room) {
+                        Ok(n) => progress |= n > 0,
                         Err(_) => {
                             // An EOF without close_notify after the last cell: the data
                             // already buffered is still processed.
                             failed = (!c.eof).then_some(CloseReason::Tls);
-                            break;
                         }
                     }
                 }

@@ -88,7 +88,10 @@ struct Slot {
     conn: ConnId,
     stream: TcpStream,
     recv_buf: Box<[u8]>,
+    /// Ciphertext taken from the shard ([`Shard::take_transmit`]); `send_off` bytes of it
+    /// are sent. Not touched (so not moved) while a send is in flight.
     send_buf: Vec<u8>,
+    send_off: usize,
     /// Kept for an in-flight connect.
     connect_addr: Option<Box<SockAddr>>,
     recv_inflight: bool,
@@ -254,6 +257,7 @@ impl Reactor {
             stream,
             recv_buf: vec![0u8; RECV_BUF_BYTES].into_boxed_slice(),
             send_buf: Vec::with_capacity(SEND_BUF_BYTES),
+            send_off: 0,
             connect_addr: None,
             recv_inflight: false,
             send_inflight: false,
@@ -321,6 +325,7 @@ impl Reactor {
                         if slot.closing {
                             // As above.
                         } else if res >= 0 {
+                            slot.send_off = slot.send_off.saturating_add(res as usize);
                             shard.handle_sent(conn, res as usize);
                         } else {
                             shard.handle_close(conn);
@@ -391,8 +396,17 @@ impl Reactor {
                     // send is in flight (its bytes are part of `bye`: they would go twice).
                     if let (Some(bye), Some(Some(s))) = (bye, self.slots.get(index as usize)) {
                         if !s.send_inflight && !s.connect_inflight {
-                            let _ = socket2::SockRef::from(&s.stream)
-                                .send_with_flags(&bye, libc::MSG_DONTWAIT);
+                            let sock = socket2::SockRef::from(&s.stream);
+                            // The rest of a short send goes first; the close_notify only if
+                            // all of it went.
+                            let rest = s.send_buf.get(s.send_off..).unwrap_or_default();
+                            let sent_rest = rest.is_empty()
+                                || sock
+                                    .send_with_flags(rest, libc::MSG_DONTWAIT)
+                                    .is_ok_and(|n| n == rest.len());
+                            if sent_rest {
+                                let _ = sock.send_with_flags(&bye, libc::MSG_DONTWAIT);
+                            }
                         }
                     }
                     self.close_slot(index, reason)?;
@@ -454,21 +468,19 @@ impl Reactor {
                 );
             }
             if !s.send_inflight {
-                let data = shard.poll_transmit(s.conn);
-                if !data.is_empty() {
-                    let n = data.len().min(SEND_BUF_BYTES);
-                    s.send_buf.clear();
-                    s.send_buf
-                        .extend_from_slice(data.get(..n).unwrap_or_default());
+                // The rest of a short send first; else the shard's next bytes, handed over
+                // without a copy.
+                if s.send_off >= s.send_buf.len() {
+                    s.send_off = 0;
+                    shard.take_transmit(s.conn, &mut s.send_buf);
+                }
+                if let Some(rest) = s.send_buf.get(s.send_off..).filter(|r| !r.is_empty()) {
+                    let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
                     s.send_inflight = true;
                     entries.push(
-                        opcode::Send::new(
-                            types::Fd(s.stream.as_raw_fd()),
-                            s.send_buf.as_ptr(),
-                            s.send_buf.len() as u32,
-                        )
-                        .build()
-                        .user_data(user_data(index, OP_SEND)),
+                        opcode::Send::new(types::Fd(s.stream.as_raw_fd()), rest.as_ptr(), len)
+                            .build()
+                            .user_data(user_data(index, OP_SEND)),
                     );
                 }
             }
