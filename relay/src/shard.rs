@@ -598,7 +598,19 @@ impl Shard {
         let Some(c) = self.get_mut(conn) else {
             return;
         };
-        c.wire_in.extend_from_slice(data);
+        if c.wire_in.is_empty() {
+            // TLS takes what it can straight from the reactor's buffer; only the rest (a
+            // partial record, or what waits for the plaintext to be read) is kept.
+            match c.tls.handle_tls(data) {
+                Ok(n) => c
+                    .wire_in
+                    .extend_from_slice(data.get(n..).unwrap_or_default()),
+                // The error is sticky: `pump_in` meets it again and closes the connection.
+                Err(_) => c.wire_in.extend_from_slice(data),
+            }
+        } else {
+            c.wire_in.extend_from_slice(data);
+        }
         self.pump_in(conn, now);
     }
 
@@ -666,6 +678,43 @@ impl Shard {
         self.get(conn)
             .and_then(|c| c.outbuf.get(c.out_off..))
             .unwrap_or_default()
+    }
+
+    /// Like [`Shard::poll_transmit`], but hands the bytes over instead of lending them: `buf`
+    /// (whose contents must all have been written) is swapped with the connection's
+    /// ciphertext buffer, so no byte is copied. The caller owns what `buf` then holds and
+    /// writes all of it, resubmitting after short writes, before calling again; it still
+    /// reports each write with [`Shard::handle_sent`] (which then only refills TLS). Returns
+    /// how many bytes `buf` holds.
+    ///
+    /// On an open channel, fewer than `hold_below` bytes stay with the shard (0 is returned,
+    /// and [`Shard::has_transmit`] stays true), so that the caller can gather a few batches'
+    /// cells into one send; the caller bounds how long it holds them.
+    pub fn take_transmit(&mut self, conn: ConnId, buf: &mut Vec<u8>, hold_below: usize) -> usize {
+        buf.clear();
+        let available = self.poll_transmit(conn).len();
+        if available == 0 {
+            return 0;
+        }
+        let Some(c) = self.get_mut(conn) else {
+            return 0;
+        };
+        if available < hold_below && matches!(c.state, ConnState::Open { .. }) {
+            return 0;
+        }
+        if c.out_off > 0 {
+            c.outbuf.drain(..c.out_off);
+            c.out_off = 0;
+        }
+        std::mem::swap(&mut c.outbuf, buf);
+        self.recount(conn);
+        buf.len()
+    }
+
+    /// Whether `conn` has bytes to send (ciphertext prepared or waiting in TLS).
+    pub fn has_transmit(&self, conn: ConnId) -> bool {
+        self.get(conn)
+            .is_some_and(|c| !c.connecting && (c.out_off < c.outbuf.len() || c.tls.wants_tls_out()))
     }
 
     /// `n` bytes of what [`Shard::poll_transmit`] gave were written.
@@ -1295,22 +1344,15 @@ impl Shard {
                         }
                     }
                 }
-                while c.inbuf.len() < inbuf_max {
-                    let room = (inbuf_max - c.inbuf.len()).min(self.scratch.len());
-                    let Some(buf) = self.scratch.get_mut(..room) else {
-                        break;
-                    };
-                    match c.tls.read_plaintext(buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            progress = true;
-                            c.inbuf.extend_from_slice(buf.get(..n).unwrap_or_default());
-                        }
+                if c.inbuf.len() < inbuf_max {
+                    // Straight from TLS's plaintext buffers into the cell buffer.
+                    let room = inbuf_max - c.inbuf.len();
+                    match c.tls.read_plaintext_into(&mut c.inbuf, room) {
+                        Ok(n) => progress |= n > 0,
                         Err(_) => {
                             // An EOF without close_notify after the last cell: the data
                             // already buffered is still processed.
                             failed = (!c.eof).then_some(CloseReason::Tls);
-                            break;
                         }
                     }
                 }
@@ -1848,6 +1890,8 @@ mod tests {
         client: Client,
         pipes: Vec<(End_, End_)>,
         connects: usize,
+        /// What [`Net::run`] passes to [`Shard::take_transmit`].
+        hold_below: usize,
     }
 
     impl Net {
@@ -1884,6 +1928,7 @@ mod tests {
                 client,
                 pipes: Vec::new(),
                 connects: 0,
+                hold_below: 0,
             };
             let conn = net.shards[0]
                 .handle_accepted(&mut net.rng, "10.9.9.9:5555".parse().unwrap(), NOW)
@@ -1956,9 +2001,21 @@ mod tests {
                             }
                         }
                     }
-                    while let Some(conn) = self.shards[s].poll_writable() {
-                        let data = self.shards[s].poll_transmit(conn).to_vec();
-                        if data.is_empty() {
+                    // As the io_uring reactor does: every connection, bytes taken by swap
+                    // (a held connection is not on the writable list again).
+                    while self.shards[s].poll_writable().is_some() {}
+                    let conns: Vec<ConnId> = self
+                        .pipes
+                        .iter()
+                        .flat_map(|&(a, b)| [a, b])
+                        .filter_map(|e| match e {
+                            End_::Shard(t, c) if t == s => Some(c),
+                            _ => None,
+                        })
+                        .collect();
+                    for conn in conns {
+                        let mut data = Vec::new();
+                        if self.shards[s].take_transmit(conn, &mut data, self.hold_below) == 0 {
                             continue;
                         }
                         busy = true;
@@ -2483,6 +2540,46 @@ mod tests {
         assert_eq!(net.connects, 1);
         assert_eq!(net.shards[1].channels(), 1);
         assert_eq!(net.shards[1].core().circuits(), 0);
+    }
+
+    #[test]
+    fn small_sends_are_held_until_flushed() {
+        let mut net = Net::new();
+        net.run();
+        assert!(net.client.info.is_some(), "handshakes are never held");
+        let conn = net
+            .pipes
+            .iter()
+            .find_map(|&(a, b)| match (a, b) {
+                (End_::Client, End_::Shard(0, c)) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        let engine = Engine::from_env().unwrap();
+        let id = CircId::new(0x8000_0001).unwrap();
+        let first = net.info(0);
+        let (mut circ, cell) = OriginCircuit::create_first_hop(
+            &mut net.rng,
+            engine,
+            id,
+            HandshakeKind::CreateFast,
+            &first,
+        )
+        .unwrap();
+        net.hold_below = usize::MAX;
+        net.client.send(&cell);
+        net.run();
+        assert!(net.client.cells().is_empty(), "CREATED_FAST was held");
+        assert!(net.shards[0].has_transmit(conn));
+        net.hold_below = 0;
+        net.run();
+        assert!(!net.shards[0].has_transmit(conn));
+        let got = net.client.cells();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            circ.handle_cell(&got[0]).unwrap(),
+            ClientEvent::HopAdded { hops: 1 }
+        );
     }
 
     #[test]

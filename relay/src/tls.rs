@@ -539,6 +539,40 @@ impl TlsLink {
         }
     }
 
+    /// Appends up to `max` bytes of decrypted plaintext to `out`, straight from TLS's buffers
+    /// (no intermediate copy); returns how many (0 if there is none now). Errors as
+    /// [`read_plaintext`](Self::read_plaintext).
+    pub fn read_plaintext_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, TlsLinkError> {
+        self.check()?;
+        let mut total = 0;
+        while total < max {
+            let mut reader = self.conn.reader();
+            let n = match io::BufRead::fill_buf(&mut reader) {
+                Ok(chunk) => {
+                    let n = chunk.len().min(max - total);
+                    out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    n
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && total == 0 && self.eof => {
+                    return Err(self.fail(TlsLinkError::UnexpectedEof));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(self.fail(TlsLinkError::Local)),
+            };
+            if n == 0 {
+                // Cleanly closed and drained.
+                break;
+            }
+            io::BufRead::consume(&mut reader, n);
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Queues plaintext to send; returns how much was taken, which is less than `data.len()`
     /// (possibly 0) when the ciphertext waiting for [`poll_tls`](Self::poll_tls) has reached
     /// `pending_tls_max_bytes`. Before the handshake ends, plaintext is held and sent after it.
