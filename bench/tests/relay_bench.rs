@@ -50,6 +50,10 @@ fn check_impl(o: &Value, name: &str, rounds: u64) {
         )
     );
     assert!(num(o, "cpu_sec_per_mcell") >= 0.0, "{o}");
+    // Kernel time is part of the CPU time.
+    assert!(num(o, "sys_sec_per_mcell") <= num(o, "cpu_sec_per_mcell"), "{o}");
+    let share = num(o, "relay_sys_share");
+    assert!((0.0..=1.0).contains(&share), "{o}");
     let (p50, p99, p999) = (num(o, "p50_us"), num(o, "p99_us"), num(o, "p999_us"));
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999, "{o}");
     assert!(num(o, "peak_rss_mb") > 1.0, "{o}");
@@ -95,6 +99,7 @@ fn both_relays_closed_loop() {
         ratio.is_null() || ratio.as_f64().is_some_and(|r| r > 0.0),
         "{ratio}"
     );
+    assert!(lines[2].get("ratio_ceiling_kernel_only").is_some());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! What `chive-bench relay` reads from /proc and how it turns samples into figures: a process's
-//! CPU seconds (`/proc/PID/stat` utime + stime, proc(5)), its peak resident memory (`VmHWM` in
+//! CPU seconds (`/proc/PID/stat` utime and stime, proc(5)), its peak resident memory (`VmHWM` in
 //! `/proc/PID/status`), and the latency histogram of echoed cells.
 
 use hdrhistogram::Histogram;
@@ -10,14 +10,41 @@ pub const USER_HZ: f64 = 100.0;
 /// Largest latency the histogram records, in ns (a minute); larger samples are clamped.
 pub const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
-/// CPU seconds (user + system, all threads) from one `/proc/PID/stat` line.
-pub fn stat_cpu_secs(stat: &str) -> Option<f64> {
+/// A process's CPU seconds, all threads, split by where they were spent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CpuTimes {
+    /// In user space (`utime`).
+    pub user: f64,
+    /// In the kernel (`stime`): on loopback, mostly the TCP send and receive paths.
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// User plus system.
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was spent between `earlier` and `self`.
+    pub fn since(&self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// CPU times (user and system, all threads) from one `/proc/PID/stat` line.
+pub fn stat_cpu_times(stat: &str) -> Option<CpuTimes> {
     // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
     let after = stat.rsplit_once(')')?.1;
     let mut fields = after.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
+    Some(CpuTimes {
+        user: utime as f64 / USER_HZ,
+        system: stime as f64 / USER_HZ,
+    })
 }
 
 /// Peak resident set size in MiB from the text of `/proc/PID/status` (`VmHWM:  N kB`).
@@ -33,7 +60,12 @@ pub fn status_peak_rss_mb(status: &str) -> Option<f64> {
 
 /// CPU seconds of process `pid` so far; `None` if it is gone.
 pub fn process_cpu_secs(pid: u32) -> Option<f64> {
-    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    process_cpu_times(pid).map(|t| t.total())
+}
+
+/// CPU times of process `pid` so far; `None` if it is gone.
+pub fn process_cpu_times(pid: u32) -> Option<CpuTimes> {
+    stat_cpu_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Peak RSS of process `pid` in MiB; `None` if it is gone.
@@ -77,6 +109,8 @@ pub struct Throughput {
     pub seconds: f64,
     /// CPU seconds the relay used in the window.
     pub cpu_secs: f64,
+    /// Of `cpu_secs`, those spent in the kernel.
+    pub sys_secs: f64,
 }
 
 impl Throughput {
@@ -85,6 +119,7 @@ impl Throughput {
         self.cells += other.cells;
         self.seconds += other.seconds;
         self.cpu_secs += other.cpu_secs;
+        self.sys_secs += other.sys_secs;
     }
 
     /// Cells per wall-clock second.
@@ -100,6 +135,15 @@ impl Throughput {
     pub fn cpu_sec_per_mcell(&self) -> f64 {
         if self.cells > 0 {
             self.cpu_secs / (self.cells as f64 / 1e6)
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Kernel CPU seconds per million cells; infinite when no cell was relayed.
+    pub fn sys_sec_per_mcell(&self) -> f64 {
+        if self.cells > 0 {
+            self.sys_secs / (self.cells as f64 / 1e6)
         } else {
             f64::INFINITY
         }
@@ -125,9 +169,16 @@ mod tests {
         // Fields after ')': state ppid pgrp session tty tpgid flags minflt cminflt majflt
         // cmajflt utime stime ...
         let line = "42 (tor relay (x)) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 9 0 100";
-        assert_eq!(stat_cpu_secs(line), Some(3.0));
-        assert_eq!(stat_cpu_secs("garbage"), None);
-        assert_eq!(stat_cpu_secs("1 (x) S 1 2"), None);
+        assert_eq!(
+            stat_cpu_times(line),
+            Some(CpuTimes {
+                user: 2.5,
+                system: 0.5
+            })
+        );
+        assert_eq!(stat_cpu_times(line).map(|t| t.total()), Some(3.0));
+        assert_eq!(stat_cpu_times("garbage"), None);
+        assert_eq!(stat_cpu_times("1 (x) S 1 2"), None);
     }
 
     #[test]
@@ -142,6 +193,8 @@ mod tests {
         }
         let after = process_cpu_secs(pid);
         assert!(after >= before);
+        let times = process_cpu_times(pid);
+        assert!(times.is_some_and(|t| t.user > 0.0 && t.system >= 0.0));
         assert!(process_peak_rss_mb(pid).is_some_and(|m| m > 0.0));
     }
 
@@ -178,7 +231,9 @@ mod tests {
             cells: 2_000_000,
             seconds: 2.0,
             cpu_secs: 1.0,
+            sys_secs: 0.25,
         };
+        assert_eq!(t.sys_sec_per_mcell(), 0.125);
         assert_eq!(t.cells_per_sec(), 1e6);
         assert_eq!(t.cpu_sec_per_mcell(), 0.5);
         assert_eq!(t.cells_per_cpu_sec(), 2e6);
@@ -186,12 +241,15 @@ mod tests {
             cells: 1_000_000,
             seconds: 1.0,
             cpu_secs: 2.0,
+            sys_secs: 0.5,
         });
         assert_eq!(t.cells, 3_000_000);
+        assert_eq!(t.sys_sec_per_mcell(), 0.25);
         assert_eq!(t.cpu_sec_per_mcell(), 1.0);
         let empty = Throughput::default();
         assert_eq!(empty.cells_per_sec(), 0.0);
         assert!(empty.cpu_sec_per_mcell().is_infinite());
+        assert!(empty.sys_sec_per_mcell().is_infinite());
         assert_eq!(empty.cells_per_cpu_sec(), 0.0);
     }
 }

@@ -25,7 +25,8 @@ use relay::circuit::RelayInfo;
 use relay::testnet::CTorRelay;
 
 use accounting::{
-    new_latency_histogram, percentiles_us, process_cpu_secs, process_peak_rss_mb, Throughput,
+    new_latency_histogram, percentiles_us, process_cpu_secs, process_cpu_times,
+    process_peak_rss_mb, Throughput,
 };
 use loadgen::{Bounds, LoadParams, LoadTally, Rendezvous};
 
@@ -306,15 +307,17 @@ fn round(
         meet.go.wait();
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let me = std::process::id();
+        let r0 = process_cpu_times(r_pid);
         let c0 = [
-            process_cpu_secs(r_pid),
+            r0.map(|t| t.total()),
             process_cpu_secs(s_pid),
             process_cpu_secs(me),
         ];
         let t0 = Instant::now();
         std::thread::sleep(measure_to.saturating_duration_since(Instant::now()));
+        let r1 = process_cpu_times(r_pid);
         let c1 = [
-            process_cpu_secs(r_pid),
+            r1.map(|t| t.total()),
             process_cpu_secs(s_pid),
             process_cpu_secs(me),
         ];
@@ -327,9 +330,10 @@ fn round(
                 Err(_) => Err("a load thread panicked".to_string()),
             })
             .collect();
-        (tallies, c0, c1, seconds, rss)
+        let r_sys = r0.zip(r1).map(|(a, b)| b.since(a).system);
+        (tallies, c0, c1, seconds, rss, r_sys)
     });
-    let (tallies, c0, c1, seconds, rss) = result;
+    let (tallies, c0, c1, seconds, rss, r_sys) = result;
     let delta = |i: usize| -> Result<f64, String> {
         match (c0[i], c1[i]) {
             (Some(a), Some(b)) => Ok(b - a),
@@ -356,6 +360,7 @@ fn round(
         cells: sent + received,
         seconds,
         cpu_secs: r_cpu,
+        sys_secs: r_sys.unwrap_or(0.0),
     });
     acc.peak_rss_mb = acc.peak_rss_mb.max(rss.unwrap_or(0.0));
     acc.loadgen_cpu_secs += lg_cpu;
@@ -413,6 +418,8 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
                 "impl": r.which.name(),
                 "cells_per_sec": r.tput.cells_per_sec(),
                 "cpu_sec_per_mcell": r.tput.cpu_sec_per_mcell(),
+                "sys_sec_per_mcell": r.tput.sys_sec_per_mcell(),
+                "relay_sys_share": r.tput.sys_secs / r.tput.cpu_secs.max(1e-9),
                 "cells_per_cpu_sec": r.tput.cells_per_cpu_sec(),
                 "p50_us": p50,
                 "p99_us": p99,
@@ -457,6 +464,9 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
             Some(serde_json::json!({
                 "ratio_cells_per_cpu_sec": div(a.tput.cells_per_cpu_sec(), b.tput.cells_per_cpu_sec()),
                 "ratio_cells_per_sec": div(a.tput.cells_per_sec(), b.tput.cells_per_sec()),
+                // The ratio chive would reach if its user-space time per cell were zero and its
+                // kernel time (sockets) stayed: a ceiling for any change to chive's own code.
+                "ratio_ceiling_kernel_only": div(b.tput.cpu_sec_per_mcell(), a.tput.sys_sec_per_mcell()),
                 "ratio_p99_us": div(pa[1], pb[1]),
                 "ratio_peak_rss_mb": div(a.peak_rss_mb, b.peak_rss_mb),
                 "cpu_model": cpu,
@@ -484,12 +494,13 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
         opts.warmup.as_secs_f64()
     );
     println!(
-        "{:<6} {:>6} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "{:<6} {:>6} {:>12} {:>12} {:>12} {:>7} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "relay",
         "shards",
         "cells/s",
         "cells/CPU-s",
         "CPU-s/Mcell",
+        "kernel",
         "p50 µs",
         "p99 µs",
         "p999 µs",
@@ -504,12 +515,13 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
                 .unwrap_or(f64::NAN)
         };
         println!(
-            "{:<6} {:>6} {:>12.0} {:>12.0} {:>12.3} {:>9.0} {:>9.0} {:>9.0} {:>8.1} {:>8.0}% {:>8.0}%",
+            "{:<6} {:>6} {:>12.0} {:>12.0} {:>12.3} {:>6.0}% {:>9.0} {:>9.0} {:>9.0} {:>8.1} {:>8.0}% {:>8.0}%",
             r.which.name(),
             o.get("shards").and_then(serde_json::Value::as_u64).unwrap_or(0),
             f("cells_per_sec"),
             f("cells_per_cpu_sec"),
             f("cpu_sec_per_mcell"),
+            f("relay_sys_share") * 100.0,
             f("p50_us"),
             f("p99_us"),
             f("p999_us"),
@@ -531,8 +543,13 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
             f("ratio_p99_us"),
             f("ratio_peak_rss_mb"),
         );
+        println!(
+            "ceiling: {:.2}x if chive spent no user-space CPU at all (C tor's CPU per cell over \
+             chive's kernel CPU per cell)",
+            f("ratio_ceiling_kernel_only"),
+        );
     }
-    println!("(latency: round trip client -> R -> S -> R -> client; loadgen/sink: CPU use as a share of one core)");
+    println!("(latency: round trip client -> R -> S -> R -> client; kernel: R's CPU in the kernel, a share of its CPU; loadgen/sink: CPU use as a share of one core)");
     Ok(())
 }
 
