@@ -48,8 +48,8 @@ pub use relay_core::{
     Stats,
 };
 pub use stream::{
-    Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
-    SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
+    fuzz_streams, Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT,
+    CIRC_WINDOW_START, SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
 };
 
 use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};

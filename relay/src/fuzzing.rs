@@ -16,6 +16,11 @@ pub fn origin(data: &[u8]) {
     crate::circuit::fuzz_origin_cells(data);
 }
 
+/// Stream-layer operations and messages from the hop ([`crate::circuit::fuzz_streams`]).
+pub fn streams(data: &[u8]) {
+    crate::circuit::fuzz_streams(data);
+}
+
 /// TLS records into a link's server and client sides ([`crate::tls::fuzz_handle_tls`]).
 pub fn tls(data: &[u8]) {
     crate::tls::fuzz_handle_tls(data);
@@ -34,6 +39,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("circuit", circuit),
     ("origin", origin),
+    ("streams", streams),
     ("tls", tls),
     ("shard", shard),
 ];

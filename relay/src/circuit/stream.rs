@@ -530,6 +530,118 @@ fn end_msg(stream: StreamId, reason: EndReason) -> OutMsg {
     }
 }
 
+/// Fuzz entry point: drives a [`Streams`] with operations read from `data` (open, write, end,
+/// poll and seal, and messages from the hop: arbitrary ones, DATA, and circuit SENDMEs with
+/// the right tag), checking after each that the windows and buffers stay within their bounds.
+/// The first byte's low bit picks the v0 or v1 relay cell format. Panics only on a bug.
+pub fn fuzz_streams(data: &[u8]) {
+    let (format, mut rest) = match data.split_first() {
+        Some((&b, rest)) if b & 1 == 1 => (RelayCellFormat::V1, rest),
+        Some((_, rest)) => (RelayCellFormat::V0, rest),
+        None => return,
+    };
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (a, b) = rest.split_at_checked(n)?;
+        rest = b;
+        Some(a)
+    };
+    let mut s = Streams::new(2, format);
+    // Tags given to sealed cells are their sequence numbers; `owed` are those of our 100th,
+    // 200th, ... DATA cells, which a well-behaved hop acknowledges in order.
+    let (mut sealed, mut data_cells) = (0u64, 0u64);
+    let mut owed: VecDeque<SendmeTag> = VecDeque::new();
+    let tag_of = |n: u64| {
+        let mut t = [0u8; 20];
+        t[..8].copy_from_slice(&n.to_be_bytes());
+        SendmeTag::Tor1(t)
+    };
+    let begin = Begin {
+        host: proto::relay_msg::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST),
+        port: 80,
+        flags: Default::default(),
+    };
+    let big = [0x61u8; SEND_BUFFER_MAX];
+    while let Some(&[op]) = take(1) {
+        let stream = |b: u8| StreamId::new(u16::from(b % 8));
+        let result = match op % 8 {
+            0 => s.begin(&begin).map(|_| None),
+            1 => match take(2) {
+                Some(&[id, n]) => match stream(id) {
+                    Some(id) => s.write(id, &big[..usize::from(n) * 256]).map(|_| None),
+                    None => Ok(None),
+                },
+                _ => return,
+            },
+            2 => match take(1).and_then(|b| stream(b[0])) {
+                Some(id) => s.end(id, EndReason::DONE).map(|_| None),
+                None => Ok(None),
+            },
+            3 => {
+                while let Some(m) = s.poll_msg() {
+                    sealed += 1;
+                    if m.cmd == RelayCmd::DATA {
+                        assert!(m.data.len() <= format.data_max(RelayCmd::DATA));
+                        data_cells += 1;
+                        if data_cells.is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT)) {
+                            owed.push_back(tag_of(sealed));
+                        }
+                    }
+                    s.sent_tag(tag_of(sealed));
+                }
+                Ok(None)
+            }
+            4 => match take(3) {
+                Some(&[id, cmd, len]) => match take(usize::from(len)) {
+                    Some(body) => s.handle_msg(stream(id), RelayCmd(cmd), body, tag_of(0)),
+                    None => return,
+                },
+                _ => return,
+            },
+            5 => match take(2) {
+                Some(&[id, n]) => {
+                    let mut r = Ok(None);
+                    for _ in 0..n {
+                        r = s.handle_msg(stream(id), RelayCmd::DATA, b"x", tag_of(0));
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    r
+                }
+                _ => return,
+            },
+            6 => match owed.pop_front() {
+                Some(t) => {
+                    let mut body = vec![1, 0, t.as_bytes().len() as u8];
+                    body.extend_from_slice(t.as_bytes());
+                    s.handle_msg(None, RelayCmd::SENDME, &body, tag_of(0))
+                }
+                None => Ok(None),
+            },
+            _ => match take(1).and_then(|b| stream(b[0])) {
+                Some(id) => {
+                    let connected = [127, 0, 0, 1, 0, 0, 0, 60];
+                    s.handle_msg(Some(id), RelayCmd::CONNECTED, &connected, tag_of(0))
+                }
+                None => Ok(None),
+            },
+        };
+        let (package, deliver) = s.circ_windows();
+        assert!(package <= CIRC_WINDOW_START && deliver <= CIRC_WINDOW_START);
+        assert!(s.streams.len() <= STREAMS_MAX);
+        assert!(s.awaiting.len() <= usize::from(CIRC_WINDOW_START / CIRC_WINDOW_INCREMENT));
+        for (id, st) in &s.streams {
+            assert!(st.package_window <= STREAM_WINDOW_START);
+            assert!(st.deliver_window <= STREAM_WINDOW_START);
+            assert!(s.buffered(*id) <= SEND_BUFFER_MAX);
+        }
+        // A circuit-level violation destroys the circuit: nothing more happens on it.
+        if let Err(StreamError::CircuitProtocol(_)) = result {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests may unwrap: a panic is a test failure.
 mod tests {
