@@ -49,9 +49,9 @@ use rustls::crypto::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::NoServerSessionStorage;
 use rustls::{
-    AlertDescription, ClientConfig, ClientConnection, Connection, DigitallySignedStruct,
-    InvalidMessage, PeerIncompatible, PeerMisbehaved, ProtocolVersion, ServerConfig,
-    ServerConnection, SignatureScheme,
+    AlertDescription, CipherSuite, ClientConfig, ClientConnection, Connection,
+    DigitallySignedStruct, InvalidMessage, PeerIncompatible, PeerMisbehaved, ProtocolVersion,
+    ServerConfig, ServerConnection, SignatureScheme,
 };
 use zeroize::Zeroizing;
 
@@ -93,11 +93,19 @@ impl Provider {
             .find(|p| p.name() == name)
     }
 
+    /// The rustls provider, with TLS 1.3's AES-128-GCM suite first: every cell crosses a
+    /// link record's seal and open, and 10 AES rounds instead of AES-256's 14 cost ~8 ns
+    /// less per 514-byte cell each way (ring, 16 KiB records, Zen 3: 63.8 against 72.1 ns).
+    /// Both suites are mandatory-strength in TLS 1.3; responders pick it over the
+    /// initiator's order ([`server_config`]).
     fn rustls(self) -> CryptoProvider {
-        match self {
+        let mut p = match self {
             Provider::Ring => rustls::crypto::ring::default_provider(),
             Provider::AwsLcRs => rustls::crypto::aws_lc_rs::default_provider(),
-        }
+        };
+        p.cipher_suites
+            .sort_by_key(|s| s.suite() != CipherSuite::TLS13_AES_128_GCM_SHA256);
+        p
     }
 }
 
@@ -138,18 +146,18 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(chosen_provider().rustls())
 }
 
-/// Nanoseconds for the fastest of a few AES-256-GCM seals (TLS 1.3's first suite in rustls) of
+/// Nanoseconds for the fastest of a few AES-128-GCM seals (the TLS 1.3 suite we prefer) of
 /// a 16 KiB record, in place, with `provider`'s AEAD; `u64::MAX` if it cannot run.
 fn seal_ns(provider: Provider) -> u64 {
     const RECORD: usize = 16 * 1024;
     const ROUNDS: usize = 24;
-    let key = [0x42u8; 32];
+    let key = [0x42u8; 16];
     let mut buf = vec![0u8; RECORD];
     let mut best = u64::MAX;
     macro_rules! run {
         ($aead:path) => {{
             use $aead as aead;
-            let Ok(unbound) = aead::UnboundKey::new(&aead::AES_256_GCM, &key) else {
+            let Ok(unbound) = aead::UnboundKey::new(&aead::AES_128_GCM, &key) else {
                 return u64::MAX;
             };
             let sealing = aead::LessSafeKey::new(unbound);
@@ -309,6 +317,8 @@ pub fn server_config(cert: &LinkCert) -> Result<Arc<ServerConfig>, TlsSetupError
         .with_single_cert(vec![cert.cert_der.clone()], key)?;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // Our suite order (AES-128-GCM first, see `Provider::rustls`), not the initiator's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -632,6 +642,11 @@ impl TlsLink {
         self.conn.protocol_version()
     }
 
+    /// The cipher suite negotiated, once known.
+    pub fn cipher_suite(&self) -> Option<CipherSuite> {
+        self.conn.negotiated_cipher_suite().map(|s| s.suite())
+    }
+
     /// The DER certificate the peer presented first (its end-entity certificate), if any; for a
     /// Tor responder, its link certificate.
     pub fn peer_cert_der(&self) -> Option<&[u8]> {
@@ -869,6 +884,44 @@ mod tests {
         assert_eq!(p.server.auth3_exporter(&cid).unwrap(), ours);
         assert_ne!(p.client.auth3_exporter(&[0x43; 32]).unwrap(), ours);
         assert_eq!(c.not_after_secs(), NOW + 30 * 86_400);
+        assert_eq!(
+            p.client.cipher_suite(),
+            Some(CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+    }
+
+    /// Our responder picks AES-128-GCM even when the initiator lists AES-256-GCM first (as
+    /// OpenSSL's defaults do).
+    #[test]
+    fn responder_prefers_aes_128_gcm() {
+        let mut provider = chosen_provider().rustls();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != CipherSuite::TLS13_AES_256_GCM_SHA384);
+        assert_eq!(
+            provider.cipher_suites[0].suite(),
+            CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let verifier = Arc::new(LinkCertVerifier {
+            algs: provider.signature_verification_algorithms,
+        });
+        let mut client = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        client.enable_sni = false;
+        let mut p = pair_with(
+            shared_server(),
+            Arc::new(client),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        p.pump().unwrap();
+        assert_eq!(
+            p.server.cipher_suite(),
+            Some(CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
     }
 
     #[test]
