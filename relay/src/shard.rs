@@ -1404,6 +1404,9 @@ impl Shard {
                         if let ConnState::Handshaking(hs) = state {
                             finished = Some(hs);
                         }
+                        // The link handshake no longer needs TLS's exporter: records may
+                        // move to `tls::record`.
+                        c.tls.enable_records();
                         break;
                     }
                 }

@@ -26,15 +26,15 @@
 //! Session resumption is off on both sides (Tor does not resume sessions; tickets would only cost
 //! bytes and let an observer link connections), and the client sends no SNI.
 //!
-//! # Allocation
+//! # Allocation and copies
 //!
-//! rustls's buffered connection allocates: [`TlsLink::write_plaintext`] allocates one buffer per
-//! outgoing TLS record (at most 16 KiB of plaintext each), [`TlsLink::handle_tls`] copies each
-//! decrypted record into a newly allocated buffer and grows the input buffer up to one maximal
-//! record (64 KiB while a handshake message is being reassembled), and
-//! [`TlsLink::poll_tls`] grows the caller's `Vec` only if its capacity is short.
-//! [`TlsLink::read_plaintext`] never allocates. rustls's unbuffered API would avoid the per-record
-//! allocations; it is a later optimisation for the shard loop.
+//! rustls's buffered connection runs the handshake; it allocates one buffer per outgoing record
+//! and copies each received record into a newly allocated plaintext chunk. Once the owner calls
+//! [`TlsLink::enable_records`] (after the Tor link handshake, which needs the exporter), a TLS
+//! 1.3 link hands its record protection to [`record`]: one copy and no allocation per record
+//! each way, the sealed bytes handed to the caller's send buffer without a copy when it is
+//! empty. rustls is only ever given whole records (a record cut by a read waits in
+//! [`TlsLink`], at most one record), so it never holds part of one at the switch.
 
 use std::io::{self, IoSlice, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -54,6 +54,8 @@ use rustls::{
     ServerConfig, ServerConnection, SignatureScheme,
 };
 use zeroize::Zeroizing;
+
+mod record;
 
 /// The RFC 5705 exporter label of AUTHENTICATE type 3 (tor-spec §4.4.2, TLSSECRETS).
 pub const AUTH3_EXPORTER_LABEL: &[u8] = b"EXPORTER FOR TOR TLS CLIENT BINDING AUTH0003";
@@ -462,11 +464,33 @@ impl TlsLinkError {
 ///    ciphertext to the caller's send buffer.
 ///
 /// Step 4 is also needed after an error, to send the alert rustls queued.
+///
+/// rustls runs the handshake. Once the owner no longer needs the handshake's exporter and says
+/// so with [`enable_records`](Self::enable_records), a TLS 1.3 link moves its record
+/// protection to [`record`] (fewer copies per byte, no allocation per record) at the first
+/// moment rustls holds nothing buffered; [`records_active`](Self::records_active) tells.
 pub struct TlsLink {
-    conn: Connection,
+    inner: Inner,
+    /// This connection's application traffic secrets, caught for the switch to [`record`].
+    secrets: Arc<record::TrafficSecrets>,
+    records_wanted: bool,
+    pending_max: usize,
+    /// The start of a record whose end has not arrived (at most one record).
+    partial: Vec<u8>,
+    /// Kept from rustls at the switch.
+    peer_cert: Option<Vec<u8>>,
+    version: Option<ProtocolVersion>,
     error: Option<TlsLinkError>,
     /// The transport's read side has ended.
     eof: bool,
+}
+
+#[allow(clippy::large_enum_variant)] // One per link; the rustls one is the common state.
+enum Inner {
+    Rustls(Connection),
+    Records(Box<record::Records>),
+    /// Only while switching, or after a switch that failed (with an error recorded).
+    Gone,
 }
 
 impl TlsLink {
@@ -475,8 +499,13 @@ impl TlsLink {
         config: Arc<ServerConfig>,
         pending_tls_max_bytes: usize,
     ) -> Result<Self, TlsLinkError> {
-        let conn = ServerConnection::new(config).map_err(|e| TlsLinkError::from_rustls(&e))?;
-        Ok(Self::new(conn.into(), pending_tls_max_bytes))
+        let secrets = Arc::new(record::TrafficSecrets::default());
+        let mut config = (*config).clone();
+        config.key_log = secrets.clone();
+        config.enable_secret_extraction = true;
+        let conn =
+            ServerConnection::new(Arc::new(config)).map_err(|e| TlsLinkError::from_rustls(&e))?;
+        Ok(Self::new(conn.into(), secrets, pending_tls_max_bytes))
     }
 
     /// An initiator's side of a new outbound connection; its ClientHello is ready at once in
@@ -485,46 +514,149 @@ impl TlsLink {
         config: Arc<ClientConfig>,
         pending_tls_max_bytes: usize,
     ) -> Result<Self, TlsLinkError> {
+        let secrets = Arc::new(record::TrafficSecrets::default());
+        let mut config = (*config).clone();
+        config.key_log = secrets.clone();
+        config.enable_secret_extraction = true;
         // SNI is off, so the name is never sent; the verifier ignores it too.
         let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
-        let conn =
-            ClientConnection::new(config, name).map_err(|e| TlsLinkError::from_rustls(&e))?;
-        Ok(Self::new(conn.into(), pending_tls_max_bytes))
+        let conn = ClientConnection::new(Arc::new(config), name)
+            .map_err(|e| TlsLinkError::from_rustls(&e))?;
+        Ok(Self::new(conn.into(), secrets, pending_tls_max_bytes))
     }
 
-    fn new(mut conn: Connection, pending_tls_max_bytes: usize) -> Self {
+    fn new(
+        mut conn: Connection,
+        secrets: Arc<record::TrafficSecrets>,
+        pending_tls_max_bytes: usize,
+    ) -> Self {
         // Bounds both the plaintext queued before the handshake ends and the ciphertext queued
         // after it; handshake messages themselves are not limited.
         conn.set_buffer_limit(Some(pending_tls_max_bytes));
         TlsLink {
-            conn,
+            inner: Inner::Rustls(conn),
+            secrets,
+            records_wanted: false,
+            pending_max: pending_tls_max_bytes,
+            partial: Vec::new(),
+            peer_cert: None,
+            version: None,
             error: None,
             eof: false,
+        }
+    }
+
+    /// Lets the link move to [`record`] once TLS 1.3's handshake is over and rustls holds
+    /// nothing: call it when the session's exporter is no longer needed (after the Tor link
+    /// handshake). TLS 1.2 links stay with rustls.
+    pub fn enable_records(&mut self) {
+        self.records_wanted = true;
+        self.try_records();
+    }
+
+    /// Whether [`record`] protects this link's records now.
+    pub fn records_active(&self) -> bool {
+        matches!(self.inner, Inner::Records(_))
+    }
+
+    fn try_records(&mut self) {
+        let Inner::Rustls(conn) = &mut self.inner else {
+            return;
+        };
+        if !self.records_wanted
+            || self.error.is_some()
+            || conn.is_handshaking()
+            || conn.wants_write()
+            || conn.protocol_version() != Some(ProtocolVersion::TLSv1_3)
+        {
+            return;
+        }
+        let Ok(state) = conn.process_new_packets() else {
+            return;
+        };
+        if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+            return;
+        }
+        let Some(rustls::SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite()
+        else {
+            return;
+        };
+        let (suite_id, limit) = (suite.common.suite, suite.common.confidentiality_limit);
+        self.peer_cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
+        self.version = conn.protocol_version();
+        let Inner::Rustls(conn) = std::mem::replace(&mut self.inner, Inner::Gone) else {
+            return;
+        };
+        let is_client = matches!(conn, Connection::Client(_));
+        let handover = conn.dangerous_extract_secrets().ok().and_then(|x| {
+            Some(record::Handover {
+                suite: suite_id,
+                provider: chosen_provider(),
+                confidentiality_limit: limit,
+                is_client,
+                tx: (x.tx.0, traffic_key(&x.tx.1)?, traffic_iv(&x.tx.1)?),
+                rx: (x.rx.0, traffic_key(&x.rx.1)?, traffic_iv(&x.rx.1)?),
+            })
+        });
+        match handover.and_then(|h| record::Records::new(h, &self.secrets, self.pending_max)) {
+            Some(r) => self.inner = Inner::Records(Box::new(r)),
+            None => {
+                self.fail(TlsLinkError::Local);
+            }
         }
     }
 
     /// Feeds ciphertext received from the peer and processes every complete record in it.
     /// Returns how many bytes were consumed: fewer than `input.len()` when the decrypted
     /// plaintext waiting in [`read_plaintext`](Self::read_plaintext) exceeds about 16 KiB; read
-    /// it, then feed the rest again. After the peer's close_notify, the rest is discarded.
+    /// it, then feed the rest again. A record cut at the end of `input` is kept (consumed) until
+    /// the rest of it arrives. After the peer's close_notify, the rest is discarded.
     pub fn handle_tls(&mut self, input: &[u8]) -> Result<usize, TlsLinkError> {
         self.check()?;
-        let mut consumed = 0;
-        while let Some(mut rest) = input.get(consumed..).filter(|r| !r.is_empty()) {
-            match self.conn.read_tls(&mut rest) {
-                Ok(0) => return Ok(input.len()),
-                Ok(n) => consumed += n,
-                // The only `Other` error: decrypted plaintext is full, so stop reading.
-                Err(e) if e.kind() == io::ErrorKind::Other => break,
-                Err(_) => return Err(self.fail(TlsLinkError::InputBufferFull)),
+        let mut used = 0;
+        if !self.partial.is_empty() {
+            // Complete the record begun earlier (its header first, if that is cut too).
+            // Twice at most: the header's missing bytes, then the body's.
+            while matches!(record::first_record(&self.partial), record::First::Partial) {
+                let take = record::missing(&self.partial).min(input.len() - used);
+                if take == 0 {
+                    return Ok(used);
+                }
+                self.partial.extend_from_slice(&input[used..used + take]);
+                used += take;
             }
-            match self.conn.process_new_packets() {
-                Ok(state) if state.peer_has_closed() => return Ok(input.len()),
-                Ok(_) => {}
-                Err(e) => return Err(self.fail(TlsLinkError::from_rustls(&e))),
+            let partial = std::mem::take(&mut self.partial);
+            let n = self.feed(&partial)?;
+            if n < partial.len() {
+                // Plaintext is full: the record waits here.
+                self.partial = partial;
+                return Ok(used);
             }
+            self.partial = partial;
+            self.partial.clear();
         }
-        Ok(consumed)
+        let rest = input.get(used..).unwrap_or_default();
+        let n = self.feed(rest)?;
+        used += n;
+        let tail = rest.get(n..).unwrap_or_default();
+        if !tail.is_empty() && matches!(record::first_record(tail), record::First::Partial) {
+            self.partial.extend_from_slice(tail);
+            used = input.len();
+        }
+        Ok(used)
+    }
+
+    /// Whole records of `input` to rustls or [`record`]; how many bytes they took.
+    fn feed(&mut self, input: &[u8]) -> Result<usize, TlsLinkError> {
+        let r = match &mut self.inner {
+            Inner::Records(r) => r.handle_tls(input),
+            Inner::Rustls(conn) => rustls_handle_tls(conn, input),
+            Inner::Gone => Err(TlsLinkError::Local),
+        };
+        r.map_err(|e| self.fail(e))
     }
 
     /// Tells the link that the transport's read side reached end of file: once the plaintext
@@ -538,15 +670,35 @@ impl TlsLink {
     /// [`peer_closed`](Self::peer_closed) to tell a clean end of stream).
     pub fn read_plaintext(&mut self, out: &mut [u8]) -> Result<usize, TlsLinkError> {
         self.check()?;
-        match io::Read::read(&mut self.conn.reader(), out) {
-            Ok(n) => Ok(n),
-            // No plaintext and no close_notify: after EOF, none will ever come.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.eof => {
-                Err(self.fail(TlsLinkError::UnexpectedEof))
+        let r = match &mut self.inner {
+            Inner::Records(r) => {
+                let n = r.plaintext().len().min(out.len());
+                out[..n].copy_from_slice(&r.plaintext()[..n]);
+                r.consume(n);
+                if n == 0 && out.is_empty() {
+                    Ok(0)
+                } else if n == 0 && !r.peer_closed() && self.eof {
+                    Err(TlsLinkError::UnexpectedEof)
+                } else {
+                    Ok(n)
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(_) => Err(self.fail(TlsLinkError::Local)),
+            Inner::Rustls(conn) => match io::Read::read(&mut conn.reader(), out) {
+                Ok(n) => Ok(n),
+                // No plaintext and no close_notify: after EOF, none will ever come.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.eof => {
+                    Err(TlsLinkError::UnexpectedEof)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(_) => Err(TlsLinkError::Local),
+            },
+            Inner::Gone => Err(TlsLinkError::Local),
+        };
+        let n = r.map_err(|e| self.fail(e))?;
+        if n == 0 {
+            self.try_records();
         }
+        Ok(n)
     }
 
     /// Appends up to `max` bytes of decrypted plaintext to `out`, straight from TLS's buffers
@@ -558,29 +710,25 @@ impl TlsLink {
         max: usize,
     ) -> Result<usize, TlsLinkError> {
         self.check()?;
-        let mut total = 0;
-        while total < max {
-            let mut reader = self.conn.reader();
-            let n = match io::BufRead::fill_buf(&mut reader) {
-                Ok(chunk) => {
-                    let n = chunk.len().min(max - total);
-                    out.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                    n
+        let r = match &mut self.inner {
+            Inner::Records(r) => {
+                let n = r.plaintext().len().min(max);
+                out.extend_from_slice(&r.plaintext()[..n]);
+                r.consume(n);
+                if n == 0 && max > 0 && !r.peer_closed() && self.eof {
+                    Err(TlsLinkError::UnexpectedEof)
+                } else {
+                    Ok(n)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && total == 0 && self.eof => {
-                    return Err(self.fail(TlsLinkError::UnexpectedEof));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return Err(self.fail(TlsLinkError::Local)),
-            };
-            if n == 0 {
-                // Cleanly closed and drained.
-                break;
             }
-            io::BufRead::consume(&mut reader, n);
-            total += n;
+            Inner::Rustls(conn) => rustls_read_into(conn, out, max, self.eof),
+            Inner::Gone => Err(TlsLinkError::Local),
+        };
+        let n = r.map_err(|e| self.fail(e))?;
+        if n < max {
+            self.try_records();
         }
-        Ok(total)
+        Ok(n)
     }
 
     /// Queues plaintext to send; returns how much was taken, which is less than `data.len()`
@@ -588,48 +736,78 @@ impl TlsLink {
     /// `pending_tls_max_bytes`. Before the handshake ends, plaintext is held and sent after it.
     pub fn write_plaintext(&mut self, data: &[u8]) -> Result<usize, TlsLinkError> {
         self.check()?;
-        self.conn
-            .writer()
-            .write(data)
-            .map_err(|_| self.fail(TlsLinkError::Local))
+        let r = match &mut self.inner {
+            Inner::Records(r) => r.write_plaintext(data),
+            Inner::Rustls(conn) => conn.writer().write(data).map_err(|_| TlsLinkError::Local),
+            Inner::Gone => Err(TlsLinkError::Local),
+        };
+        r.map_err(|e| self.fail(e))
     }
 
-    /// Appends up to `max_bytes` of ciphertext for the peer to `out`; returns how many.
+    /// Appends up to `max_bytes` of ciphertext for the peer to `out`; returns how many. When
+    /// `out` is empty and everything fits, the buffer may be handed over instead of copied.
     pub fn poll_tls(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> usize {
-        let mut sink = CappedSink {
-            out,
-            room: max_bytes,
-        };
-        let mut total = 0;
-        while self.conn.wants_write() && sink.room > 0 {
-            match self.conn.write_tls(&mut sink) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
+        let n = match &mut self.inner {
+            Inner::Records(r) => return r.poll_tls(out, max_bytes),
+            Inner::Rustls(conn) => {
+                let mut sink = CappedSink {
+                    out,
+                    room: max_bytes,
+                };
+                let mut total = 0;
+                while conn.wants_write() && sink.room > 0 {
+                    match conn.write_tls(&mut sink) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n,
+                    }
+                }
+                total
             }
-        }
-        total
+            Inner::Gone => 0,
+        };
+        self.try_records();
+        n
     }
 
     /// Whether ciphertext is waiting for [`poll_tls`](Self::poll_tls).
     pub fn wants_tls_out(&self) -> bool {
-        self.conn.wants_write()
+        match &self.inner {
+            Inner::Records(r) => r.wants_tls_out(),
+            Inner::Rustls(conn) => conn.wants_write(),
+            Inner::Gone => false,
+        }
     }
 
     /// Whether the TLS handshake is still under way.
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.inner {
+            Inner::Rustls(conn) => conn.is_handshaking(),
+            Inner::Records(_) | Inner::Gone => false,
+        }
     }
 
     /// Whether the peer closed cleanly (close_notify) and all its plaintext has been read.
     pub fn peer_closed(&mut self) -> bool {
-        // With no new input, this only reports the state.
-        matches!(self.conn.process_new_packets(),
-            Ok(state) if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0)
+        match &mut self.inner {
+            Inner::Records(r) => r.peer_closed() && r.plaintext().is_empty(),
+            // With no new input, this only reports the state.
+            Inner::Rustls(conn) => matches!(conn.process_new_packets(),
+                Ok(state) if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0),
+            Inner::Gone => false,
+        }
     }
 
     /// Queues our close_notify; send it with [`poll_tls`](Self::poll_tls).
     pub fn send_close(&mut self) {
-        self.conn.send_close_notify();
+        match &mut self.inner {
+            Inner::Records(r) => {
+                if let Err(e) = r.send_close() {
+                    self.fail(e);
+                }
+            }
+            Inner::Rustls(conn) => conn.send_close_notify(),
+            Inner::Gone => {}
+        }
     }
 
     /// The error that ended this link, if one did.
@@ -639,21 +817,31 @@ impl TlsLink {
 
     /// The TLS version negotiated, once known.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.conn.protocol_version()
+        match &self.inner {
+            Inner::Rustls(conn) => conn.protocol_version(),
+            Inner::Records(_) | Inner::Gone => self.version,
+        }
     }
 
     /// The cipher suite negotiated, once known.
     pub fn cipher_suite(&self) -> Option<CipherSuite> {
-        self.conn.negotiated_cipher_suite().map(|s| s.suite())
+        match &self.inner {
+            Inner::Rustls(conn) => conn.negotiated_cipher_suite().map(|s| s.suite()),
+            Inner::Records(r) => Some(r.suite()),
+            Inner::Gone => None,
+        }
     }
 
     /// The DER certificate the peer presented first (its end-entity certificate), if any; for a
     /// Tor responder, its link certificate.
     pub fn peer_cert_der(&self) -> Option<&[u8]> {
-        self.conn
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|c| c.as_ref())
+        match &self.inner {
+            Inner::Rustls(conn) => conn
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|c| c.as_ref()),
+            Inner::Records(_) | Inner::Gone => self.peer_cert.as_deref(),
+        }
     }
 
     /// SHA-256 of [`peer_cert_der`](Self::peer_cert_der): what the responder's CERTS cell must
@@ -665,13 +853,16 @@ impl TlsLink {
     /// TLSSECRETS of AUTHENTICATE type 3 (tor-spec §4.4.2): the RFC 5705 exporter with label
     /// [`AUTH3_EXPORTER_LABEL`], length 32, and as context `cid`, the AUTHENTICATE cell's CID
     /// field (SHA-256 of the initiator's PKCS#1 DER RSA identity key). C tor 0.4.9 uses CID
-    /// here, not CID_ED as the spec's text says, and rejects anything else.
+    /// here, not CID_ED as the spec's text says, and rejects anything else. Only while rustls
+    /// runs the link (before [`enable_records`](Self::enable_records) takes effect).
     pub fn auth3_exporter(&self, cid: &[u8; 32]) -> Result<[u8; 32], TlsLinkError> {
-        if self.conn.is_handshaking() {
+        let Inner::Rustls(conn) = &self.inner else {
+            return Err(TlsLinkError::Local);
+        };
+        if conn.is_handshaking() {
             return Err(TlsLinkError::HandshakeNotComplete);
         }
-        self.conn
-            .export_keying_material([0u8; 32], AUTH3_EXPORTER_LABEL, Some(cid))
+        conn.export_keying_material([0u8; 32], AUTH3_EXPORTER_LABEL, Some(cid))
             .map_err(|e| TlsLinkError::from_rustls(&e))
     }
 
@@ -684,6 +875,94 @@ impl TlsLink {
 
     fn fail(&mut self, e: TlsLinkError) -> TlsLinkError {
         self.error.get_or_insert(e).clone()
+    }
+}
+
+/// [`TlsLink::handle_tls`] while rustls runs the link. rustls is given whole records only, one
+/// at a time, so that it never holds part of one: what it has not processed is always still
+/// the caller's, which the switch to [`record`] relies on.
+fn rustls_handle_tls(conn: &mut Connection, input: &[u8]) -> Result<usize, TlsLinkError> {
+    let mut consumed = 0;
+    loop {
+        let rest = input.get(consumed..).unwrap_or_default();
+        let len = match record::first_record(rest) {
+            record::First::Whole(len) => len,
+            record::First::Partial => break,
+            // Let rustls see it and refuse it.
+            record::First::Invalid => rest.len(),
+        };
+        let mut rec = rest.get(..len).unwrap_or_default();
+        let mut first = true;
+        while !rec.is_empty() {
+            match conn.read_tls(&mut rec) {
+                // close_notify already received: the rest is discarded.
+                Ok(0) => return Ok(input.len()),
+                Ok(_) => {}
+                // Decrypted plaintext is full: stop before this record.
+                Err(e) if e.kind() == io::ErrorKind::Other && first => return Ok(consumed),
+                Err(_) => return Err(TlsLinkError::InputBufferFull),
+            }
+            first = false;
+        }
+        consumed += len;
+        match conn.process_new_packets() {
+            Ok(state) if state.peer_has_closed() => return Ok(input.len()),
+            Ok(_) => {}
+            Err(e) => return Err(TlsLinkError::from_rustls(&e)),
+        }
+    }
+    Ok(consumed)
+}
+
+/// [`TlsLink::read_plaintext_into`] while rustls runs the link.
+fn rustls_read_into(
+    conn: &mut Connection,
+    out: &mut Vec<u8>,
+    max: usize,
+    eof: bool,
+) -> Result<usize, TlsLinkError> {
+    let mut total = 0;
+    while total < max {
+        let mut reader = conn.reader();
+        let n = match io::BufRead::fill_buf(&mut reader) {
+            Ok(chunk) => {
+                let n = chunk.len().min(max - total);
+                out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && total == 0 && eof => {
+                return Err(TlsLinkError::UnexpectedEof);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return Err(TlsLinkError::Local),
+        };
+        if n == 0 {
+            // Cleanly closed and drained.
+            break;
+        }
+        io::BufRead::consume(&mut reader, n);
+        total += n;
+    }
+    Ok(total)
+}
+
+fn traffic_key(s: &rustls::ConnectionTrafficSecrets) -> Option<Zeroizing<Vec<u8>>> {
+    use rustls::ConnectionTrafficSecrets as S;
+    match s {
+        S::Aes128Gcm { key, .. } | S::Aes256Gcm { key, .. } | S::Chacha20Poly1305 { key, .. } => {
+            Some(Zeroizing::new(key.as_ref().to_vec()))
+        }
+        _ => None,
+    }
+}
+
+fn traffic_iv(s: &rustls::ConnectionTrafficSecrets) -> Option<[u8; 12]> {
+    use rustls::ConnectionTrafficSecrets as S;
+    match s {
+        S::Aes128Gcm { iv, .. } | S::Aes256Gcm { iv, .. } | S::Chacha20Poly1305 { iv, .. } => {
+            iv.as_ref().try_into().ok()
+        }
+        _ => None,
     }
 }
 
@@ -702,8 +981,9 @@ impl proto::link_handshake::LinkTls for TlsLink {
 impl std::fmt::Debug for TlsLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsLink")
-            .field("handshaking", &self.conn.is_handshaking())
-            .field("version", &self.conn.protocol_version())
+            .field("handshaking", &self.is_handshaking())
+            .field("records", &self.records_active())
+            .field("version", &self.protocol_version())
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
@@ -740,8 +1020,8 @@ impl Write for CappedSink<'_> {
     }
 }
 
-/// Feeds arbitrary bytes to a fresh responder link, and (after its ClientHello) to a fresh
-/// initiator link; for fuzzing. The first byte chooses how the input is split into reads.
+/// Feeds arbitrary bytes to a fresh responder link, (after its ClientHello) to a fresh
+/// initiator link, and to a responder whose records [`record`] protects; for fuzzing. The first byte chooses how the input is split into reads.
 pub fn fuzz_handle_tls(bytes: &[u8]) {
     static CONFIGS: OnceLock<Option<(Arc<ServerConfig>, Arc<ClientConfig>)>> = OnceLock::new();
     let Some((server_config, client_config)) = CONFIGS.get_or_init(|| {
@@ -773,13 +1053,61 @@ pub fn fuzz_handle_tls(bytes: &[u8]) {
             while !piece.is_empty() {
                 let Ok(n) = link.handle_tls(piece) else { break };
                 piece = piece.get(n..).unwrap_or_default();
-                while matches!(link.read_plaintext(&mut plain), Ok(n) if n > 0) {}
+                let mut read = 0;
+                while let Ok(m @ 1..) = link.read_plaintext(&mut plain) {
+                    read += m;
+                }
+                // A partial record waits for more input, which this piece does not have.
+                if n == 0 && read == 0 {
+                    break;
+                }
             }
             out.clear();
             link.poll_tls(&mut out, usize::MAX);
         }
         link.handle_eof();
         let _ = link.read_plaintext(&mut plain);
+    }
+    // A responder whose records `record` protects, after a handshake with our initiator.
+    let (Ok(mut client), Ok(mut server)) = (
+        TlsLink::client(client_config.clone(), DEFAULT_PENDING_TLS_MAX_BYTES),
+        TlsLink::server(server_config.clone(), DEFAULT_PENDING_TLS_MAX_BYTES),
+    ) else {
+        return;
+    };
+    for round in 0..16 {
+        let (from, to) = if round % 2 == 0 {
+            (&mut client, &mut server)
+        } else {
+            (&mut server, &mut client)
+        };
+        out.clear();
+        from.poll_tls(&mut out, usize::MAX);
+        if to.handle_tls(&out).is_err() {
+            return;
+        }
+    }
+    server.enable_records();
+    if !server.records_active() {
+        return;
+    }
+    for piece in input.chunks(chunk) {
+        let mut piece = piece;
+        while !piece.is_empty() {
+            let Ok(n) = server.handle_tls(piece) else {
+                return;
+            };
+            piece = piece.get(n..).unwrap_or_default();
+            let mut read = 0;
+            while let Ok(m @ 1..) = server.read_plaintext(&mut plain) {
+                read += m;
+            }
+            if n == 0 && read == 0 {
+                break;
+            }
+        }
+        out.clear();
+        server.poll_tls(&mut out, usize::MAX);
     }
 }
 
@@ -1241,6 +1569,225 @@ mod tests {
             }
             prop_assert_eq!(got, want);
         }
+    }
+
+    /// Moves everything both ways, reading all plaintext on each side into `got`.
+    fn exchange(p: &mut Pair, got: &mut [Vec<u8>; 2]) {
+        let mut buf = vec![0u8; 40_000];
+        // Ciphertext on its way to the server, and to the client.
+        let mut wires = [Vec::new(), Vec::new()];
+        for _ in 0..100_000 {
+            let mut moved = 0;
+            p.client.poll_tls(&mut wires[0], usize::MAX);
+            p.server.poll_tls(&mut wires[1], usize::MAX);
+            for (i, to) in [&mut p.server, &mut p.client].into_iter().enumerate() {
+                let n = to.handle_tls(&wires[i]).unwrap();
+                wires[i].drain(..n);
+                moved += n;
+                loop {
+                    let n = to.read_plaintext(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    moved += n;
+                    got[1 - i].extend_from_slice(&buf[..n]);
+                }
+            }
+            if moved == 0 && wires.iter().all(Vec::is_empty) {
+                return;
+            }
+        }
+        panic!("exchange did not settle");
+    }
+
+    fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        rand::RngCore::fill_bytes(&mut rand::rngs::StdRng::seed_from_u64(seed), &mut v);
+        v
+    }
+
+    /// Writes `data` from one side in pieces as the pending limit allows, exchanging as it goes.
+    fn send_all(p: &mut Pair, from_client: bool, data: &[u8], got: &mut [Vec<u8>; 2]) {
+        let mut off = 0;
+        while off < data.len() {
+            let link = if from_client {
+                &mut p.client
+            } else {
+                &mut p.server
+            };
+            off += link.write_plaintext(&data[off..]).unwrap();
+            exchange(p, got);
+        }
+    }
+
+    /// Both ends switch to `record` after the handshake (once enabled), and a MiB each way
+    /// arrives intact, with the state rustls reported kept.
+    #[test]
+    fn records_take_over_both_ends() {
+        for provider_pref in [None, Some("chacha")] {
+            let server = match provider_pref {
+                None => shared_server(),
+                Some(_) => {
+                    let mut provider = chosen_provider().rustls();
+                    provider
+                        .cipher_suites
+                        .retain(|s| s.suite() == CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+                    let c = cert(LinkKeyAlg::EcdsaP256);
+                    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_pkcs8.to_vec()));
+                    Arc::new(
+                        ServerConfig::builder_with_provider(Arc::new(provider))
+                            .with_protocol_versions(&[&rustls::version::TLS13])
+                            .unwrap()
+                            .with_no_client_auth()
+                            .with_single_cert(vec![c.cert_der.clone()], key)
+                            .unwrap(),
+                    )
+                }
+            };
+            let mut p = pair_with(server, fallback_client(), DEFAULT_PENDING_TLS_MAX_BYTES);
+            let mut got = [Vec::new(), Vec::new()];
+            // Plaintext before and across the switch.
+            p.client.write_plaintext(b"before").unwrap();
+            exchange(&mut p, &mut got);
+            assert!(!p.client.records_active());
+            let cert = p.client.peer_cert_der().map(<[u8]>::to_vec);
+            let suite = p.client.cipher_suite();
+            p.client.enable_records();
+            p.server.enable_records();
+            exchange(&mut p, &mut got);
+            assert!(p.client.records_active() && p.server.records_active());
+            assert_eq!(p.client.peer_cert_der().map(<[u8]>::to_vec), cert);
+            assert_eq!(p.client.cipher_suite(), suite);
+            assert_eq!(p.server.protocol_version(), Some(ProtocolVersion::TLSv1_3));
+            assert_eq!(
+                p.client.auth3_exporter(&[0; 32]),
+                Err(TlsLinkError::Local),
+                "no exporter after the switch"
+            );
+            let up = random_bytes(1 << 20, 1);
+            let down = random_bytes((1 << 20) + 17, 2);
+            send_all(&mut p, true, &up, &mut got);
+            send_all(&mut p, false, &down, &mut got);
+            assert_eq!(got[1], [b"before".as_slice(), &up].concat());
+            assert!(got[0] == down);
+            // close_notify both ways.
+            p.client.send_close();
+            exchange(&mut p, &mut got);
+            assert!(p.server.peer_closed());
+            assert!(p.server.error().is_none());
+        }
+    }
+
+    /// One end on `record`, the other still on rustls: the record layers interoperate, and a
+    /// KeyUpdate from rustls (asking for ours in return) is followed.
+    #[test]
+    fn records_against_rustls_with_key_updates() {
+        let mut p = pair_with(
+            shared_server(),
+            fallback_client(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        let mut got = [Vec::new(), Vec::new()];
+        exchange(&mut p, &mut got);
+        p.server.enable_records();
+        assert!(p.server.records_active());
+        assert!(!p.client.records_active());
+        let a = random_bytes(100_000, 3);
+        send_all(&mut p, true, &a, &mut got);
+        send_all(&mut p, false, &a, &mut got);
+        for round in 0..3 {
+            let Inner::Rustls(conn) = &mut p.client.inner else {
+                panic!("client switched")
+            };
+            // rustls asks for our KeyUpdate too (update_requested).
+            conn.refresh_traffic_keys().unwrap();
+            let b = random_bytes(50_000, 10 + round);
+            send_all(&mut p, true, &b, &mut got);
+            send_all(&mut p, false, &b, &mut got);
+        }
+        assert_eq!(got[0].len(), 100_000 + 3 * 50_000);
+        assert_eq!(got[0], got[1]);
+        assert!(p.client.error().is_none() && p.server.error().is_none());
+    }
+
+    /// Near the confidentiality limit, `record` updates its own sending key; rustls follows.
+    #[test]
+    fn records_update_their_key_at_the_limit() {
+        let mut p = pair_with(
+            shared_server(),
+            fallback_client(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        let mut got = [Vec::new(), Vec::new()];
+        exchange(&mut p, &mut got);
+        p.server.enable_records();
+        let Inner::Records(r) = &mut p.server.inner else {
+            panic!("no switch")
+        };
+        r.set_limit_for_test(5);
+        let data = random_bytes(200_000, 4);
+        for piece in data.chunks(1000) {
+            send_all(&mut p, false, piece, &mut got);
+        }
+        let Inner::Records(r) = &p.server.inner else {
+            panic!("no switch")
+        };
+        assert!(r.generation_for_test() >= 40, "{}", r.generation_for_test());
+        assert!(got[0] == data);
+    }
+
+    /// Tampered, oversized and unexpected records end a `record` link with a typed error.
+    #[test]
+    fn records_reject_bad_input() {
+        let setup = || {
+            let mut p = pair_with(
+                shared_server(),
+                fallback_client(),
+                DEFAULT_PENDING_TLS_MAX_BYTES,
+            );
+            let mut got = [Vec::new(), Vec::new()];
+            exchange(&mut p, &mut got);
+            p.client.enable_records();
+            p.server.enable_records();
+            assert!(p.server.records_active());
+            p
+        };
+        // A flipped bit anywhere in a record.
+        for at in [0usize, 3, 5, 100, 516] {
+            let mut p = setup();
+            p.client.write_plaintext(&[7u8; 500]).unwrap();
+            let mut wire = Vec::new();
+            p.client.poll_tls(&mut wire, usize::MAX);
+            wire[at] ^= 0x40;
+            let e = p.server.handle_tls(&wire).unwrap_err();
+            let want = match at {
+                0 => TlsLinkError::UnexpectedMessage,
+                3 => TlsLinkError::OversizedRecord,
+                _ => TlsLinkError::Decrypt,
+            };
+            assert_eq!(e, want, "bit at {at}");
+            assert_eq!(p.server.read_plaintext(&mut [0; 8]), Err(want));
+        }
+        // A partial record waits; the rest completes it.
+        let mut p = setup();
+        p.client.write_plaintext(b"split").unwrap();
+        let mut wire = Vec::new();
+        p.client.poll_tls(&mut wire, usize::MAX);
+        for (a, b) in [(0, 3), (3, 10), (10, wire.len() - 1)] {
+            assert_eq!(p.server.handle_tls(&wire[a..b]).unwrap(), b - a);
+            let ready = p.server.read_plaintext(&mut [0u8; 8]).unwrap();
+            assert_eq!(ready, 0, "nothing before the record is whole");
+        }
+        assert_eq!(p.server.handle_tls(&wire[wire.len() - 1..]).unwrap(), 1);
+        let mut buf = [0u8; 8];
+        assert_eq!(p.server.read_plaintext(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"split");
+        // EOF without close_notify.
+        p.server.handle_eof();
+        assert_eq!(
+            p.server.read_plaintext(&mut buf),
+            Err(TlsLinkError::UnexpectedEof)
+        );
     }
 
     fn shared_server() -> Arc<ServerConfig> {
