@@ -600,6 +600,7 @@ struct Base([u8; 32]);
 /// As [`vaes_cell16`], and `first & 0xff <= 224`.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
+#[allow(dead_code)]
 unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i) {
     let c = BE_TABLE.0.as_ptr();
     let mut base = Base([0; 32]);
@@ -697,6 +698,160 @@ unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m2
     (v14, v15)
 }
 
+/// Low-byte table of [`vaes_cell16_w`]: 16-byte entry `i` (0..256) is zero but for its last
+/// byte, `i`, so the 32-byte vector at entry `r + 2 j` is the XOR difference between the
+/// counter blocks `256 m + r + 2 j`, `256 m + r + 2 j + 1` and `256 m` (no key material).
+#[repr(C, align(32))]
+struct LowTable([u8; 16 * 256]);
+
+const fn low_table() -> LowTable {
+    let mut t = [0u8; 16 * 256];
+    let mut i = 0;
+    while i < 256 {
+        t[16 * i + 15] = i as u8;
+        i += 1;
+    }
+    LowTable(t)
+}
+
+static LOW_TABLE: LowTable = low_table();
+
+/// A second-group counter (vector `$j`) in `{$reg}`: its low-byte entries XOR the whitened
+/// base at `[{w}]`.
+macro_rules! ctr_w {
+    ($reg:literal, $j:literal) => {
+        concat!(
+            "vmovdqu {",
+            $reg,
+            "}, ymmword ptr [{e} + 32 * ",
+            $j,
+            "]\n",
+            "vpxor {",
+            $reg,
+            "}, {",
+            $reg,
+            "}, ymmword ptr [{w}]\n",
+        )
+    };
+}
+
+/// [`vaes_cell16`] for the common case that the last byte `r` of the first counter block is
+/// at most `256 - 32`: the 32 counters then differ from the block `256 m` (`m = first >> 8`)
+/// only in their last byte, `r + i`, and since that block's last byte is zero, counter `i`
+/// XOR round key 0 is `W XOR (r + i)` with `W = block(256 m) XOR k0` (the hop's cached
+/// [`Carry::w0`]) and `r + i` from [`LOW_TABLE`] (`e` points at entry `r`). Each whitened
+/// counter vector is one `vpxor` (AES round 0 folded in), where the add-then-XOR form needs
+/// two vector operations and a broadcast.
+///
+/// # Safety
+/// As [`vaes_cell16`]; `w` points to 32 readable bytes (32-byte aligned) and `e` to 512
+/// readable bytes.
+#[inline]
+#[target_feature(enable = "vaes,avx2,aes")]
+unsafe fn vaes_cell16_w(
+    k: *const u8,
+    w: *const u8,
+    e: *const u8,
+    q: *mut u8,
+) -> (__m256i, __m256i) {
+    let (v14, v15): (__m256i, __m256i);
+    // SAFETY: the caller guarantees `k`, `w`, `e`, `q` and CPU support; the block reads `k`,
+    // `w` and `e .. e + 512`, reads and writes `q .. q + 448`, and touches only the named
+    // registers.
+    unsafe {
+        asm!(
+            "vmovdqa {b0}, ymmword ptr [{w}]",
+            "vpxor {a0}, {b0}, ymmword ptr [{e}]",
+            "vpxor {a1}, {b0}, ymmword ptr [{e} + 32]",
+            "vpxor {a2}, {b0}, ymmword ptr [{e} + 64]",
+            "vpxor {a3}, {b0}, ymmword ptr [{e} + 96]",
+            "vpxor {a4}, {b0}, ymmword ptr [{e} + 128]",
+            "vpxor {a5}, {b0}, ymmword ptr [{e} + 160]",
+            "vpxor {a6}, {b0}, ymmword ptr [{e} + 192]",
+            "vpxor {a7}, {b0}, ymmword ptr [{e} + 224]",
+            "vmovdqa {b0}, ymmword ptr [{k} + 32]",
+            "vmovdqa {b1}, ymmword ptr [{k} + 64]",
+            "vmovdqa {b2}, ymmword ptr [{k} + 96]",
+            "vmovdqa {b3}, ymmword ptr [{k} + 128]",
+            "vmovdqa {b4}, ymmword ptr [{k} + 160]",
+            "vmovdqa {b5}, ymmword ptr [{k} + 192]",
+            "vmovdqa {b6}, ymmword ptr [{k} + 224]",
+            "vmovdqa {b7}, ymmword ptr [{k} + 256]",
+            ymm8r!("vaesenc", "{b0}"),
+            ctr_w!("b0", "8"),
+            ymm8r!("vaesenc", "{b1}"),
+            ctr_w!("b1", "9"),
+            ymm8r!("vaesenc", "{b2}"),
+            ctr_w!("b2", "10"),
+            ymm8r!("vaesenc", "{b3}"),
+            ctr_w!("b3", "11"),
+            ymm8r!("vaesenc", "{b4}"),
+            ctr_w!("b4", "12"),
+            ymm8r!("vaesenc", "{b5}"),
+            ctr_w!("b5", "13"),
+            ymm8r!("vaesenc", "{b6}"),
+            ctr_w!("b6", "14"),
+            ymm8r!("vaesenc", "{b7}"),
+            ctr_w!("b7", "15"),
+            ymm8m!("vaesenc", "288"),
+            ymm8m_b!("vaesenc", "32"),
+            ymm8m!("vaesenclast", "320"),
+            ymm8m_b!("vaesenc", "64"),
+            xor8!(),
+            "vmovdqa {a0}, ymmword ptr [{k} + 96]",
+            "vmovdqa {a1}, ymmword ptr [{k} + 128]",
+            "vmovdqa {a2}, ymmword ptr [{k} + 160]",
+            "vmovdqa {a3}, ymmword ptr [{k} + 192]",
+            "vmovdqa {a4}, ymmword ptr [{k} + 224]",
+            "vmovdqa {a5}, ymmword ptr [{k} + 256]",
+            "vmovdqa {a6}, ymmword ptr [{k} + 288]",
+            "vmovdqa {a7}, ymmword ptr [{k} + 320]",
+            ymm8r_b!("vaesenc", "{a0}"),
+            ymm8r_b!("vaesenc", "{a1}"),
+            ymm8r_b!("vaesenc", "{a2}"),
+            ymm8r_b!("vaesenc", "{a3}"),
+            ymm8r_b!("vaesenc", "{a4}"),
+            ymm8r_b!("vaesenc", "{a5}"),
+            ymm8r_b!("vaesenc", "{a6}"),
+            ymm8r_b!("vaesenclast", "{a7}"),
+            xor6_b!(),
+            k = in(reg) k,
+            q = in(reg) q,
+            w = in(reg) w,
+            e = in(reg) e,
+            a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
+            a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
+            a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
+            a6 = out(ymm_reg) _, a7 = out(ymm_reg) _,
+            b0 = out(ymm_reg) _, b1 = out(ymm_reg) _,
+            b2 = out(ymm_reg) _, b3 = out(ymm_reg) _,
+            b4 = out(ymm_reg) _, b5 = out(ymm_reg) _,
+            b6 = out(ymm_reg) v14, b7 = out(ymm_reg) v15,
+            options(nostack, preserves_flags),
+        );
+    }
+    (v14, v15)
+}
+
+/// Makes `carry.w0` for the window of counter block `first` if it is not already made:
+/// round key 0 XOR the counter block `first` with its last byte cleared, doubled.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn whitened_base(rk: &RoundKeys, first: u64, carry: &mut Carry) {
+    let tag = (first >> 8) + 1;
+    if carry.w0_tag != tag {
+        let be = (first & !0xff).swap_bytes() as i64;
+        // SAFETY: the doubled keys are 32-byte aligned (`RoundKeys` is `align(32)`) and
+        // `carry.w0` is 32 bytes at the start of the `align(32)` `Carry`.
+        unsafe {
+            let k0 = _mm256_load_si256(rk.wide().as_ptr().cast());
+            let w = _mm256_xor_si256(k0, _mm256_set_epi64x(be, 0, be, 0));
+            _mm256_store_si256(carry.w0.as_mut_ptr().cast(), w);
+        }
+        carry.w0_tag = tag;
+    }
+}
+
 /// Counter block `n` as an xmm value (see module doc for the layout).
 #[target_feature(enable = "sse2")]
 fn ctr128(n: u64) -> __m128i {
@@ -764,7 +919,9 @@ pub(crate) unsafe fn vaes256_xor_cell(
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
         if first & 0xff <= 224 {
-            vaes_cell16_be(k, first, q(0).cast())
+            whitened_base(rk, first, carry);
+            let e = LOW_TABLE.0.as_ptr().add(16 * (first & 0xff) as usize);
+            vaes_cell16_w(k, carry.w0.as_ptr(), e, q(0).cast())
         } else {
             vaes_cell16(k, first, q(0).cast())
         }
