@@ -6,7 +6,7 @@
 //! **VAES-256** carries the unused tail of the last keystream block of each cell over to the
 //! next cell of the same hop and direction ([`Carry`]), so a cell needs at most 32 fresh blocks:
 //! exactly sixteen `ymm` registers, as two groups `a` and `b` of eight chains, all in one
-//! inline-assembly block from counters to stores ([`vaes_cell16_be`], [`vaes_cell16`]). On Zen 3
+//! inline-assembly block from counters to stores ([`vaes_cell16_w`], [`vaes_cell16`]). On Zen 3
 //! a `ymm` `vaesenc` issues two per cycle with 4-cycle latency, so eight chains keep both AES
 //! pipes busy, and Zen 3 loads at most two 256-bit vectors per cycle, so round keys sit in
 //! registers wherever they can (a key as a memory operand is one load per `vaesenc`). The
@@ -35,13 +35,16 @@
 //!
 //! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
 //! `n` big-endian. `pos` is a `u64` byte count, so `n < 2^60` and `n + 33` never carries out of
-//! the low 64 bits. When the last byte of the first fresh block is at most 224 (7 cells in 8),
-//! the 32 counters differ only in that byte, and VAES-256 adds to the big-endian form directly
-//! (one `vpaddq` per vector, no byte swap: every vector instruction that is not an AES round
-//! competes with `vaesenc` for its pipes). Otherwise counters are added as little-endian
-//! 64-bit lanes (`vpaddq`, which carries across 2^32 and every byte boundary) and
-//! byte-swapped into place with `vpshufb`. Either way each vector is one add from the
-//! broadcast first block (no chain of dependent additions).
+//! the low 64 bits. When the last byte `r` of the first fresh block is at most 224 (7 cells in
+//! 8), the 32 counters `256 m + r + i` differ only in that byte, and since the block `256 m`
+//! has last byte zero, counter XOR round key 0 is `W XOR (r + i in the last byte)` with
+//! `W = block(256 m) XOR k0`: VAES-256 keeps `W` per hop and direction ([`Carry::w0`], made
+//! once per 256-block window, zeroized on drop) and builds each whitened counter vector with
+//! one `vpxor` from a static table of last bytes (`LOW_TABLE`, no key material), AES round 0
+//! included (every vector instruction that is not an AES round competes with `vaesenc` for
+//! its pipes). Otherwise counters are added as little-endian 64-bit lanes (`vpaddq`, which
+//! carries across 2^32 and every byte boundary), byte-swapped into place with `vpshufb` and
+//! XORed with `k0`, each vector one add from the broadcast first block.
 //!
 //! Stack buffers holding keystream (the AES-NI and VAES-512 keystream) are wiped after use
 //! (`keys::wipe`, through `crate::wipe`).
@@ -520,170 +523,6 @@ unsafe fn vaes_cell16(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i
             q = in(reg) q,
             c = in(reg) c,
             first = in(reg) first,
-            a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
-            a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
-            a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
-            a6 = out(ymm_reg) _, a7 = out(ymm_reg) _,
-            b0 = out(ymm_reg) _, b1 = out(ymm_reg) _,
-            b2 = out(ymm_reg) _, b3 = out(ymm_reg) _,
-            b4 = out(ymm_reg) _, b5 = out(ymm_reg) _,
-            b6 = out(ymm_reg) v14, b7 = out(ymm_reg) v15,
-            options(nostack, preserves_flags),
-        );
-    }
-    (v14, v15)
-}
-
-/// Constants of [`vaes_cell16_be`]: a mask keeping each lane's high quadword, then sixteen
-/// lane increments `(2 j, 2 j + 1)` added to the last byte of big-endian counters.
-#[repr(C, align(32))]
-struct BeTable([u8; 32 * 17]);
-
-const fn be_table() -> BeTable {
-    let mut t = [0u8; 32 * 17];
-    let mut i = 8;
-    while i < 16 {
-        t[i] = 0xff;
-        t[16 + i] = 0xff;
-        i += 1;
-    }
-    let mut j = 0;
-    while j < 16 {
-        t[32 + 32 * j + 15] = (2 * j) as u8;
-        t[32 + 32 * j + 16 + 15] = (2 * j + 1) as u8;
-        j += 1;
-    }
-    BeTable(t)
-}
-
-static BE_TABLE: BeTable = be_table();
-
-/// A second-group counter (vector `$j`) in `{$reg}`, from the big-endian base at `[{s}]`.
-macro_rules! ctr_be {
-    ($reg:literal, $j:literal) => {
-        concat!(
-            "vmovdqa {",
-            $reg,
-            "}, ymmword ptr [{s}]\n",
-            "vpaddq {",
-            $reg,
-            "}, {",
-            $reg,
-            "}, ymmword ptr [{c} + 32 + 32 * ",
-            $j,
-            "]\n",
-            "vpxor {",
-            $reg,
-            "}, {",
-            $reg,
-            "}, ymmword ptr [{k}]\n",
-        )
-    };
-}
-
-/// 32-byte aligned scratch for [`vaes_cell16_be`]'s counter base (stream positions only, no
-/// key material).
-#[repr(C, align(32))]
-struct Base([u8; 32]);
-
-/// [`vaes_cell16`] for the common case that the last byte of the first counter block is at
-/// most `256 - 32`, so the 32 counters differ only in their last byte and are made with one
-/// `vpaddq` each on the big-endian form, without the byte swap.
-///
-/// Every vector instruction that is not an AES round competes with `vaesenc` for the two
-/// pipes that run it on Zen 3 (measured: leaving out the second group's counter set-up took
-/// 4 ns off a 34 ns cell), so this form has 29 fewer of them per cell: the base is broadcast
-/// once and kept in `s` for the second group's counters, which are built with a load, an
-/// add and an XOR each.
-///
-/// # Safety
-/// As [`vaes_cell16`], and `first & 0xff <= 224`.
-#[inline]
-#[target_feature(enable = "vaes,avx2,aes")]
-#[allow(dead_code)]
-unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i) {
-    let c = BE_TABLE.0.as_ptr();
-    let mut base = Base([0; 32]);
-    let s = base.0.as_mut_ptr();
-    let fbe = first.swap_bytes();
-    let (v14, v15): (__m256i, __m256i);
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 544-byte aligned
-    // constant table and `s` 32 aligned writable bytes; the block reads `k` and `c`, reads and
-    // writes `q .. q + 448` and `s .. s + 32`, and touches only the named registers.
-    unsafe {
-        asm!(
-            "vmovq {b0:x}, {fbe}",
-            "vpbroadcastq {b0}, {b0:x}",
-            "vpand {b0}, {b0}, ymmword ptr [{c}]",
-            "vmovdqa ymmword ptr [{s}], {b0}",
-            "vmovdqa {b1}, ymmword ptr [{k}]",
-            "vpaddq {a0}, {b0}, ymmword ptr [{c} + 32]",
-            "vpxor {a0}, {a0}, {b1}",
-            "vpaddq {a1}, {b0}, ymmword ptr [{c} + 64]",
-            "vpxor {a1}, {a1}, {b1}",
-            "vpaddq {a2}, {b0}, ymmword ptr [{c} + 96]",
-            "vpxor {a2}, {a2}, {b1}",
-            "vpaddq {a3}, {b0}, ymmword ptr [{c} + 128]",
-            "vpxor {a3}, {a3}, {b1}",
-            "vpaddq {a4}, {b0}, ymmword ptr [{c} + 160]",
-            "vpxor {a4}, {a4}, {b1}",
-            "vpaddq {a5}, {b0}, ymmword ptr [{c} + 192]",
-            "vpxor {a5}, {a5}, {b1}",
-            "vpaddq {a6}, {b0}, ymmword ptr [{c} + 224]",
-            "vpxor {a6}, {a6}, {b1}",
-            "vpaddq {a7}, {b0}, ymmword ptr [{c} + 256]",
-            "vpxor {a7}, {a7}, {b1}",
-            "vmovdqa {b0}, ymmword ptr [{k} + 32]",
-            "vmovdqa {b1}, ymmword ptr [{k} + 64]",
-            "vmovdqa {b2}, ymmword ptr [{k} + 96]",
-            "vmovdqa {b3}, ymmword ptr [{k} + 128]",
-            "vmovdqa {b4}, ymmword ptr [{k} + 160]",
-            "vmovdqa {b5}, ymmword ptr [{k} + 192]",
-            "vmovdqa {b6}, ymmword ptr [{k} + 224]",
-            "vmovdqa {b7}, ymmword ptr [{k} + 256]",
-            ymm8r!("vaesenc", "{b0}"),
-            ctr_be!("b0", "8"),
-            ymm8r!("vaesenc", "{b1}"),
-            ctr_be!("b1", "9"),
-            ymm8r!("vaesenc", "{b2}"),
-            ctr_be!("b2", "10"),
-            ymm8r!("vaesenc", "{b3}"),
-            ctr_be!("b3", "11"),
-            ymm8r!("vaesenc", "{b4}"),
-            ctr_be!("b4", "12"),
-            ymm8r!("vaesenc", "{b5}"),
-            ctr_be!("b5", "13"),
-            ymm8r!("vaesenc", "{b6}"),
-            ctr_be!("b6", "14"),
-            ymm8r!("vaesenc", "{b7}"),
-            ctr_be!("b7", "15"),
-            ymm8m!("vaesenc", "288"),
-            ymm8m_b!("vaesenc", "32"),
-            ymm8m!("vaesenclast", "320"),
-            ymm8m_b!("vaesenc", "64"),
-            xor8!(),
-            "vmovdqa {a0}, ymmword ptr [{k} + 96]",
-            "vmovdqa {a1}, ymmword ptr [{k} + 128]",
-            "vmovdqa {a2}, ymmword ptr [{k} + 160]",
-            "vmovdqa {a3}, ymmword ptr [{k} + 192]",
-            "vmovdqa {a4}, ymmword ptr [{k} + 224]",
-            "vmovdqa {a5}, ymmword ptr [{k} + 256]",
-            "vmovdqa {a6}, ymmword ptr [{k} + 288]",
-            "vmovdqa {a7}, ymmword ptr [{k} + 320]",
-            ymm8r_b!("vaesenc", "{a0}"),
-            ymm8r_b!("vaesenc", "{a1}"),
-            ymm8r_b!("vaesenc", "{a2}"),
-            ymm8r_b!("vaesenc", "{a3}"),
-            ymm8r_b!("vaesenc", "{a4}"),
-            ymm8r_b!("vaesenc", "{a5}"),
-            ymm8r_b!("vaesenc", "{a6}"),
-            ymm8r_b!("vaesenclast", "{a7}"),
-            xor6_b!(),
-            k = in(reg) k,
-            q = in(reg) q,
-            c = in(reg) c,
-            s = in(reg) s,
-            fbe = in(reg) fbe,
             a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
             a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
             a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
