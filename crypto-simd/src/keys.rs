@@ -92,7 +92,7 @@ impl RoundKeys {
 /// (VAES-256 kernel only).
 #[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-#[repr(C, align(32))]
+#[repr(C, align(64))]
 pub(crate) struct Carry {
     /// Whitened counter base, doubled (32-byte aligned): round key 0 XOR the counter block
     /// whose last byte is zero and whose other bytes are those of the cells' first fresh block,
