@@ -1114,7 +1114,8 @@ mod tests {
     /// it left, to the same window from another, to windows whose upper counter bytes differ:
     /// the 2^32-block boundary and the top of the `u64` position range, with the last cell
     /// ending at byte 2^64), at first-block last bytes on both sides of the 224 limit and the
-    /// 256 boundary, each cell against the `ctr` crate; a cloned hop keeps working on its own
+    /// 256 boundary, and cells crossing into the next window from windows ending in 0 to 9
+    /// one bits (the crossing tables and the generic path), each cell against the `ctr` crate; a cloned hop keeps working on its own
     /// windows; the forward and backward streams of one hop, in different windows, alternate.
     #[test]
     fn every_backend_across_counter_windows() {
@@ -1133,6 +1134,15 @@ mod tests {
                         positions.push(at(first, off));
                     }
                 }
+            }
+        }
+        // Cells that cross into the next window, for windows ending in every number of one
+        // bits (the carry into the byte above the last reaching further each time), at every
+        // last byte past 224.
+        for ones in 0..10u64 {
+            let window = ((5 << ones) << 1) | ((1 << ones) - 1);
+            for low in 225..256u64 {
+                positions.push(at((window << 8) | low, low % 16));
             }
         }
         positions.extend((0..40).map(|i| top - 16 * i));

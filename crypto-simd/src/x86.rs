@@ -555,6 +555,38 @@ const fn low_table() -> LowTable {
 
 static LOW_TABLE: LowTable = low_table();
 
+/// Counter tables of [`vaes_cell16_w`] for cells that cross into the next 256-block window
+/// (first block's last byte `r` above 224), one per `k` = the number of trailing one bits of
+/// the window `m` (0..=7). Entry `i` (0..64) is for the counter `256 m + 224 + i`: below 256,
+/// last byte `224 + i`; from 256 on, the counter is `256 (m + 1) + (224 + i - 256)`, which
+/// differs from the block `256 m` by `m ^ (m + 1) = 2^(k+1) - 1` in the byte above the last
+/// (byte 14; bytes 8..14 hold `m` big-endian) and by `224 + i - 256` in the last byte. Positions
+/// only, no key material.
+#[repr(C, align(32))]
+struct CrossTables([[u8; 16 * 64]; 8]);
+
+const fn cross_tables() -> CrossTables {
+    let mut t = [[0u8; 16 * 64]; 8];
+    let mut k = 0;
+    while k < 8 {
+        let mut i = 0;
+        while i < 64 {
+            let c = 224 + i;
+            if c < 256 {
+                t[k][16 * i + 15] = c as u8;
+            } else {
+                t[k][16 * i + 15] = (c - 256) as u8;
+                t[k][16 * i + 14] = ((1u32 << (k + 1)) - 1) as u8;
+            }
+            i += 1;
+        }
+        k += 1;
+    }
+    CrossTables(t)
+}
+
+static CROSS_TABLES: CrossTables = cross_tables();
+
 /// A second-group counter (vector `$j`) in `{$reg}`: its low-byte entries XOR the whitened
 /// base at `[{w}]`.
 macro_rules! ctr_w {
@@ -757,10 +789,23 @@ pub(crate) unsafe fn vaes256_xor_cell(
         // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        if first & 0xff <= 224 {
+        let r = (first & 0xff) as usize;
+        // Trailing one bits of the window `m = first >> 8`.
+        let ones = (first >> 8).trailing_ones() as usize;
+        if r <= 224 {
             whitened_base(rk, first, carry);
-            let e = LOW_TABLE.0.as_ptr().add(16 * (first & 0xff) as usize);
+            let e = LOW_TABLE.0.as_ptr().add(16 * r);
             vaes_cell16_w(k, carry.w0.as_ptr(), e, q(0).cast())
+        } else if let Some(t) = CROSS_TABLES.0.get(ones) {
+            whitened_base(rk, first, carry);
+            // `r - 224` is 1..=31, so entries `r - 224 .. r - 192` lie within the 64.
+            let e = t.as_ptr().add(16 * (r - 224));
+            let v = vaes_cell16_w(k, carry.w0.as_ptr(), e, q(0).cast());
+            // The next cell of the stream starts in the next window: make its base now, so
+            // the check above is not a branch that fails one cell in eight (unpredictable
+            // across many circuits).
+            whitened_base(rk, first + 32, carry);
+            v
         } else {
             let v = vaes_cell16(k, first, q(0).cast());
             // This cell crosses into the next 256-block window, where the next cell of the
