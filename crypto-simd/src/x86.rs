@@ -35,16 +35,21 @@
 //!
 //! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
 //! `n` big-endian. `pos` is a `u64` byte count, so `n < 2^60` and `n + 33` never carries out of
-//! the low 64 bits. When the last byte `r` of the first fresh block is at most 224 (7 cells in
-//! 8), the 32 counters `256 m + r + i` differ only in that byte, and since the block `256 m`
-//! has last byte zero, counter XOR round key 0 is `W XOR (r + i in the last byte)` with
-//! `W = block(256 m) XOR k0`: VAES-256 keeps `W` per hop and direction ([`Carry::w0`], made
-//! once per 256-block window, zeroized on drop) and builds each whitened counter vector with
-//! one `vpxor` from a static table of last bytes (`LOW_TABLE`, no key material), AES round 0
-//! included (every vector instruction that is not an AES round competes with `vaesenc` for
-//! its pipes). Otherwise counters are added as little-endian 64-bit lanes (`vpaddq`, which
-//! carries across 2^32 and every byte boundary), byte-swapped into place with `vpshufb` and
-//! XORed with `k0`, each vector one add from the broadcast first block.
+//! the low 64 bits. The 32 counters of a cell are `256 m + t`, `t = r .. r + 32`, with `r` the
+//! last byte of the first fresh block. When `r <= 224` (7 cells in 8) they differ only in the
+//! last byte, and since the block `256 m` has last byte zero, counter XOR round key 0 is
+//! `W XOR (t in the last byte)` with `W = block(256 m) XOR k0`: VAES-256 keeps `W` per hop and
+//! direction ([`Carry::w0`], made once per 256-block window, zeroized on drop) and builds
+//! each whitened counter vector with one `vpxor` from a static table of last bytes
+//! (`LOW_TABLE`, no key material), AES round 0 included (every vector instruction that is not
+//! an AES round competes with `vaesenc` for its pipes). A cell with `r > 224` crosses into
+//! window `m + 1`, whose counters differ from `block(256 m)` also in byte 14, by
+//! `m ^ (m + 1)`: one of eight static tables (`CROSS_TABLES`, by the number of trailing one
+//! bits of `m`) gives the same one-`vpxor` form, and that cell makes the next window's `W`
+//! for the next cell. Only when `m` ends in eight or more one bits (1 window in 256) are the
+//! counters added as little-endian 64-bit lanes (`vpaddq`, which carries across 2^32 and
+//! every byte boundary), byte-swapped into place with `vpshufb` and XORed with `k0`.
+//! Every table address depends on the stream position only, never on the key.
 //!
 //! Stack buffers holding keystream (the AES-NI and VAES-512 keystream) are wiped after use
 //! (`keys::wipe`, through `crate::wipe`).
