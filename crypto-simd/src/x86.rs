@@ -617,7 +617,9 @@ macro_rules! ctr_w {
 /// XOR round key 0 is `W XOR (r + i)` with `W = block(256 m) XOR k0` (the hop's cached
 /// [`Carry::w0`]) and `r + i` from [`LOW_TABLE`] (`e` points at entry `r`). Each whitened
 /// counter vector is one `vpxor` (AES round 0 folded in), where the add-then-XOR form needs
-/// two vector operations and a broadcast.
+/// two vector operations and a broadcast. A cell crossing into window `m + 1` runs the same
+/// code with `e` in one of the [`CROSS_TABLES`], whose entries past 255 also carry
+/// `m ^ (m + 1)` in byte 14.
 ///
 /// # Safety
 /// As [`vaes_cell16`]; `w` points to 32 readable bytes (32-byte aligned) and `e` to 512
