@@ -92,7 +92,15 @@ impl RoundKeys {
 /// (VAES-256 kernel only).
 #[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[repr(C, align(64))]
 pub(crate) struct Carry {
+    /// Whitened counter base, doubled (32-byte aligned): round key 0 XOR the counter block
+    /// whose last byte is zero and whose other bytes are those of the cells' first fresh block,
+    /// so a counter block in the same 256-block window is this XOR its last byte alone.
+    /// Key-derived: zeroized on drop with the rest.
+    pub(crate) w0: [u8; 32],
+    /// Which window `w0` is for: `(first fresh block >> 8) + 1`, 0 when not made yet.
+    pub(crate) w0_tag: u64,
     /// The stream position the carry belongs to: it is used only when the next cell starts
     /// there, so a stream moved by another backend recomputes its head block instead.
     pub(crate) pos: u64,

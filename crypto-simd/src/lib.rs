@@ -1108,6 +1108,76 @@ mod tests {
         }
     }
 
+    /// The VAES-256 kernel keeps, per hop and direction, round key 0 XOR the counter block
+    /// that starts the current 256-block window, and makes a cell's counters from it and a
+    /// table of last bytes. One stream moved between windows in every order (back to a window
+    /// it left, to the same window from another, to windows whose upper counter bytes differ:
+    /// the 2^32-block boundary and the top of the `u64` position range, with the last cell
+    /// ending at byte 2^64), at first-block last bytes on both sides of the 224 limit and the
+    /// 256 boundary, and cells crossing into the next window from windows ending in 0 to 9
+    /// one bits (the crossing tables and the generic path), each cell against the `ctr` crate; a cloned hop keeps working on its own
+    /// windows; the forward and backward streams of one hop, in different windows, alternate.
+    #[test]
+    fn every_backend_across_counter_windows() {
+        let kdf: [u8; KDF_LEN] = core::array::from_fn(|i| (i * 29 + 3) as u8);
+        let kf: [u8; 16] = kdf[40..56].try_into().unwrap();
+        let kb: [u8; 16] = kdf[56..72].try_into().unwrap();
+        // Byte positions of the first fresh block `first` with `off` bytes carried in.
+        let at = |first: u64, off: u64| (first << 4) - off;
+        let top = u64::MAX - (CELL_BODY_LEN as u64 - 1);
+        let mut positions = Vec::new();
+        for window in [0u64, 5, 0, 1, (1 << 24) - 1, 1 << 24, 5, (1 << 52) - 2, 0] {
+            for low in [0u64, 31, 200, 224, 225, 240, 255] {
+                for off in [0u64, 3, 15] {
+                    let first = (window << 8) | low;
+                    if first > 0 || off == 0 {
+                        positions.push(at(first, off));
+                    }
+                }
+            }
+        }
+        // Cells that cross into the next window, for windows ending in every number of one
+        // bits (the carry into the byte above the last reaching further each time), at every
+        // last byte past 224.
+        for ones in 0..10u64 {
+            let window = ((5 << ones) << 1) | ((1 << ones) - 1);
+            for low in 225..256u64 {
+                positions.push(at((window << 8) | low, low % 16));
+            }
+        }
+        positions.extend((0..40).map(|i| top - 16 * i));
+        positions.push(top);
+        for backend in Backend::supported() {
+            let engine = Engine::new(backend).unwrap();
+            let mut hop = Tor1Hop::from_kdf(&kdf);
+            for (i, &pos) in positions.iter().enumerate() {
+                // Alternate: the forward stream moves, the backward stream stays in another
+                // window.
+                hop.fwd.pos = pos;
+                let mut cell = [0u8; CELL_BODY_LEN];
+                engine.process_one(&mut hop, &mut cell, Op::OriginCryptForward);
+                let want = ctr_keystream(&kf, pos, CELL_BODY_LEN);
+                assert_eq!(cell[..], want[..], "{backend} fwd #{i} at {pos:#x}");
+                let bpos = hop.bwd.pos;
+                let mut cell = [0u8; CELL_BODY_LEN];
+                engine.process_one(&mut hop, &mut cell, Op::RelayPassBackward);
+                let want = ctr_keystream(&kb, bpos, CELL_BODY_LEN);
+                assert_eq!(cell[..], want[..], "{backend} bwd #{i} at {bpos:#x}");
+                if i % 7 == 3 && hop.fwd.pos <= u64::MAX - 2 * CELL_BODY_LEN as u64 {
+                    // A clone carries the same cached window; both go on independently.
+                    let mut twin = hop.clone();
+                    let tpos = twin.fwd.pos;
+                    let want = ctr_keystream(&kf, tpos, 2 * CELL_BODY_LEN);
+                    for w in want.chunks_exact(CELL_BODY_LEN) {
+                        let mut cell = [0u8; CELL_BODY_LEN];
+                        engine.process_one(&mut twin, &mut cell, Op::OriginCryptForward);
+                        assert_eq!(cell[..], w[..], "{backend} clone #{i} from {tpos:#x}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Middle-relay shaped batches (keystream-first jobs): one circuit's consecutive cells in
     /// one batch, two or three circuits alternating, odd batch sizes, streams at unaligned
     /// positions, both directions, mixed with digest jobs; every backend against the

@@ -6,7 +6,7 @@
 //! **VAES-256** carries the unused tail of the last keystream block of each cell over to the
 //! next cell of the same hop and direction ([`Carry`]), so a cell needs at most 32 fresh blocks:
 //! exactly sixteen `ymm` registers, as two groups `a` and `b` of eight chains, all in one
-//! inline-assembly block from counters to stores ([`vaes_cell16_be`], [`vaes_cell16`]). On Zen 3
+//! inline-assembly block from counters to stores ([`vaes_cell16_w`], [`vaes_cell16`]). On Zen 3
 //! a `ymm` `vaesenc` issues two per cycle with 4-cycle latency, so eight chains keep both AES
 //! pipes busy, and Zen 3 loads at most two 256-bit vectors per cycle, so round keys sit in
 //! registers wherever they can (a key as a memory operand is one load per `vaesenc`). The
@@ -35,13 +35,21 @@
 //!
 //! Counter blocks are tor's: 128-bit big-endian, IV zero, so block `n` is eight zero bytes then
 //! `n` big-endian. `pos` is a `u64` byte count, so `n < 2^60` and `n + 33` never carries out of
-//! the low 64 bits. When the last byte of the first fresh block is at most 224 (7 cells in 8),
-//! the 32 counters differ only in that byte, and VAES-256 adds to the big-endian form directly
-//! (one `vpaddq` per vector, no byte swap: every vector instruction that is not an AES round
-//! competes with `vaesenc` for its pipes). Otherwise counters are added as little-endian
-//! 64-bit lanes (`vpaddq`, which carries across 2^32 and every byte boundary) and
-//! byte-swapped into place with `vpshufb`. Either way each vector is one add from the
-//! broadcast first block (no chain of dependent additions).
+//! the low 64 bits. The 32 counters of a cell are `256 m + t`, `t = r .. r + 32`, with `r` the
+//! last byte of the first fresh block. When `r <= 224` (7 cells in 8) they differ only in the
+//! last byte, and since the block `256 m` has last byte zero, counter XOR round key 0 is
+//! `W XOR (t in the last byte)` with `W = block(256 m) XOR k0`: VAES-256 keeps `W` per hop and
+//! direction ([`Carry::w0`], made once per 256-block window, zeroized on drop) and builds
+//! each whitened counter vector with one `vpxor` from a static table of last bytes
+//! (`LOW_TABLE`, no key material), AES round 0 included (every vector instruction that is not
+//! an AES round competes with `vaesenc` for its pipes). A cell with `r > 224` crosses into
+//! window `m + 1`, whose counters differ from `block(256 m)` also in byte 14, by
+//! `m ^ (m + 1)`: one of eight static tables (`CROSS_TABLES`, by the number of trailing one
+//! bits of `m`) gives the same one-`vpxor` form, and that cell makes the next window's `W`
+//! for the next cell. Only when `m` ends in eight or more one bits (1 window in 256) are the
+//! counters added as little-endian 64-bit lanes (`vpaddq`, which carries across 2^32 and
+//! every byte boundary), byte-swapped into place with `vpshufb` and XORed with `k0`.
+//! Every table address depends on the stream position only, never on the key.
 //!
 //! Stack buffers holding keystream (the AES-NI and VAES-512 keystream) are wiped after use
 //! (`keys::wipe`, through `crate::wipe`).
@@ -534,104 +542,111 @@ unsafe fn vaes_cell16(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i
     (v14, v15)
 }
 
-/// Constants of [`vaes_cell16_be`]: a mask keeping each lane's high quadword, then sixteen
-/// lane increments `(2 j, 2 j + 1)` added to the last byte of big-endian counters.
+/// Low-byte table of [`vaes_cell16_w`]: 16-byte entry `i` (0..256) is zero but for its last
+/// byte, `i`, so the 32-byte vector at entry `r + 2 j` is the XOR difference between the
+/// counter blocks `256 m + r + 2 j`, `256 m + r + 2 j + 1` and `256 m` (no key material).
 #[repr(C, align(32))]
-struct BeTable([u8; 32 * 17]);
+struct LowTable([u8; 16 * 256]);
 
-const fn be_table() -> BeTable {
-    let mut t = [0u8; 32 * 17];
-    let mut i = 8;
-    while i < 16 {
-        t[i] = 0xff;
-        t[16 + i] = 0xff;
+const fn low_table() -> LowTable {
+    let mut t = [0u8; 16 * 256];
+    let mut i = 0;
+    while i < 256 {
+        t[16 * i + 15] = i as u8;
         i += 1;
     }
-    let mut j = 0;
-    while j < 16 {
-        t[32 + 32 * j + 15] = (2 * j) as u8;
-        t[32 + 32 * j + 16 + 15] = (2 * j + 1) as u8;
-        j += 1;
-    }
-    BeTable(t)
+    LowTable(t)
 }
 
-static BE_TABLE: BeTable = be_table();
+static LOW_TABLE: LowTable = low_table();
 
-/// A second-group counter (vector `$j`) in `{$reg}`, from the big-endian base at `[{s}]`.
-macro_rules! ctr_be {
+/// Counter tables of [`vaes_cell16_w`] for cells that cross into the next 256-block window
+/// (first block's last byte `r` above 224), one per `k` = the number of trailing one bits of
+/// the window `m` (0..=7). Entry `i` (0..64) is for the counter `256 m + 224 + i`: below 256,
+/// last byte `224 + i`; from 256 on, the counter is `256 (m + 1) + (224 + i - 256)`, which
+/// differs from the block `256 m` by `m ^ (m + 1) = 2^(k+1) - 1` in the byte above the last
+/// (byte 14; bytes 8..14 hold `m` big-endian) and by `224 + i - 256` in the last byte. Positions
+/// only, no key material.
+#[repr(C, align(32))]
+struct CrossTables([[u8; 16 * 64]; 8]);
+
+const fn cross_tables() -> CrossTables {
+    let mut t = [[0u8; 16 * 64]; 8];
+    let mut k = 0;
+    while k < 8 {
+        let mut i = 0;
+        while i < 64 {
+            let c = 224 + i;
+            if c < 256 {
+                t[k][16 * i + 15] = c as u8;
+            } else {
+                t[k][16 * i + 15] = (c - 256) as u8;
+                t[k][16 * i + 14] = ((1u32 << (k + 1)) - 1) as u8;
+            }
+            i += 1;
+        }
+        k += 1;
+    }
+    CrossTables(t)
+}
+
+static CROSS_TABLES: CrossTables = cross_tables();
+
+/// A second-group counter (vector `$j`) in `{$reg}`: its low-byte entries XOR the whitened
+/// base at `[{w}]`.
+macro_rules! ctr_w {
     ($reg:literal, $j:literal) => {
         concat!(
-            "vmovdqa {",
+            "vmovdqu {",
             $reg,
-            "}, ymmword ptr [{s}]\n",
-            "vpaddq {",
-            $reg,
-            "}, {",
-            $reg,
-            "}, ymmword ptr [{c} + 32 + 32 * ",
+            "}, ymmword ptr [{e} + 32 * ",
             $j,
             "]\n",
             "vpxor {",
             $reg,
             "}, {",
             $reg,
-            "}, ymmword ptr [{k}]\n",
+            "}, ymmword ptr [{w}]\n",
         )
     };
 }
 
-/// 32-byte aligned scratch for [`vaes_cell16_be`]'s counter base (stream positions only, no
-/// key material).
-#[repr(C, align(32))]
-struct Base([u8; 32]);
-
-/// [`vaes_cell16`] for the common case that the last byte of the first counter block is at
-/// most `256 - 32`, so the 32 counters differ only in their last byte and are made with one
-/// `vpaddq` each on the big-endian form, without the byte swap.
-///
-/// Every vector instruction that is not an AES round competes with `vaesenc` for the two
-/// pipes that run it on Zen 3 (measured: leaving out the second group's counter set-up took
-/// 4 ns off a 34 ns cell), so this form has 29 fewer of them per cell: the base is broadcast
-/// once and kept in `s` for the second group's counters, which are built with a load, an
-/// add and an XOR each.
+/// [`vaes_cell16`] for the common case that the last byte `r` of the first counter block is
+/// at most `256 - 32`: the 32 counters then differ from the block `256 m` (`m = first >> 8`)
+/// only in their last byte, `r + i`, and since that block's last byte is zero, counter `i`
+/// XOR round key 0 is `W XOR (r + i)` with `W = block(256 m) XOR k0` (the hop's cached
+/// [`Carry::w0`]) and `r + i` from [`LOW_TABLE`] (`e` points at entry `r`). Each whitened
+/// counter vector is one `vpxor` (AES round 0 folded in), where the add-then-XOR form needs
+/// two vector operations and a broadcast. A cell crossing into window `m + 1` runs the same
+/// code with `e` in one of the [`CROSS_TABLES`], whose entries past 255 also carry
+/// `m ^ (m + 1)` in byte 14.
 ///
 /// # Safety
-/// As [`vaes_cell16`], and `first & 0xff <= 224`.
+/// As [`vaes_cell16`]; `w` points to 32 readable bytes (32-byte aligned) and `e` to 512
+/// readable bytes.
 #[inline]
 #[target_feature(enable = "vaes,avx2,aes")]
-unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m256i) {
-    let c = BE_TABLE.0.as_ptr();
-    let mut base = Base([0; 32]);
-    let s = base.0.as_mut_ptr();
-    let fbe = first.swap_bytes();
+unsafe fn vaes_cell16_w(
+    k: *const u8,
+    w: *const u8,
+    e: *const u8,
+    q: *mut u8,
+) -> (__m256i, __m256i) {
     let (v14, v15): (__m256i, __m256i);
-    // SAFETY: the caller guarantees `k`, `q` and CPU support; `c` is the 544-byte aligned
-    // constant table and `s` 32 aligned writable bytes; the block reads `k` and `c`, reads and
-    // writes `q .. q + 448` and `s .. s + 32`, and touches only the named registers.
+    // SAFETY: the caller guarantees `k`, `w`, `e`, `q` and CPU support; the block reads `k`,
+    // `w` and `e .. e + 512`, reads and writes `q .. q + 448`, and touches only the named
+    // registers.
     unsafe {
         asm!(
-            "vmovq {b0:x}, {fbe}",
-            "vpbroadcastq {b0}, {b0:x}",
-            "vpand {b0}, {b0}, ymmword ptr [{c}]",
-            "vmovdqa ymmword ptr [{s}], {b0}",
-            "vmovdqa {b1}, ymmword ptr [{k}]",
-            "vpaddq {a0}, {b0}, ymmword ptr [{c} + 32]",
-            "vpxor {a0}, {a0}, {b1}",
-            "vpaddq {a1}, {b0}, ymmword ptr [{c} + 64]",
-            "vpxor {a1}, {a1}, {b1}",
-            "vpaddq {a2}, {b0}, ymmword ptr [{c} + 96]",
-            "vpxor {a2}, {a2}, {b1}",
-            "vpaddq {a3}, {b0}, ymmword ptr [{c} + 128]",
-            "vpxor {a3}, {a3}, {b1}",
-            "vpaddq {a4}, {b0}, ymmword ptr [{c} + 160]",
-            "vpxor {a4}, {a4}, {b1}",
-            "vpaddq {a5}, {b0}, ymmword ptr [{c} + 192]",
-            "vpxor {a5}, {a5}, {b1}",
-            "vpaddq {a6}, {b0}, ymmword ptr [{c} + 224]",
-            "vpxor {a6}, {a6}, {b1}",
-            "vpaddq {a7}, {b0}, ymmword ptr [{c} + 256]",
-            "vpxor {a7}, {a7}, {b1}",
+            "vmovdqa {b0}, ymmword ptr [{w}]",
+            "vpxor {a0}, {b0}, ymmword ptr [{e}]",
+            "vpxor {a1}, {b0}, ymmword ptr [{e} + 32]",
+            "vpxor {a2}, {b0}, ymmword ptr [{e} + 64]",
+            "vpxor {a3}, {b0}, ymmword ptr [{e} + 96]",
+            "vpxor {a4}, {b0}, ymmword ptr [{e} + 128]",
+            "vpxor {a5}, {b0}, ymmword ptr [{e} + 160]",
+            "vpxor {a6}, {b0}, ymmword ptr [{e} + 192]",
+            "vpxor {a7}, {b0}, ymmword ptr [{e} + 224]",
             "vmovdqa {b0}, ymmword ptr [{k} + 32]",
             "vmovdqa {b1}, ymmword ptr [{k} + 64]",
             "vmovdqa {b2}, ymmword ptr [{k} + 96]",
@@ -641,21 +656,21 @@ unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m2
             "vmovdqa {b6}, ymmword ptr [{k} + 224]",
             "vmovdqa {b7}, ymmword ptr [{k} + 256]",
             ymm8r!("vaesenc", "{b0}"),
-            ctr_be!("b0", "8"),
+            ctr_w!("b0", "8"),
             ymm8r!("vaesenc", "{b1}"),
-            ctr_be!("b1", "9"),
+            ctr_w!("b1", "9"),
             ymm8r!("vaesenc", "{b2}"),
-            ctr_be!("b2", "10"),
+            ctr_w!("b2", "10"),
             ymm8r!("vaesenc", "{b3}"),
-            ctr_be!("b3", "11"),
+            ctr_w!("b3", "11"),
             ymm8r!("vaesenc", "{b4}"),
-            ctr_be!("b4", "12"),
+            ctr_w!("b4", "12"),
             ymm8r!("vaesenc", "{b5}"),
-            ctr_be!("b5", "13"),
+            ctr_w!("b5", "13"),
             ymm8r!("vaesenc", "{b6}"),
-            ctr_be!("b6", "14"),
+            ctr_w!("b6", "14"),
             ymm8r!("vaesenc", "{b7}"),
-            ctr_be!("b7", "15"),
+            ctr_w!("b7", "15"),
             ymm8m!("vaesenc", "288"),
             ymm8m_b!("vaesenc", "32"),
             ymm8m!("vaesenclast", "320"),
@@ -680,9 +695,8 @@ unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m2
             xor6_b!(),
             k = in(reg) k,
             q = in(reg) q,
-            c = in(reg) c,
-            s = in(reg) s,
-            fbe = in(reg) fbe,
+            w = in(reg) w,
+            e = in(reg) e,
             a0 = out(ymm_reg) _, a1 = out(ymm_reg) _,
             a2 = out(ymm_reg) _, a3 = out(ymm_reg) _,
             a4 = out(ymm_reg) _, a5 = out(ymm_reg) _,
@@ -695,6 +709,25 @@ unsafe fn vaes_cell16_be(k: *const u8, first: u64, q: *mut u8) -> (__m256i, __m2
         );
     }
     (v14, v15)
+}
+
+/// Makes `carry.w0` for the window of counter block `first` if it is not already made:
+/// round key 0 XOR the counter block `first` with its last byte cleared, doubled.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn whitened_base(rk: &RoundKeys, first: u64, carry: &mut Carry) {
+    let tag = (first >> 8) + 1;
+    if carry.w0_tag != tag {
+        let be = (first & !0xff).swap_bytes() as i64;
+        // SAFETY: the doubled keys are 32-byte aligned (`RoundKeys` is `align(32)`) and
+        // `carry.w0` is 32 bytes at the start of the `align(32)` `Carry`.
+        unsafe {
+            let k0 = _mm256_load_si256(rk.wide().as_ptr().cast());
+            let w = _mm256_xor_si256(k0, _mm256_set_epi64x(be, 0, be, 0));
+            _mm256_store_si256(carry.w0.as_mut_ptr().cast(), w);
+        }
+        carry.w0_tag = tag;
+    }
 }
 
 /// Counter block `n` as an xmm value (see module doc for the layout).
@@ -763,10 +796,30 @@ pub(crate) unsafe fn vaes256_xor_cell(
         // assembly below may load `ymm` 0's bytes after this store.
         let c_head = _mm_loadu_si128(p.cast());
         _mm_storeu_si128(p.cast(), _mm_xor_si128(c_head, head));
-        if first & 0xff <= 224 {
-            vaes_cell16_be(k, first, q(0).cast())
+        let r = (first & 0xff) as usize;
+        // Trailing one bits of the window `m = first >> 8`.
+        let ones = (first >> 8).trailing_ones() as usize;
+        if r <= 224 {
+            whitened_base(rk, first, carry);
+            let e = LOW_TABLE.0.as_ptr().add(16 * r);
+            vaes_cell16_w(k, carry.w0.as_ptr(), e, q(0).cast())
+        } else if let Some(t) = CROSS_TABLES.0.get(ones) {
+            whitened_base(rk, first, carry);
+            // `r - 224` is 1..=31, so entries `r - 224 .. r - 192` lie within the 64.
+            let e = t.as_ptr().add(16 * (r - 224));
+            let v = vaes_cell16_w(k, carry.w0.as_ptr(), e, q(0).cast());
+            // The next cell of the stream starts in the next window: make its base now, so
+            // the check above is not a branch that fails one cell in eight (unpredictable
+            // across many circuits).
+            whitened_base(rk, first + 32, carry);
+            v
         } else {
-            vaes_cell16(k, first, q(0).cast())
+            let v = vaes_cell16(k, first, q(0).cast());
+            // This cell crosses into the next 256-block window, where the next cell of the
+            // stream starts: make its base now, so the check above is not a branch that
+            // fails one cell in eight (unpredictable across many circuits).
+            whitened_base(rk, first + 32, carry);
+            v
         }
     };
     let last = v15;
