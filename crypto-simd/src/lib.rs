@@ -31,7 +31,11 @@ mod digest;
 mod keys;
 #[cfg(target_arch = "x86_64")]
 mod multi;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod multi512;
 pub mod reference;
+mod selftest;
 mod sha1state;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -135,10 +139,28 @@ impl Backend {
         Backend::ALL.into_iter().filter(|b| b.is_supported())
     }
 
-    /// The best backend this CPU supports.
+    /// The best backend this CPU supports that passed its power-on self-test.
     pub fn best() -> Backend {
-        Backend::supported().next().unwrap_or(Backend::Portable)
+        selftest::first_passing(Backend::supported(), Backend::self_test_passed)
     }
+
+    /// Whether the backend passed its power-on self-test (a known-answer test against
+    /// [`reference`](mod@reference), run once per process the first time it is asked; see
+    /// `README.md`). `false` for a backend this CPU does not support.
+    pub fn self_test_passed(self) -> bool {
+        selftest::backend_passed(self)
+    }
+}
+
+/// Lanes of the multi-lane SHA-1 the batch path hashes pending digests with: 16 (AVX-512F,
+/// after its power-on self-test), 8 (SHA-NI or AVX2), or 1 (single-stream: no such
+/// instructions, or none passed its self-test). For logs and benchmarks.
+pub fn multi_sha1_lanes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(m) = selftest::multi_sha1() {
+        return m.lanes();
+    }
+    1
 }
 
 impl core::fmt::Display for Backend {
@@ -156,6 +178,9 @@ pub enum EngineError {
     /// The CPU lacks the instructions the backend needs.
     #[error("crypto backend {0} is not supported by this CPU")]
     Unsupported(Backend),
+    /// The backend computed something other than the reference in its power-on self-test.
+    #[error("crypto backend {0} failed its power-on self-test on this CPU")]
+    SelfTestFailed(Backend),
 }
 
 /// API misuse in a batch: nothing was processed.
@@ -312,16 +337,23 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine on `backend`, if the CPU supports it.
+    /// An engine on `backend`, if the CPU supports it and the backend passed its power-on
+    /// self-test (never a silent fallback: a forced backend that fails is an error).
     pub fn new(backend: Backend) -> Result<Self, EngineError> {
-        if backend.is_supported() {
-            Ok(Engine { backend })
-        } else {
+        Engine::checked(backend, Backend::self_test_passed)
+    }
+
+    fn checked(backend: Backend, passes: impl FnOnce(Backend) -> bool) -> Result<Self, EngineError> {
+        if !backend.is_supported() {
             Err(EngineError::Unsupported(backend))
+        } else if !passes(backend) {
+            Err(EngineError::SelfTestFailed(backend))
+        } else {
+            Ok(Engine { backend })
         }
     }
 
-    /// An engine on the best supported backend.
+    /// An engine on the best supported backend that passed its power-on self-test.
     pub fn best() -> Self {
         Engine {
             backend: Backend::best(),
@@ -367,7 +399,7 @@ impl Engine {
         }
         // The portable backend stays single-stream throughout, as the plain baseline.
         #[cfg(target_arch = "x86_64")]
-        let mb = multi::Sha1x8::detect();
+        let mb = selftest::multi_sha1();
         match self.kernel() {
             AnyKernel::Portable(k) => run_batch(k, hops, cells, jobs, out),
             #[cfg(target_arch = "x86_64")]
@@ -434,19 +466,44 @@ impl Engine {
     /// A proof of CPU support for this engine's backend, re-checked (an atomic load) per call
     /// so the kernels' safety never rests on how the `Engine` was made.
     fn kernel(&self) -> AnyKernel {
+        kernel_of(self.backend).unwrap_or(AnyKernel::Portable(Portable))
+    }
+}
+
+/// `backend`'s kernel, if the CPU supports it.
+fn kernel_of(backend: Backend) -> Option<AnyKernel> {
+    match backend {
         #[cfg(target_arch = "x86_64")]
-        {
-            let k = match self.backend {
-                Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
-                Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
-                Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
-                Backend::Portable => None,
-            };
-            if let Some(k) = k {
-                return k;
-            }
+        Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
+        #[cfg(target_arch = "x86_64")]
+        Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
+        Backend::Portable => Some(AnyKernel::Portable(Portable)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// Runs `backend`'s known-answer test (see `selftest`) through the batch path it would use.
+fn backend_kat(backend: Backend) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let mb = selftest::multi_sha1();
+    match kernel_of(backend) {
+        None => false,
+        Some(AnyKernel::Portable(k)) => selftest::backend_kat(k, run_batch),
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::AesNi(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
         }
-        AnyKernel::Portable(Portable)
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::Vaes256(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::Vaes512(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+        }
     }
 }
 
@@ -626,14 +683,14 @@ fn run_batch<K: Kernel>(
 /// The batch loop with multi-buffer SHA-1, in one pass over the jobs.
 ///
 /// Keystream-only work is done at once, in job order. A cell that needs a digest (sealed, or
-/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::LANES`] jobs
+/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::MultiSha1::lanes`] jobs
 /// on distinct hops and cells, hashed side by side when the set is full, when a job touches a
 /// hop or cell in it, or at the end; so every hop and every cell still sees its jobs in order.
 /// At a middle relay the set stays empty and the loop is the kernel and the `recognized` check.
 #[cfg(target_arch = "x86_64")]
 fn run_batch_x86<K: Kernel>(
     k: K,
-    mb: Option<multi::Sha1x8>,
+    mb: Option<multi::MultiSha1>,
     hops: &mut [Tor1Hop],
     cells: &mut [CellBody],
     jobs: &[Job],
@@ -642,7 +699,8 @@ fn run_batch_x86<K: Kernel>(
     let Some(mb) = mb else {
         return run_batch(k, hops, cells, jobs, out);
     };
-    let mut pending = [0usize; multi::LANES];
+    let lanes = mb.lanes().min(multi::MAX_LANES);
+    let mut pending = [0usize; multi::MAX_LANES];
     let mut n = 0;
     // One bit per hop and cell index modulo 64: a clear bit proves the index is not pending, so
     // the exact scan runs only on a bit collision.
@@ -691,7 +749,7 @@ fn run_batch_x86<K: Kernel>(
                 hop_bits |= hb;
                 cell_bits |= cb;
             }
-            if n == multi::LANES {
+            if n >= lanes {
                 finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
                 n = 0;
                 (hop_bits, cell_bits) = (0, 0);
@@ -707,14 +765,14 @@ fn run_batch_x86<K: Kernel>(
 #[cfg(target_arch = "x86_64")]
 fn finish_pending<K: Kernel>(
     k: K,
-    mb: multi::Sha1x8,
+    mb: multi::MultiSha1,
     hops: &mut [Tor1Hop],
     cells: &mut [CellBody],
     jobs: &[Job],
     out: &mut [Outcome],
     lanes: &[usize],
 ) {
-    use multi::LANES;
+    const LANES: usize = multi::MAX_LANES;
     let n = lanes.len().min(LANES);
     if n < mb.lanes_min() {
         // Too few cells turned out to need a digest (most forward cells at a middle relay are
@@ -760,7 +818,7 @@ fn finish_pending<K: Kernel>(
                 .and_then(|j| cells_ro.get(j.cell as usize))
                 .unwrap_or(c0)
         });
-        mb.hash_bodies(states, bodies, n, &mut results);
+        mb.hash_bodies(&states[..n], &bodies[..n], &mut results[..n]);
     }
     for (&i, r) in lanes.iter().zip(&results).take(n) {
         let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
