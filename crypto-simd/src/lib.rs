@@ -343,7 +343,10 @@ impl Engine {
         Engine::checked(backend, Backend::self_test_passed)
     }
 
-    fn checked(backend: Backend, passes: impl FnOnce(Backend) -> bool) -> Result<Self, EngineError> {
+    fn checked(
+        backend: Backend,
+        passes: impl FnOnce(Backend) -> bool,
+    ) -> Result<Self, EngineError> {
         if !backend.is_supported() {
             Err(EngineError::Unsupported(backend))
         } else if !passes(backend) {
@@ -1416,6 +1419,144 @@ mod tests {
                 (None, r) => assert_eq!(r, Err(EngineError::UnknownBackend)),
             }
         }
+    }
+
+    /// Every backend this CPU supports passes its power-on self-test (so `best` is the first
+    /// supported one), an unsupported one does not, and the multi-lane SHA-1 chosen is the best
+    /// this CPU runs.
+    #[test]
+    fn self_test_passes_for_every_supported_backend() {
+        for b in Backend::ALL {
+            assert_eq!(b.self_test_passed(), b.is_supported(), "{b}");
+            assert_eq!(Engine::new(b).is_ok(), b.is_supported(), "{b}");
+        }
+        assert_eq!(Some(Backend::best()), Backend::supported().next());
+        assert_eq!(Engine::best().backend(), Backend::best());
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(
+                selftest::multi_sha1(),
+                multi::MultiSha1::detect_all().next()
+            );
+            eprintln!("multi-lane SHA-1: {:?}", selftest::multi_sha1());
+        }
+    }
+
+    /// A kernel that is right except at stream positions 13 bytes into a block (as a counter
+    /// or carry bug would be).
+    #[derive(Clone, Copy)]
+    struct Faulty<K>(K);
+
+    impl<K: Kernel> Kernel for Faulty<K> {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
+            let hit = layer.pos % 16 == 13;
+            self.0.xor_cell(layer, cell);
+            if hit {
+                cell[500] ^= 0x10;
+            }
+        }
+    }
+
+    /// `backend`'s self-test, run on its kernel with the fault above.
+    fn kat_with_faulty_kernel(backend: Backend) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let mb = selftest::multi_sha1();
+        match kernel_of(backend).unwrap() {
+            AnyKernel::Portable(k) => selftest::backend_kat(Faulty(k), run_batch),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+        }
+    }
+
+    /// A faulty kernel fails the self-test on every backend; selection then skips it for the
+    /// next supported backend, and forcing it is an error, not a silent fallback.
+    #[test]
+    fn faulty_kernel_is_rejected_and_the_next_backend_chosen() {
+        let supported: Vec<Backend> = Backend::supported().collect();
+        for &b in &supported {
+            assert!(!kat_with_faulty_kernel(b), "{b}: fault not caught");
+            assert_eq!(
+                Engine::checked(b, |x| x != b || kat_with_faulty_kernel(x)),
+                Err(EngineError::SelfTestFailed(b))
+            );
+        }
+        // The best backend broken: the next one is chosen.
+        let top = supported[0];
+        let chosen = selftest::first_passing(supported.iter().copied(), |b| {
+            if b == top {
+                kat_with_faulty_kernel(b)
+            } else {
+                b.self_test_passed()
+            }
+        });
+        assert_eq!(
+            Some(chosen),
+            supported.get(1).copied().or(Some(Backend::Portable))
+        );
+        // All broken: the portable backend, as the last resort.
+        assert_eq!(
+            selftest::first_passing(supported.iter().copied(), kat_with_faulty_kernel),
+            Backend::Portable
+        );
+    }
+
+    /// A multi-lane SHA-1 with one wrong lane fails its self-test, the eight- and the
+    /// sixteen-lane passes alike, and the next candidate (or single-stream) is chosen.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn faulty_multi_lane_sha1_is_rejected() {
+        use multi::{LaneResult, MultiSha1};
+        fn corrupt(out: &mut [LaneResult], lane: usize) {
+            if let Some(r) = out.get_mut(lane) {
+                r.digest[7] ^= 1;
+            }
+        }
+        let cands: Vec<MultiSha1> = MultiSha1::detect_all().collect();
+        for &m in &cands {
+            assert!(selftest::multi_kat(
+                &|s, b, o| m.hash_bodies(s, b, o),
+                m.lanes()
+            ));
+            assert!(!selftest::multi_kat(
+                &|s, b, o| {
+                    m.hash_bodies(s, b, o);
+                    corrupt(o, 2);
+                },
+                m.lanes()
+            ));
+        }
+        // The sixteen-lane algorithm (on plain arrays, so this runs without AVX-512): right, it
+        // passes; wrong only in lane 10, it fails.
+        let wide = |s: &[&sha1state::Sha1State], b: &[&CellBody], o: &mut [LaneResult]| {
+            multi::hash_wide_with(multi512::run_portable, s, b, o)
+        };
+        assert!(selftest::multi_kat(&wide, 16));
+        assert!(!selftest::multi_kat(
+            &|s, b, o| {
+                wide(s, b, o);
+                corrupt(o, 10);
+            },
+            16
+        ));
+        // Selection: the first broken, the next chosen; all broken, none (single-stream).
+        if let Some(&first) = cands.first() {
+            let chosen = selftest::choose_multi(cands.iter().copied(), |m| m != first);
+            assert_eq!(chosen, cands.get(1).copied());
+        }
+        assert_eq!(
+            selftest::choose_multi(cands.iter().copied(), |_| false),
+            None
+        );
     }
 
     proptest! {

@@ -54,10 +54,10 @@ impl MultiSha1 {
                 wide: Some(w),
             })
         });
-        let plain = narrow
-            .into_iter()
-            .flatten()
-            .map(|n| MultiSha1 { narrow: n, wide: None });
+        let plain = narrow.into_iter().flatten().map(|n| MultiSha1 {
+            narrow: n,
+            wide: None,
+        });
         with_wide.chain(plain)
     }
 
@@ -338,7 +338,24 @@ mod tests {
     /// States with every buffered length class (0, 1, 55, 56, 63, ...) in `lanes` lanes, each
     /// number of lanes in use, against single-stream.
     fn check_hash_bodies(hash: HashFn<'_>, lanes: usize) {
-        const LENS: [usize; 16] = [0, 1, 55, 56, 63, 100, 509 * 3, 7, 20, 529, 64, 127, 128, 2, 9, 1000];
+        const LENS: [usize; 16] = [
+            0,
+            1,
+            55,
+            56,
+            63,
+            100,
+            509 * 3,
+            7,
+            20,
+            529,
+            64,
+            127,
+            128,
+            2,
+            9,
+            1000,
+        ];
         let states: Vec<Sha1State> = (0..lanes)
             .map(|l| {
                 let mut s = Sha1State::new();

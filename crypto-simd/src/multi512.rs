@@ -77,11 +77,7 @@ pub(crate) struct Portable16([u32; 16]);
 
 #[cfg(test)]
 impl Portable16 {
-    fn quarters(
-        a: Self,
-        b: Self,
-        f: impl Fn([u32; 4], [u32; 4]) -> [u32; 4],
-    ) -> Self {
+    fn quarters(a: Self, b: Self, f: impl Fn([u32; 4], [u32; 4]) -> [u32; 4]) -> Self {
         let mut out = [0u32; 16];
         for (k, o) in out.chunks_exact_mut(4).enumerate() {
             let q = |x: &Self| -> [u32; 4] { core::array::from_fn(|i| x.0[4 * k + i]) };
@@ -181,8 +177,8 @@ struct Zmm(__m512i);
 impl U32x16 for Zmm {
     #[inline(always)]
     fn splat(x: u32) -> Self {
-        // SAFETY (this and every block below): `Zmm` values exist only inside `run_avx512`,
-        // which needs AVX-512F (see the type's doc); these methods are inlined into it.
+        // SAFETY: `Zmm` values exist only inside `run_avx512`, which needs AVX-512F (see the
+        // type's doc); these methods are inlined into it. The other blocks here rest on this.
         Zmm(unsafe { _mm512_set1_epi32(x as i32) })
     }
     #[inline(always)]
@@ -373,6 +369,7 @@ fn run<V: U32x16>(
         .max()
         .unwrap_or(0)
         .min(SHA1_RUN_MAX);
+    #[allow(clippy::needless_range_loop)] // `step` indexes every lane's column
     for step in 0..steps {
         let (mut active, mut at_mid) = (0u16, 0u16);
         for l in 0..LANES {

@@ -123,9 +123,8 @@ pub(crate) fn multi_kat(hash: LaneHash<'_>, lanes: usize) -> bool {
         s.update(seed.get(..LENS[l]).unwrap_or_default());
         s
     });
-    let bodies: [CellBody; MAX] = core::array::from_fn(|l| {
-        core::array::from_fn(|j| (j * 13 + l * 57 + 1) as u8)
-    });
+    let bodies: [CellBody; MAX] =
+        core::array::from_fn(|l| core::array::from_fn(|j| (j * 13 + l * 57 + 1) as u8));
     let sr: [&Sha1State; MAX] = core::array::from_fn(|l| &states[l]);
     let br: [&CellBody; MAX] = core::array::from_fn(|l| &bodies[l]);
     let mut ok = true;
@@ -170,7 +169,11 @@ pub(crate) fn backend_kat<K: Kernel>(
         b
     };
     let mut ok = true;
-    let mut one = |hops: &mut [Tor1Hop], refs: &mut [reference::Tor1Hop], h: usize, cell: CellBody, op: Op| {
+    let mut one = |hops: &mut [Tor1Hop],
+                   refs: &mut [reference::Tor1Hop],
+                   h: usize,
+                   cell: CellBody,
+                   op: Op| {
         let (mut a, mut b) = (cell, cell);
         if let (Some(hop), Some(r)) = (hops.get_mut(h), refs.get_mut(h)) {
             let got = crate::run_op(k, hop, &mut a, op);
@@ -183,11 +186,23 @@ pub(crate) fn backend_kat<K: Kernel>(
     // digests to different buffered lengths.
     for c in 0..CIRCUITS {
         for m in 0..c % 5 {
-            let x = one(&mut hops, &mut refs, c, body(c, m as u8), Op::OriginCryptForward);
+            let x = one(
+                &mut hops,
+                &mut refs,
+                c,
+                body(c, m as u8),
+                Op::OriginCryptForward,
+            );
             one(&mut hops, &mut refs, CIRCUITS + c, x, Op::RelayRecvForward);
         }
         for m in 0..c % 3 {
-            let x = one(&mut hops, &mut refs, CIRCUITS + c, body(c, 0x40 | m as u8), Op::RelaySendBackward);
+            let x = one(
+                &mut hops,
+                &mut refs,
+                CIRCUITS + c,
+                body(c, 0x40 | m as u8),
+                Op::RelaySendBackward,
+            );
             one(&mut hops, &mut refs, c, x, Op::OriginRecvBackward);
         }
     }
@@ -200,27 +215,54 @@ pub(crate) fn backend_kat<K: Kernel>(
             c[1] = 1;
         }
         let (seal, open, pass) = if dir == 0 {
-            (Op::RelaySendBackward, Op::OriginRecvBackward, Op::RelayPassBackward)
+            (
+                Op::RelaySendBackward,
+                Op::OriginRecvBackward,
+                Op::RelayPassBackward,
+            )
         } else {
-            (Op::OriginSealForward, Op::RelayRecvForward, Op::OriginCryptForward)
+            (
+                Op::OriginSealForward,
+                Op::RelayRecvForward,
+                Op::OriginCryptForward,
+            )
         };
-        let (sealer, opener) = if dir == 0 { (CIRCUITS, 0) } else { (0, CIRCUITS) };
+        let (sealer, opener) = if dir == 0 {
+            (CIRCUITS, 0)
+        } else {
+            (0, CIRCUITS)
+        };
         let mut jobs = Vec::with_capacity(2 * CIRCUITS + extra);
         for c in 0..CIRCUITS {
-            jobs.push(Job { hop: (sealer + c) as u32, cell: c as u32, op: seal });
+            jobs.push(Job {
+                hop: (sealer + c) as u32,
+                cell: c as u32,
+                op: seal,
+            });
         }
         for e in 0..extra {
             let op = if e == 1 { open } else { pass };
-            jobs.push(Job { hop: (2 * CIRCUITS + e) as u32, cell: (CIRCUITS + e) as u32, op });
+            jobs.push(Job {
+                hop: (2 * CIRCUITS + e) as u32,
+                cell: (CIRCUITS + e) as u32,
+                op,
+            });
         }
         for c in 0..CIRCUITS {
-            jobs.push(Job { hop: (opener + c) as u32, cell: c as u32, op: open });
+            jobs.push(Job {
+                hop: (opener + c) as u32,
+                cell: c as u32,
+                op: open,
+            });
         }
         let mut want_cells = cells.clone();
         let mut out = vec![Outcome::Done; jobs.len()];
         batch(k, &mut hops, &mut cells, &jobs, &mut out);
         for (j, got) in jobs.iter().zip(&out) {
-            if let (Some(r), Some(cell)) = (refs.get_mut(j.hop as usize), want_cells.get_mut(j.cell as usize)) {
+            if let (Some(r), Some(cell)) = (
+                refs.get_mut(j.hop as usize),
+                want_cells.get_mut(j.cell as usize),
+            ) {
                 ok &= ref_op(r, cell, j.op) == *got;
             }
         }
