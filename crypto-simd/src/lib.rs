@@ -15,14 +15,19 @@
 //! Backends ([`Backend`]) are ranked best-first and detected once; [`Engine::from_env`] honours
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
+//! Each backend, and each multi-lane SHA-1, also runs a known-answer test against it once per
+//! process before it is first used (`selftest`): one that fails is never chosen, and forcing it
+//! is an error ([`EngineError::SelfTestFailed`]).
 //!
 //! Within a batch, keystream work is done in job order, and cells that need a digest wait in a
-//! set of up to eight jobs on distinct hops whose SHA-1 digests are hashed side by
-//! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
-//! for figures and what limits them.
+//! set of jobs on distinct hops whose SHA-1 digests are hashed side by side; the set holds as
+//! many jobs as the chosen multi-lane SHA-1 has lanes ([`multi_sha1_lanes`]): eight (four or
+//! eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI) or sixteen (AVX-512F,
+//! `multi512`; compiled, untested on the development machine, used only after its self-test
+//! passes). See `README.md` for figures and what limits them.
 //!
-//! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once
-//! CPU support is proven.
+//! `unsafe` lives only in the x86-64 kernels (`x86`, `multi512`) and the thin wrappers that call
+//! them once CPU support is proven.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

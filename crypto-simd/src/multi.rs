@@ -1,6 +1,8 @@
-//! Multi-buffer SHA-1 for the batch path: the running digests of up to eight different hops,
-//! each fed one cell body with its digest field zeroed (tor-spec §6.1), hashed side by side in
-//! the 32-bit lanes of AVX2 registers.
+//! Multi-buffer SHA-1 for the batch path: the running digests of up to eight (or sixteen)
+//! different hops, each fed one cell body with its digest field zeroed (tor-spec §6.1), hashed
+//! side by side: interleaved SHA-NI streams or AVX2 lanes (eight), or AVX-512F lanes (sixteen,
+//! `multi512`). How many lanes a pass takes is a property of the chosen [`MultiSha1`], which
+//! the batch path sizes its pending set by.
 //!
 //! One SHA-1 stream is a chain of dependent compressions that SHA-NI runs at its latency; eight
 //! circuits' streams are independent, so their rounds fill the vector ALUs instead.

@@ -394,13 +394,14 @@ fn run<V: U32x16>(
     }
 }
 
-/// A proof that the CPU has AVX-512F.
+/// A proof that the CPU has AVX-512F (and AVX2, which LLVM assumes with it: the compiled code
+/// uses a few VEX instructions such as `vinserti128`).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Avx512(());
 
 #[cfg(target_arch = "x86_64")]
-cpufeatures::new!(cpuid_avx512f, "avx512f");
+cpufeatures::new!(cpuid_avx512f, "avx512f", "avx2");
 
 #[cfg(target_arch = "x86_64")]
 impl Avx512 {
