@@ -811,21 +811,20 @@ fn finish_pending<K: Kernel>(
     {
         let hops_ro: &[Tor1Hop] = hops;
         let cells_ro: &[CellBody] = cells;
-        let job_at = |l: usize| lanes.get(l.min(n - 1)).and_then(|&i| jobs.get(i));
         // Lanes past `n` are ignored; they only need some valid reference.
         let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
             return;
         };
-        let states: [&Sha1State; LANES] = core::array::from_fn(|l| {
-            job_at(l)
-                .and_then(|j| hops_ro.get(j.hop as usize).map(|h| &h.layer(j.op).digest))
-                .unwrap_or(&h0.fwd.digest)
-        });
-        let bodies: [&CellBody; LANES] = core::array::from_fn(|l| {
-            job_at(l)
-                .and_then(|j| cells_ro.get(j.cell as usize))
-                .unwrap_or(c0)
-        });
+        let mut states: [&Sha1State; LANES] = [&h0.fwd.digest; LANES];
+        let mut bodies: [&CellBody; LANES] = [c0; LANES];
+        for ((s, b), &i) in states.iter_mut().zip(bodies.iter_mut()).zip(lanes).take(n) {
+            let Some(j) = jobs.get(i) else { continue };
+            if let (Some(h), Some(c)) = (hops_ro.get(j.hop as usize), cells_ro.get(j.cell as usize))
+            {
+                *s = &h.layer(j.op).digest;
+                *b = c;
+            }
+        }
         mb.hash_bodies(&states[..n], &bodies[..n], &mut results[..n]);
     }
     for (&i, r) in lanes.iter().zip(&results).take(n) {
