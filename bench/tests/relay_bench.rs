@@ -51,10 +51,7 @@ fn check_impl(o: &Value, name: &str, rounds: u64) {
     );
     assert!(num(o, "cpu_sec_per_mcell") >= 0.0, "{o}");
     // Kernel time is part of the CPU time.
-    assert!(
-        num(o, "sys_sec_per_mcell") <= num(o, "cpu_sec_per_mcell"),
-        "{o}"
-    );
+    assert!(num(o, "sys_sec_per_mcell") <= num(o, "cpu_sec_per_mcell"), "{o}");
     let share = num(o, "relay_sys_share");
     assert!((0.0..=1.0).contains(&share), "{o}");
     let (p50, p99, p999) = (num(o, "p50_us"), num(o, "p99_us"), num(o, "p999_us"));
