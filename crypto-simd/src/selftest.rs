@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
 use crate::multi::{self, LaneResult, MultiSha1};
+#[cfg(target_arch = "x86_64")]
 use crate::sha1state::Sha1State;
 use crate::{reference, Backend, CellBody, Job, Kernel, Op, Outcome, Tor1Hop, KDF_LEN};
 
