@@ -15,14 +15,19 @@
 //! Backends ([`Backend`]) are ranked best-first and detected once; [`Engine::from_env`] honours
 //! `CHIVE_CRYPTO_BACKEND` so tests and benchmarks can force any backend the CPU supports.
 //! [`reference`](mod@reference) is the plain `aes` + `ctr` + `sha1` version every backend is tested against.
+//! Each backend, and each multi-lane SHA-1, also runs a known-answer test against it once per
+//! process before it is first used (`selftest`): one that fails is never chosen, and forcing it
+//! is an error ([`EngineError::SelfTestFailed`]).
 //!
 //! Within a batch, keystream work is done in job order, and cells that need a digest wait in a
-//! set of up to eight jobs on distinct hops whose SHA-1 digests are hashed side by
-//! side (four or eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI); see `README.md`
-//! for figures and what limits them.
+//! set of jobs on distinct hops whose SHA-1 digests are hashed side by side; the set holds as
+//! many jobs as the chosen multi-lane SHA-1 has lanes ([`multi_sha1_lanes`]): eight (four or
+//! eight interleaved SHA-NI streams, or eight AVX2 lanes without SHA-NI) or sixteen (AVX-512F,
+//! `multi512`; compiled, untested on the development machine, used only after its self-test
+//! passes). See `README.md` for figures and what limits them.
 //!
-//! `unsafe` lives only in the x86-64 kernels (`x86`) and the thin wrappers that call them once
-//! CPU support is proven.
+//! `unsafe` lives only in the x86-64 kernels (`x86`, `multi512`) and the thin wrappers that call
+//! them once CPU support is proven.
 #![deny(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -31,7 +36,11 @@ mod digest;
 mod keys;
 #[cfg(target_arch = "x86_64")]
 mod multi;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod multi512;
 pub mod reference;
+mod selftest;
 mod sha1state;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -135,10 +144,28 @@ impl Backend {
         Backend::ALL.into_iter().filter(|b| b.is_supported())
     }
 
-    /// The best backend this CPU supports.
+    /// The best backend this CPU supports that passed its power-on self-test.
     pub fn best() -> Backend {
-        Backend::supported().next().unwrap_or(Backend::Portable)
+        selftest::first_passing(Backend::supported(), Backend::self_test_passed)
     }
+
+    /// Whether the backend passed its power-on self-test (a known-answer test against
+    /// [`reference`](mod@reference), run once per process the first time it is asked; see
+    /// `README.md`). `false` for a backend this CPU does not support.
+    pub fn self_test_passed(self) -> bool {
+        selftest::backend_passed(self)
+    }
+}
+
+/// Lanes of the multi-lane SHA-1 the batch path hashes pending digests with: 16 (AVX-512F,
+/// after its power-on self-test), 8 (SHA-NI or AVX2), or 1 (single-stream: no such
+/// instructions, or none passed its self-test). For logs and benchmarks.
+pub fn multi_sha1_lanes() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(m) = selftest::multi_sha1() {
+        return m.lanes();
+    }
+    1
 }
 
 impl core::fmt::Display for Backend {
@@ -156,6 +183,9 @@ pub enum EngineError {
     /// The CPU lacks the instructions the backend needs.
     #[error("crypto backend {0} is not supported by this CPU")]
     Unsupported(Backend),
+    /// The backend computed something other than the reference in its power-on self-test.
+    #[error("crypto backend {0} failed its power-on self-test on this CPU")]
+    SelfTestFailed(Backend),
 }
 
 /// API misuse in a batch: nothing was processed.
@@ -312,16 +342,26 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine on `backend`, if the CPU supports it.
+    /// An engine on `backend`, if the CPU supports it and the backend passed its power-on
+    /// self-test (never a silent fallback: a forced backend that fails is an error).
     pub fn new(backend: Backend) -> Result<Self, EngineError> {
-        if backend.is_supported() {
-            Ok(Engine { backend })
-        } else {
+        Engine::checked(backend, Backend::self_test_passed)
+    }
+
+    fn checked(
+        backend: Backend,
+        passes: impl FnOnce(Backend) -> bool,
+    ) -> Result<Self, EngineError> {
+        if !backend.is_supported() {
             Err(EngineError::Unsupported(backend))
+        } else if !passes(backend) {
+            Err(EngineError::SelfTestFailed(backend))
+        } else {
+            Ok(Engine { backend })
         }
     }
 
-    /// An engine on the best supported backend.
+    /// An engine on the best supported backend that passed its power-on self-test.
     pub fn best() -> Self {
         Engine {
             backend: Backend::best(),
@@ -367,7 +407,7 @@ impl Engine {
         }
         // The portable backend stays single-stream throughout, as the plain baseline.
         #[cfg(target_arch = "x86_64")]
-        let mb = multi::Sha1x8::detect();
+        let mb = selftest::multi_sha1();
         match self.kernel() {
             AnyKernel::Portable(k) => run_batch(k, hops, cells, jobs, out),
             #[cfg(target_arch = "x86_64")]
@@ -434,19 +474,44 @@ impl Engine {
     /// A proof of CPU support for this engine's backend, re-checked (an atomic load) per call
     /// so the kernels' safety never rests on how the `Engine` was made.
     fn kernel(&self) -> AnyKernel {
+        kernel_of(self.backend).unwrap_or(AnyKernel::Portable(Portable))
+    }
+}
+
+/// `backend`'s kernel, if the CPU supports it.
+fn kernel_of(backend: Backend) -> Option<AnyKernel> {
+    match backend {
         #[cfg(target_arch = "x86_64")]
-        {
-            let k = match self.backend {
-                Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
-                Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
-                Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
-                Backend::Portable => None,
-            };
-            if let Some(k) = k {
-                return k;
-            }
+        Backend::Vaes512 => x86k::Vaes512::detect().map(AnyKernel::Vaes512),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Vaes256 => x86k::Vaes256::detect().map(AnyKernel::Vaes256),
+        #[cfg(target_arch = "x86_64")]
+        Backend::AesNi8 => x86k::AesNi::detect().map(AnyKernel::AesNi),
+        Backend::Portable => Some(AnyKernel::Portable(Portable)),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// Runs `backend`'s known-answer test (see `selftest`) through the batch path it would use.
+fn backend_kat(backend: Backend) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let mb = selftest::multi_sha1();
+    match kernel_of(backend) {
+        None => false,
+        Some(AnyKernel::Portable(k)) => selftest::backend_kat(k, run_batch),
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::AesNi(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
         }
-        AnyKernel::Portable(Portable)
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::Vaes256(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Some(AnyKernel::Vaes512(k)) => {
+            selftest::backend_kat(k, |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+        }
     }
 }
 
@@ -626,14 +691,14 @@ fn run_batch<K: Kernel>(
 /// The batch loop with multi-buffer SHA-1, in one pass over the jobs.
 ///
 /// Keystream-only work is done at once, in job order. A cell that needs a digest (sealed, or
-/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::LANES`] jobs
+/// decrypted with `recognized == 0`) waits in a pending set of at most [`multi::MultiSha1::lanes`] jobs
 /// on distinct hops and cells, hashed side by side when the set is full, when a job touches a
 /// hop or cell in it, or at the end; so every hop and every cell still sees its jobs in order.
 /// At a middle relay the set stays empty and the loop is the kernel and the `recognized` check.
 #[cfg(target_arch = "x86_64")]
 fn run_batch_x86<K: Kernel>(
     k: K,
-    mb: Option<multi::Sha1x8>,
+    mb: Option<multi::MultiSha1>,
     hops: &mut [Tor1Hop],
     cells: &mut [CellBody],
     jobs: &[Job],
@@ -642,7 +707,8 @@ fn run_batch_x86<K: Kernel>(
     let Some(mb) = mb else {
         return run_batch(k, hops, cells, jobs, out);
     };
-    let mut pending = [0usize; multi::LANES];
+    let lanes = mb.lanes().min(multi::MAX_LANES);
+    let mut pending = [0usize; multi::MAX_LANES];
     let mut n = 0;
     // One bit per hop and cell index modulo 64: a clear bit proves the index is not pending, so
     // the exact scan runs only on a bit collision.
@@ -691,7 +757,7 @@ fn run_batch_x86<K: Kernel>(
                 hop_bits |= hb;
                 cell_bits |= cb;
             }
-            if n == multi::LANES {
+            if n >= lanes {
                 finish_pending(k, mb, hops, cells, jobs, out, &pending[..n]);
                 n = 0;
                 (hop_bits, cell_bits) = (0, 0);
@@ -707,14 +773,14 @@ fn run_batch_x86<K: Kernel>(
 #[cfg(target_arch = "x86_64")]
 fn finish_pending<K: Kernel>(
     k: K,
-    mb: multi::Sha1x8,
+    mb: multi::MultiSha1,
     hops: &mut [Tor1Hop],
     cells: &mut [CellBody],
     jobs: &[Job],
     out: &mut [Outcome],
     lanes: &[usize],
 ) {
-    use multi::LANES;
+    const LANES: usize = multi::MAX_LANES;
     let n = lanes.len().min(LANES);
     if n < mb.lanes_min() {
         // Too few cells turned out to need a digest (most forward cells at a middle relay are
@@ -745,22 +811,21 @@ fn finish_pending<K: Kernel>(
     {
         let hops_ro: &[Tor1Hop] = hops;
         let cells_ro: &[CellBody] = cells;
-        let job_at = |l: usize| lanes.get(l.min(n - 1)).and_then(|&i| jobs.get(i));
         // Lanes past `n` are ignored; they only need some valid reference.
         let (Some(h0), Some(c0)) = (hops_ro.first(), cells_ro.first()) else {
             return;
         };
-        let states: [&Sha1State; LANES] = core::array::from_fn(|l| {
-            job_at(l)
-                .and_then(|j| hops_ro.get(j.hop as usize).map(|h| &h.layer(j.op).digest))
-                .unwrap_or(&h0.fwd.digest)
-        });
-        let bodies: [&CellBody; LANES] = core::array::from_fn(|l| {
-            job_at(l)
-                .and_then(|j| cells_ro.get(j.cell as usize))
-                .unwrap_or(c0)
-        });
-        mb.hash_bodies(states, bodies, n, &mut results);
+        let mut states: [&Sha1State; LANES] = [&h0.fwd.digest; LANES];
+        let mut bodies: [&CellBody; LANES] = [c0; LANES];
+        for ((s, b), &i) in states.iter_mut().zip(bodies.iter_mut()).zip(lanes).take(n) {
+            let Some(j) = jobs.get(i) else { continue };
+            if let (Some(h), Some(c)) = (hops_ro.get(j.hop as usize), cells_ro.get(j.cell as usize))
+            {
+                *s = &h.layer(j.op).digest;
+                *b = c;
+            }
+        }
+        mb.hash_bodies(&states[..n], &bodies[..n], &mut results[..n]);
     }
     for (&i, r) in lanes.iter().zip(&results).take(n) {
         let (Some(job), Some(slot)) = (jobs.get(i), out.get_mut(i)) else {
@@ -1428,6 +1493,144 @@ mod tests {
                 (None, r) => assert_eq!(r, Err(EngineError::UnknownBackend)),
             }
         }
+    }
+
+    /// Every backend this CPU supports passes its power-on self-test (so `best` is the first
+    /// supported one), an unsupported one does not, and the multi-lane SHA-1 chosen is the best
+    /// this CPU runs.
+    #[test]
+    fn self_test_passes_for_every_supported_backend() {
+        for b in Backend::ALL {
+            assert_eq!(b.self_test_passed(), b.is_supported(), "{b}");
+            assert_eq!(Engine::new(b).is_ok(), b.is_supported(), "{b}");
+        }
+        assert_eq!(Some(Backend::best()), Backend::supported().next());
+        assert_eq!(Engine::best().backend(), Backend::best());
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(
+                selftest::multi_sha1(),
+                multi::MultiSha1::detect_all().next()
+            );
+            eprintln!("multi-lane SHA-1: {:?}", selftest::multi_sha1());
+        }
+    }
+
+    /// A kernel that is right except at stream positions 13 bytes into a block (as a counter
+    /// or carry bug would be).
+    #[derive(Clone, Copy)]
+    struct Faulty<K>(K);
+
+    impl<K: Kernel> Kernel for Faulty<K> {
+        fn xor_cell(self, layer: &mut Layer, cell: &mut CellBody) {
+            let hit = layer.pos % 16 == 13;
+            self.0.xor_cell(layer, cell);
+            if hit {
+                cell[500] ^= 0x10;
+            }
+        }
+    }
+
+    /// `backend`'s self-test, run on its kernel with the fault above.
+    fn kat_with_faulty_kernel(backend: Backend) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        let mb = selftest::multi_sha1();
+        match kernel_of(backend).unwrap() {
+            AnyKernel::Portable(k) => selftest::backend_kat(Faulty(k), run_batch),
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::AesNi(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes256(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+            #[cfg(target_arch = "x86_64")]
+            AnyKernel::Vaes512(k) => {
+                selftest::backend_kat(Faulty(k), |k, h, c, j, o| run_batch_x86(k, mb, h, c, j, o))
+            }
+        }
+    }
+
+    /// A faulty kernel fails the self-test on every backend; selection then skips it for the
+    /// next supported backend, and forcing it is an error, not a silent fallback.
+    #[test]
+    fn faulty_kernel_is_rejected_and_the_next_backend_chosen() {
+        let supported: Vec<Backend> = Backend::supported().collect();
+        for &b in &supported {
+            assert!(!kat_with_faulty_kernel(b), "{b}: fault not caught");
+            assert_eq!(
+                Engine::checked(b, |x| x != b || kat_with_faulty_kernel(x)),
+                Err(EngineError::SelfTestFailed(b))
+            );
+        }
+        // The best backend broken: the next one is chosen.
+        let top = supported[0];
+        let chosen = selftest::first_passing(supported.iter().copied(), |b| {
+            if b == top {
+                kat_with_faulty_kernel(b)
+            } else {
+                b.self_test_passed()
+            }
+        });
+        assert_eq!(
+            Some(chosen),
+            supported.get(1).copied().or(Some(Backend::Portable))
+        );
+        // All broken: the portable backend, as the last resort.
+        assert_eq!(
+            selftest::first_passing(supported.iter().copied(), kat_with_faulty_kernel),
+            Backend::Portable
+        );
+    }
+
+    /// A multi-lane SHA-1 with one wrong lane fails its self-test, the eight- and the
+    /// sixteen-lane passes alike, and the next candidate (or single-stream) is chosen.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn faulty_multi_lane_sha1_is_rejected() {
+        use multi::{LaneResult, MultiSha1};
+        fn corrupt(out: &mut [LaneResult], lane: usize) {
+            if let Some(r) = out.get_mut(lane) {
+                r.digest[7] ^= 1;
+            }
+        }
+        let cands: Vec<MultiSha1> = MultiSha1::detect_all().collect();
+        for &m in &cands {
+            assert!(selftest::multi_kat(
+                &|s, b, o| m.hash_bodies(s, b, o),
+                m.lanes()
+            ));
+            assert!(!selftest::multi_kat(
+                &|s, b, o| {
+                    m.hash_bodies(s, b, o);
+                    corrupt(o, 2);
+                },
+                m.lanes()
+            ));
+        }
+        // The sixteen-lane algorithm (on plain arrays, so this runs without AVX-512): right, it
+        // passes; wrong only in lane 10, it fails.
+        let wide = |s: &[&sha1state::Sha1State], b: &[&CellBody], o: &mut [LaneResult]| {
+            multi::hash_wide_with(multi512::run_portable, s, b, o)
+        };
+        assert!(selftest::multi_kat(&wide, 16));
+        assert!(!selftest::multi_kat(
+            &|s, b, o| {
+                wide(s, b, o);
+                corrupt(o, 10);
+            },
+            16
+        ));
+        // Selection: the first broken, the next chosen; all broken, none (single-stream).
+        if let Some(&first) = cands.first() {
+            let chosen = selftest::choose_multi(cands.iter().copied(), |m| m != first);
+            assert_eq!(chosen, cands.get(1).copied());
+        }
+        assert_eq!(
+            selftest::choose_multi(cands.iter().copied(), |_| false),
+            None
+        );
     }
 
     proptest! {
