@@ -343,6 +343,11 @@ pub struct Shard {
     core_events: Vec<Event>,
     scratch: Vec<u8>,
     consumed: Vec<(u32, usize)>,
+    /// The allocation of [`Shard::batch_round`]'s list of received cells, kept empty between
+    /// rounds (see [`recycle`]).
+    cells_buf: Vec<InCell<'static>>,
+    /// [`Shard::route_out`]'s connections that TLS takes cells from, kept between calls.
+    fresh: Vec<ConnId>,
     ready_cells: bool,
     stats: ShardStats,
     /// What [`Shard::memory_bytes`] reports: recomputed at each OOM check.
@@ -433,6 +438,8 @@ impl Shard {
             core_events: Vec::new(),
             scratch: vec![0; PLAINTEXT_STEP_BYTES],
             consumed: Vec::with_capacity(limits.conns_max),
+            cells_buf: Vec::with_capacity(circuit_limits.batch_cells_max),
+            fresh: Vec::with_capacity(limits.conns_max),
             ready_cells: false,
             stats: ShardStats::default(),
             memory_bytes: 0,
@@ -895,7 +902,7 @@ impl Shard {
     }
 
     fn batch_round(&mut self, rng: &mut impl CryptoRngCore, now: u64) -> bool {
-        let mut cells: Vec<InCell<'_>> = Vec::new();
+        let mut cells: Vec<InCell<'_>> = recycle(std::mem::take(&mut self.cells_buf));
         self.consumed.clear();
         let cells_in = self
             .x
@@ -961,7 +968,7 @@ impl Shard {
             self.core
                 .handle_batch(rng, &cells, &mut self.out, &mut self.core_events);
         }
-        drop(cells);
+        self.cells_buf = recycle(cells);
         if let Some(x) = self.x.as_mut() {
             let mut cells_in = cells_in;
             cells_in.clear();
@@ -1496,7 +1503,8 @@ impl Shard {
         // Connections whose queued plaintext was empty when this batch started: TLS takes their
         // cells below. (A connection with plaintext already queued is waiting for TLS room and
         // is fed by `handle_sent`.)
-        let mut fresh: Vec<ConnId> = Vec::new();
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
         let mut over_cap: Vec<ConnId> = Vec::new();
         let plain_max = self.limits.plain_out_max_bytes;
         for o in out.drain(..) {
@@ -1536,7 +1544,7 @@ impl Shard {
                 self.mark_writable(conn);
             }
         }
-        for conn in fresh {
+        for &conn in &fresh {
             let Some(c) = self.get_mut(conn) else {
                 continue;
             };
@@ -1557,6 +1565,7 @@ impl Shard {
             }
         }
         self.out = out;
+        self.fresh = fresh;
         for conn in overflowed {
             self.close(conn, CloseReason::Overflow);
         }
@@ -1703,6 +1712,17 @@ impl Conn {
     }
 }
 
+/// `v` emptied, as a list of cells borrowing for another lifetime, keeping its allocation:
+/// the list of a batch's received cells borrows the connections' buffers, so it cannot be
+/// stored between rounds as such. Collecting an empty `vec::IntoIter` through `filter_map`
+/// into a vector of a type of the same size and alignment reuses the allocation (std's
+/// in-place collection), so no `unsafe` is needed; should std ever stop doing that, this
+/// allocates as before (`recycle_keeps_the_allocation` checks it).
+fn recycle<'b>(mut v: Vec<InCell<'_>>) -> Vec<InCell<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 /// Fuzz entry: `data` as bytes from a fresh inbound connection, in chunks split at every 0xFF
 /// byte, through TLS and the responder's link handshake (all in memory; never panics). The
 /// relay's keys are made once, from a fixed seed.
@@ -1783,6 +1803,34 @@ mod tests {
     use rand::SeedableRng;
 
     const NOW: u64 = 1_750_000_000;
+
+    #[test]
+    fn recycle_keeps_the_allocation() {
+        let body = [7u8; proto::cell::BODY_LEN];
+        let raw = proto::cell::RawCell {
+            circ_id: CircId::new(5),
+            cmd: ChanCmd::RELAY,
+            body: proto::cell::CellBody::Fixed(&body),
+        };
+        let mut v: Vec<InCell<'_>> = Vec::with_capacity(64);
+        let ptr = v.as_ptr() as usize;
+        v.push(InCell {
+            chan: ChanId(1),
+            cell: raw,
+        });
+        let r: Vec<InCell<'static>> = recycle(v);
+        assert!(r.is_empty());
+        assert_eq!(r.capacity(), 64);
+        assert_eq!(r.as_ptr() as usize, ptr);
+        // And back to a borrowing lifetime.
+        let mut w: Vec<InCell<'_>> = recycle(r);
+        w.push(InCell {
+            chan: ChanId(2),
+            cell: raw,
+        });
+        assert_eq!(w.as_ptr() as usize, ptr);
+        assert_eq!(w[0].chan, ChanId(2));
+    }
 
     fn context(seed: u64, addr: SocketAddr) -> Arc<RelayContext> {
         let mut rng = StdRng::seed_from_u64(seed);
