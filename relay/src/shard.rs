@@ -961,6 +961,7 @@ impl Shard {
             }
         }
         if cells.is_empty() && self.consumed.is_empty() {
+            self.cells_buf = recycle(cells);
             return false;
         }
         if !cells.is_empty() {
