@@ -93,7 +93,7 @@ use rand_core::CryptoRngCore;
 use rustls::{ClientConfig, ServerConfig};
 use thiserror::Error;
 
-use crate::circuit::CircCell;
+use crate::circuit::{cell_map, CellMap, CircCell};
 use crate::circuit::{
     ChanId, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
 };
@@ -333,7 +333,8 @@ pub struct Shard {
     core: RelayCore,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    chans: HashMap<ChanId, ConnId>,
+    /// Looked up for every cell sent: keyed hashing, see [`CellMap`].
+    chans: CellMap<ChanId, ConnId>,
     /// Inbound connections per peer address.
     per_ip: HashMap<IpAddr, u32>,
     next_chan: u32,
@@ -368,10 +369,10 @@ pub struct Shard {
 struct Cross {
     link: XLink,
     /// Our proxies: our [`ChanId`] → (owning shard, its channel).
-    proxies: HashMap<ChanId, (ShardIndex, ChanId)>,
+    proxies: CellMap<ChanId, (ShardIndex, ChanId)>,
     proxy_by_remote: HashMap<(ShardIndex, ChanId), ChanId>,
     /// On channels we own: (channel, our circuit id) → (shard, its proxy, its circuit id).
-    back: HashMap<(ChanId, CircId), (ShardIndex, ChanId, CircId)>,
+    back: CellMap<(ChanId, CircId), (ShardIndex, ChanId, CircId)>,
     /// The reverse of `back`.
     fwd: HashMap<(ShardIndex, ChanId, CircId), (ChanId, CircId)>,
     /// Other shards' proxies that used each of our channels.
@@ -429,7 +430,7 @@ impl Shard {
             core,
             slots: Vec::with_capacity(limits.conns_max),
             free: Vec::with_capacity(limits.conns_max),
-            chans: HashMap::with_capacity(limits.conns_max),
+            chans: cell_map(limits.conns_max),
             per_ip: HashMap::with_capacity(limits.conns_max),
             next_chan: 0,
             events: VecDeque::with_capacity(2 * limits.conns_max),
@@ -456,9 +457,9 @@ impl Shard {
         let n = link.tx.len();
         self.x = Some(Cross {
             link,
-            proxies: HashMap::new(),
+            proxies: cell_map(0),
             proxy_by_remote: HashMap::new(),
-            back: HashMap::new(),
+            back: cell_map(0),
             fwd: HashMap::new(),
             users: HashMap::new(),
             registered: HashMap::new(),

@@ -66,7 +66,7 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 use super::cgo::RELAY_CAPS;
-use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
+use super::{cell_map, hop_from, CellMap, ChanId, CircCell, RELAY_EARLY_MAX};
 
 /// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
 const QUEUED_CELL_BYTES: usize = std::mem::size_of::<([u8; BODY_LEN], bool)>();
@@ -301,8 +301,9 @@ pub struct RelayCore {
     free: Vec<u32>,
     /// Slots freed during the current chunk: not reused before its crypto results are applied.
     freed: Vec<u32>,
-    routes: HashMap<(ChanId, CircId), Route>,
-    chans: HashMap<ChanId, Chan>,
+    /// Looked up for every cell: keyed hashing, see [`CellMap`].
+    routes: CellMap<(ChanId, CircId), Route>,
+    chans: CellMap<ChanId, Chan>,
     by_rsa: HashMap<RsaIdentity, ChanId>,
     by_ed: HashMap<Ed25519Identity, ChanId>,
     pending: Vec<PendingExtend>,
@@ -403,8 +404,8 @@ impl RelayCore {
             cgo_outcomes: vec![CgoOutcome::Done; n],
             free: Vec::with_capacity(limits.circuits_max),
             freed: Vec::with_capacity(limits.circuits_max),
-            routes: HashMap::with_capacity(2 * limits.circuits_max),
-            chans: HashMap::new(),
+            routes: cell_map(2 * limits.circuits_max),
+            chans: cell_map(0),
             by_rsa: HashMap::new(),
             by_ed: HashMap::new(),
             pending,
