@@ -1509,7 +1509,8 @@ impl Shard {
         fresh.clear();
         let mut over_cap: Vec<ConnId> = Vec::new();
         let plain_max = self.limits.plain_out_max_bytes;
-        for o in out.drain(..) {
+        // By reference: each cell is copied once, into the connection's plaintext.
+        for o in &out {
             let Some(&conn) = self.chans.get(&o.chan) else {
                 if let Some(x) = self.x.as_mut() {
                     if let Some(&(shard, chan)) = x.proxies.get(&o.chan) {
@@ -1518,7 +1519,7 @@ impl Shard {
                                 from: x.link.me,
                                 proxy: o.chan,
                                 chan,
-                                cell: o.cell,
+                                cell: o.cell.clone(),
                             });
                         }
                     }
@@ -1566,6 +1567,7 @@ impl Shard {
                 overflowed.push(conn);
             }
         }
+        out.clear();
         self.out = out;
         self.fresh = fresh;
         for conn in overflowed {

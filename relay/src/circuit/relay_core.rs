@@ -1119,7 +1119,7 @@ impl RelayCore {
         out: &mut Vec<OutCell>,
         events: &mut Vec<Event>,
     ) {
-        let (Some(&m), Some(&body)) = (self.meta.get(i), self.batch_cells.get(i)) else {
+        let Some(&m) = self.meta.get(i) else {
             return;
         };
         let outcome = if m.cgo {
@@ -1137,13 +1137,14 @@ impl RelayCore {
                 None => return,
             }
         };
-        let body = &body;
         if !self.is_live(m.slot, m.gen) {
             return;
         }
-        let Some(c) = self.circs.get(m.slot as usize) else {
+        let (Some(c), Some(body)) = (self.circs.get(m.slot as usize), self.batch_cells.get(i))
+        else {
             return;
         };
+        // Relayed cells go from the crypto batch straight into `out` (no copy on the way).
         match (m.dir, outcome) {
             (Dir::Backward, _) => {
                 self.stats.cells_relayed += 1;
@@ -1156,12 +1157,11 @@ impl RelayCore {
                     },
                 });
             }
-            (Dir::Forward { early }, Outcome::NotRecognized) => {
-                self.forward(m.slot, early, body, out)
-            }
+            (Dir::Forward { early }, Outcome::NotRecognized) => self.forward(m.slot, early, i, out),
             (Dir::Forward { early }, Outcome::Recognized(_)) => {
                 self.stats.cells_recognized += 1;
-                self.handle_recognized(rng, m.slot, early, body, out, events)
+                let body = *body;
+                self.handle_recognized(rng, m.slot, early, &body, out, events)
             }
             (Dir::Forward { .. }, _) => self.close(
                 m.slot,
@@ -1172,8 +1172,9 @@ impl RelayCore {
         }
     }
 
-    fn forward(&mut self, slot: u32, early: bool, body: &[u8; BODY_LEN], out: &mut Vec<OutCell>) {
-        let Some(c) = self.circs.get(slot as usize) else {
+    /// Passes on the decrypted cell `i` of the batch.
+    fn forward(&mut self, slot: u32, early: bool, i: usize, out: &mut Vec<OutCell>) {
+        let (Some(c), Some(body)) = (self.circs.get(slot as usize), self.batch_cells.get(i)) else {
             return;
         };
         let cmd = if early {
@@ -1194,6 +1195,7 @@ impl RelayCore {
                 });
             }
             Next::Opening { request } => {
+                let body = *body;
                 let max = self.limits.cells_queued_per_extend_max;
                 let seq = self.queue_seq;
                 let queued = self.pending_index(request).and_then(|idx| {
@@ -1201,7 +1203,7 @@ impl RelayCore {
                     if p.queue.is_empty() {
                         p.queued_since = seq;
                     }
-                    (p.queue.len() < max).then(|| p.queue.push((*body, early)))
+                    (p.queue.len() < max).then(|| p.queue.push((body, early)))
                 });
                 if queued.is_some() {
                     self.queue_seq = seq.wrapping_add(1);
