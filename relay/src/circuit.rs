@@ -44,7 +44,7 @@ pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
 };
 pub use relay_core::{
-    fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
+    fuzz_cells, CellSink, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
     Stats,
 };
 pub use stream::{
@@ -189,6 +189,35 @@ mod tests {
         a.sort_unstable();
         b.sort_unstable();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_vec_sink_keeps_put_and_push_cells_in_order() {
+        let id = CircId::new(9).expect("nonzero");
+        let mut body = [0u8; BODY_LEN];
+        body[0] = 1;
+        body[BODY_LEN - 1] = 2;
+        let mut out: Vec<OutCell> = Vec::new();
+        CellSink::put(&mut out, ChanId(3), id, ChanCmd::RELAY, &body);
+        let owned = OutCell {
+            chan: ChanId(4),
+            cell: CircCell::new(id, ChanCmd::DESTROY, &[5]),
+        };
+        CellSink::push(&mut out, owned.clone());
+        assert_eq!(
+            out,
+            vec![
+                OutCell {
+                    chan: ChanId(3),
+                    cell: CircCell {
+                        circ_id: id,
+                        cmd: ChanCmd::RELAY,
+                        body,
+                    },
+                },
+                owned,
+            ]
+        );
     }
 
     #[test]
