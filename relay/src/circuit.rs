@@ -44,8 +44,8 @@ pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
 };
 pub use relay_core::{
-    fuzz_cells, CellSink, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
-    Stats,
+    fuzz_cells, CellSink, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError,
+    RequestId, Stats,
 };
 pub use stream::{
     Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START,
@@ -226,7 +226,11 @@ mod tests {
         // key differently (with a fixed-key hasher all of these would agree).
         let key = (ChanId(1), CircId::new(0x8000_0001));
         let hashes: Vec<u64> = (0..8)
-            .map(|_| cell_map::<(ChanId, Option<CircId>), ()>(0).hasher().hash_one(key))
+            .map(|_| {
+                cell_map::<(ChanId, Option<CircId>), ()>(0)
+                    .hasher()
+                    .hash_one(key)
+            })
             .collect();
         assert!(hashes.iter().any(|&h| h != hashes[0]));
     }

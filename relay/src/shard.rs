@@ -1846,6 +1846,8 @@ fn queue_cell(
 /// into a vector of a type of the same size and alignment reuses the allocation (std's
 /// in-place collection), so no `unsafe` is needed; should std ever stop doing that, this
 /// allocates as before (`recycle_keeps_the_allocation` checks it).
+// `filter` would keep the element type; the point is to change its lifetime.
+#[allow(clippy::unnecessary_filter_map)]
 fn recycle<'b>(mut v: Vec<InCell<'_>>) -> Vec<InCell<'b>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()

@@ -1562,7 +1562,13 @@ impl RelayCore {
 
     /// Destroyed from one side (DESTROY received, or that side's channel closed): tell the
     /// other side only.
-    fn close_from(&mut self, slot: u32, from: Side, reason: DestroyReason, out: &mut impl CellSink) {
+    fn close_from(
+        &mut self,
+        slot: u32,
+        from: Side,
+        reason: DestroyReason,
+        out: &mut impl CellSink,
+    ) {
         match from {
             Side::Prev => self.close(slot, None, Some(reason), out),
             Side::Next => {
