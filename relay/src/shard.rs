@@ -1004,6 +1004,7 @@ impl Shard {
                 over_cap: &mut self.over_cap,
                 plain_max: self.limits.plain_out_max_bytes,
                 rest: &mut self.out,
+                last: None,
             };
             self.core
                 .handle_batch(rng, &cells, &mut enc, &mut self.core_events);
@@ -1768,14 +1769,27 @@ struct Encoder<'s> {
     over_cap: &'s mut Vec<ConnId>,
     plain_max: usize,
     rest: &'s mut Vec<OutCell>,
+    /// The last channel looked up and its live connection (slot index, id): channels and
+    /// connections do not change while the circuits run, and consecutive cells mostly go to
+    /// the same channel.
+    last: Option<(ChanId, usize, ConnId)>,
 }
 
 impl CellSink for Encoder<'_> {
     fn put(&mut self, chan: ChanId, circ_id: CircId, cmd: ChanCmd, body: &[u8; BODY_LEN]) {
-        let live = self.chans.get(&chan).and_then(|&conn| {
-            let s = self.slots.get(conn.index())?;
-            (s.gen == conn.gen && s.conn.is_some()).then_some((conn.index(), conn))
-        });
+        let live = match self.last {
+            Some((c, i, conn)) if c == chan => Some((i, conn)),
+            _ => {
+                let live = self.chans.get(&chan).and_then(|&conn| {
+                    let s = self.slots.get(conn.index())?;
+                    (s.gen == conn.gen && s.conn.is_some()).then_some((conn.index(), conn))
+                });
+                if let Some((i, conn)) = live {
+                    self.last = Some((chan, i, conn));
+                }
+                live
+            }
+        };
         let Some(at) = live else {
             // Not ours (a proxy of another shard's channel), or gone: `route_out` decides.
             self.rest.push(OutCell {

@@ -342,6 +342,10 @@ pub struct RelayCore {
     /// Looked up for every cell: keyed hashing, see [`CellMap`].
     routes: CellMap<(ChanId, CircId), Route>,
     chans: CellMap<ChanId, Chan>,
+    /// The channel of the last cell [`RelayCore::route`] found in `chans` during this
+    /// [`RelayCore::handle_batch`] call (channels are added and removed only between calls):
+    /// a batch's cells come channel by channel, so most need no lookup.
+    known_chan: Option<ChanId>,
     by_rsa: HashMap<RsaIdentity, ChanId>,
     by_ed: HashMap<Ed25519Identity, ChanId>,
     pending: Vec<PendingExtend>,
@@ -444,6 +448,7 @@ impl RelayCore {
             freed: Vec::with_capacity(limits.circuits_max),
             routes: cell_map(2 * limits.circuits_max),
             chans: cell_map(0),
+            known_chan: None,
             by_rsa: HashMap::new(),
             by_ed: HashMap::new(),
             pending,
@@ -555,6 +560,7 @@ impl RelayCore {
         out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
+        self.known_chan = None;
         for chunk in cells.chunks(self.limits.batch_cells_max) {
             self.run_chunk(rng, chunk, out, events);
         }
@@ -824,9 +830,12 @@ impl RelayCore {
         events: &mut Vec<Event>,
     ) {
         let raw = &c.cell;
-        if !self.chans.contains_key(&c.chan) {
-            self.stats.cells_dropped += 1;
-            return;
+        if self.known_chan != Some(c.chan) {
+            if !self.chans.contains_key(&c.chan) {
+                self.stats.cells_dropped += 1;
+                return;
+            }
+            self.known_chan = Some(c.chan);
         }
         let cmd = raw.cmd;
         let is_circ_cmd = matches!(
@@ -2179,6 +2188,31 @@ mod tests {
             &[(ChanId(99), &fast(0x8000_0001)), (CLIENT, &relay)],
         );
         assert!(run.out.is_empty() && run.events.is_empty());
+        // A batch switching between a known and an unknown channel (the known channel is
+        // remembered between cells, the unknown one never is).
+        let dropped = core.stats().cells_dropped;
+        let run = feed(
+            &mut core,
+            &mut rng,
+            &[
+                (CLIENT, &fast(0x8000_0010)),
+                (ChanId(99), &fast(0x8000_0011)),
+                (CLIENT, &fast(0x8000_0012)),
+                (ChanId(99), &fast(0x8000_0013)),
+            ],
+        );
+        let answered: Vec<_> = run.out.iter().map(|o| (o.chan, o.cell.circ_id)).collect();
+        assert_eq!(
+            answered,
+            vec![(CLIENT, id(0x8000_0010)), (CLIENT, id(0x8000_0012))]
+        );
+        assert_eq!(core.stats().cells_dropped, dropped + 2);
+        // A channel closed between batches is not remembered from the last one.
+        let mut out = Vec::new();
+        core.handle_channel_closed(CLIENT, &mut out);
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &fast(0x8000_0014))]);
+        assert!(run.out.is_empty());
+        assert_eq!(core.stats().cells_dropped, dropped + 3);
     }
 
     #[test]
