@@ -44,8 +44,8 @@ pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
 };
 pub use relay_core::{
-    fuzz_cells, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
-    Stats,
+    fuzz_cells, CellSink, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError,
+    RequestId, Stats,
 };
 pub use stream::{
     fuzz_streams, Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT,
@@ -57,6 +57,20 @@ use proto::codec::CodecError;
 use proto::ids::CircId;
 use proto::kdf::KeyGenerator;
 use zeroize::Zeroize;
+
+/// A hash map for the tables the per-cell path looks up (a circuit's route by channel and
+/// circuit id, a channel by its [`ChanId`]).
+///
+/// Circuit ids are chosen by peers, so these maps must not let a peer pick keys that collide
+/// (HashDoS): they use aHash with keys drawn from the OS per map (`ahash::RandomState` with
+/// the `runtime-rng` feature), which costs a few multiplications per lookup where the
+/// standard library's SipHash-1-3 costs several rounds per 8 bytes plus four at the end.
+pub(crate) type CellMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+/// An empty [`CellMap`] with room for `capacity` entries and fresh random keys.
+pub(crate) fn cell_map<K, V>(capacity: usize) -> CellMap<K, V> {
+    CellMap::with_capacity_and_hasher(capacity, ahash::RandomState::new())
+}
 
 /// A channel as the caller (the shard's reactor) names it. Only equality matters here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,4 +153,85 @@ fn hop_from(kg: &KeyGenerator) -> Option<crypto_simd::Tor1Hop> {
     let hop = crypto_simd::Tor1Hop::from_kdf(&arr);
     arr.zeroize();
     Some(hop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn cell_map_agrees_with_a_std_hash_map() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut fast: CellMap<(ChanId, CircId), u32> = cell_map(16);
+        let mut reference: HashMap<(ChanId, CircId), u32> = HashMap::new();
+        for step in 0..20_000u32 {
+            // Few channels and ids, so that inserts, hits, misses and removals all happen.
+            let chan = ChanId(rng.gen_range(0..4));
+            let Some(id) = CircId::new(rng.gen_range(1..200)) else {
+                continue;
+            };
+            match rng.gen_range(0..3) {
+                0 => assert_eq!(
+                    fast.insert((chan, id), step),
+                    reference.insert((chan, id), step)
+                ),
+                1 => assert_eq!(fast.remove(&(chan, id)), reference.remove(&(chan, id))),
+                _ => assert_eq!(fast.get(&(chan, id)), reference.get(&(chan, id))),
+            }
+            assert_eq!(fast.len(), reference.len());
+        }
+        let mut a: Vec<_> = fast.into_iter().collect();
+        let mut b: Vec<_> = reference.into_iter().collect();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_vec_sink_keeps_put_and_push_cells_in_order() {
+        let id = CircId::new(9).expect("nonzero");
+        let mut body = [0u8; BODY_LEN];
+        body[0] = 1;
+        body[BODY_LEN - 1] = 2;
+        let mut out: Vec<OutCell> = Vec::new();
+        CellSink::put(&mut out, ChanId(3), id, ChanCmd::RELAY, &body);
+        let owned = OutCell {
+            chan: ChanId(4),
+            cell: CircCell::new(id, ChanCmd::DESTROY, &[5]),
+        };
+        CellSink::push(&mut out, owned.clone());
+        assert_eq!(
+            out,
+            vec![
+                OutCell {
+                    chan: ChanId(3),
+                    cell: CircCell {
+                        circ_id: id,
+                        cmd: ChanCmd::RELAY,
+                        body,
+                    },
+                },
+                owned,
+            ]
+        );
+    }
+
+    #[test]
+    fn cell_maps_are_keyed_at_random() {
+        // A peer must not be able to precompute colliding circuit ids: two maps hash the same
+        // key differently (with a fixed-key hasher all of these would agree).
+        let key = (ChanId(1), CircId::new(0x8000_0001));
+        let hashes: Vec<u64> = (0..8)
+            .map(|_| {
+                cell_map::<(ChanId, Option<CircId>), ()>(0)
+                    .hasher()
+                    .hash_one(key)
+            })
+            .collect();
+        assert!(hashes.iter().any(|&h| h != hashes[0]));
+    }
 }

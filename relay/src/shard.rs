@@ -18,6 +18,12 @@
 //!    [`Shard::handle_connect_failed`].
 //! 2. [`Shard::process_batch`]: every cell received on every connection since the last call
 //!    goes to [`RelayCore::handle_batch`] in ONE call, so the relay crypto runs over a batch.
+//!    The cells are read where TLS left them (the connections' receive buffers), and the
+//!    circuits' output is encoded straight into the connections' plaintext queues (a relayed
+//!    cell's body is copied from the receive buffer into the crypto batch, and from there into
+//!    the outgoing plaintext: nothing else), which TLS takes in one write per connection and
+//!    batch. The shard allocates nothing per cell or per batch once its buffers have grown
+//!    (rustls still allocates per TLS record).
 //! 3. [`Shard::poll_event`] until `None`: connect or close sockets.
 //! 4. [`Shard::poll_writable`] names connections with bytes to send: write
 //!    [`Shard::poll_transmit`], report [`Shard::handle_sent`].
@@ -81,7 +87,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crypto_simd::Engine;
-use proto::cell::{CircIdLen, RawCell, VAR_BODY_LEN_MAX};
+use proto::cell::{CellBody, CircIdLen, RawCell, BODY_LEN, VAR_BODY_LEN_MAX};
 use proto::certs_cell::IdentityCerts;
 use proto::ids::{Ed25519Identity, RsaIdentity};
 use proto::keys::RelayKeys;
@@ -93,7 +99,7 @@ use rand_core::CryptoRngCore;
 use rustls::{ClientConfig, ServerConfig};
 use thiserror::Error;
 
-use crate::circuit::CircCell;
+use crate::circuit::{cell_map, CellMap, CellSink, CircCell};
 use crate::circuit::{
     ChanId, ChanInfo, Event, InCell, Limits, OutCell, RelayCore, RelayCoreError, RequestId,
 };
@@ -333,7 +339,8 @@ pub struct Shard {
     core: RelayCore,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    chans: HashMap<ChanId, ConnId>,
+    /// Looked up for every cell sent: keyed hashing, see [`CellMap`].
+    chans: CellMap<ChanId, ConnId>,
     /// Inbound connections per peer address.
     per_ip: HashMap<IpAddr, u32>,
     next_chan: u32,
@@ -343,6 +350,20 @@ pub struct Shard {
     core_events: Vec<Event>,
     scratch: Vec<u8>,
     consumed: Vec<(u32, usize)>,
+    /// The allocation of [`Shard::batch_round`]'s list of received cells, kept empty between
+    /// rounds (see [`recycle`]).
+    cells_buf: Vec<InCell<'static>>,
+    /// Connections whose plaintext queue was empty before this batch's cells: TLS takes their
+    /// cells at the end of [`Shard::route_out`] (one write per batch). A connection with
+    /// plaintext already queued is waiting for TLS room and is fed by `handle_sent`.
+    fresh: Vec<ConnId>,
+    /// Connections whose plaintext queue went over `plain_out_max_bytes` this batch: checked
+    /// again once TLS has taken what it can.
+    over_cap: Vec<ConnId>,
+    /// Open connections' received plaintext while [`Shard::batch_round`] runs the circuits
+    /// (swapped out of the connections, so that the cells can borrow it while the circuits'
+    /// output is encoded into the connections; see [`Encoder`]).
+    inbufs: Vec<Vec<u8>>,
     ready_cells: bool,
     stats: ShardStats,
     /// What [`Shard::memory_bytes`] reports: recomputed at each OOM check.
@@ -363,10 +384,10 @@ pub struct Shard {
 struct Cross {
     link: XLink,
     /// Our proxies: our [`ChanId`] → (owning shard, its channel).
-    proxies: HashMap<ChanId, (ShardIndex, ChanId)>,
+    proxies: CellMap<ChanId, (ShardIndex, ChanId)>,
     proxy_by_remote: HashMap<(ShardIndex, ChanId), ChanId>,
     /// On channels we own: (channel, our circuit id) → (shard, its proxy, its circuit id).
-    back: HashMap<(ChanId, CircId), (ShardIndex, ChanId, CircId)>,
+    back: CellMap<(ChanId, CircId), (ShardIndex, ChanId, CircId)>,
     /// The reverse of `back`.
     fwd: HashMap<(ShardIndex, ChanId, CircId), (ChanId, CircId)>,
     /// Other shards' proxies that used each of our channels.
@@ -424,7 +445,7 @@ impl Shard {
             core,
             slots: Vec::with_capacity(limits.conns_max),
             free: Vec::with_capacity(limits.conns_max),
-            chans: HashMap::with_capacity(limits.conns_max),
+            chans: cell_map(limits.conns_max),
             per_ip: HashMap::with_capacity(limits.conns_max),
             next_chan: 0,
             events: VecDeque::with_capacity(2 * limits.conns_max),
@@ -433,6 +454,10 @@ impl Shard {
             core_events: Vec::new(),
             scratch: vec![0; PLAINTEXT_STEP_BYTES],
             consumed: Vec::with_capacity(limits.conns_max),
+            cells_buf: Vec::with_capacity(circuit_limits.batch_cells_max),
+            fresh: Vec::with_capacity(limits.conns_max),
+            over_cap: Vec::with_capacity(limits.conns_max),
+            inbufs: Vec::with_capacity(limits.conns_max),
             ready_cells: false,
             stats: ShardStats::default(),
             memory_bytes: 0,
@@ -449,9 +474,9 @@ impl Shard {
         let n = link.tx.len();
         self.x = Some(Cross {
             link,
-            proxies: HashMap::new(),
+            proxies: cell_map(0),
             proxy_by_remote: HashMap::new(),
-            back: HashMap::new(),
+            back: cell_map(0),
             fwd: HashMap::new(),
             users: HashMap::new(),
             registered: HashMap::new(),
@@ -895,7 +920,21 @@ impl Shard {
     }
 
     fn batch_round(&mut self, rng: &mut impl CryptoRngCore, now: u64) -> bool {
-        let mut cells: Vec<InCell<'_>> = Vec::new();
+        // Cells from earlier calls first: the batch's cells go to the connections directly.
+        if !self.out.is_empty() {
+            self.route_out();
+        }
+        // The open connections' received plaintext, lent to the cells of this round.
+        let mut inbufs = std::mem::take(&mut self.inbufs);
+        inbufs.resize_with(self.slots.len(), Vec::new);
+        for (slot, buf) in self.slots.iter_mut().zip(inbufs.iter_mut()) {
+            if let Some(c) = slot.conn.as_mut() {
+                if matches!(c.state, ConnState::Open { .. }) {
+                    std::mem::swap(&mut c.inbuf, buf);
+                }
+            }
+        }
+        let mut cells: Vec<InCell<'_>> = recycle(std::mem::take(&mut self.cells_buf));
         self.consumed.clear();
         let cells_in = self
             .x
@@ -917,9 +956,10 @@ impl Shard {
             let ConnState::Open { chan, circ_id_len } = c.state else {
                 continue;
             };
+            let inbuf = inbufs.get(i).map_or(&[][..], Vec::as_slice);
             let mut off = 0;
             while let Some((cell, used)) =
-                RawCell::decode(c.inbuf.get(off..).unwrap_or_default(), circ_id_len)
+                RawCell::decode(inbuf.get(off..).unwrap_or_default(), circ_id_len)
             {
                 off += used;
                 if cell.cmd == ChanCmd::PADDING_NEGOTIATE {
@@ -953,15 +993,34 @@ impl Shard {
                 self.consumed.push((i as u32, off));
             }
         }
-        if cells.is_empty() && self.consumed.is_empty() {
-            return false;
-        }
+        let any = !(cells.is_empty() && self.consumed.is_empty());
         if !cells.is_empty() {
             self.stats.batches += 1;
+            let mut enc = Encoder {
+                chans: &self.chans,
+                slots: &mut self.slots,
+                writable: &mut self.writable,
+                fresh: &mut self.fresh,
+                over_cap: &mut self.over_cap,
+                plain_max: self.limits.plain_out_max_bytes,
+                rest: &mut self.out,
+                last: None,
+            };
             self.core
-                .handle_batch(rng, &cells, &mut self.out, &mut self.core_events);
+                .handle_batch(rng, &cells, &mut enc, &mut self.core_events);
         }
-        drop(cells);
+        self.cells_buf = recycle(cells);
+        for (slot, buf) in self.slots.iter_mut().zip(inbufs.iter_mut()) {
+            if let Some(c) = slot.conn.as_mut() {
+                if matches!(c.state, ConnState::Open { .. }) {
+                    std::mem::swap(&mut c.inbuf, buf);
+                }
+            }
+        }
+        self.inbufs = inbufs;
+        if !any {
+            return false;
+        }
         if let Some(x) = self.x.as_mut() {
             let mut cells_in = cells_in;
             cells_in.clear();
@@ -1496,13 +1555,13 @@ impl Shard {
     fn route_out(&mut self) {
         let mut out = std::mem::take(&mut self.out);
         let mut overflowed: Vec<ConnId> = Vec::new();
-        // Connections whose queued plaintext was empty when this batch started: TLS takes their
-        // cells below. (A connection with plaintext already queued is waiting for TLS room and
-        // is fed by `handle_sent`.)
-        let mut fresh: Vec<ConnId> = Vec::new();
-        let mut over_cap: Vec<ConnId> = Vec::new();
+        // Cells for this shard's connections went there already when the circuits were run
+        // with an [`Encoder`]; these are the others.
+        let mut fresh = std::mem::take(&mut self.fresh);
+        let mut over_cap = std::mem::take(&mut self.over_cap);
         let plain_max = self.limits.plain_out_max_bytes;
-        for o in out.drain(..) {
+        // By reference: each cell is copied once, into the connection's plaintext.
+        for o in &out {
             let Some(&conn) = self.chans.get(&o.chan) else {
                 if let Some(x) = self.x.as_mut() {
                     if let Some(&(shard, chan)) = x.proxies.get(&o.chan) {
@@ -1511,35 +1570,25 @@ impl Shard {
                                 from: x.link.me,
                                 proxy: o.chan,
                                 chan,
-                                cell: o.cell,
+                                cell: o.cell.clone(),
                             });
                         }
                     }
                 }
                 continue;
             };
-            let Some(c) = self.get_mut(conn) else {
+            let Some(i) = self.live_index(conn) else {
                 continue;
             };
-            let ConnState::Open { circ_id_len, .. } = c.state else {
-                continue;
-            };
-            let start = c.plain_out.len();
-            if o.cell.encode(circ_id_len, &mut c.plain_out).is_err() {
-                c.plain_out.truncate(start);
-                continue;
-            }
-            if start == 0 {
-                fresh.push(conn);
-            } else {
-                if c.plain_out.len() > plain_max {
-                    // Checked again once TLS has taken what it can (this may be a fresh one).
-                    over_cap.push(conn);
-                }
-                self.mark_writable(conn);
-            }
+            queue_cell(
+                &mut self.slots,
+                &mut self.writable,
+                (&mut fresh, &mut over_cap, plain_max),
+                (i, conn),
+                o.cell.as_raw(),
+            );
         }
-        for conn in fresh {
+        for &conn in &fresh {
             let Some(c) = self.get_mut(conn) else {
                 continue;
             };
@@ -1551,7 +1600,7 @@ impl Shard {
             self.recount(conn);
         }
         // Over the cap after TLS took what it could: the peer is not reading.
-        for conn in over_cap {
+        for &conn in &over_cap {
             if self
                 .get_mut(conn)
                 .is_some_and(|c| c.plain_out.len() > plain_max)
@@ -1559,7 +1608,12 @@ impl Shard {
                 overflowed.push(conn);
             }
         }
+        out.clear();
         self.out = out;
+        fresh.clear();
+        self.fresh = fresh;
+        over_cap.clear();
+        self.over_cap = over_cap;
         for conn in overflowed {
             self.close(conn, CloseReason::Overflow);
         }
@@ -1706,6 +1760,116 @@ impl Conn {
     }
 }
 
+/// The circuits' output during [`Shard::batch_round`]: cells for this shard's open connections
+/// are encoded into their plaintext queues at once (a relayed cell's body is copied once, from
+/// the crypto batch); cells for other shards' channels go to `rest`, which
+/// [`Shard::route_out`] handles right after.
+struct Encoder<'s> {
+    chans: &'s CellMap<ChanId, ConnId>,
+    slots: &'s mut Vec<Slot>,
+    writable: &'s mut VecDeque<ConnId>,
+    fresh: &'s mut Vec<ConnId>,
+    over_cap: &'s mut Vec<ConnId>,
+    plain_max: usize,
+    rest: &'s mut Vec<OutCell>,
+    /// The last channel looked up and its live connection (slot index, id): channels and
+    /// connections do not change while the circuits run, and consecutive cells mostly go to
+    /// the same channel.
+    last: Option<(ChanId, usize, ConnId)>,
+}
+
+impl CellSink for Encoder<'_> {
+    fn put(&mut self, chan: ChanId, circ_id: CircId, cmd: ChanCmd, body: &[u8; BODY_LEN]) {
+        let live = match self.last {
+            Some((c, i, conn)) if c == chan => Some((i, conn)),
+            _ => {
+                let live = self.chans.get(&chan).and_then(|&conn| {
+                    let s = self.slots.get(conn.index())?;
+                    (s.gen == conn.gen && s.conn.is_some()).then_some((conn.index(), conn))
+                });
+                if let Some((i, conn)) = live {
+                    self.last = Some((chan, i, conn));
+                }
+                live
+            }
+        };
+        let Some(at) = live else {
+            // Not ours (a proxy of another shard's channel), or gone: `route_out` decides.
+            self.rest.push(OutCell {
+                chan,
+                cell: CircCell {
+                    circ_id,
+                    cmd,
+                    body: *body,
+                },
+            });
+            return;
+        };
+        let raw = RawCell {
+            circ_id: Some(circ_id),
+            cmd,
+            body: CellBody::Fixed(body),
+        };
+        queue_cell(
+            self.slots,
+            self.writable,
+            (self.fresh, self.over_cap, self.plain_max),
+            at,
+            raw,
+        );
+    }
+}
+
+/// Appends `cell` to the plaintext queue of the connection in slot `at.0` (named `at.1`) if
+/// it is open, noting it in `fresh` when its queue was empty and in `over_cap` when the queue
+/// went over `plain_max`; a connection with plaintext already queued is listed writable.
+fn queue_cell(
+    slots: &mut [Slot],
+    writable: &mut VecDeque<ConnId>,
+    (fresh, over_cap, plain_max): (&mut Vec<ConnId>, &mut Vec<ConnId>, usize),
+    (i, conn): (usize, ConnId),
+    cell: RawCell<'_>,
+) {
+    let Some(c) = slots.get_mut(i).and_then(|s| s.conn.as_mut()) else {
+        return;
+    };
+    let ConnState::Open { circ_id_len, .. } = c.state else {
+        return;
+    };
+    let start = c.plain_out.len();
+    if cell.encode(circ_id_len, &mut c.plain_out).is_err() {
+        c.plain_out.truncate(start);
+        return;
+    }
+    if start == 0 {
+        fresh.push(conn);
+    } else {
+        if c.plain_out.len() > plain_max {
+            // Checked again once TLS has taken what it can (this may be a fresh one).
+            over_cap.push(conn);
+        }
+        // As `Shard::mark_writable`.
+        let has = c.out_off < c.outbuf.len() || c.tls.wants_tls_out();
+        if has && !c.listed {
+            c.listed = true;
+            writable.push_back(conn);
+        }
+    }
+}
+
+/// `v` emptied, as a list of cells borrowing for another lifetime, keeping its allocation:
+/// the list of a batch's received cells borrows the connections' buffers, so it cannot be
+/// stored between rounds as such. Collecting an empty `vec::IntoIter` through `filter_map`
+/// into a vector of a type of the same size and alignment reuses the allocation (std's
+/// in-place collection), so no `unsafe` is needed; should std ever stop doing that, this
+/// allocates as before (`recycle_keeps_the_allocation` checks it).
+// `filter` would keep the element type; the point is to change its lifetime.
+#[allow(clippy::unnecessary_filter_map)]
+fn recycle<'b>(mut v: Vec<InCell<'_>>) -> Vec<InCell<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
 /// Fuzz entry: `data` as bytes from a fresh inbound connection, in chunks split at every 0xFF
 /// byte, through TLS and the responder's link handshake (all in memory; never panics). The
 /// relay's keys are made once, from a fixed seed.
@@ -1786,6 +1950,34 @@ mod tests {
     use rand::SeedableRng;
 
     const NOW: u64 = 1_750_000_000;
+
+    #[test]
+    fn recycle_keeps_the_allocation() {
+        let body = [7u8; proto::cell::BODY_LEN];
+        let raw = proto::cell::RawCell {
+            circ_id: CircId::new(5),
+            cmd: ChanCmd::RELAY,
+            body: proto::cell::CellBody::Fixed(&body),
+        };
+        let mut v: Vec<InCell<'_>> = Vec::with_capacity(64);
+        let ptr = v.as_ptr() as usize;
+        v.push(InCell {
+            chan: ChanId(1),
+            cell: raw,
+        });
+        let r: Vec<InCell<'static>> = recycle(v);
+        assert!(r.is_empty());
+        assert_eq!(r.capacity(), 64);
+        assert_eq!(r.as_ptr() as usize, ptr);
+        // And back to a borrowing lifetime.
+        let mut w: Vec<InCell<'_>> = recycle(r);
+        w.push(InCell {
+            chan: ChanId(2),
+            cell: raw,
+        });
+        assert_eq!(w.as_ptr() as usize, ptr);
+        assert_eq!(w[0].chan, ChanId(2));
+    }
 
     fn context(seed: u64, addr: SocketAddr) -> Arc<RelayContext> {
         let mut rng = StdRng::seed_from_u64(seed);

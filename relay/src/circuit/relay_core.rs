@@ -9,8 +9,10 @@
 //!    identities), or [`RelayCore::handle_channel_opened`] when it answers an
 //!    [`Event::OpenChannel`].
 //! 2. [`RelayCore::handle_batch`] with every circuit cell the shard read since the last call.
-//!    Cells to write land in the caller's `out`, in the order they must be written (per channel);
-//!    requests for the reactor (open a channel, close a channel) land in `events`.
+//!    Cells to write go to the caller's `out` (a [`CellSink`]: a `Vec<OutCell>`, or the shard's
+//!    encoder that writes them straight into its connections' plaintext), in the order they
+//!    must be written (per channel); requests for the reactor (open a channel, close a channel)
+//!    land in `events`.
 //! 3. [`RelayCore::handle_channel_failed`] when an [`Event::OpenChannel`] could not be satisfied,
 //!    [`RelayCore::handle_channel_closed`] when any channel dies.
 //!
@@ -19,7 +21,8 @@
 //! A batch is processed in chunks of at most [`Limits::batch_cells_max`] cells. Per chunk: first
 //! every cell is routed (CREATE2 / CREATED2 answered at once, relay cells copied into the
 //! preallocated crypto batch, DESTROY set aside), then the whole chunk's relay crypto runs in ONE
-//! [`Engine::process_batch`] call, then the decrypted cells are forwarded or handled, then replies
+//! [`Engine::process_batch`] call, then the decrypted cells are forwarded (lent to the sink
+//! straight from the crypto batch: [`CellSink::put`]) or handled, then replies
 //! this relay originates are sealed (after everything already encrypted for the same circuit, so
 //! the output order is the keystream order), and last the chunk's DESTROY cells are applied.
 //! Relay cells that arrive after a DESTROY in the same chunk are therefore still relayed; the
@@ -36,7 +39,9 @@
 //! a CREATE2 over a limit gets DESTROY(RESOURCELIMIT), an EXTEND2 over a limit or a circuit whose
 //! queue towards an opening channel is full is destroyed with RESOURCELIMIT. Circuit slots, hop
 //! states, crypto batch buffers and per-extend queues are allocated once; the forwarding path
-//! allocates nothing (the caller's `out` keeps its capacity between calls).
+//! allocates nothing (the caller's `out` keeps its capacity between calls). The per-cell table
+//! lookups (route by channel and circuit id, channel) use keyed aHash (`CellMap`, in `circuit.rs`):
+//! circuit ids are the peers' choice, so the hash keys are random per map.
 //!
 //! # Memory pressure
 //!
@@ -66,7 +71,7 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 use super::cgo::RELAY_CAPS;
-use super::{hop_from, ChanId, CircCell, RELAY_EARLY_MAX};
+use super::{cell_map, hop_from, CellMap, ChanId, CircCell, RELAY_EARLY_MAX};
 
 /// Bytes one queued cell holds (its body and its RELAY_EARLY flag).
 const QUEUED_CELL_BYTES: usize = std::mem::size_of::<([u8; BODY_LEN], bool)>();
@@ -133,6 +138,39 @@ pub struct OutCell {
     pub chan: ChanId,
     /// The cell.
     pub cell: CircCell,
+}
+
+/// Where a [`RelayCore`] writes the cells to send, in the order they must be written on each
+/// channel. A `Vec<OutCell>` collects them; the shard encodes relayed cells straight into its
+/// connections' plaintext (so a relayed cell's body is copied once, from the crypto batch).
+pub trait CellSink {
+    /// Appends a cell whose body is borrowed (relayed cells, from the crypto batch).
+    fn put(&mut self, chan: ChanId, circ_id: CircId, cmd: ChanCmd, body: &[u8; BODY_LEN]);
+
+    /// Appends an owned cell.
+    fn push(&mut self, cell: OutCell) {
+        self.put(cell.chan, cell.cell.circ_id, cell.cell.cmd, &cell.cell.body);
+    }
+}
+
+impl CellSink for Vec<OutCell> {
+    fn put(&mut self, chan: ChanId, circ_id: CircId, cmd: ChanCmd, body: &[u8; BODY_LEN]) {
+        Vec::push(
+            self,
+            OutCell {
+                chan,
+                cell: CircCell {
+                    circ_id,
+                    cmd,
+                    body: *body,
+                },
+            },
+        );
+    }
+
+    fn push(&mut self, cell: OutCell) {
+        Vec::push(self, cell);
+    }
 }
 
 /// Names one pending EXTEND2 between [`Event::OpenChannel`] and the reactor's answer.
@@ -301,8 +339,13 @@ pub struct RelayCore {
     free: Vec<u32>,
     /// Slots freed during the current chunk: not reused before its crypto results are applied.
     freed: Vec<u32>,
-    routes: HashMap<(ChanId, CircId), Route>,
-    chans: HashMap<ChanId, Chan>,
+    /// Looked up for every cell: keyed hashing, see [`CellMap`].
+    routes: CellMap<(ChanId, CircId), Route>,
+    chans: CellMap<ChanId, Chan>,
+    /// The channel of the last cell [`RelayCore::route`] found in `chans` during this
+    /// [`RelayCore::handle_batch`] call (channels are added and removed only between calls):
+    /// a batch's cells come channel by channel, so most need no lookup.
+    known_chan: Option<ChanId>,
     by_rsa: HashMap<RsaIdentity, ChanId>,
     by_ed: HashMap<Ed25519Identity, ChanId>,
     pending: Vec<PendingExtend>,
@@ -403,8 +446,9 @@ impl RelayCore {
             cgo_outcomes: vec![CgoOutcome::Done; n],
             free: Vec::with_capacity(limits.circuits_max),
             freed: Vec::with_capacity(limits.circuits_max),
-            routes: HashMap::with_capacity(2 * limits.circuits_max),
-            chans: HashMap::new(),
+            routes: cell_map(2 * limits.circuits_max),
+            chans: cell_map(0),
+            known_chan: None,
             by_rsa: HashMap::new(),
             by_ed: HashMap::new(),
             pending,
@@ -513,9 +557,10 @@ impl RelayCore {
         &mut self,
         rng: &mut impl CryptoRngCore,
         cells: &[InCell<'_>],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
+        self.known_chan = None;
         for chunk in cells.chunks(self.limits.batch_cells_max) {
             self.run_chunk(rng, chunk, out, events);
         }
@@ -531,7 +576,7 @@ impl RelayCore {
     /// an opening channel (the one whose queue started first among equals), with DESTROY
     /// (RESOURCELIMIT) towards its origin, and returns the bytes freed; `None` when no circuit
     /// has anything queued.
-    pub fn close_largest_queue(&mut self, out: &mut Vec<OutCell>) -> Option<usize> {
+    pub fn close_largest_queue(&mut self, out: &mut impl CellSink) -> Option<usize> {
         let (idx, len) = self
             .pending
             .iter()
@@ -572,7 +617,7 @@ impl RelayCore {
         request: RequestId,
         chan: ChanId,
         info: ChanInfo,
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) {
         self.add_channel(chan, info);
         let Some(idx) = self.pending_index(request) else {
@@ -621,7 +666,7 @@ impl RelayCore {
 
     /// The channel asked for by `request` could not be opened: the circuit is destroyed
     /// towards its origin with CONNECTFAILED.
-    pub fn handle_channel_failed(&mut self, request: RequestId, out: &mut Vec<OutCell>) {
+    pub fn handle_channel_failed(&mut self, request: RequestId, out: &mut impl CellSink) {
         let Some(idx) = self.pending_index(request) else {
             return;
         };
@@ -636,7 +681,7 @@ impl RelayCore {
 
     /// A channel died: every circuit on it is destroyed, and the other side of each is sent a
     /// DESTROY with CHANNEL_CLOSED.
-    pub fn handle_channel_closed(&mut self, chan: ChanId, out: &mut Vec<OutCell>) {
+    pub fn handle_channel_closed(&mut self, chan: ChanId, out: &mut impl CellSink) {
         let mut slots = std::mem::take(&mut self.scratch_slots);
         slots.clear();
         slots.extend(
@@ -685,7 +730,7 @@ impl RelayCore {
         &mut self,
         rng: &mut impl CryptoRngCore,
         chunk: &[InCell<'_>],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
         self.jobs.clear();
@@ -762,7 +807,7 @@ impl RelayCore {
     }
 
     /// Closes every circuit with a cell in the tor1 (`cgo` false) or CGO batch that failed.
-    fn close_batch(&mut self, cgo: bool, out: &mut Vec<OutCell>) {
+    fn close_batch(&mut self, cgo: bool, out: &mut impl CellSink) {
         for i in 0..self.meta.len() {
             let m = self.meta[i];
             if m.cgo == cgo && self.is_live(m.slot, m.gen) {
@@ -781,13 +826,16 @@ impl RelayCore {
         &mut self,
         rng: &mut impl CryptoRngCore,
         c: &InCell<'_>,
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
         let raw = &c.cell;
-        if !self.chans.contains_key(&c.chan) {
-            self.stats.cells_dropped += 1;
-            return;
+        if self.known_chan != Some(c.chan) {
+            if !self.chans.contains_key(&c.chan) {
+                self.stats.cells_dropped += 1;
+                return;
+            }
+            self.known_chan = Some(c.chan);
         }
         let cmd = raw.cmd;
         let is_circ_cmd = matches!(
@@ -849,7 +897,7 @@ impl RelayCore {
         id: CircId,
         cmd: ChanCmd,
         body: &[u8],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) {
         // tor-spec §5.3: a CREATE on a circuit id in use is dropped.
         if self.routes.contains_key(&(chan, id)) {
@@ -859,21 +907,21 @@ impl RelayCore {
         let Some(ch) = self.chans.get(&chan) else {
             return;
         };
-        let refuse = |out: &mut Vec<OutCell>, stats: &mut Stats, reason: DestroyReason| {
+        let refuse = |stats: &mut Stats, reason: DestroyReason| {
             stats.creates_refused += 1;
-            out.push(destroy_cell(chan, id, reason));
+            destroy_cell(chan, id, reason)
         };
         // tor-spec §5.1.1: the channel's initiator picks ids with the MSB set, the other side
         // ids without; C tor answers the wrong one with DESTROY(PROTOCOL).
         let peer_initiated = !ch.info.initiator;
         if id.high_bit() != peer_initiated {
-            refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
+            out.push(refuse(&mut self.stats, DestroyReason::PROTOCOL));
             return;
         }
         if ch.circuits >= self.limits.circuits_per_channel_max
             || (self.free.is_empty() && self.circs.len() >= self.limits.circuits_max)
         {
-            refuse(out, &mut self.stats, DestroyReason::RESOURCELIMIT);
+            out.push(refuse(&mut self.stats, DestroyReason::RESOURCELIMIT));
             return;
         }
         let mut reply = [0u8; BODY_LEN];
@@ -884,7 +932,7 @@ impl RelayCore {
                     (ChanCmd::CREATED_FAST, kg, false)
                 }
                 Err(_) => {
-                    refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
+                    out.push(refuse(&mut self.stats, DestroyReason::PROTOCOL));
                     return;
                 }
             },
@@ -892,7 +940,7 @@ impl RelayCore {
                 Some((hdata, kg, cgo)) => {
                     let mut v = Vec::with_capacity(2 + hdata.len());
                     if (Created2 { hdata }).encode(&mut v).is_err() {
-                        refuse(out, &mut self.stats, DestroyReason::INTERNAL);
+                        out.push(refuse(&mut self.stats, DestroyReason::INTERNAL));
                         return;
                     }
                     let n = v.len().min(BODY_LEN);
@@ -900,23 +948,23 @@ impl RelayCore {
                     (ChanCmd::CREATED2, kg, cgo)
                 }
                 None => {
-                    refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
+                    out.push(refuse(&mut self.stats, DestroyReason::PROTOCOL));
                     return;
                 }
             },
             // TAP (CREATE) is not supported: C tor 0.4.9 refuses it too.
             _ => {
-                refuse(out, &mut self.stats, DestroyReason::PROTOCOL);
+                out.push(refuse(&mut self.stats, DestroyReason::PROTOCOL));
                 return;
             }
         };
         let Some(hop) = hop_from(&kg) else {
-            refuse(out, &mut self.stats, DestroyReason::INTERNAL);
+            out.push(refuse(&mut self.stats, DestroyReason::INTERNAL));
             return;
         };
         let cgo = if cgo {
             let Some(c) = kg.cgo_keys().ok().and_then(|k| super::cgo::relay_hop(&k)) else {
-                refuse(out, &mut self.stats, DestroyReason::INTERNAL);
+                out.push(refuse(&mut self.stats, DestroyReason::INTERNAL));
                 return;
             };
             Some(c)
@@ -924,7 +972,7 @@ impl RelayCore {
             None
         };
         let Some(slot) = self.alloc_slot(hop, cgo, chan, id) else {
-            refuse(out, &mut self.stats, DestroyReason::RESOURCELIMIT);
+            out.push(refuse(&mut self.stats, DestroyReason::RESOURCELIMIT));
             return;
         };
         self.routes.insert(
@@ -992,7 +1040,7 @@ impl RelayCore {
         rng: &mut impl CryptoRngCore,
         slot: u32,
         body: &[u8],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) {
         let Some(c) = self.circs.get(slot as usize) else {
             return;
@@ -1042,7 +1090,7 @@ impl RelayCore {
         side: Side,
         early: bool,
         body: &[u8; BODY_LEN],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) {
         let Some(c) = self.circs.get_mut(slot as usize) else {
             return;
@@ -1115,10 +1163,10 @@ impl RelayCore {
         &mut self,
         rng: &mut impl CryptoRngCore,
         i: usize,
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
-        let (Some(&m), Some(&body)) = (self.meta.get(i), self.batch_cells.get(i)) else {
+        let Some(&m) = self.meta.get(i) else {
             return;
         };
         let outcome = if m.cgo {
@@ -1136,31 +1184,24 @@ impl RelayCore {
                 None => return,
             }
         };
-        let body = &body;
         if !self.is_live(m.slot, m.gen) {
             return;
         }
-        let Some(c) = self.circs.get(m.slot as usize) else {
+        let (Some(c), Some(body)) = (self.circs.get(m.slot as usize), self.batch_cells.get(i))
+        else {
             return;
         };
+        // Relayed cells go from the crypto batch straight to `out` (no copy on the way).
         match (m.dir, outcome) {
             (Dir::Backward, _) => {
                 self.stats.cells_relayed += 1;
-                out.push(OutCell {
-                    chan: c.prev_chan,
-                    cell: CircCell {
-                        circ_id: c.prev_id,
-                        cmd: ChanCmd::RELAY,
-                        body: *body,
-                    },
-                });
+                out.put(c.prev_chan, c.prev_id, ChanCmd::RELAY, body);
             }
-            (Dir::Forward { early }, Outcome::NotRecognized) => {
-                self.forward(m.slot, early, body, out)
-            }
+            (Dir::Forward { early }, Outcome::NotRecognized) => self.forward(m.slot, early, i, out),
             (Dir::Forward { early }, Outcome::Recognized(_)) => {
                 self.stats.cells_recognized += 1;
-                self.handle_recognized(rng, m.slot, early, body, out, events)
+                let body = *body;
+                self.handle_recognized(rng, m.slot, early, &body, out, events)
             }
             (Dir::Forward { .. }, _) => self.close(
                 m.slot,
@@ -1171,8 +1212,9 @@ impl RelayCore {
         }
     }
 
-    fn forward(&mut self, slot: u32, early: bool, body: &[u8; BODY_LEN], out: &mut Vec<OutCell>) {
-        let Some(c) = self.circs.get(slot as usize) else {
+    /// Passes on the decrypted cell `i` of the batch.
+    fn forward(&mut self, slot: u32, early: bool, i: usize, out: &mut impl CellSink) {
+        let (Some(c), Some(body)) = (self.circs.get(slot as usize), self.batch_cells.get(i)) else {
             return;
         };
         let cmd = if early {
@@ -1183,16 +1225,10 @@ impl RelayCore {
         match c.next {
             Next::Open { chan, id } | Next::Creating { chan, id } => {
                 self.stats.cells_relayed += 1;
-                out.push(OutCell {
-                    chan,
-                    cell: CircCell {
-                        circ_id: id,
-                        cmd,
-                        body: *body,
-                    },
-                });
+                out.put(chan, id, cmd, body);
             }
             Next::Opening { request } => {
+                let body = *body;
                 let max = self.limits.cells_queued_per_extend_max;
                 let seq = self.queue_seq;
                 let queued = self.pending_index(request).and_then(|idx| {
@@ -1200,7 +1236,7 @@ impl RelayCore {
                     if p.queue.is_empty() {
                         p.queued_since = seq;
                     }
-                    (p.queue.len() < max).then(|| p.queue.push((*body, early)))
+                    (p.queue.len() < max).then(|| p.queue.push((body, early)))
                 });
                 if queued.is_some() {
                     self.queue_seq = seq.wrapping_add(1);
@@ -1226,7 +1262,7 @@ impl RelayCore {
         slot: u32,
         early: bool,
         body: &[u8; BODY_LEN],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
         // A v1 cell with an unknown command fails here and closes the circuit (C tor does the
@@ -1331,7 +1367,7 @@ impl RelayCore {
         &mut self,
         slot: u32,
         data: &[u8],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
         events: &mut Vec<Event>,
     ) {
         let Some(c) = self.circs.get(slot as usize) else {
@@ -1428,7 +1464,7 @@ impl RelayCore {
         chan: ChanId,
         htype: HandshakeType,
         hdata: &[u8],
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) -> Option<CircId> {
         let id = self.alloc_circ_id(chan);
         let Some(id) = id else {
@@ -1490,7 +1526,7 @@ impl RelayCore {
     }
 
     /// TRUNCATE: destroys everything after this hop.
-    fn truncate(&mut self, slot: u32, out: &mut Vec<OutCell>) {
+    fn truncate(&mut self, slot: u32, out: &mut impl CellSink) {
         let Some(c) = self.circs.get_mut(slot as usize) else {
             return;
         };
@@ -1498,7 +1534,7 @@ impl RelayCore {
         self.drop_next(next, Some(DestroyReason::REQUESTED), out);
     }
 
-    fn drop_next(&mut self, next: Next, reason: Option<DestroyReason>, out: &mut Vec<OutCell>) {
+    fn drop_next(&mut self, next: Next, reason: Option<DestroyReason>, out: &mut impl CellSink) {
         match next {
             Next::None => {}
             Next::Opening { request } => {
@@ -1523,7 +1559,7 @@ impl RelayCore {
 
     /// A protocol violation on the circuit: DESTROY(PROTOCOL) towards the origin, and away
     /// from it (tor-spec §5.4: report in both directions).
-    fn violation(&mut self, slot: u32, out: &mut Vec<OutCell>) {
+    fn violation(&mut self, slot: u32, out: &mut impl CellSink) {
         self.stats.protocol_violations += 1;
         self.close(
             slot,
@@ -1535,7 +1571,13 @@ impl RelayCore {
 
     /// Destroyed from one side (DESTROY received, or that side's channel closed): tell the
     /// other side only.
-    fn close_from(&mut self, slot: u32, from: Side, reason: DestroyReason, out: &mut Vec<OutCell>) {
+    fn close_from(
+        &mut self,
+        slot: u32,
+        from: Side,
+        reason: DestroyReason,
+        out: &mut impl CellSink,
+    ) {
         match from {
             Side::Prev => self.close(slot, None, Some(reason), out),
             Side::Next => {
@@ -1556,7 +1598,7 @@ impl RelayCore {
         slot: u32,
         prev_reason: Option<DestroyReason>,
         next_reason: Option<DestroyReason>,
-        out: &mut Vec<OutCell>,
+        out: &mut impl CellSink,
     ) {
         let Some(c) = self.circs.get_mut(slot as usize) else {
             return;
@@ -2146,6 +2188,31 @@ mod tests {
             &[(ChanId(99), &fast(0x8000_0001)), (CLIENT, &relay)],
         );
         assert!(run.out.is_empty() && run.events.is_empty());
+        // A batch switching between a known and an unknown channel (the known channel is
+        // remembered between cells, the unknown one never is).
+        let dropped = core.stats().cells_dropped;
+        let run = feed(
+            &mut core,
+            &mut rng,
+            &[
+                (CLIENT, &fast(0x8000_0010)),
+                (ChanId(99), &fast(0x8000_0011)),
+                (CLIENT, &fast(0x8000_0012)),
+                (ChanId(99), &fast(0x8000_0013)),
+            ],
+        );
+        let answered: Vec<_> = run.out.iter().map(|o| (o.chan, o.cell.circ_id)).collect();
+        assert_eq!(
+            answered,
+            vec![(CLIENT, id(0x8000_0010)), (CLIENT, id(0x8000_0012))]
+        );
+        assert_eq!(core.stats().cells_dropped, dropped + 2);
+        // A channel closed between batches is not remembered from the last one.
+        let mut out = Vec::new();
+        core.handle_channel_closed(CLIENT, &mut out);
+        let run = feed(&mut core, &mut rng, &[(CLIENT, &fast(0x8000_0014))]);
+        assert!(run.out.is_empty());
+        assert_eq!(core.stats().cells_dropped, dropped + 3);
     }
 
     #[test]

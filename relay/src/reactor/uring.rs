@@ -153,6 +153,8 @@ struct Reactor {
     flush_armed: bool,
     /// The flush timer fired: the next [`Reactor::queue_io`] sends everything.
     flush_due: bool,
+    /// [`Reactor::queue_io`]'s submissions, kept between iterations (no allocation per loop).
+    entries: Vec<squeue::Entry>,
 }
 
 /// Runs `shard` on `listener` with io_uring until `stop` is set.
@@ -178,6 +180,7 @@ pub fn run(
         flush_ts: Box::new(types::Timespec::from(COALESCE_DELAY)),
         flush_armed: false,
         flush_due: false,
+        entries: Vec::new(),
     };
     let mut cqes = [(0u64, 0i32, 0u32); CQE_BATCH];
     let result = loop {
@@ -482,7 +485,8 @@ impl Reactor {
     /// with bytes to send. This looks at every slot once per iteration (O(connections));
     /// a ready list is a later optimisation.
     fn queue_io(&mut self, shard: &mut Shard) -> io::Result<()> {
-        let mut entries: Vec<squeue::Entry> = Vec::new();
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.clear();
         // Small sends wait (at most COALESCE_DELAY) for more cells, unless the flush timer
         // fired.
         let hold_below = if std::mem::take(&mut self.flush_due) {
@@ -542,10 +546,9 @@ impl Reactor {
             );
             self.flush_armed = true;
         }
-        for e in &entries {
-            self.push(e)?;
-        }
-        Ok(())
+        let pushed = entries.iter().try_for_each(|e| self.push(e));
+        self.entries = entries;
+        pushed
     }
 
     /// Cancels everything and waits (bounded) for the kernel to give every buffer back.
