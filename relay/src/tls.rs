@@ -1048,23 +1048,7 @@ pub fn fuzz_handle_tls(bytes: &[u8]) {
     let mut plain = [0u8; 4096];
     for mut link in links.into_iter().flatten() {
         link.poll_tls(&mut out, usize::MAX);
-        for piece in input.chunks(chunk) {
-            let mut piece = piece;
-            while !piece.is_empty() {
-                let Ok(n) = link.handle_tls(piece) else { break };
-                piece = piece.get(n..).unwrap_or_default();
-                let mut read = 0;
-                while let Ok(m @ 1..) = link.read_plaintext(&mut plain) {
-                    read += m;
-                }
-                // A partial record waits for more input, which this piece does not have.
-                if n == 0 && read == 0 {
-                    break;
-                }
-            }
-            out.clear();
-            link.poll_tls(&mut out, usize::MAX);
-        }
+        fuzz_feed(&mut link, input, chunk);
         link.handle_eof();
         let _ = link.read_plaintext(&mut plain);
     }
@@ -1091,15 +1075,23 @@ pub fn fuzz_handle_tls(bytes: &[u8]) {
     if !server.records_active() {
         return;
     }
+    fuzz_feed(&mut server, input, chunk);
+}
+
+/// Feeds `input` to `link` in reads of `chunk` bytes, reading the plaintext and taking the
+/// ciphertext out after each, as a reactor would.
+fn fuzz_feed(link: &mut TlsLink, input: &[u8], chunk: usize) {
+    let mut plain = [0u8; 4096];
+    let mut out = Vec::new();
     for piece in input.chunks(chunk) {
         let mut piece = piece;
         while !piece.is_empty() {
-            let Ok(n) = server.handle_tls(piece) else {
+            let Ok(n) = link.handle_tls(piece) else {
                 return;
             };
             piece = piece.get(n..).unwrap_or_default();
             let mut read = 0;
-            while let Ok(m @ 1..) = server.read_plaintext(&mut plain) {
+            while let Ok(m @ 1..) = link.read_plaintext(&mut plain) {
                 read += m;
             }
             if n == 0 && read == 0 {
@@ -1107,7 +1099,7 @@ pub fn fuzz_handle_tls(bytes: &[u8]) {
             }
         }
         out.clear();
-        server.poll_tls(&mut out, usize::MAX);
+        link.poll_tls(&mut out, usize::MAX);
     }
 }
 
