@@ -1702,6 +1702,37 @@ mod tests {
         assert!(p.client.error().is_none() && p.server.error().is_none());
     }
 
+    /// A peer that keeps asking for key updates without reading our answers is cut off once
+    /// they fill the sending room, instead of growing our buffer.
+    #[test]
+    fn records_bound_key_update_answers() {
+        let mut p = pair_with(shared_server(), fallback_client(), 1024);
+        let mut got = [Vec::new(), Vec::new()];
+        exchange(&mut p, &mut got);
+        p.server.enable_records();
+        assert!(p.server.records_active());
+        let mut err = None;
+        for _ in 0..1000 {
+            let Inner::Rustls(conn) = &mut p.client.inner else {
+                panic!("client switched")
+            };
+            conn.refresh_traffic_keys().unwrap();
+            let mut wire = Vec::new();
+            p.client.poll_tls(&mut wire, usize::MAX);
+            if let Err(e) = p.server.handle_tls(&wire) {
+                err = Some(e);
+                break;
+            }
+            assert!(p.server.wants_tls_out());
+        }
+        assert_eq!(
+            err,
+            Some(TlsLinkError::Misbehaved(
+                rustls::PeerMisbehaved::TooManyKeyUpdateRequests
+            ))
+        );
+    }
+
     /// Near the confidentiality limit, `record` updates its own sending key; rustls follows.
     #[test]
     fn records_update_their_key_at_the_limit() {

@@ -418,6 +418,13 @@ impl Records {
                 (HANDSHAKE_KEY_UPDATE, [requested @ (0 | 1)]) => {
                     self.rx = self.rx.updated(self.suite).ok_or(TlsLinkError::Local)?;
                     if *requested == 1 {
+                        // Our answers queue only while we have sending room: a peer that asks
+                        // for updates without reading cannot grow our buffer.
+                        if self.out.len() - self.out_off >= self.pending_max {
+                            return Err(TlsLinkError::Misbehaved(
+                                rustls::PeerMisbehaved::TooManyKeyUpdateRequests,
+                            ));
+                        }
                         self.update_tx(false)?;
                     }
                 }
