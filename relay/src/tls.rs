@@ -1592,6 +1592,16 @@ mod tests {
         panic!("exchange did not settle");
     }
 
+    /// A handshaken pair with `pending` bytes of sending room whose responder has moved to
+    /// `record` (the initiator stays on rustls), and the plaintext each side got so far.
+    fn server_on_records(pending: usize) -> (Pair, [Vec<u8>; 2]) {
+        let mut p = pair_with(shared_server(), fallback_client(), pending);
+        let mut got = [Vec::new(), Vec::new()];
+        exchange(&mut p, &mut got);
+        p.server.enable_records();
+        (p, got)
+    }
+
     fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         let mut v = vec![0u8; len];
         rand::RngCore::fill_bytes(&mut rand::rngs::StdRng::seed_from_u64(seed), &mut v);
@@ -1674,14 +1684,7 @@ mod tests {
     /// KeyUpdate from rustls (asking for ours in return) is followed.
     #[test]
     fn records_against_rustls_with_key_updates() {
-        let mut p = pair_with(
-            shared_server(),
-            fallback_client(),
-            DEFAULT_PENDING_TLS_MAX_BYTES,
-        );
-        let mut got = [Vec::new(), Vec::new()];
-        exchange(&mut p, &mut got);
-        p.server.enable_records();
+        let (mut p, mut got) = server_on_records(DEFAULT_PENDING_TLS_MAX_BYTES);
         assert!(p.server.records_active());
         assert!(!p.client.records_active());
         let a = random_bytes(100_000, 3);
@@ -1706,10 +1709,7 @@ mod tests {
     /// they fill the sending room, instead of growing our buffer.
     #[test]
     fn records_bound_key_update_answers() {
-        let mut p = pair_with(shared_server(), fallback_client(), 1024);
-        let mut got = [Vec::new(), Vec::new()];
-        exchange(&mut p, &mut got);
-        p.server.enable_records();
+        let (mut p, _) = server_on_records(1024);
         assert!(p.server.records_active());
         let mut err = None;
         for _ in 0..1000 {
@@ -1736,14 +1736,7 @@ mod tests {
     /// Near the confidentiality limit, `record` updates its own sending key; rustls follows.
     #[test]
     fn records_update_their_key_at_the_limit() {
-        let mut p = pair_with(
-            shared_server(),
-            fallback_client(),
-            DEFAULT_PENDING_TLS_MAX_BYTES,
-        );
-        let mut got = [Vec::new(), Vec::new()];
-        exchange(&mut p, &mut got);
-        p.server.enable_records();
+        let (mut p, mut got) = server_on_records(DEFAULT_PENDING_TLS_MAX_BYTES);
         let Inner::Records(r) = &mut p.server.inner else {
             panic!("no switch")
         };
