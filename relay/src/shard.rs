@@ -620,13 +620,15 @@ impl Shard {
 
     /// Bytes read from `conn`'s socket. `now` is UNIX seconds.
     pub fn handle_recv(&mut self, conn: ConnId, data: &[u8], now: u64) {
+        let inbuf_max = self.limits.inbuf_max_bytes;
         let Some(c) = self.get_mut(conn) else {
             return;
         };
         if c.wire_in.is_empty() {
-            // TLS takes what it can straight from the reactor's buffer; only the rest (a
-            // partial record, or what waits for the plaintext to be read) is kept.
-            match c.tls.handle_tls(data) {
+            // TLS takes what it can straight from the reactor's buffer (once its own records
+            // run, opening them straight into the cell buffer); only the rest (a partial
+            // record, or what waits for the plaintext to be read) is kept.
+            match c.tls.handle_tls_into(data, &mut c.inbuf, inbuf_max) {
                 Ok(n) => c
                     .wire_in
                     .extend_from_slice(data.get(n..).unwrap_or_default()),
@@ -1392,7 +1394,7 @@ impl Shard {
             loop {
                 let mut progress = false;
                 if !c.wire_in.is_empty() {
-                    match c.tls.handle_tls(&c.wire_in) {
+                    match c.tls.handle_tls_into(&c.wire_in, &mut c.inbuf, inbuf_max) {
                         Ok(n) => {
                             progress |= n > 0;
                             c.wire_in.drain(..n);
@@ -1837,6 +1839,28 @@ fn queue_cell(
         return;
     };
     let start = c.plain_out.len();
+    if start == 0 {
+        // Nothing queued ahead of it: straight into the TLS record being filled, if TLS has
+        // room (no copy from a queue into the record afterwards).
+        let need = circ_id_len.bytes()
+            + 1
+            + match cell.body {
+                CellBody::Fixed(b) => b.len(),
+                CellBody::Var(b) => 2 + b.len(),
+            };
+        if let Some(w) = c.tls.plaintext_writer(need) {
+            let at = w.len();
+            if cell.encode(circ_id_len, w).is_err() {
+                w.truncate(at);
+                return;
+            }
+            if !c.listed {
+                c.listed = true;
+                writable.push_back(conn);
+            }
+            return;
+        }
+    }
     if cell.encode(circ_id_len, &mut c.plain_out).is_err() {
         c.plain_out.truncate(start);
         return;

@@ -615,6 +615,29 @@ impl TlsLink {
     /// it, then feed the rest again. A record cut at the end of `input` is kept (consumed) until
     /// the rest of it arrives. After the peer's close_notify, the rest is discarded.
     pub fn handle_tls(&mut self, input: &[u8]) -> Result<usize, TlsLinkError> {
+        self.handle_tls_inner(input, None, 0)
+    }
+
+    /// As [`handle_tls`](Self::handle_tls), but once [`record`] protects the link
+    /// ([`records_active`](Self::records_active)) the plaintext is opened straight onto the end
+    /// of `out` (after any opened earlier and not yet read), while `out` holds under `limit`
+    /// bytes, instead of waiting for [`read_plaintext`](Self::read_plaintext): one copy
+    /// instead of two. Before that it is exactly `handle_tls`.
+    pub fn handle_tls_into(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<usize, TlsLinkError> {
+        self.handle_tls_inner(input, Some(out), limit)
+    }
+
+    fn handle_tls_inner(
+        &mut self,
+        input: &[u8],
+        mut into: Option<&mut Vec<u8>>,
+        limit: usize,
+    ) -> Result<usize, TlsLinkError> {
         self.check()?;
         let mut used = 0;
         if !self.partial.is_empty() {
@@ -629,7 +652,7 @@ impl TlsLink {
                 used += take;
             }
             let partial = std::mem::take(&mut self.partial);
-            let n = self.feed(&partial)?;
+            let n = self.feed(&partial, into.as_deref_mut(), limit)?;
             if n < partial.len() {
                 // Plaintext is full: the record waits here.
                 self.partial = partial;
@@ -639,7 +662,7 @@ impl TlsLink {
             self.partial.clear();
         }
         let rest = input.get(used..).unwrap_or_default();
-        let n = self.feed(rest)?;
+        let n = self.feed(rest, into, limit)?;
         used += n;
         let tail = rest.get(n..).unwrap_or_default();
         if !tail.is_empty() && matches!(record::first_record(tail), record::First::Partial) {
@@ -649,12 +672,19 @@ impl TlsLink {
         Ok(used)
     }
 
-    /// Whole records of `input` to rustls or [`record`]; how many bytes they took.
-    fn feed(&mut self, input: &[u8]) -> Result<usize, TlsLinkError> {
-        let r = match &mut self.inner {
-            Inner::Records(r) => r.handle_tls(input),
-            Inner::Rustls(conn) => rustls_handle_tls(conn, input),
-            Inner::Gone => Err(TlsLinkError::Local),
+    /// Whole records of `input` to rustls or [`record`] (opened onto `into` if given); how
+    /// many bytes they took.
+    fn feed(
+        &mut self,
+        input: &[u8],
+        into: Option<&mut Vec<u8>>,
+        limit: usize,
+    ) -> Result<usize, TlsLinkError> {
+        let r = match (&mut self.inner, into) {
+            (Inner::Records(r), Some(out)) => r.handle_tls_into(input, out, limit),
+            (Inner::Records(r), None) => r.handle_tls(input),
+            (Inner::Rustls(conn), _) => rustls_handle_tls(conn, input),
+            (Inner::Gone, _) => Err(TlsLinkError::Local),
         };
         r.map_err(|e| self.fail(e))
     }
@@ -744,11 +774,47 @@ impl TlsLink {
         r.map_err(|e| self.fail(e))
     }
 
+    /// Once [`record`] protects the link: the buffer to append at most `need` bytes of
+    /// plaintext to, straight into the record being filled (no copy on TLS's side), if they
+    /// fit under `pending_tls_max_bytes` of waiting ciphertext. `None` otherwise (and always
+    /// while rustls runs the link): use [`write_plaintext`](Self::write_plaintext). The caller
+    /// appends at most `need` bytes (a record over 16 KiB would end the link with
+    /// [`TlsLinkError::Local`]).
+    pub fn plaintext_writer(&mut self, need: usize) -> Option<&mut Vec<u8>> {
+        if self.error.is_some() {
+            return None;
+        }
+        let reserved = match &mut self.inner {
+            Inner::Records(r) => r.reserve_plaintext(need),
+            _ => return None,
+        };
+        match reserved {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                self.fail(e);
+                return None;
+            }
+        }
+        match &mut self.inner {
+            Inner::Records(r) => Some(r.open_record_buf()),
+            _ => None,
+        }
+    }
+
     /// Appends up to `max_bytes` of ciphertext for the peer to `out`; returns how many. When
     /// `out` is empty and everything fits, the buffer may be handed over instead of copied.
     pub fn poll_tls(&mut self, out: &mut Vec<u8>, max_bytes: usize) -> usize {
         let n = match &mut self.inner {
-            Inner::Records(r) => return r.poll_tls(out, max_bytes),
+            Inner::Records(r) => {
+                return match r.poll_tls(out, max_bytes) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.fail(e);
+                        0
+                    }
+                }
+            }
             Inner::Rustls(conn) => {
                 let mut sink = CappedSink {
                     out,
@@ -1750,6 +1816,116 @@ mod tests {
         };
         assert!(r.generation_for_test() >= 40, "{}", r.generation_for_test());
         assert!(got[0] == data);
+    }
+
+    /// Cells written straight into the open record ([`TlsLink::plaintext_writer`]), mixed with
+    /// `write_plaintext`, arrive intact through `handle_tls_into` with ciphertext cut at
+    /// random points; records hold whole cells and are shared by the writes between two
+    /// takes; the writer refuses once the pending limit is reached, until the peer reads.
+    #[test]
+    fn records_direct_writer_and_reader() {
+        const CELL: usize = 514;
+        let mut p = pair_with(
+            shared_server(),
+            fallback_client(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        let mut got = [Vec::new(), Vec::new()];
+        exchange(&mut p, &mut got);
+        assert!(p.client.plaintext_writer(CELL).is_none(), "rustls runs it");
+        p.client.enable_records();
+        p.server.enable_records();
+        exchange(&mut p, &mut got);
+        assert!(p.client.records_active() && p.server.records_active());
+
+        // 40 cells through the writer, then one take: two records, 31 cells and 9.
+        let cells = random_bytes(40 * CELL, 9);
+        for cell in cells.chunks(CELL) {
+            p.client
+                .plaintext_writer(CELL)
+                .unwrap()
+                .extend_from_slice(cell);
+        }
+        let mut wire = Vec::new();
+        p.client.poll_tls(&mut wire, usize::MAX);
+        let mut lens = Vec::new();
+        let mut rest = &wire[..];
+        while let record::First::Whole(n) = record::first_record(rest) {
+            lens.push(n - 5 - 1 - 16);
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(lens, [31 * CELL, 9 * CELL]);
+        let mut inbox = Vec::new();
+        assert_eq!(
+            p.server.handle_tls_into(&wire, &mut inbox, 1 << 20),
+            Ok(wire.len())
+        );
+        assert!(inbox == cells);
+
+        // Random mixes, ciphertext taken and delivered in random pieces, a small inbox limit.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        let mut sent = Vec::new();
+        let mut inbox = Vec::new();
+        let mut received = Vec::new();
+        let mut wire = Vec::new();
+        for round in 0..400u64 {
+            let data = random_bytes(rand::Rng::gen_range(&mut rng, 1..3 * CELL), round);
+            if rand::Rng::gen_bool(&mut rng, 0.7) {
+                if let Some(w) = p.client.plaintext_writer(data.len()) {
+                    w.extend_from_slice(&data);
+                    sent.extend_from_slice(&data);
+                }
+            } else {
+                let n = p.client.write_plaintext(&data).unwrap();
+                sent.extend_from_slice(&data[..n]);
+            }
+            let take = rand::Rng::gen_range(&mut rng, 0..20_000);
+            p.client.poll_tls(&mut wire, take);
+            let mut fed = 0;
+            while fed < wire.len() {
+                let n = p
+                    .server
+                    .handle_tls_into(&wire[fed..], &mut inbox, 4 * CELL)
+                    .unwrap();
+                assert!(n > 0, "an empty inbox takes at least a record or a cut one");
+                fed += n;
+                // The reader takes what it has, as the shard does after a batch.
+                received.append(&mut inbox);
+            }
+            wire.clear();
+        }
+        p.client.poll_tls(&mut wire, usize::MAX);
+        let n = p
+            .server
+            .handle_tls_into(&wire, &mut inbox, usize::MAX)
+            .unwrap();
+        assert_eq!(n, wire.len());
+        received.append(&mut inbox);
+        assert!(
+            received == sent,
+            "{} of {} bytes",
+            received.len(),
+            sent.len()
+        );
+        assert!(p.client.error().is_none() && p.server.error().is_none());
+
+        // Backpressure: the writer stops at the pending limit and resumes once it is taken.
+        let mut queued = 0;
+        while p
+            .client
+            .plaintext_writer(CELL)
+            .map(|w| w.extend_from_slice(&[1; CELL]))
+            .is_some()
+        {
+            queued += 1;
+            assert!(queued < 10_000, "no limit");
+        }
+        assert!(queued * CELL <= DEFAULT_PENDING_TLS_MAX_BYTES);
+        assert!((queued + 1) * CELL + 256 > DEFAULT_PENDING_TLS_MAX_BYTES);
+        wire.clear();
+        p.client.poll_tls(&mut wire, usize::MAX);
+        assert!(p.client.plaintext_writer(CELL).is_some());
     }
 
     /// Tampered, oversized and unexpected records end a `record` link with a typed error.

@@ -8,9 +8,11 @@
 //! out (into a freshly allocated record, out to the caller); with records full of relay cells
 //! that was about 16% of a relay's CPU per cell besides the AEAD itself. [`Records`] takes over
 //! a link after rustls has finished the handshake (and after the Tor link handshake, which
-//! needs rustls's exporter): received records are copied once into the plaintext buffer and
-//! opened in place, and plaintext is copied once into the ciphertext buffer and sealed in
-//! place, which the caller can then take without a copy.
+//! needs rustls's exporter): received records are copied once into the caller's plaintext
+//! buffer and opened in place there ([`Records::handle_tls_into`]), and plaintext is written
+//! once into the ciphertext buffer (by the caller itself, [`Records::reserve_plaintext`]) and
+//! sealed in place, which the caller can then take without a copy. Plaintext written between
+//! two takes shares records (up to 16 KiB each), so small writes do not each cost a record.
 //!
 //! The keys and sequence numbers come from rustls (`dangerous_extract_secrets`); the
 //! application traffic secrets, which key updates need, from a per-connection [`KeyLog`] that
@@ -283,9 +285,13 @@ pub(crate) struct Records {
     /// Opened plaintext; `plain[plain_off..]` is unread.
     plain: Vec<u8>,
     plain_off: usize,
-    /// Sealed records; `out[out_off..]` is unsent.
+    /// Sealed records, then the open one; `out[out_off..]` is unsent.
     out: Vec<u8>,
     out_off: usize,
+    /// Where the open application-data record's header is reserved in `out`: plaintext is
+    /// appended behind it and sealed in place when the record is full, when another record
+    /// must follow, or when the ciphertext is taken.
+    open: Option<usize>,
     /// Most ciphertext [`Records::write_plaintext`] lets wait.
     pending_max: usize,
     peer_closed: bool,
@@ -326,6 +332,7 @@ impl Records {
             plain_off: 0,
             out: Vec::new(),
             out_off: 0,
+            open: None,
             pending_max,
             peer_closed: false,
             close_sent: false,
@@ -342,8 +349,41 @@ impl Records {
             self.plain.clear();
             self.plain_off = 0;
         }
+        let limit = self.plain_off + PLAINTEXT_PENDING_MAX;
+        let mut plain = std::mem::take(&mut self.plain);
+        let r = self.open_records(input, &mut plain, limit);
+        self.plain = plain;
+        r
+    }
+
+    /// As [`Records::handle_tls`], but the plaintext goes straight onto the end of `out` (after
+    /// any plaintext opened earlier and not yet read), while `out` holds under `limit` bytes:
+    /// the caller's buffer is the only copy.
+    pub(crate) fn handle_tls_into(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<usize, TlsLinkError> {
+        if !self.plaintext().is_empty() {
+            let n = self.plaintext().len().min(limit.saturating_sub(out.len()));
+            out.extend_from_slice(&self.plaintext()[..n]);
+            self.consume(n);
+            if !self.plaintext().is_empty() {
+                return Ok(0);
+            }
+        }
+        self.open_records(input, out, limit)
+    }
+
+    fn open_records(
+        &mut self,
+        input: &[u8],
+        plain: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<usize, TlsLinkError> {
         let mut off = 0;
-        while !self.peer_closed && self.plain.len() - self.plain_off < PLAINTEXT_PENDING_MAX {
+        while !self.peer_closed && plain.len() < limit {
             let Some(h) = input.get(off..off + HEADER_LEN) else {
                 break;
             };
@@ -359,7 +399,7 @@ impl Records {
                 break;
             };
             off += HEADER_LEN + len;
-            self.open_record(header, body)?;
+            self.open_record(header, body, plain)?;
         }
         if self.peer_closed {
             return Ok(input.len());
@@ -367,28 +407,35 @@ impl Records {
         Ok(off)
     }
 
-    fn open_record(&mut self, header: [u8; HEADER_LEN], body: &[u8]) -> Result<(), TlsLinkError> {
-        let start = self.plain.len();
-        self.plain.extend_from_slice(body);
+    /// Opens one record onto the end of `plain`; what is not application data is handled and
+    /// taken off again.
+    fn open_record(
+        &mut self,
+        header: [u8; HEADER_LEN],
+        body: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Result<(), TlsLinkError> {
+        let start = plain.len();
+        plain.extend_from_slice(body);
         let nonce = self.rx.nonce();
-        let Some(n) = self.rx.key.open(nonce, header, &mut self.plain[start..]) else {
-            self.plain.truncate(start);
+        let Some(n) = self.rx.key.open(nonce, header, &mut plain[start..]) else {
+            plain.truncate(start);
             return Err(TlsLinkError::Decrypt);
         };
         self.rx.seq = self.rx.seq.checked_add(1).ok_or(TlsLinkError::Local)?;
         // Zero padding, then the real content type (§5.4).
-        let inner = &self.plain[start..start + n];
+        let inner = &plain[start..start + n];
         let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
-            self.plain.truncate(start);
+            plain.truncate(start);
             return Err(TlsLinkError::UnexpectedMessage);
         };
         let content_type = inner[type_at];
-        self.plain.truncate(start + type_at);
+        plain.truncate(start + type_at);
         if content_type == CONTENT_APPLICATION_DATA {
             return Ok(());
         }
         // Not plaintext for the caller: handle it and drop it.
-        let msg: Vec<u8> = self.plain.drain(start..).collect();
+        let msg: Vec<u8> = plain.drain(start..).collect();
         match content_type {
             CONTENT_ALERT => match msg.as_slice() {
                 [_, ALERT_CLOSE_NOTIFY] => {
@@ -450,14 +497,27 @@ impl Records {
         Ok(())
     }
 
+    /// Seals `payload` as one record of `content_type`, after the open record.
     fn seal_record(&mut self, content_type: u8, payload: &[u8]) -> Result<(), TlsLinkError> {
+        self.close_open()?;
         let start = self.out.len();
-        let len = payload.len() + 1 + TAG_LEN;
-        let len16 = u16::try_from(len).map_err(|_| TlsLinkError::Local)?;
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
+        self.out.extend_from_slice(payload);
+        self.finish_record(start, content_type)
+    }
+
+    /// Seals the record whose header is reserved at `out[start..]` and whose plaintext runs to
+    /// the end of `out`.
+    fn finish_record(&mut self, start: usize, content_type: u8) -> Result<(), TlsLinkError> {
+        let plain_len = self.out.len() - start - HEADER_LEN;
+        if plain_len > PLAINTEXT_MAX {
+            self.out.truncate(start);
+            return Err(TlsLinkError::Local);
+        }
+        let len16 = u16::try_from(plain_len + 1 + TAG_LEN).map_err(|_| TlsLinkError::Local)?;
         let [l0, l1] = len16.to_be_bytes();
         let header = [CONTENT_APPLICATION_DATA, 3, 3, l0, l1];
-        self.out.extend_from_slice(&header);
-        self.out.extend_from_slice(payload);
+        self.out[start..start + HEADER_LEN].copy_from_slice(&header);
         self.out.push(content_type);
         let nonce = self.tx.nonce();
         let Some(tag) = self
@@ -473,23 +533,81 @@ impl Records {
         Ok(())
     }
 
-    /// Seals as much of `data` as fits under the pending limit, in records of at most 16 KiB.
+    /// Room left in the open application-data record, opening one (after a key update if the
+    /// key is near its limit) when there is none or it is full.
+    fn open_space(&mut self) -> Result<usize, TlsLinkError> {
+        if let Some(start) = self.open {
+            let used = self.out.len() - start - HEADER_LEN;
+            if used < PLAINTEXT_MAX {
+                return Ok(PLAINTEXT_MAX - used);
+            }
+            self.close_open()?;
+        }
+        // Leave room for this record and the KeyUpdate record itself under the old key.
+        if self.tx.seq.saturating_add(2) >= self.suite.limit {
+            self.update_tx(false)?;
+        }
+        self.open = Some(self.out.len());
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
+        Ok(PLAINTEXT_MAX)
+    }
+
+    /// Seals the open record, if any (an empty one is dropped).
+    fn close_open(&mut self) -> Result<(), TlsLinkError> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        if self.out.len() == start + HEADER_LEN {
+            self.out.truncate(start);
+            return Ok(());
+        }
+        self.finish_record(start, CONTENT_APPLICATION_DATA)
+    }
+
+    /// Ciphertext and open plaintext waiting to be taken.
+    fn pending(&self) -> usize {
+        self.out.len() - self.out_off
+    }
+
+    /// Takes as much of `data` as fits under the pending limit into the open record (records of
+    /// at most 16 KiB, sealed when full or when the ciphertext is taken).
     pub(crate) fn write_plaintext(&mut self, data: &[u8]) -> Result<usize, TlsLinkError> {
         if self.close_sent {
             return Ok(0);
         }
-        let room = self
-            .pending_max
-            .saturating_sub(self.out.len() - self.out_off);
-        let n = data.len().min(room);
-        for chunk in data[..n].chunks(PLAINTEXT_MAX) {
-            // Leave room for the KeyUpdate record itself under the old key.
-            if self.tx.seq.saturating_add(2) >= self.suite.limit {
-                self.update_tx(false)?;
-            }
-            self.seal_record(CONTENT_APPLICATION_DATA, chunk)?;
+        let n = data
+            .len()
+            .min(self.pending_max.saturating_sub(self.pending()));
+        let mut rest = &data[..n];
+        while !rest.is_empty() {
+            let k = rest.len().min(self.open_space()?);
+            self.out.extend_from_slice(&rest[..k]);
+            rest = &rest[k..];
         }
         Ok(n)
+    }
+
+    /// Makes room for `need` bytes of plaintext at the end of the open record, if they fit in
+    /// one record and under the pending limit: then the caller appends them (at most `need`)
+    /// to [`Records::open_record_buf`], with no copy on our side.
+    pub(crate) fn reserve_plaintext(&mut self, need: usize) -> Result<bool, TlsLinkError> {
+        if self.close_sent
+            || need > PLAINTEXT_MAX
+            || self.pending().saturating_add(need) > self.pending_max
+        {
+            return Ok(false);
+        }
+        if self.open_space()? < need {
+            self.close_open()?;
+            self.open_space()?;
+        }
+        Ok(true)
+    }
+
+    /// The buffer whose tail is the open record's plaintext (see
+    /// [`Records::reserve_plaintext`]).
+    pub(crate) fn open_record_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.out
     }
 
     /// Queues our close_notify.
@@ -502,15 +620,20 @@ impl Records {
 
     /// Appends up to `max` bytes of sealed records to `out`: handed over whole (no copy) when
     /// `out` is empty and everything fits.
-    pub(crate) fn poll_tls(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+    pub(crate) fn poll_tls(
+        &mut self,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, TlsLinkError> {
+        self.close_open()?;
         let pending = self.out.len() - self.out_off;
         if pending == 0 {
-            return 0;
+            return Ok(0);
         }
         if out.is_empty() && self.out_off == 0 && pending <= max {
             std::mem::swap(out, &mut self.out);
             self.out.clear();
-            return pending;
+            return Ok(pending);
         }
         let n = pending.min(max);
         out.extend_from_slice(&self.out[self.out_off..self.out_off + n]);
@@ -519,11 +642,13 @@ impl Records {
             self.out.clear();
             self.out_off = 0;
         }
-        n
+        Ok(n)
     }
 
     pub(crate) fn wants_tls_out(&self) -> bool {
+        // An open record that is still empty is nothing to send.
         self.out_off < self.out.len()
+            && !(self.open == Some(self.out_off) && self.out.len() == self.out_off + HEADER_LEN)
     }
 
     /// Unread plaintext.
