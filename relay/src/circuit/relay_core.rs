@@ -446,7 +446,9 @@ impl RelayCore {
             cgo_outcomes: vec![CgoOutcome::Done; n],
             free: Vec::with_capacity(limits.circuits_max),
             freed: Vec::with_capacity(limits.circuits_max),
-            routes: cell_map(2 * limits.circuits_max),
+            // Grown as circuits come (a rehash now and then on the control path): a table
+            // sized for the most circuits spreads a few busy routes over many cache lines.
+            routes: cell_map(0),
             chans: cell_map(0),
             known_chan: None,
             by_rsa: HashMap::new(),
