@@ -2098,19 +2098,24 @@ mod tests {
 
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     enum End_ {
-        Client,
+        Client(usize),
         Shard(usize, ConnId),
     }
 
+    /// Shards and clients joined by in-memory byte pipes. [`Net::new`]: the client's first hop
+    /// (shard 0) and a second relay (shard 1). [`Net::cross_shard`]: relay R as two shards
+    /// (0 and 1) joined by a cross-shard mesh, relay P (shard 2, echoing DROPs), and one client
+    /// on each of R's shards.
     struct Net {
         rng: StdRng,
         shards: Vec<Shard>,
         addrs: Vec<SocketAddr>,
-        client: Client,
+        clients: Vec<Client>,
         pipes: Vec<(End_, End_)>,
         connects: usize,
-        /// What [`Net::run`] passes to [`Shard::take_transmit`].
-        hold_below: usize,
+        /// Bytes are taken as the io_uring reactor does ([`Shard::take_transmit`], this passed
+        /// as `hold_below`), or lent ([`Shard::poll_transmit`]) when `None`.
+        hold_below: Option<usize>,
     }
 
     impl Net {
@@ -2144,141 +2149,19 @@ mod tests {
                 rng,
                 shards,
                 addrs,
-                client,
+                clients: vec![client],
                 pipes: Vec::new(),
                 connects: 0,
-                hold_below: 0,
+                hold_below: Some(0),
             };
             let conn = net.shards[0]
                 .handle_accepted(&mut net.rng, "10.9.9.9:5555".parse().unwrap(), NOW)
                 .unwrap();
-            net.pipes.push((End_::Client, End_::Shard(0, conn)));
+            net.pipes.push((End_::Client(0), End_::Shard(0, conn)));
             net
         }
 
-        fn info(&self, i: usize) -> RelayInfo {
-            RelayInfo::from_keys(&self.shards[i].ctx.keys, vec![self.addrs[i]])
-        }
-
-        fn peer(&self, e: End_) -> Option<End_> {
-            self.pipes.iter().find_map(|&(a, b)| {
-                if a == e {
-                    Some(b)
-                } else if b == e {
-                    Some(a)
-                } else {
-                    None
-                }
-            })
-        }
-
-        fn deliver(&mut self, to: End_, data: &[u8]) {
-            match to {
-                End_::Client => self.client.recv(data),
-                End_::Shard(s, c) => {
-                    assert!(self.shards[s].wants_read(c));
-                    self.shards[s].handle_recv(c, data, NOW)
-                }
-            }
-        }
-
-        /// Moves bytes until nothing moves.
-        fn run(&mut self) {
-            for _ in 0..200 {
-                let mut busy = false;
-                // Client output.
-                let mut out = Vec::new();
-                self.client.tls.poll_tls(&mut out, usize::MAX);
-                if !out.is_empty() {
-                    busy = true;
-                    let to = self.peer(End_::Client).unwrap();
-                    self.deliver(to, &out);
-                }
-                for s in 0..self.shards.len() {
-                    self.shards[s].process_batch(&mut self.rng, NOW);
-                    while let Some(ev) = self.shards[s].poll_event() {
-                        busy = true;
-                        match ev {
-                            ShardEvent::Connect { conn, addr } => {
-                                self.connects += 1;
-                                let t = self.addrs.iter().position(|a| *a == addr).unwrap();
-                                let from = SocketAddr::new(self.addrs[s].ip(), 40000);
-                                let tc = self.shards[t]
-                                    .handle_accepted(&mut self.rng, from, NOW)
-                                    .unwrap();
-                                self.pipes.push((End_::Shard(s, conn), End_::Shard(t, tc)));
-                                self.shards[s].handle_connected(conn);
-                            }
-                            ShardEvent::Close { conn, .. } => {
-                                let me = End_::Shard(s, conn);
-                                if let Some(p) = self.peer(me) {
-                                    self.pipes.retain(|&(a, b)| a != me && b != me);
-                                    if let End_::Shard(t, tc) = p {
-                                        self.shards[t].handle_eof(tc);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // As the io_uring reactor does: every connection, bytes taken by swap
-                    // (a held connection is not on the writable list again).
-                    while self.shards[s].poll_writable().is_some() {}
-                    let conns: Vec<ConnId> = self
-                        .pipes
-                        .iter()
-                        .flat_map(|&(a, b)| [a, b])
-                        .filter_map(|e| match e {
-                            End_::Shard(t, c) if t == s => Some(c),
-                            _ => None,
-                        })
-                        .collect();
-                    for conn in conns {
-                        let mut data = Vec::new();
-                        if self.shards[s].take_transmit(conn, &mut data, self.hold_below) == 0 {
-                            continue;
-                        }
-                        busy = true;
-                        self.shards[s].handle_sent(conn, data.len());
-                        if let Some(to) = self.peer(End_::Shard(s, conn)) {
-                            self.deliver(to, &data);
-                        }
-                    }
-                }
-                if !busy {
-                    return;
-                }
-            }
-            panic!("network not quiet");
-        }
-
-        fn exchange(&mut self, circ: &mut OriginCircuit, cell: CircCell) -> ClientEvent {
-            self.client.send(&cell);
-            self.run();
-            let got = self.client.cells();
-            assert_eq!(got.len(), 1, "{got:?}");
-            circ.handle_cell(&got[0]).unwrap()
-        }
-    }
-
-    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-    enum XEnd {
-        Client(usize),
-        Shard(usize, ConnId),
-    }
-
-    /// Relay R as two shards (0 and 1) joined by a cross-shard mesh, relay P (shard 2, echoing
-    /// DROPs), and one client on each of R's shards; byte pipes as in [`Net`].
-    struct XNet {
-        rng: StdRng,
-        shards: Vec<Shard>,
-        addrs: Vec<SocketAddr>,
-        clients: Vec<Client>,
-        pipes: Vec<(XEnd, XEnd)>,
-        connects: usize,
-    }
-
-    impl XNet {
-        fn new() -> XNet {
+        fn cross_shard() -> Net {
             let mut rng = StdRng::seed_from_u64(11);
             let r_addr: SocketAddr = "10.0.0.1:9001".parse().unwrap();
             let p_addr: SocketAddr = "10.0.0.2:9001".parse().unwrap();
@@ -2300,20 +2183,21 @@ mod tests {
                 Client::new(&r, r_addr, &mut rng),
                 Client::new(&r, r_addr, &mut rng),
             ];
-            let mut net = XNet {
+            let mut net = Net {
                 rng,
                 shards,
                 addrs: vec![r_addr, r_addr, p_addr],
                 clients,
                 pipes: Vec::new(),
                 connects: 0,
+                hold_below: None,
             };
             for k in 0..2 {
                 let from = SocketAddr::new(IpAddr::from([10, 9, 9, k as u8]), 5555);
                 let conn = net.shards[k]
                     .handle_accepted(&mut net.rng, from, NOW)
                     .unwrap();
-                net.pipes.push((XEnd::Client(k), XEnd::Shard(k, conn)));
+                net.pipes.push((End_::Client(k), End_::Shard(k, conn)));
             }
             net.run();
             net
@@ -2323,7 +2207,7 @@ mod tests {
             RelayInfo::from_keys(&self.shards[i].ctx.keys, vec![self.addrs[i]])
         }
 
-        fn peer(&self, e: XEnd) -> Option<XEnd> {
+        fn peer(&self, e: End_) -> Option<End_> {
             self.pipes.iter().find_map(|&(a, b)| {
                 if a == e {
                     Some(b)
@@ -2335,13 +2219,18 @@ mod tests {
             })
         }
 
-        fn deliver(&mut self, to: XEnd, data: &[u8]) {
+        fn deliver(&mut self, to: End_, data: &[u8]) {
             match to {
-                XEnd::Client(k) => self.clients[k].recv(data),
-                XEnd::Shard(s, c) => self.shards[s].handle_recv(c, data, NOW),
+                End_::Client(k) => self.clients[k].recv(data),
+                End_::Shard(s, c) => {
+                    // A shard blocked on a full cross-shard inbox may stop reading.
+                    assert!(self.shards[s].wants_read(c) || self.hold_below.is_none());
+                    self.shards[s].handle_recv(c, data, NOW)
+                }
             }
         }
 
+        /// Moves bytes until nothing moves.
         fn run(&mut self) {
             for _ in 0..200 {
                 let mut busy = false;
@@ -2350,7 +2239,7 @@ mod tests {
                     self.clients[k].tls.poll_tls(&mut out, usize::MAX);
                     if !out.is_empty() {
                         busy = true;
-                        if let Some(to) = self.peer(XEnd::Client(k)) {
+                        if let Some(to) = self.peer(End_::Client(k)) {
                             self.deliver(to, &out);
                         }
                     }
@@ -2368,37 +2257,75 @@ mod tests {
                                 let tc = self.shards[t]
                                     .handle_accepted(&mut self.rng, from, NOW)
                                     .unwrap();
-                                self.pipes.push((XEnd::Shard(s, conn), XEnd::Shard(t, tc)));
+                                self.pipes.push((End_::Shard(s, conn), End_::Shard(t, tc)));
                                 self.shards[s].handle_connected(conn);
                             }
                             ShardEvent::Close { conn, .. } => {
-                                let me = XEnd::Shard(s, conn);
+                                let me = End_::Shard(s, conn);
                                 if let Some(p) = self.peer(me) {
                                     self.pipes.retain(|&(a, b)| a != me && b != me);
-                                    if let XEnd::Shard(t, tc) = p {
+                                    if let End_::Shard(t, tc) = p {
                                         self.shards[t].handle_eof(tc);
                                     }
                                 }
                             }
                         }
                     }
-                    while let Some(conn) = self.shards[s].poll_writable() {
-                        let data = self.shards[s].poll_transmit(conn).to_vec();
-                        if data.is_empty() {
-                            continue;
-                        }
-                        busy = true;
-                        self.shards[s].handle_sent(conn, data.len());
-                        if let Some(to) = self.peer(XEnd::Shard(s, conn)) {
-                            self.deliver(to, &data);
-                        }
-                    }
+                    busy |= match self.hold_below {
+                        Some(hold_below) => self.take_all(s, hold_below),
+                        None => self.lend_writable(s),
+                    };
                 }
                 if !busy {
                     return;
                 }
             }
             panic!("network not quiet");
+        }
+
+        /// As the io_uring reactor does: every connection of shard `s`, bytes taken by swap (a
+        /// held connection is not on the writable list again). Whether any moved.
+        fn take_all(&mut self, s: usize, hold_below: usize) -> bool {
+            while self.shards[s].poll_writable().is_some() {}
+            let conns: Vec<ConnId> = self
+                .pipes
+                .iter()
+                .flat_map(|&(a, b)| [a, b])
+                .filter_map(|e| match e {
+                    End_::Shard(t, c) if t == s => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let mut busy = false;
+            for conn in conns {
+                let mut data = Vec::new();
+                if self.shards[s].take_transmit(conn, &mut data, hold_below) == 0 {
+                    continue;
+                }
+                busy = true;
+                self.shards[s].handle_sent(conn, data.len());
+                if let Some(to) = self.peer(End_::Shard(s, conn)) {
+                    self.deliver(to, &data);
+                }
+            }
+            busy
+        }
+
+        /// The writable connections of shard `s`, bytes lent. Whether any moved.
+        fn lend_writable(&mut self, s: usize) -> bool {
+            let mut busy = false;
+            while let Some(conn) = self.shards[s].poll_writable() {
+                let data = self.shards[s].poll_transmit(conn).to_vec();
+                if data.is_empty() {
+                    continue;
+                }
+                busy = true;
+                self.shards[s].handle_sent(conn, data.len());
+                if let Some(to) = self.peer(End_::Shard(s, conn)) {
+                    self.deliver(to, &data);
+                }
+            }
+            busy
         }
 
         fn exchange(&mut self, k: usize, circ: &mut OriginCircuit, cell: CircCell) -> ClientEvent {
@@ -2409,7 +2336,7 @@ mod tests {
             circ.handle_cell(&got[0]).unwrap()
         }
 
-        /// A circuit from client `k` through R to P.
+        /// A circuit from client `k` through shard `k` to shard 2 ([`Net::cross_shard`]).
         fn build(&mut self, k: usize, v: u32) -> OriginCircuit {
             let engine = Engine::from_env().unwrap();
             let (r, p) = (self.info(0), self.info(2));
@@ -2431,7 +2358,7 @@ mod tests {
             circ
         }
 
-        /// RELAY_DROPs to P, echoed: every byte checked.
+        /// RELAY_DROPs to the second hop, echoed: every byte checked.
         fn echo(&mut self, k: usize, circ: &mut OriginCircuit, n: u8) {
             for i in 0..n {
                 let data: Vec<u8> = (0..400).map(|j| (j as u8) ^ i ^ (k as u8 * 77)).collect();
@@ -2450,7 +2377,7 @@ mod tests {
 
     #[test]
     fn circuits_cross_shards_to_the_one_canonical_channel() {
-        let mut net = XNet::new();
+        let mut net = Net::cross_shard();
         // Client 1's circuit makes shard 1 open the relay's channel to P.
         let mut c1 = net.build(1, 1);
         assert_eq!(net.connects, 1);
@@ -2507,7 +2434,7 @@ mod tests {
             .pipes
             .iter()
             .find_map(|&(a, b)| match (a, b) {
-                (_, XEnd::Shard(2, c)) | (XEnd::Shard(2, c), _) => Some(c),
+                (_, End_::Shard(2, c)) | (End_::Shard(2, c), _) => Some(c),
                 _ => None,
             })
             .unwrap();
@@ -2570,7 +2497,7 @@ mod tests {
             let id = CircId::new(0x8000_0000 | n).unwrap();
             let (mut circ, cell) =
                 OriginCircuit::create_first_hop(&mut net.rng, engine, id, kind, info).unwrap();
-            net.exchange(&mut circ, cell)
+            net.exchange(0, &mut circ, cell)
         };
         let added = ClientEvent::HopAdded { hops: 1 };
         push(&mut net, Some(previous));
@@ -2597,7 +2524,7 @@ mod tests {
     /// keep working.
     #[test]
     fn link_certificate_rotation_applies_to_new_connections() {
-        let mut net = XNet::new();
+        let mut net = Net::cross_shard();
         let mut c0 = net.build(0, 1);
         let old_digest = net.shards[0].ctx.link_cert_digest;
         assert_eq!(net.clients[0].tls.peer_cert_digest(), Some(old_digest));
@@ -2618,7 +2545,7 @@ mod tests {
         let conn = net.shards[0]
             .handle_accepted(&mut net.rng, "10.9.9.50:5555".parse().unwrap(), NOW)
             .unwrap();
-        net.pipes.push((XEnd::Client(2), XEnd::Shard(0, conn)));
+        net.pipes.push((End_::Client(2), End_::Shard(0, conn)));
         net.run();
         assert!(
             net.clients[2].info.is_some(),
@@ -2661,11 +2588,11 @@ mod tests {
             }
             .encode(CircIdLen::Four, &mut v)
             .unwrap();
-            net.client.tls.write_plaintext(&v).unwrap();
+            net.clients[0].tls.write_plaintext(&v).unwrap();
         }
         net.run();
         assert_eq!(net.shards[0].stats().padding_negotiate, 2);
-        assert!(net.client.cells().is_empty(), "no answer");
+        assert!(net.clients[0].cells().is_empty(), "no answer");
         let id = CircId::new(0x8000_0001).unwrap();
         let (mut circ, cell) = OriginCircuit::create_first_hop(
             &mut net.rng,
@@ -2676,12 +2603,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            net.exchange(&mut circ, cell),
+            net.exchange(0, &mut circ, cell),
             ClientEvent::HopAdded { hops: 1 }
         );
         assert_eq!(net.shards[0].channels(), 1);
         // Now the shard closes the channel: its last bytes carry close_notify.
-        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+        let End_::Shard(0, conn) = net.peer(End_::Client(0)).unwrap() else {
             panic!()
         };
         net.shards[0].handle_close(conn);
@@ -2691,16 +2618,19 @@ mod tests {
         ));
         let bye = net.shards[0].take_close_notify(conn).unwrap();
         assert!(net.shards[0].take_close_notify(conn).is_none());
-        assert!(!net.client.tls.peer_closed());
-        net.client.recv(&bye);
-        assert!(net.client.tls.peer_closed());
+        assert!(!net.clients[0].tls.peer_closed());
+        net.clients[0].recv(&bye);
+        assert!(net.clients[0].tls.peer_closed());
     }
 
     #[test]
     fn two_shards_and_a_client_over_byte_pipes() {
         let mut net = Net::new();
         net.run();
-        let info = net.client.info.clone().expect("client handshake finished");
+        let info = net.clients[0]
+            .info
+            .clone()
+            .expect("client handshake finished");
         assert_eq!(info.link_version, 5);
         assert_eq!(net.shards[0].channels(), 1);
         let engine = Engine::from_env().unwrap();
@@ -2718,12 +2648,12 @@ mod tests {
                 OriginCircuit::create_first_hop(&mut net.rng, engine, id, kinds[0], &first)
                     .unwrap();
             assert_eq!(
-                net.exchange(&mut circ, cell),
+                net.exchange(0, &mut circ, cell),
                 ClientEvent::HopAdded { hops: 1 }
             );
             let cell = circ.extend(&mut net.rng, kinds[1], &second).unwrap();
             assert_eq!(
-                net.exchange(&mut circ, cell),
+                net.exchange(0, &mut circ, cell),
                 ClientEvent::HopAdded { hops: 2 }
             );
             let begin = RelayMsg::Begin(Begin {
@@ -2738,7 +2668,7 @@ mod tests {
                 stream_id,
                 msg,
                 ..
-            } = net.exchange(&mut circ, cell)
+            } = net.exchange(0, &mut circ, cell)
             else {
                 panic!("expected END")
             };
@@ -2748,7 +2678,7 @@ mod tests {
                 .send_raw(&mut net.rng, 0, RelayCmd::TRUNCATE, None, &[])
                 .unwrap();
             assert_eq!(
-                net.exchange(&mut circ, cell),
+                net.exchange(0, &mut circ, cell),
                 ClientEvent::Truncated {
                     hop: 0,
                     reason: DestroyReason::REQUESTED
@@ -2765,12 +2695,12 @@ mod tests {
     fn small_sends_are_held_until_flushed() {
         let mut net = Net::new();
         net.run();
-        assert!(net.client.info.is_some(), "handshakes are never held");
+        assert!(net.clients[0].info.is_some(), "handshakes are never held");
         let conn = net
             .pipes
             .iter()
             .find_map(|&(a, b)| match (a, b) {
-                (End_::Client, End_::Shard(0, c)) => Some(c),
+                (End_::Client(0), End_::Shard(0, c)) => Some(c),
                 _ => None,
             })
             .unwrap();
@@ -2785,15 +2715,15 @@ mod tests {
             &first,
         )
         .unwrap();
-        net.hold_below = usize::MAX;
-        net.client.send(&cell);
+        net.hold_below = Some(usize::MAX);
+        net.clients[0].send(&cell);
         net.run();
-        assert!(net.client.cells().is_empty(), "CREATED_FAST was held");
+        assert!(net.clients[0].cells().is_empty(), "CREATED_FAST was held");
         assert!(net.shards[0].has_transmit(conn));
-        net.hold_below = 0;
+        net.hold_below = Some(0);
         net.run();
         assert!(!net.shards[0].has_transmit(conn));
-        let got = net.client.cells();
+        let got = net.clients[0].cells();
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(
             circ.handle_cell(&got[0]).unwrap(),
@@ -2819,18 +2749,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            net.exchange(&mut circ, cell),
+            net.exchange(0, &mut circ, cell),
             ClientEvent::HopAdded { hops: 1 }
         );
         let cell = circ
             .extend(&mut net.rng, HandshakeKind::Ntor, &nowhere)
             .unwrap();
-        net.client.send(&cell);
+        net.clients[0].send(&cell);
         // Shard 0 asks for a connect; nobody answers it.
-        net.client.tls.poll_tls(&mut Vec::new(), 0);
+        net.clients[0].tls.poll_tls(&mut Vec::new(), 0);
         let mut out = Vec::new();
-        net.client.tls.poll_tls(&mut out, usize::MAX);
-        let to = net.peer(End_::Client).unwrap();
+        net.clients[0].tls.poll_tls(&mut out, usize::MAX);
+        let to = net.peer(End_::Client(0)).unwrap();
         net.deliver(to, &out);
         net.shards[0].process_batch(&mut net.rng, NOW);
         let Some(ShardEvent::Connect { conn, addr }) = net.shards[0].poll_event() else {
@@ -2852,7 +2782,7 @@ mod tests {
             })
         );
         net.run();
-        let got = net.client.cells();
+        let got = net.clients[0].cells();
         assert_eq!(got.len(), 1);
         // The EXTEND2 failed: the first hop answers with TRUNCATED (CONNECTFAILED) or
         // DESTROY, depending on the core's policy; either way the circuit did not grow.
@@ -2887,10 +2817,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            net.exchange(&mut circ, cell),
+            net.exchange(0, &mut circ, cell),
             ClientEvent::HopAdded { hops: 1 }
         );
-        let End_::Shard(0, conn) = net.peer(End_::Client).unwrap() else {
+        let End_::Shard(0, conn) = net.peer(End_::Client(0)).unwrap() else {
             panic!()
         };
         // The client sends DROPs (echoed back) but never reads: the shard's output to it
@@ -2900,9 +2830,9 @@ mod tests {
             let cell = circ
                 .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[7u8; 400])
                 .unwrap();
-            net.client.send(&cell);
+            net.clients[0].send(&cell);
             let mut out = Vec::new();
-            net.client.tls.poll_tls(&mut out, usize::MAX);
+            net.clients[0].tls.poll_tls(&mut out, usize::MAX);
             if !net.shards[0].wants_read(conn) {
                 paused_after = Some(i);
                 break;
@@ -2934,11 +2864,11 @@ mod tests {
     /// anything else (so channels being opened stay unopened).
     fn push_to_shard0(net: &mut Net, cells: &[CircCell]) {
         for c in cells {
-            net.client.send(c);
+            net.clients[0].send(c);
         }
         let mut out = Vec::new();
-        net.client.tls.poll_tls(&mut out, usize::MAX);
-        let to = net.peer(End_::Client).unwrap();
+        net.clients[0].tls.poll_tls(&mut out, usize::MAX);
+        let to = net.peer(End_::Client(0)).unwrap();
         net.deliver(to, &out);
         net.shards[0].process_batch(&mut net.rng, NOW);
     }
@@ -2971,7 +2901,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!(
-                net.exchange(&mut circ, cell),
+                net.exchange(0, &mut circ, cell),
                 ClientEvent::HopAdded { hops: 1 }
             );
             circs.push(circ);
@@ -3011,7 +2941,7 @@ mod tests {
         assert_eq!(net.shards[0].core().stats().circuits_oom_closed, 1);
         assert_eq!(net.shards[0].core().circuits(), 2);
         net.run();
-        let got = net.client.cells();
+        let got = net.clients[0].cells();
         assert_eq!(got.len(), 1);
         assert_eq!(
             (got[0].circ_id.get(), got[0].cmd, got[0].body[0]),
@@ -3027,21 +2957,21 @@ mod tests {
             .extend(&mut net.rng, HandshakeKind::Ntor, &second)
             .unwrap();
         assert_eq!(
-            net.exchange(&mut circs[0], cell),
+            net.exchange(0, &mut circs[0], cell),
             ClientEvent::HopAdded { hops: 2 }
         );
         for hop in [0, 1] {
             let cell = circs[0]
                 .send_raw(&mut net.rng, hop, RelayCmd::DROP, None, &[9; 100])
                 .unwrap();
-            let ev = net.exchange(&mut circs[0], cell);
+            let ev = net.exchange(0, &mut circs[0], cell);
             assert!(
                 matches!(ev, ClientEvent::Msg { hop: h, .. } if h == hop),
                 "{ev:?}"
             );
         }
         assert_eq!(net.shards[0].channels(), 2);
-        let End_::Shard(0, client_conn) = net.peer(End_::Client).unwrap() else {
+        let End_::Shard(0, client_conn) = net.peer(End_::Client(0)).unwrap() else {
             panic!()
         };
         // Now the client stops reading: echoed cells wait in its connection's out-buffer.

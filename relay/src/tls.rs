@@ -1148,15 +1148,28 @@ pub fn fuzz_handle_tls(bytes: &[u8]) {
 /// ciphertext out after each, as a reactor would.
 fn fuzz_feed(link: &mut TlsLink, input: &[u8], chunk: usize) {
     let mut plain = [0u8; 4096];
+    let mut inbox = Vec::new();
     let mut out = Vec::new();
-    for piece in input.chunks(chunk) {
+    for (i, piece) in input.chunks(chunk).enumerate() {
+        // Every other piece goes through the one-copy paths (records opened into the
+        // caller's buffer, what was read written back straight into the open record).
+        let direct = i % 2 == 1;
         let mut piece = piece;
         while !piece.is_empty() {
-            let Ok(n) = link.handle_tls(piece) else {
+            let fed = if direct {
+                link.handle_tls_into(piece, &mut inbox, plain.len())
+            } else {
+                link.handle_tls(piece)
+            };
+            let Ok(n) = fed else {
                 return;
             };
             piece = piece.get(n..).unwrap_or_default();
-            let mut read = 0;
+            let mut read = inbox.len();
+            if let Some(w) = link.plaintext_writer(read.min(record::PLAINTEXT_MAX)) {
+                w.extend_from_slice(&inbox[..read.min(record::PLAINTEXT_MAX)]);
+            }
+            inbox.clear();
             while let Ok(m @ 1..) = link.read_plaintext(&mut plain) {
                 read += m;
             }
