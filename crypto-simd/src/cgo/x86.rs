@@ -933,6 +933,61 @@ fn batch_wide(
     super::run_batch_with(Kern::<true>(()), hops, cells, jobs, out)
 }
 
+#[cfg(test)]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn batch_narrow_faulty(
+    fault: super::Fault,
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(
+        super::Faulty(Kern::<false>(()), fault),
+        hops,
+        cells,
+        jobs,
+        out,
+    )
+}
+
+#[cfg(test)]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn batch_wide_faulty(
+    fault: super::Fault,
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    super::run_batch_with(
+        super::Faulty(Kern::<true>(()), fault),
+        hops,
+        cells,
+        jobs,
+        out,
+    )
+}
+
+/// [`run_batch`] with one primitive made wrong (tests of the self-test).
+#[cfg(test)]
+pub(crate) fn run_batch_faulty(
+    t: Token,
+    fault: super::Fault,
+    hops: &mut [super::CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    if t.wide {
+        // SAFETY: as in `run_batch`.
+        unsafe { batch_wide_faulty(fault, hops, cells, jobs, out) }
+    } else {
+        // SAFETY: as in `run_batch`.
+        unsafe { batch_narrow_faulty(fault, hops, cells, jobs, out) }
+    }
+}
+
 /// Runs a checked batch with the kernel `t` proves.
 pub(crate) fn run_batch(
     t: Token,
