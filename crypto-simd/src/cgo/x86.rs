@@ -33,8 +33,8 @@ const NPOW: usize = 32;
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 #[repr(C, align(32))]
 pub(crate) struct Sched {
-    /// `KB` encryption round keys, each doubled to 32 bytes for `ymm` use.
-    et_enc: [[u8; 32]; 11],
+    /// `KB` encryption round keys (ET encrypts one block: only `xmm` use).
+    et_enc: [[u8; 16]; 11],
     /// `KB` decryption round keys (`aesdec` order), clients only.
     et_dec: [[u8; 16]; 11],
     /// `K` encryption round keys, doubled.
@@ -56,7 +56,7 @@ pub(crate) struct Sched {
 impl Sched {
     fn zero() -> Box<Sched> {
         Box::new(Sched {
-            et_enc: [[0; 32]; 11],
+            et_enc: [[0; 16]; 11],
             et_dec: [[0; 16]; 11],
             prf: [[0; 32]; 11],
             ku_pow: [[0; 16]; NPOW],
@@ -156,6 +156,28 @@ fn gf_mul(a: __m128i, b: __m128i) -> __m128i {
     reduce(lo, mid, hi)
 }
 
+/// `a • a`: a square in `GF(2)[x]` has no cross terms, so two carry-less products, not four.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn gf_sqr(a: __m128i) -> __m128i {
+    let lo = _mm_clmulepi64_si128::<0x00>(a, a);
+    let hi = _mm_clmulepi64_si128::<0x11>(a, a);
+    reduce(lo, _mm_setzero_si128(), hi)
+}
+
+/// `a • b` with Karatsuba: three carry-less products instead of four (the multiplier, not
+/// latency, limits the key update's eight powers).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn gf_mul_kar(a: __m128i, b: __m128i) -> __m128i {
+    let lo = _mm_clmulepi64_si128::<0x00>(a, b);
+    let hi = _mm_clmulepi64_si128::<0x11>(a, b);
+    let ak = _mm_xor_si128(a, _mm_shuffle_epi32::<0x4e>(a));
+    let bk = _mm_xor_si128(b, _mm_shuffle_epi32::<0x4e>(b));
+    let mid = _mm_clmulepi64_si128::<0x00>(ak, bk);
+    reduce(lo, _mm_xor_si128(mid, _mm_xor_si128(lo, hi)), hi)
+}
+
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn rk(keys: &[[u8; 32]; 11], i: usize) -> __m128i {
@@ -165,32 +187,32 @@ fn rk(keys: &[[u8; 32]; 11], i: usize) -> __m128i {
 /// AES-128 encryption of one block.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn aes_enc(keys: &[[u8; 32]; 11], b: __m128i) -> __m128i {
-    let mut s = _mm_xor_si128(b, rk(keys, 0));
-    for i in 1..10 {
-        s = _mm_aesenc_si128(s, rk(keys, i));
+fn aes_enc(keys: &[[u8; 16]; 11], b: __m128i) -> __m128i {
+    let mut s = _mm_xor_si128(b, ld(&keys[0]));
+    for k in &keys[1..10] {
+        s = _mm_aesenc_si128(s, ld(k));
     }
-    _mm_aesenclast_si128(s, rk(keys, 10))
+    _mm_aesenclast_si128(s, ld(&keys[10]))
 }
 
 /// AES-128 encryption of two blocks under two keys, round by round (two latency chains).
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn aes_enc2(
-    ka: &[[u8; 32]; 11],
+    ka: &[[u8; 16]; 11],
     a: __m128i,
-    kb: &[[u8; 32]; 11],
+    kb: &[[u8; 16]; 11],
     b: __m128i,
 ) -> (__m128i, __m128i) {
-    let mut a = _mm_xor_si128(a, rk(ka, 0));
-    let mut b = _mm_xor_si128(b, rk(kb, 0));
+    let mut a = _mm_xor_si128(a, ld(&ka[0]));
+    let mut b = _mm_xor_si128(b, ld(&kb[0]));
     for i in 1..10 {
-        a = _mm_aesenc_si128(a, rk(ka, i));
-        b = _mm_aesenc_si128(b, rk(kb, i));
+        a = _mm_aesenc_si128(a, ld(&ka[i]));
+        b = _mm_aesenc_si128(b, ld(&kb[i]));
     }
     (
-        _mm_aesenclast_si128(a, rk(ka, 10)),
-        _mm_aesenclast_si128(b, rk(kb, 10)),
+        _mm_aesenclast_si128(a, ld(&ka[10])),
+        _mm_aesenclast_si128(b, ld(&kb[10])),
     )
 }
 
@@ -211,9 +233,6 @@ fn aes_dec(keys: &[[u8; 16]; 11], b: __m128i) -> __m128i {
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn key_step(k: __m128i, rcon: i32) -> __m128i {
-    const ROT: [u8; 16] = [
-        13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12,
-    ];
     let t = _mm_aesenclast_si128(_mm_shuffle_epi8(k, ld(&ROT)), _mm_set1_epi32(rcon));
     // The prefix XOR of the four words in two steps (shift by one word, then by two) rather
     // than three: a shorter chain beside the `aesenclast`.
@@ -221,6 +240,11 @@ fn key_step(k: __m128i, rcon: i32) -> __m128i {
     let k = _mm_xor_si128(k, _mm_slli_si128::<8>(k));
     _mm_xor_si128(k, t)
 }
+
+/// `RotWord(w3)` in every column, for [`key_step`].
+const ROT: [u8; 16] = [
+    13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12, 13, 14, 15, 12,
+];
 
 /// AES-128 round constants (FIPS-197 §5.2).
 const RCON: [i32; 10] = [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x1b, 0x36];
@@ -254,6 +278,25 @@ fn store_doubled(out: &mut [[u8; 32]; 11], keys: &[__m128i; 11]) {
     }
 }
 
+/// [`store_doubled`] with one `ymm` store per key (half the stores; a later 32-byte load of
+/// it is forwarded from the store buffer, which a load spanning two 16-byte stores is not).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
+fn store_doubled_avx(out: &mut [[u8; 32]; 11], keys: &[__m128i; 11]) {
+    for (o, k) in out.iter_mut().zip(keys) {
+        // SAFETY: `o` is 32 writable bytes; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm256_broadcastsi128_si256(*k)) }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_keys(out: &mut [[u8; 16]; 11], keys: &[__m128i; 11]) {
+    for (o, k) in out.iter_mut().zip(keys) {
+        st(o, *k);
+    }
+}
+
 /// Stores `KU^(i+1)` (`pw[i]`) for `i < n` in the table, with its Karatsuba half-sum.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
@@ -273,11 +316,116 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
     build_regs(&keys, client, s);
 }
 
-/// [`build_regs`] compiled with AVX (three-operand encodings, fewer register copies), for
-/// the wide kernel.
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
+/// [`build_regs`] for the wide kernel: AVX encodings, and the PRF round keys stored with one
+/// `ymm` store each ([`store_doubled_avx`]).
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn build_regs_avx(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
-    build_regs(keys, client, s)
+    let (e, p) = expand2_vex(keys[0], keys[2]);
+    store_et(s, &e, client);
+    store_doubled_avx(&mut s.prf, &p);
+    store_powers_b_wide(s, keys);
+}
+
+/// `a • b` in each 128-bit lane (Karatsuba, two products per `vpclmulqdq`).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn gf_mul_kar_wide(a: __m256i, b: __m256i) -> __m256i {
+    let lo = _mm256_clmulepi64_epi128::<0x00>(a, b);
+    let hi = _mm256_clmulepi64_epi128::<0x11>(a, b);
+    let ak = _mm256_xor_si256(a, _mm256_shuffle_epi32::<0x4e>(a));
+    let bk = _mm256_xor_si256(b, _mm256_shuffle_epi32::<0x4e>(b));
+    let mid = _mm256_xor_si256(
+        _mm256_clmulepi64_epi128::<0x00>(ak, bk),
+        _mm256_xor_si256(lo, hi),
+    );
+    // As `reduce`, lane by lane.
+    let lo = _mm256_xor_si256(lo, _mm256_bslli_epi128::<8>(mid));
+    let hi = _mm256_xor_si256(hi, _mm256_bsrli_epi128::<8>(mid));
+    let c = 0xc200_0000_0000_0000_u64 as i64;
+    let poly = _mm256_set_epi64x(c, 1, c, 1);
+    let t = _mm256_clmulepi64_epi128::<0x10>(lo, poly);
+    let lo = _mm256_xor_si256(_mm256_shuffle_epi32::<0x4e>(lo), t);
+    let t = _mm256_clmulepi64_epi128::<0x10>(lo, poly);
+    let lo = _mm256_xor_si256(_mm256_shuffle_epi32::<0x4e>(lo), t);
+    _mm256_xor_si256(hi, lo)
+}
+
+/// [`store_powers_b`] for the wide kernel: `KU^5 .. KU^8` as two two-lane products by
+/// `KU^4`, each stored with one `ymm` store (`ku_pow[26..28]` = `KU^5, KU^4`... in table
+/// order: entry `j` holds `KU^(32 - j)`).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn store_powers_b_wide(s: &mut Sched, keys: &[__m128i; 4]) {
+    let h = keys[1];
+    let h2 = gf_sqr(h);
+    let h3 = gf_mul_kar(h2, h);
+    let h4 = gf_sqr(h2);
+    store_powers(s, &[h, h2, h3, h4], 0);
+    let h4x2 = _mm256_broadcastsi128_si256(h4);
+    // Low lane first: table entries 26, 27 = KU^6, KU^5; entries 24, 25 = KU^8, KU^7.
+    let p65 = gf_mul_kar_wide(_mm256_set_m128i(h, h2), h4x2);
+    let p87 = gf_mul_kar_wide(_mm256_set_m128i(h3, h4), h4x2);
+    let kar = |v: __m256i| _mm256_xor_si256(v, _mm256_shuffle_epi32::<0x4e>(v));
+    let st2 = |t: &mut [[u8; 16]; NPOW], j: usize, v: __m256i| {
+        let d = &mut t.as_flattened_mut()[16 * j..16 * j + 32];
+        // SAFETY: `d` is 32 writable bytes (a bounds-checked slice).
+        unsafe { _mm256_storeu_si256(d.as_mut_ptr().cast(), v) }
+    };
+    st2(&mut s.ku_pow, 26, p65);
+    st2(&mut s.ku_pow, 24, p87);
+    st2(&mut s.ku_kar, 26, kar(p65));
+    st2(&mut s.ku_kar, 24, kar(p87));
+    st(&mut s.b, keys[3]);
+    s.npow = 8;
+    s.uses = 0;
+}
+
+/// [`expand2`] with each step of both keys in one inline-assembly block (AVX encodings):
+/// the two serial chains (`vpshufb`, `vaesenclast`, `vpxor` per step, ~6 cycles) interleaved
+/// in program order. Left to LLVM, one expansion is emitted whole before the other, and the
+/// second chain starts only once the first has drained from the (small) vector scheduler.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
+fn expand2_vex(a: __m128i, b: __m128i) -> ([__m128i; 11], [__m128i; 11]) {
+    let rot = ld(&ROT);
+    let mut ra = [a; 11];
+    let mut rb = [b; 11];
+    for (i, rc) in RCON.iter().enumerate() {
+        let (mut ka, mut kb) = (ra[i], rb[i]);
+        let rc = _mm_set1_epi32(*rc);
+        // SAFETY: register-only AES and SSE/AVX operations; the caller's features include
+        // AES-NI and AVX.
+        unsafe {
+            core::arch::asm!(
+                "vpshufb {ta}, {ka}, {rot}",
+                "vpshufb {tb}, {kb}, {rot}",
+                "vaesenclast {ta}, {ta}, {rc}",
+                "vaesenclast {tb}, {tb}, {rc}",
+                "vpslldq {sa}, {ka}, 4",
+                "vpslldq {sb}, {kb}, 4",
+                "vpxor {ka}, {ka}, {sa}",
+                "vpxor {kb}, {kb}, {sb}",
+                "vpslldq {sa}, {ka}, 8",
+                "vpslldq {sb}, {kb}, 8",
+                "vpxor {ka}, {ka}, {sa}",
+                "vpxor {kb}, {kb}, {sb}",
+                "vpxor {ka}, {ka}, {ta}",
+                "vpxor {kb}, {kb}, {tb}",
+                ka = inout(xmm_reg) ka,
+                kb = inout(xmm_reg) kb,
+                rot = in(xmm_reg) rot,
+                rc = in(xmm_reg) rc,
+                ta = out(xmm_reg) _,
+                tb = out(xmm_reg) _,
+                sa = out(xmm_reg) _,
+                sb = out(xmm_reg) _,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        ra[i + 1] = ka;
+        rb[i + 1] = kb;
+    }
+    (ra, rb)
 }
 
 /// Builds the schedule of `KB, KU, K, B` (in registers, e.g. straight from a key update).
@@ -285,7 +433,16 @@ fn build_regs_avx(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 fn build_regs(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
     let (e, p) = expand2(keys[0], keys[2]);
-    store_doubled(&mut s.et_enc, &e);
+    store_et(s, &e, client);
+    store_doubled(&mut s.prf, &p);
+    store_powers_b(s, keys);
+}
+
+/// Stores ET's round keys `e` (and, for a client, the decryption keys made from them).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_et(s: &mut Sched, e: &[__m128i; 11], client: bool) {
+    store_keys(&mut s.et_enc, e);
     if client {
         st(&mut s.et_dec[0], e[10]);
         for i in 1..10 {
@@ -293,14 +450,19 @@ fn build_regs(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
         }
         st(&mut s.et_dec[10], e[0]);
     }
-    store_doubled(&mut s.prf, &p);
+}
+
+/// Makes and stores `KU^1 .. KU^8` from `keys[1] = KU`, and stores `B = keys[3]`.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
+fn store_powers_b(s: &mut Sched, keys: &[__m128i; 4]) {
     let h = keys[1];
     let mut pw = [h; 8];
-    pw[1] = gf_mul(h, h);
-    pw[2] = gf_mul(pw[1], h);
-    pw[3] = gf_mul(pw[1], pw[1]);
+    pw[1] = gf_sqr(h);
+    pw[2] = gf_mul_kar(pw[1], h);
+    pw[3] = gf_sqr(pw[1]);
     for i in 0..4 {
-        pw[4 + i] = gf_mul(pw[i], pw[3]);
+        pw[4 + i] = gf_mul_kar(pw[i], pw[3]);
     }
     store_powers(s, &pw, 0);
     st(&mut s.b, keys[3]);
@@ -1047,11 +1209,11 @@ mod tests {
         // FIPS-197 Appendix C.1: AES-128 of 00112233..ff under 00010203..0f.
         let key: [u8; 16] = core::array::from_fn(|i| i as u8);
         let pt: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
-        let mut keys = [[0u8; 32]; 11];
+        let mut keys = [[0u8; 16]; 11];
         let mut got = [0u8; 16];
         // SAFETY: `Token::aesni` saw the narrow features.
         unsafe {
-            store_doubled(&mut keys, &expand(ld(&key)));
+            store_keys(&mut keys, &expand(ld(&key)));
             st(&mut got, aes_enc(&keys, ld(&pt)));
         }
         assert_eq!(hex::encode(got), "69c4e0d86a7b0430d8cdb78070b4c55a");
