@@ -320,9 +320,25 @@ fn build(raw: &[u8; UIV_KEY_LEN], client: bool, s: &mut Sched) {
 /// `ymm` store each ([`store_doubled_avx`]).
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn build_regs_avx(keys: &[__m128i; 4], client: bool, s: &mut Sched) {
-    let (e, p) = expand2_vex(keys[0], keys[2]);
-    store_et(s, &e, client);
-    store_doubled_avx(&mut s.prf, &p);
+    if client {
+        let (mut e, mut p) = ([keys[0]; 11], [keys[2]; 11]);
+        expand2_vex(keys[0], keys[2], |i, a, b| {
+            e[i] = a;
+            p[i] = b;
+        });
+        store_et(s, &e, client);
+        store_doubled_avx(&mut s.prf, &p);
+    } else {
+        // Each round key stored as soon as it is made (no spills of the 22).
+        let (et, prf) = (&mut s.et_enc, &mut s.prf);
+        expand2_vex(keys[0], keys[2], |i, a, b| {
+            st(&mut et[i], a);
+            // SAFETY: `prf[i]` is 32 writable bytes.
+            unsafe {
+                _mm256_storeu_si256(prf[i].as_mut_ptr().cast(), _mm256_broadcastsi128_si256(b))
+            }
+        });
+    }
     store_powers_b_wide(s, keys);
 }
 
@@ -386,12 +402,11 @@ fn store_powers_b_wide(s: &mut Sched, keys: &[__m128i; 4]) {
 /// second chain starts only once the first has drained from the (small) vector scheduler.
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2")]
-fn expand2_vex(a: __m128i, b: __m128i) -> ([__m128i; 11], [__m128i; 11]) {
+fn expand2_vex(a: __m128i, b: __m128i, mut f: impl FnMut(usize, __m128i, __m128i)) {
     let rot = ld(&ROT);
-    let mut ra = [a; 11];
-    let mut rb = [b; 11];
+    let (mut ka, mut kb) = (a, b);
+    f(0, ka, kb);
     for (i, rc) in RCON.iter().enumerate() {
-        let (mut ka, mut kb) = (ra[i], rb[i]);
         let rc = _mm_set1_epi32(*rc);
         // SAFETY: register-only AES and SSE/AVX operations; the caller's features include
         // AES-NI and AVX.
@@ -422,10 +437,8 @@ fn expand2_vex(a: __m128i, b: __m128i) -> ([__m128i; 11], [__m128i; 11]) {
                 options(pure, nomem, nostack, preserves_flags)
             );
         }
-        ra[i + 1] = ka;
-        rb[i + 1] = kb;
+        f(i + 1, ka, kb);
     }
-    (ra, rb)
 }
 
 /// Builds the schedule of `KB, KU, K, B` (in registers, e.g. straight from a key update).
