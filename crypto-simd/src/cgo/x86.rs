@@ -557,6 +557,122 @@ fn update_stream2(
     )
 }
 
+/// The wide kernel's PRF round key `i` as a `ymm` (both lanes; the table holds it doubled).
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn rkw(keys: &[[u8; 32]; 11], i: usize) -> __m256i {
+    // SAFETY: each entry is 32 readable bytes.
+    unsafe { _mm256_loadu_si256(keys[i].as_ptr().cast()) }
+}
+
+/// [`update_stream`] on `ymm`: the five blocks as three two-block `vaesenc` chains (one lane
+/// unused), 33 AES instructions instead of 55.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn update_stream_wide(s: &Sched, nonce: __m128i) -> [__m128i; 5] {
+    let iv = _mm256_broadcastsi128_si256(prf_iv(s, nonce, 31));
+    let inc = |k: usize| {
+        // SAFETY: `CTR_INC[k]` is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(CTR_INC[k].as_ptr().cast()) }
+    };
+    let k0 = rkw(&s.prf, 0);
+    let mut b: [__m256i; 3] =
+        core::array::from_fn(|k| _mm256_xor_si256(_mm256_add_epi64(iv, inc(k)), k0));
+    for r in 1..10 {
+        let k = rkw(&s.prf, r);
+        // SAFETY: register-only VAES rounds; this function's features include VAES and AVX.
+        unsafe {
+            core::arch::asm!(
+                "vaesenc {0}, {0}, {k}",
+                "vaesenc {1}, {1}, {k}",
+                "vaesenc {2}, {2}, {k}",
+                inout(ymm_reg) b[0],
+                inout(ymm_reg) b[1],
+                inout(ymm_reg) b[2],
+                k = in(ymm_reg) k,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+    }
+    let k = rkw(&s.prf, 10);
+    let b = b.map(|x| _mm256_aesenclast_epi128(x, k));
+    [
+        _mm256_castsi256_si128(b[0]),
+        _mm256_extracti128_si256::<1>(b[0]),
+        _mm256_castsi256_si128(b[1]),
+        _mm256_extracti128_si256::<1>(b[1]),
+        _mm256_castsi256_si128(b[2]),
+    ]
+}
+
+/// [`update_stream2`] on `ymm`: each direction's blocks 0-3 as two two-block chains under its
+/// own keys, both directions' block 4 in one chain under a two-key round key; 55 AES
+/// instructions instead of 110.
+#[inline]
+#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
+fn update_stream2_wide(
+    sa: &Sched,
+    na: __m128i,
+    sb: &Sched,
+    nb: __m128i,
+) -> ([__m128i; 5], [__m128i; 5]) {
+    let (ia, ib) = (prf_iv(sa, na, 31), prf_iv(sb, nb, 31));
+    let (va, vb) = (
+        _mm256_broadcastsi128_si256(ia),
+        _mm256_broadcastsi128_si256(ib),
+    );
+    let inc = |k: usize| {
+        // SAFETY: `CTR_INC[k]` is 32 readable bytes.
+        unsafe { _mm256_loadu_si256(CTR_INC[k].as_ptr().cast()) }
+    };
+    // Lane 0 direction a, lane 1 direction b: round key `i` of each.
+    let mixed = |i: usize| _mm256_set_m128i(rk(&sb.prf, i), rk(&sa.prf, i));
+    let (ka, kb, kab) = (rkw(&sa.prf, 0), rkw(&sb.prf, 0), mixed(0));
+    let mut b = [
+        _mm256_xor_si256(_mm256_add_epi64(va, inc(0)), ka),
+        _mm256_xor_si256(_mm256_add_epi64(va, inc(1)), ka),
+        _mm256_xor_si256(_mm256_add_epi64(vb, inc(0)), kb),
+        _mm256_xor_si256(_mm256_add_epi64(vb, inc(1)), kb),
+        _mm256_xor_si256(_mm256_set_m128i(ctr_add(ib, 4), ctr_add(ia, 4)), kab),
+    ];
+    for r in 1..10 {
+        let (ka, kb, kab) = (rkw(&sa.prf, r), rkw(&sb.prf, r), mixed(r));
+        // SAFETY: register-only VAES rounds; this function's features include VAES and AVX.
+        unsafe {
+            core::arch::asm!(
+                "vaesenc {0}, {0}, {ka}",
+                "vaesenc {1}, {1}, {ka}",
+                "vaesenc {2}, {2}, {kb}",
+                "vaesenc {3}, {3}, {kb}",
+                "vaesenc {4}, {4}, {kab}",
+                inout(ymm_reg) b[0],
+                inout(ymm_reg) b[1],
+                inout(ymm_reg) b[2],
+                inout(ymm_reg) b[3],
+                inout(ymm_reg) b[4],
+                ka = in(ymm_reg) ka,
+                kb = in(ymm_reg) kb,
+                kab = in(ymm_reg) kab,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+    }
+    let (ka, kb, kab) = (rkw(&sa.prf, 10), rkw(&sb.prf, 10), mixed(10));
+    let b = [
+        _mm256_aesenclast_epi128(b[0], ka),
+        _mm256_aesenclast_epi128(b[1], ka),
+        _mm256_aesenclast_epi128(b[2], kb),
+        _mm256_aesenclast_epi128(b[3], kb),
+        _mm256_aesenclast_epi128(b[4], kab),
+    ];
+    let lo = _mm256_castsi256_si128;
+    let hi = _mm256_extracti128_si256::<1>;
+    (
+        [lo(b[0]), hi(b[0]), lo(b[1]), hi(b[1]), lo(b[4])],
+        [lo(b[2]), hi(b[2]), lo(b[3]), hi(b[3]), hi(b[4])],
+    )
+}
+
 /// Installs a key update's output: `J' | S'` into `k` (rebuilding its schedule from the
 /// registers, with AVX encodings if `wide`) and `N'`.
 ///
@@ -1043,7 +1159,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
         // SAFETY: a `Kern` exists only after a `Token` proved the narrow features, and
         // `Kern<true>` (`WIDE`) only after one proved the wide ones (AVX2 among them).
         unsafe {
-            let ks = update_stream(s, ld(nonce));
+            let ks = if WIDE {
+                update_stream_wide(s, ld(nonce))
+            } else {
+                update_stream(s, ld(nonce))
+            };
             install_update(k, nonce, &ks, WIDE);
         }
     }
@@ -1054,7 +1174,11 @@ impl<const WIDE: bool> Prims for Kern<WIDE> {
         let sb = self.sched(kb, false);
         // SAFETY: as in `update`.
         unsafe {
-            let (xa, xb) = update_stream2(sa, ld(na), sb, ld(nb));
+            let (xa, xb) = if WIDE {
+                update_stream2_wide(sa, ld(na), sb, ld(nb))
+            } else {
+                update_stream2(sa, ld(na), sb, ld(nb))
+            };
             install_update(ka, na, &xa, WIDE);
             install_update(kb, nb, &xb, WIDE);
         }
