@@ -938,12 +938,16 @@ fn reduce_wide(acc: &[__m256i; 3]) -> __m128i {
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
 fn et_mask_wide(s: &Sched, tprime: &[u8; 16], cmd: u8, cell: &CellBody) -> __m128i {
-    let mut last = [0u8; 32];
-    last[..30].copy_from_slice(&cell[479..509]);
+    // The last pair, `cell[479..509] | 0 0`, from two loads (its high block shifted down two
+    // bytes) rather than through a copy on the stack, whose 32-byte reload would wait for
+    // the copy's stores to reach the cache (no store forwarding across two stores).
+    let last = || {
+        let hi = _mm_srli_si128::<2>(ld(at(cell, 493)));
+        _mm256_set_m128i(hi, ld(at(cell, 479)))
+    };
     let pair = |k: usize| match k {
         0 => _mm256_set_m128i(tweak_block1(cmd, cell), ld(tprime)),
-        // SAFETY: 32 readable bytes at `last`.
-        15 => unsafe { _mm256_loadu_si256(last.as_ptr().cast()) },
+        15 => last(),
         _ => {
             let src = &cell[31 + 32 * (k - 1)..31 + 32 * k];
             // SAFETY: `src` is 32 readable bytes (the slice above is bounds-checked).
