@@ -9,8 +9,9 @@
 //!
 //! POLYVAL over the 32 blocks of an ET tweak uses aggregated reduction: with the powers
 //! `KU^1 .. KU^32` precomputed (per key, in [`Sched`]), `UH = Σ X_j • KU^(32-j)` needs 32
-//! carry-less products accumulated unreduced and one Montgomery reduction. The powers are
-//! rebuilt on each key update (a tree of 31 products, depth 5).
+//! carry-less products accumulated unreduced and one Montgomery reduction. A key update makes
+//! only `KU^1 .. KU^8` (the mask then runs Horner over four chunks of eight); all 32 are made
+//! once the same keys are used a second time.
 //!
 //! Safety: every function that executes these instructions is a `#[target_feature]` function;
 //! the only ways in ([`run_one`], [`run_batch`] and the [`Prims`] impls) hold a [`Token`], which
