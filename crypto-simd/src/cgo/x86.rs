@@ -678,7 +678,7 @@ fn update_stream2_wide(
 /// registers, with AVX encodings if `wide`) and `N'`.
 ///
 /// # Safety
-/// With `wide`, the CPU must have AVX and AVX2.
+/// With `wide`, the CPU must have the wide kernel's features (AVX2, VAES, VPCLMULQDQ).
 #[inline]
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
 unsafe fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 5], wide: bool) {
@@ -688,7 +688,7 @@ unsafe fn install_update(k: &mut DirKeys, nonce: &mut [u8; BLK], ks: &[__m128i; 
     st(nonce, ks[4]);
     let keys = [ks[0], ks[1], ks[2], ks[3]];
     match &mut k.cache {
-        // SAFETY: the caller guarantees AVX and AVX2 when `wide`.
+        // SAFETY: the caller guarantees the wide kernel's features when `wide`.
         Cache::X86(s) if wide => unsafe { build_regs_avx(&keys, k.client, s) },
         Cache::X86(s) => build_regs(&keys, k.client, s),
         // Callers made it X86 to compute `ks`.
@@ -1340,6 +1340,50 @@ mod tests {
             // SAFETY: `Token::aesni` saw the narrow features.
             unsafe { st(&mut got, gf_mul(ld(&x), ld(&h))) };
             assert_eq!(got, want);
+        }
+    }
+
+    /// The key update's squaring and Karatsuba products (and, with VPCLMULQDQ, their two-lane
+    /// form, each lane against the polyval crate) equal the field product.
+    #[test]
+    fn power_products_match_polyval_crate() {
+        if Token::aesni().is_none() {
+            return;
+        }
+        let product = |h: [u8; 16], x: [u8; 16]| -> [u8; 16] {
+            let mut p = polyval::Polyval::new(&h.into());
+            p.update(&[x.into()]);
+            p.finalize().into()
+        };
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let (a, b, c, d) = (
+                rand16(&mut seed),
+                rand16(&mut seed),
+                rand16(&mut seed),
+                rand16(&mut seed),
+            );
+            let (mut sq, mut kar) = ([0u8; 16], [0u8; 16]);
+            // SAFETY: `Token::aesni` saw the narrow features.
+            unsafe {
+                st(&mut sq, gf_sqr(ld(&a)));
+                st(&mut kar, gf_mul_kar(ld(&a), ld(&b)));
+            }
+            assert_eq!(sq, product(a, a));
+            assert_eq!(kar, product(b, a));
+            if Token::vaes256().is_some() {
+                let mut lanes = [0u8; 32];
+                // SAFETY: `Token::vaes256` saw the wide features; `lanes` is 32 writable bytes.
+                unsafe {
+                    let v = gf_mul_kar_wide(
+                        _mm256_set_m128i(ld(&c), ld(&a)),
+                        _mm256_set_m128i(ld(&d), ld(&b)),
+                    );
+                    _mm256_storeu_si256(lanes.as_mut_ptr().cast(), v);
+                }
+                assert_eq!(lanes[..16], product(b, a));
+                assert_eq!(lanes[16..], product(d, c));
+            }
         }
     }
 
