@@ -493,8 +493,14 @@ fn kernel_of(backend: Backend) -> Option<AnyKernel> {
     }
 }
 
-/// Runs `backend`'s known-answer test (see `selftest`) through the batch path it would use.
+/// Runs `backend`'s known-answer tests (see `selftest`): tor1 through the batch path it would
+/// use, then its CGO kernel; the backend passes only if both do.
 fn backend_kat(backend: Backend) -> bool {
+    tor1_kat(backend) && cgo::self_test(backend)
+}
+
+/// `backend`'s tor1 known-answer test.
+fn tor1_kat(backend: Backend) -> bool {
     #[cfg(target_arch = "x86_64")]
     let mb = selftest::multi_sha1();
     match kernel_of(backend) {
@@ -1582,6 +1588,62 @@ mod tests {
             selftest::first_passing(supported.iter().copied(), kat_with_faulty_kernel),
             Backend::Portable
         );
+    }
+
+    /// `backend`'s self-test with its CGO kernel wrong at `fault`.
+    fn kat_with_faulty_cgo(backend: Backend, fault: cgo::Fault) -> bool {
+        tor1_kat(backend)
+            && selftest::cgo_kat(&|h, c, j, o| {
+                cgo::run_batch_faulty(cgo::kernel(backend), fault, h, c, j, o)
+            })
+    }
+
+    /// A CGO kernel wrong in any one primitive (single or paired `ENC_UIV`, `DEC_UIV`, single
+    /// or paired `UPDATE_UIV`) fails the CGO self-test, on every x86 kernel and on the
+    /// reference; a backend whose CGO kernel fails is refused when forced and skipped by
+    /// selection, as a tor1 failure is.
+    #[test]
+    fn faulty_cgo_kernel_is_rejected_and_the_next_backend_chosen() {
+        for f in cgo::Fault::ALL {
+            assert!(
+                !selftest::cgo_kat(&|h, c, j, o| {
+                    cgo::run_batch_faulty(cgo::Kern::Ref, f, h, c, j, o)
+                }),
+                "reference: {f:?} not caught"
+            );
+        }
+        let supported: Vec<Backend> = Backend::supported().collect();
+        let mut kernels = 0;
+        for &b in &supported {
+            assert!(cgo::self_test(b), "{b}");
+            if matches!(cgo::kernel(b), cgo::Kern::Ref) {
+                continue;
+            }
+            kernels += 1;
+            for f in cgo::Fault::ALL {
+                assert!(!kat_with_faulty_cgo(b, f), "{b}: {f:?} not caught");
+                assert_eq!(
+                    Engine::checked(b, |x| x != b || kat_with_faulty_cgo(x, f)),
+                    Err(EngineError::SelfTestFailed(b))
+                );
+            }
+        }
+        eprintln!("CGO kernels checked: {kernels}");
+        // The best backend's CGO broken: the next one is chosen.
+        let top = supported[0];
+        let chosen = selftest::first_passing(supported.iter().copied(), |b| {
+            if b == top {
+                kat_with_faulty_cgo(b, cgo::Fault::Update)
+            } else {
+                b.self_test_passed()
+            }
+        });
+        let expect = if matches!(cgo::kernel(top), cgo::Kern::Ref) {
+            top
+        } else {
+            supported.get(1).copied().unwrap_or(Backend::Portable)
+        };
+        assert_eq!(chosen, expect);
     }
 
     /// A multi-lane SHA-1 with one wrong lane fails its self-test, the eight- and the

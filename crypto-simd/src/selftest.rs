@@ -17,7 +17,9 @@
 //! jobs; a `recognized != 0` cell), run by the candidate kernel with the chosen multi-lane
 //! SHA-1 and by the reference, compared cell for cell and outcome for outcome (digests
 //! included). The multi-lane test hashes sixteen (or eight) states with every class of
-//! buffered length, in full and in part, against single-stream SHA-1.
+//! buffered length, in full and in part, against single-stream SHA-1. A backend's test also
+//! runs its CGO kernel (proposal 359, [`crate::cgo`]) against the CGO reference
+//! ([`cgo_kat`]); the backend passes only if both parts do.
 //!
 //! On a mismatch the implementation is marked unusable: [`crate::Engine::best`] takes the next
 //! backend, [`crate::Engine::new`] (and so `CHIVE_CRYPTO_BACKEND`) refuses a forced one with
@@ -30,7 +32,7 @@ use std::sync::OnceLock;
 use crate::multi::{self, LaneResult, MultiSha1};
 #[cfg(target_arch = "x86_64")]
 use crate::sha1state::Sha1State;
-use crate::{reference, Backend, CellBody, Job, Kernel, Op, Outcome, Tor1Hop, KDF_LEN};
+use crate::{cgo, reference, Backend, CellBody, Job, Kernel, Op, Outcome, Tor1Hop, KDF_LEN};
 
 /// Circuits in the backend test: more than eight, so one flush of the pending set is wider than
 /// the eight-lane pass.
@@ -294,4 +296,114 @@ pub(crate) fn ref_op(hop: &mut reference::Tor1Hop, cell: &mut CellBody, op: Op) 
         }
         Op::OriginRecvBackward => crate::open_outcome(hop.origin_recv_backward(cell)),
     }
+}
+
+/// A CGO batch function (one backend's `process_batch_cgo` without the index checks).
+pub(crate) type CgoBatch<'a> =
+    &'a dyn Fn(&mut [cgo::CgoHop], &mut [CellBody], &[cgo::CgoJob], &mut [cgo::CgoOutcome]);
+
+/// Known-answer test of a CGO kernel (`batch`) against the reference (proposal 359's
+/// `ENC_UIV`, `DEC_UIV`, `UPDATE_UIV` on the `aes` and `polyval` crates).
+///
+/// Two circuits of two hops, client and relay sides (eight hop states, KDF bytes from a
+/// counter; one more relay and client hop see only cells meant for no one), run through two rounds of a forward batch then a backward batch: client
+/// originate (to the last hop and to the first, with `RELAY` and `RELAY_EARLY`) and
+/// encrypt-forward, relay forward not recognized (first hop) and recognized (then its key
+/// update), relay originate and backward, client decrypt not recognized and recognized (key
+/// update), a job on the wrong role, a cell that matches no hop; the relay jobs come single
+/// and in the kernels' independent pairs (both, one or neither updating keys), and a middle
+/// relay's forward keys are used more than once (the kernels' 32-power POLYVAL path) while
+/// the updated ones are used once (the 8-power path). Every outcome, every cell and every
+/// hop's keys, nonce and `T'` are compared after each batch.
+pub(crate) fn cgo_kat(batch: CgoBatch<'_>) -> bool {
+    use cgo::{CgoHop, CgoJob, CgoOp as O, CgoOutcome, CMD_RELAY as R, CMD_RELAY_EARLY as E};
+    // Hop indices: clients A0 A1 B0 B1, relays A0 A1 B0 B1, then X.
+    const CA: [u32; 2] = [0, 1];
+    const CB: [u32; 2] = [2, 3];
+    const RA: [u32; 2] = [4, 5];
+    const RB: [u32; 2] = [6, 7];
+    // A relay and a client hop that only see cells meant for no one (and wrong-role jobs).
+    const RX: u32 = 8;
+    const CX: u32 = 9;
+    let kdf = |h: u32| -> [u8; cgo::KDF_LEN] {
+        core::array::from_fn(|i| (i * 37 + (h as usize % 4) * 101 + h as usize / 8 + 3) as u8)
+    };
+    let mut hops: Vec<CgoHop> = (0..10u32)
+        .filter_map(|h| {
+            if h < 4 || h == CX {
+                cgo::ClientHopState::from_kdf(&kdf(h))
+                    .ok()
+                    .map(CgoHop::Client)
+            } else {
+                cgo::RelayState::from_kdf(&kdf(h)).ok().map(CgoHop::Relay)
+            }
+        })
+        .collect();
+    if hops.len() != 10 {
+        return false;
+    }
+    let mut refs = hops.clone();
+    let j = |hop: u32, cell: u32, cmd: u8, op: O| CgoJob { hop, cell, cmd, op };
+    let forward = [
+        // Cells 0 (A, to hop 1), 1 (B, to hop 1), 2 (A, to hop 0), 3 (B, to hop 0).
+        j(CA[1], 0, R, O::ClientOriginate),
+        j(CA[0], 0, R, O::ClientEncryptForward),
+        j(CB[1], 1, E, O::ClientOriginate),
+        j(CB[0], 1, E, O::ClientEncryptForward),
+        j(CA[0], 2, R, O::ClientOriginate),
+        j(CB[0], 3, E, O::ClientOriginate),
+        // Pairs: neither recognized; both (two key updates); both (hop 0's keys).
+        j(RA[0], 0, R, O::RelayForward),
+        j(RB[0], 1, E, O::RelayForward),
+        j(RA[1], 0, R, O::RelayForward),
+        j(RB[1], 1, E, O::RelayForward),
+        j(RA[0], 2, R, O::RelayForward),
+        j(RB[0], 3, E, O::RelayForward),
+        // Wrong role, then a single relay job on a cell for nobody.
+        j(CX, 4, R, O::RelayForward),
+        j(RX, 4, R, O::RelayForward),
+    ];
+    let backward = [
+        // Pairs: both originate (two key updates); one originates; the other one.
+        j(RA[1], 0, R, O::RelayOriginate),
+        j(RB[1], 1, E, O::RelayOriginate),
+        j(RB[1], 3, R, O::RelayOriginate),
+        j(RA[0], 0, R, O::RelayBackward),
+        j(RB[0], 1, E, O::RelayBackward),
+        j(RA[0], 2, R, O::RelayOriginate),
+        // A single relay job (followed by a client one).
+        j(RB[0], 3, R, O::RelayBackward),
+        j(CA[0], 0, R, O::ClientDecryptBackward),
+        j(CA[1], 0, R, O::ClientDecryptBackward),
+        j(CB[0], 1, E, O::ClientDecryptBackward),
+        j(CB[1], 1, E, O::ClientDecryptBackward),
+        j(CA[0], 2, R, O::ClientDecryptBackward),
+        j(CB[0], 3, R, O::ClientDecryptBackward),
+        j(CB[1], 3, R, O::ClientDecryptBackward),
+        // Wrong role; a cell for nobody.
+        j(RX, 4, R, O::ClientDecryptBackward),
+        j(CX, 4, R, O::ClientDecryptBackward),
+    ];
+    let mut ok = true;
+    let mut tags = 0;
+    for round in 0..2u8 {
+        for jobs in [&forward[..], &backward[..]] {
+            let mut cells: Vec<CellBody> = (0..5u8)
+                .map(|c| core::array::from_fn(|i| (i as u8).wrapping_mul(11) ^ c ^ round))
+                .collect();
+            let mut want_cells = cells.clone();
+            let mut out = vec![CgoOutcome::Done; jobs.len()];
+            let mut want = out.clone();
+            batch(&mut hops, &mut cells, jobs, &mut out);
+            cgo::run_batch_with(cgo::RefPrims, &mut refs, &mut want_cells, jobs, &mut want);
+            ok &= out == want && cells == want_cells;
+            ok &= hops.iter().zip(&refs).all(|(a, b)| a.same_state(b));
+            tags += want
+                .iter()
+                .filter(|o| matches!(o, CgoOutcome::Recognized(_) | CgoOutcome::Sealed(_)))
+                .count();
+        }
+    }
+    // The scenario itself: every originated cell sealed and recognized at its end.
+    ok && tags == 2 * (4 + 4 + 4 + 4)
 }

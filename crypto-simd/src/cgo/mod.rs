@@ -403,6 +403,32 @@ pub(crate) fn run_dir(
     }
 }
 
+/// Runs a checked batch on kernel `k`.
+pub(crate) fn run_batch_on(
+    k: Kern,
+    hops: &mut [CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kern::X86(t) => x86::run_batch(t, hops, cells, jobs, out),
+        Kern::Ref => run_batch_with(RefPrims, hops, cells, jobs, out),
+    }
+}
+
+/// The power-on self-test of `backend`'s CGO kernel (`selftest::cgo_kat`), part of the
+/// backend's own self-test: a backend whose CGO kernel fails is not used at all. The portable
+/// backend's CGO kernel is the reference itself: nothing to compare.
+pub(crate) fn self_test(backend: crate::Backend) -> bool {
+    match kernel(backend) {
+        Kern::Ref => true,
+        #[allow(unreachable_patterns)]
+        k => crate::selftest::cgo_kat(&|h, c, j, o| run_batch_on(k, h, c, j, o)),
+    }
+}
+
 /// A backend's CGO kernel, once the CPU is known to support it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kern {
@@ -474,6 +500,125 @@ pub enum CgoOutcome {
     /// The op is for the other role than the hop's (a relay op on a client hop or the
     /// reverse); nothing was done.
     WrongRole,
+}
+
+impl CgoHop {
+    /// Whether both hops hold the same keys, nonces and `T'` (the schedules aside).
+    pub(crate) fn same_state(&self, other: &CgoHop) -> bool {
+        let same = |a: &Dir, b: &Dir| {
+            a.keys.raw == b.keys.raw
+                && a.keys.client == b.keys.client
+                && a.nonce == b.nonce
+                && a.tprime == b.tprime
+        };
+        match (self, other) {
+            (CgoHop::Relay(a), CgoHop::Relay(b)) => same(&a.fwd, &b.fwd) && same(&a.bwd, &b.bwd),
+            (CgoHop::Client(a), CgoHop::Client(b)) => same(&a.fwd, &b.fwd) && same(&a.bwd, &b.bwd),
+            _ => false,
+        }
+    }
+}
+
+/// Where [`Faulty`] corrupts a kernel's result (tests of the self-test).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// One bit of the cell after a single `ENC_UIV`.
+    Encrypt,
+    /// One bit of the second cell after a paired `ENC_UIV`.
+    Encrypt2,
+    /// One bit of the cell after `DEC_UIV`.
+    Decrypt,
+    /// One bit of the new nonce after a single `UPDATE_UIV`.
+    Update,
+    /// One bit of the second new nonce after a paired `UPDATE_UIV`.
+    Update2,
+}
+
+#[cfg(test)]
+impl Fault {
+    pub(crate) const ALL: [Fault; 5] = [
+        Fault::Encrypt,
+        Fault::Encrypt2,
+        Fault::Decrypt,
+        Fault::Update,
+        Fault::Update2,
+    ];
+}
+
+/// A kernel that is right except at one primitive ([`Fault`]).
+#[cfg(test)]
+#[derive(Clone, Copy)]
+pub(crate) struct Faulty<P>(pub(crate) P, pub(crate) Fault);
+
+#[cfg(test)]
+impl<P: Prims> Prims for Faulty<P> {
+    #[inline(always)]
+    fn encrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        self.0.encrypt(k, tprime, cmd, cell);
+        if self.1 == Fault::Encrypt {
+            cell[508] ^= 1;
+        }
+    }
+    #[inline(always)]
+    fn decrypt(self, k: &mut DirKeys, tprime: &[u8; BLK], cmd: u8, cell: &mut CellBody) {
+        self.0.decrypt(k, tprime, cmd, cell);
+        if self.1 == Fault::Decrypt {
+            cell[20] ^= 0x80;
+        }
+    }
+    #[inline(always)]
+    fn update(self, k: &mut DirKeys, nonce: &mut [u8; BLK]) {
+        self.0.update(k, nonce);
+        if self.1 == Fault::Update {
+            nonce[15] ^= 1;
+        }
+    }
+    #[inline(always)]
+    fn encrypt2(self, a: EncArgs<'_>, b: EncArgs<'_>) {
+        let EncArgs {
+            keys,
+            tprime,
+            cmd,
+            cell,
+        } = b;
+        self.0.encrypt2(
+            a,
+            EncArgs {
+                keys,
+                tprime,
+                cmd,
+                cell: &mut *cell,
+            },
+        );
+        if self.1 == Fault::Encrypt2 {
+            cell[100] ^= 1;
+        }
+    }
+    #[inline(always)]
+    fn update2(self, ka: &mut DirKeys, na: &mut [u8; BLK], kb: &mut DirKeys, nb: &mut [u8; BLK]) {
+        self.0.update2(ka, na, kb, nb);
+        if self.1 == Fault::Update2 {
+            nb[0] ^= 1;
+        }
+    }
+}
+
+/// Runs a checked batch on kernel `k` with `fault`.
+#[cfg(test)]
+pub(crate) fn run_batch_faulty(
+    k: Kern,
+    fault: Fault,
+    hops: &mut [CgoHop],
+    cells: &mut [CellBody],
+    jobs: &[CgoJob],
+    out: &mut [CgoOutcome],
+) {
+    match k {
+        #[cfg(target_arch = "x86_64")]
+        Kern::X86(t) => x86::run_batch_faulty(t, fault, hops, cells, jobs, out),
+        Kern::Ref => run_batch_with(Faulty(RefPrims, fault), hops, cells, jobs, out),
+    }
 }
 
 /// Runs one checked job.
@@ -622,11 +767,7 @@ impl crate::Engine {
                 return Err(BatchError::CellOutOfRange { job: i });
             }
         }
-        match kernel(self.backend()) {
-            #[cfg(target_arch = "x86_64")]
-            Kern::X86(t) => x86::run_batch(t, hops, cells, jobs, out),
-            Kern::Ref => run_batch_with(RefPrims, hops, cells, jobs, out),
-        }
+        run_batch_on(kernel(self.backend()), hops, cells, jobs, out);
         Ok(())
     }
 
