@@ -1821,8 +1821,19 @@ mod tests {
         };
         r.set_limit_for_test(5);
         let data = random_bytes(200_000, 4);
-        for piece in data.chunks(1000) {
-            send_all(&mut p, false, piece, &mut got);
+        for (i, piece) in data.chunks(1000).enumerate() {
+            // Half the pieces straight into the open record.
+            match p
+                .server
+                .plaintext_writer(piece.len())
+                .filter(|_| i % 2 == 0)
+            {
+                Some(w) => {
+                    w.extend_from_slice(piece);
+                    exchange(&mut p, &mut got);
+                }
+                None => send_all(&mut p, false, piece, &mut got),
+            }
         }
         let Inner::Records(r) = &p.server.inner else {
             panic!("no switch")
