@@ -2828,7 +2828,7 @@ mod tests {
         let mut paused_after = None;
         for i in 0..1000 {
             let cell = circ
-                .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[7u8; 400])
+                .send_raw(&mut net.rng, 0, RelayCmd::DROP, None, &[i as u8; 400])
                 .unwrap();
             net.clients[0].send(&cell);
             let mut out = Vec::new();
@@ -2844,20 +2844,42 @@ mod tests {
         let paused_after = paused_after.expect("reading never paused");
         assert!(paused_after > 10, "{paused_after}");
         assert!(
+            !net.shards[0].get(conn).unwrap().plain_out.is_empty(),
+            "TLS is full and cells wait in the shard's queue"
+        );
+        assert!(
             net.shards[0].peer_addr(conn).is_some(),
             "the connection stays open"
         );
         // Once its output drains, the connection is read again.
+        let mut wire = Vec::new();
         while let Some(c) = net.shards[0].poll_writable() {
             loop {
-                let n = net.shards[0].poll_transmit(c).len();
-                if n == 0 {
+                let out = net.shards[0].poll_transmit(c);
+                if out.is_empty() {
                     break;
                 }
+                wire.extend_from_slice(out);
+                let n = out.len();
                 net.shards[0].handle_sent(c, n);
             }
         }
         assert!(net.shards[0].wants_read(conn));
+        // Every echo arrives, in order, although the later ones waited in the shard's queue
+        // while the earlier ones went straight into TLS records.
+        net.clients[0].recv(&wire);
+        while !net.clients[0].wire_in.is_empty() {
+            // The test client opens about 16 KiB of records per call.
+            net.clients[0].recv(&[]);
+        }
+        let got = net.clients[0].cells();
+        assert_eq!(got.len(), paused_after);
+        for (i, c) in got.iter().enumerate() {
+            match circ.handle_cell(c).unwrap() {
+                ClientEvent::Msg { hop: 0, data, .. } => assert_eq!(data, [i as u8; 400]),
+                ev => panic!("{ev:?}"),
+            }
+        }
     }
 
     /// Sends `cells` from the client to shard 0 and has it process them, without moving
