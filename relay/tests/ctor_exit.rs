@@ -11,6 +11,13 @@
 //! Paths: chive client → chive → chive → C tor exit (tor1 hops, then CGO on the chive hops),
 //! and chive client → C tor → chive → C tor exit.
 //!
+//! With congestion control (proposal 324, asked for in the exit's ntor v3 handshake):
+//! [`streams_with_congestion_control_through_c_tor`] builds circuits of three C tor relays, CGO
+//! on every hop and CC on the exit (then tor1 everywhere, CC on the exit), and echoes
+//! [`CC_TOTAL`] bytes each way over [`CC_STREAMS`] streams at once, every byte checked: circuit
+//! SENDMEs every `sendme_inc` cells both ways, our fixed congestion window, no stream SENDMEs,
+//! XON/XOFF (one stream is read lazily, so we send XOFF and XON; the exit's are obeyed).
+//!
 //! A C tor relay with no consensus accepts BEGIN only with `RefuseUnknownExits 0` (else the
 //! previous hop is an unknown relay: END MISC) and once it has built its own descriptor
 //! (until then every stream fails its exit policy: END EXITPOLICY, retried here).
@@ -31,13 +38,15 @@ use std::time::Duration;
 
 use chive::{relay_info, Chan, Chive};
 use ctor::CTorRelay;
+use proto::ids::StreamId;
 use proto::relay_cell::RelayCmd;
+use proto::relay_cell_v1::RelayCellFormat;
 use proto::relay_msg::{Begin, EndReason, Host};
 use relay::circuit::{
-    ClientEvent, HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START,
+    ClientEvent, HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START, XOFF_UNREAD,
 };
 
-use HandshakeKind::{CreateFast, Ntor, NtorV3, NtorV3Cgo};
+use HandshakeKind::{CreateFast, Ntor, NtorV3, NtorV3Cc, NtorV3Cgo, NtorV3CgoCc};
 
 /// Bytes pushed each way: about 1300 full v0 DATA cells.
 const TOTAL: usize = 640 * 1024;
@@ -275,6 +284,183 @@ fn tampered_sendme_closes(
             received < TOTAL,
             "the exit accepted a SENDME with a wrong digest"
         );
+    }
+}
+
+/// Streams at once in the congestion-control test.
+const CC_STREAMS: usize = 3;
+/// Bytes echoed each way over all streams in the congestion-control test (1.125 MiB).
+const CC_TOTAL: usize = CC_STREAMS * 384 * 1024;
+
+/// What went through a circuit with congestion control.
+#[derive(Debug, Default)]
+struct CcCounts {
+    data_in: usize,
+    data_out: usize,
+    sendmes_in: usize,
+    sendmes_out: usize,
+    xoff_in: usize,
+    xon_in: usize,
+    xoff_out: usize,
+    xon_out: usize,
+}
+
+/// [`flush`], counting what goes out.
+fn flush_counted(
+    chan: &mut Chan,
+    circ: &mut OriginCircuit,
+    streams: &mut Streams,
+    n: &mut CcCounts,
+) {
+    while let Some(m) = streams.poll_msg() {
+        match m.cmd {
+            RelayCmd::DATA => n.data_out += 1,
+            RelayCmd::SENDME => {
+                assert!(
+                    m.stream.is_none(),
+                    "no stream SENDMEs with congestion control"
+                );
+                n.sendmes_out += 1;
+            }
+            RelayCmd::XOFF => n.xoff_out += 1,
+            RelayCmd::XON => n.xon_out += 1,
+            _ => {}
+        }
+        let cell = circ
+            .send_raw(
+                &mut rand::rngs::OsRng,
+                streams.hop(),
+                m.cmd,
+                m.stream,
+                &m.data,
+            )
+            .unwrap();
+        streams.sent_tag(circ.last_sent_tag());
+        chan.send(&cell);
+    }
+}
+
+/// Opens [`CC_STREAMS`] streams to the echo server at `port` through the last hop, which
+/// negotiated congestion control, and pushes [`CC_TOTAL`] random bytes over them at once,
+/// checking every echoed byte. Stream 0 is read lazily: its bytes are reported consumed only
+/// once more than [`XOFF_UNREAD`] are unread and 50 more events came (or the other streams
+/// are done), so we send XOFF and later XON. Then ENDs the streams and destroys the circuit.
+fn echo_cc(chan: &mut Chan, mut circ: OriginCircuit, port: u16, closed: &mpsc::Receiver<usize>) {
+    let circ = &mut circ;
+    let hop = circ.hops() - 1;
+    let inc = circ
+        .hop_sendme_inc(hop)
+        .expect("the exit answered CC_REQUEST");
+    let mut streams = Streams::for_hop(circ, hop).unwrap();
+    assert_eq!(streams.sendme_inc(), Some(inc));
+    let s = &mut streams;
+    let per = CC_TOTAL / CC_STREAMS;
+    let mut ids: Vec<StreamId> = Vec::new();
+    for _ in 0..CC_STREAMS {
+        ids.push(connect(chan, circ, s, port));
+    }
+    let mut data = vec![0u8; CC_TOTAL];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
+    let chunk = |i: usize| &data[i * per..(i + 1) * per];
+    let mut written = [0usize; CC_STREAMS];
+    let mut received: Vec<Vec<u8>> = vec![Vec::with_capacity(per); CC_STREAMS];
+    let mut lazy_wait = 0;
+    let mut n = CcCounts::default();
+    while received.iter().any(|r| r.len() < per) {
+        for i in 0..CC_STREAMS {
+            let until = per.min(received[i].len() + IN_FLIGHT);
+            if written[i] < until {
+                written[i] += s.write(ids[i], &chunk(i)[written[i]..until]).unwrap();
+            }
+        }
+        // Stream 0's reader wakes up once it has more than XOFF_UNREAD unread.
+        if s.unread(ids[0]) > XOFF_UNREAD {
+            lazy_wait += 1;
+        }
+        let others_done = received[1..].iter().all(|r| r.len() == per);
+        if lazy_wait > 50 || others_done {
+            s.consumed(ids[0], s.unread(ids[0]));
+            lazy_wait = 0;
+        }
+        flush_counted(chan, circ, s, &mut n);
+        match next(chan, circ, s) {
+            StreamEvent::Data { stream, data } => {
+                let i = ids.iter().position(|id| *id == stream).unwrap();
+                n.data_in += 1;
+                received[i].extend_from_slice(&data);
+                assert!(received[i].len() <= per, "more echoed than sent");
+                if i != 0 {
+                    s.consumed(stream, data.len());
+                }
+            }
+            StreamEvent::Sendme { stream: None } => n.sendmes_in += 1,
+            StreamEvent::Xoff { .. } => n.xoff_in += 1,
+            StreamEvent::Xon { .. } => n.xon_in += 1,
+            other => panic!("unexpected {other:?} after {n:?}"),
+        }
+        // Our congestion window: never more DATA cells unacknowledged than cwnd.
+        let cwnd = 4 * usize::from(inc);
+        assert!(n.data_out - n.sendmes_in * usize::from(inc) <= cwnd);
+    }
+    for (i, r) in received.iter().enumerate() {
+        assert!(*r == chunk(i), "stream {i}: echoed bytes differ");
+    }
+    // The SENDME for the last cells, if due.
+    flush_counted(chan, circ, s, &mut n);
+    eprintln!("{CC_TOTAL} bytes each way over {CC_STREAMS} streams, sendme_inc {inc}: {n:?}");
+    // SENDMEs every sendme_inc DATA cells each way (the last few may still be on the way).
+    assert!(n.sendmes_out == n.data_in / usize::from(inc));
+    assert!(n.sendmes_in + 4 >= n.data_out / usize::from(inc));
+    assert!(n.data_out >= CC_TOTAL / circ.hop_format(hop).unwrap().data_max(RelayCmd::DATA));
+    // The lazy reader made us send XOFF, and XON after it.
+    assert!(n.xoff_out >= 1 && n.xon_out >= n.xoff_out - 1, "{n:?}");
+
+    for id in ids {
+        s.end(id, EndReason::DONE).unwrap();
+    }
+    flush_counted(chan, circ, s, &mut n);
+    for _ in 0..CC_STREAMS {
+        let echoed = closed
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the echo server never saw a stream close");
+        assert_eq!(echoed, per);
+    }
+    chan.send(&circ.destroy());
+}
+
+#[test]
+fn streams_with_congestion_control_through_c_tor() {
+    let (port, closed) = echo_server();
+    let ctors = std::thread::scope(|s| {
+        let allow = ["--ExtendAllowPrivateAddresses", "1"];
+        let e = s.spawn(move || CTorRelay::start_exit("ccExit", port, &allow));
+        let g = s.spawn(move || CTorRelay::start("ccGuard", &allow));
+        let m = s.spawn(move || CTorRelay::start("ccMid", &allow));
+        vec![e.join().unwrap(), g.join().unwrap(), m.join().unwrap()]
+    });
+    let [exit, guard, mid] =
+        [0, 1, 2].map(|i| relay_info(&ctors[i].data_dir(), ctors[i].or_addr()));
+    let mut chan = Chan::open(&guard);
+
+    // CGO on every hop, congestion control at the exit.
+    let circ = chan.build(
+        1,
+        &[&guard, &mid, &exit],
+        &[NtorV3Cgo, NtorV3Cgo, NtorV3CgoCc],
+    );
+    assert_eq!(circ.hop_format(2), Some(RelayCellFormat::V1));
+    assert_eq!(circ.hop_sendme_inc(1), None);
+    echo_cc(&mut chan, circ, port, &closed);
+    // tor1 everywhere, congestion control at the exit.
+    let circ = chan.build(2, &[&guard, &mid, &exit], &[NtorV3, Ntor, NtorV3Cc]);
+    assert_eq!(circ.hop_format(2), Some(RelayCellFormat::V0));
+    echo_cc(&mut chan, circ, port, &closed);
+    // The channel still works.
+    let mut circ = chan.build(3, &[&guard], &[NtorV3]);
+    chan.send(&circ.destroy());
+
+    for c in &ctors {
+        assert!(!c.log().contains("Bug:"), "{}", c.log());
     }
 }
 

@@ -460,8 +460,13 @@ impl Streams {
             let cc = self.sendme_inc.is_some();
             // With congestion control a stream may send unless the hop said XOFF; else while
             // its window is open.
-            let may_send =
-                |s: &Stream| if cc { !s.xoff_recv } else { s.package_window > 0 };
+            let may_send = |s: &Stream| {
+                if cc {
+                    !s.xoff_recv
+                } else {
+                    s.package_window > 0
+                }
+            };
             let pick = self
                 .streams
                 .range(StreamId::new(start.saturating_add(1))?..)
@@ -477,9 +482,7 @@ impl Streams {
                 }
                 self.package_window -= 1;
                 self.data_sent += 1;
-                self.tag_owed = self
-                    .data_sent
-                    .is_multiple_of(u64::from(self.package_inc));
+                self.tag_owed = self.data_sent.is_multiple_of(u64::from(self.package_inc));
                 self.cursor = id.get();
                 return Some(OutMsg {
                     stream: Some(id),
@@ -1262,7 +1265,9 @@ mod tests {
             let mut sendmes = Vec::new();
             for n in 1..=200u64 {
                 let id = ids[n as usize % 2];
-                let ev = s.handle_msg(Some(id), RelayCmd::DATA, b"ab", tag(n)).unwrap();
+                let ev = s
+                    .handle_msg(Some(id), RelayCmd::DATA, b"ab", tag(n))
+                    .unwrap();
                 assert!(matches!(ev, Some(StreamEvent::Data { stream, .. }) if stream == id));
                 while let Some(m) = s.poll_msg() {
                     assert_eq!((m.stream, m.cmd), (None, RelayCmd::SENDME), "{m:?}");
@@ -1306,7 +1311,11 @@ mod tests {
         // Three streams with no stream windows: the congestion window stops them.
         assert_eq!(fill_and_send(&mut s, &ids, &mut sent), usize::from(cwnd));
         assert_eq!(s.circ_windows().0, 0);
-        assert_eq!(s.stream_windows(ids[0]), Some((500, 500)), "no stream windows");
+        assert_eq!(
+            s.stream_windows(ids[0]),
+            Some((500, 500)),
+            "no stream windows"
+        );
         // Each SENDME acknowledges 31 cells and carries the tag of the 31st, 62nd, ...
         assert_eq!(
             s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(31)), SendmeTag::None),
@@ -1320,7 +1329,12 @@ mod tests {
         assert_eq!(s.circ_windows().0, cwnd);
         // Nothing more was sent: one SENDME more is for cells never sent.
         assert_eq!(
-            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(186)), SendmeTag::None),
+            s.handle_msg(
+                None,
+                RelayCmd::SENDME,
+                &sendme_v1(tag(186)),
+                SendmeTag::None
+            ),
             Err(StreamError::CircuitProtocol(Fault::SendmeOverflow))
         );
         // A wrong tag (the 30th cell's, not the 31st's) breaks the circuit.
@@ -1348,7 +1362,10 @@ mod tests {
         }
         let mut sent = 0;
         let (data, _) = drain(&mut s, &mut sent);
-        assert!(data.iter().all(|(id, _)| *id == ids[1]), "only the other stream");
+        assert!(
+            data.iter().all(|(id, _)| *id == ids[1]),
+            "only the other stream"
+        );
         assert_eq!(data.len(), 5);
         assert_eq!(s.buffered(ids[0]), 2000);
         // XON (version 0, rate 1000 kB/s) resumes it.
@@ -1465,7 +1482,10 @@ mod tests {
         assert_eq!(cmds(&p, RelayCmd::SENDME), (over - 1) / 31);
         s.consumed(ids[0], usize::MAX);
         let p = polled(&mut s);
-        assert_eq!(cmds(&p, RelayCmd::SENDME), (over + 62) / 31 - (over - 1) / 31);
+        assert_eq!(
+            cmds(&p, RelayCmd::SENDME),
+            (over + 62) / 31 - (over - 1) / 31
+        );
         assert_eq!(cmds(&p, RelayCmd::XON), 1);
         assert_eq!(s.circ_windows().1, 1000 - ((over + 62) % 31) as u16);
     }
