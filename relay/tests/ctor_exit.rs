@@ -8,8 +8,9 @@
 //! circuit SENDME whose authenticating digest has one bit flipped makes the exit destroy the
 //! circuit.
 //!
-//! Paths: chive client → chive → chive → C tor exit (tor1 hops, then CGO on the chive hops),
-//! and chive client → C tor → chive → C tor exit.
+//! Paths: chive client → chive → chive → C tor exit (tor1 hops, then CGO on the chive hops,
+//! then CGO everywhere with congestion control at the exit), and chive client → C tor → chive
+//! → C tor exit.
 //!
 //! With congestion control (proposal 324, asked for in the exit's ntor v3 handshake):
 //! [`streams_with_congestion_control_through_c_tor`] builds circuits of three C tor relays, CGO
@@ -487,12 +488,15 @@ fn streams_through_c_tor_exit() {
     let mut chan = Chan::open(a);
     let circ = chan.build(1, &[a, b, &exit], &[NtorV3, Ntor, NtorV3]);
     echo_through(&mut chan, circ, port, &closed);
-    // CGO on the chive hops. (Not at the exit: C tor 0.4.9 cannot send a stream SENDME in the
-    // v1 relay cell format, which gives SENDME no stream id; it trips a non-fatal assertion
-    // and closes the circuit. Streams through a CGO exit need congestion control, proposal
-    // 324, which uses XON/XOFF instead.)
+    // CGO on the chive hops. (Not at the exit with fixed windows: C tor 0.4.9 cannot send a
+    // stream SENDME in the v1 relay cell format, which gives SENDME no stream id; it trips a
+    // non-fatal assertion and closes the circuit.)
     let circ = chan.build(3, &[a, b, &exit], &[NtorV3Cgo, NtorV3Cgo, NtorV3]);
     echo_through(&mut chan, circ, port, &closed);
+    // CGO on every hop with congestion control at the exit (XON/XOFF, no stream SENDMEs):
+    // the chive hops relay it like any other cells.
+    let circ = chan.build(5, &[a, b, &exit], &[NtorV3Cgo, NtorV3Cgo, NtorV3CgoCc]);
+    echo_cc(&mut chan, circ, port, &closed);
     // A circuit SENDME with a wrong digest closes the circuit, and only the circuit.
     let circ = chan.build(4, &[a, b, &exit], &[CreateFast, Ntor, Ntor]);
     tampered_sendme_closes(&mut chan, circ, port, &closed);

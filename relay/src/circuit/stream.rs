@@ -719,23 +719,34 @@ fn end_msg(stream: StreamId, reason: EndReason) -> OutMsg {
 }
 
 /// Fuzz entry point: drives a [`Streams`] with operations read from `data` (open, write, end,
-/// poll and seal, and messages from the hop: arbitrary ones, DATA, and circuit SENDMEs with
-/// the right tag), checking after each that the windows and buffers stay within their bounds.
-/// The first byte's low bit picks the v0 or v1 relay cell format. Panics only on a bug.
+/// poll and seal, read, and messages from the hop: arbitrary ones, DATA, and circuit SENDMEs
+/// with the right tag), checking after each that the windows and buffers stay within their
+/// bounds. The first byte's low bit picks the v0 or v1 relay cell format; if its second bit is
+/// set the streams use congestion control, with `sendme_inc` the byte's upper six bits. Panics
+/// only on a bug.
 pub fn fuzz_streams(data: &[u8]) {
-    let (format, mut rest) = match data.split_first() {
-        Some((&b, rest)) if b & 1 == 1 => (RelayCellFormat::V1, rest),
-        Some((_, rest)) => (RelayCellFormat::V0, rest),
+    let (&first, mut rest) = match data.split_first() {
+        Some(x) => x,
         None => return,
+    };
+    let format = if first & 1 == 1 {
+        RelayCellFormat::V1
+    } else {
+        RelayCellFormat::V0
     };
     let mut take = |n: usize| -> Option<&[u8]> {
         let (a, b) = rest.split_at_checked(n)?;
         rest = b;
         Some(a)
     };
-    let mut s = Streams::new(2, format);
+    let mut s = if first & 2 == 2 {
+        Streams::with_cc(2, format, first >> 2)
+    } else {
+        Streams::new(2, format)
+    };
     // Tags given to sealed cells are their sequence numbers; `owed` are those of our 100th,
-    // 200th, ... DATA cells, which a well-behaved hop acknowledges in order.
+    // 200th, ... (`sendme_inc`th, ...) DATA cells, which a well-behaved hop acknowledges in
+    // order.
     let (mut sealed, mut data_cells) = (0u64, 0u64);
     let mut owed: VecDeque<SendmeTag> = VecDeque::new();
     let tag_of = |n: u64| {
@@ -751,7 +762,7 @@ pub fn fuzz_streams(data: &[u8]) {
     let big = [0x61u8; SEND_BUFFER_MAX];
     while let Some(&[op]) = take(1) {
         let stream = |b: u8| StreamId::new(u16::from(b % 8));
-        let result = match op % 8 {
+        let result = match op % 9 {
             0 => s.begin(&begin).map(|_| None),
             1 => match take(2) {
                 Some(&[id, n]) => match stream(id) {
@@ -770,7 +781,7 @@ pub fn fuzz_streams(data: &[u8]) {
                     if m.cmd == RelayCmd::DATA {
                         assert!(m.data.len() <= format.data_max(RelayCmd::DATA));
                         data_cells += 1;
-                        if data_cells.is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT)) {
+                        if data_cells.is_multiple_of(u64::from(s.package_inc)) {
                             owed.push_back(tag_of(sealed));
                         }
                     }
@@ -806,6 +817,15 @@ pub fn fuzz_streams(data: &[u8]) {
                 }
                 None => Ok(None),
             },
+            8 => match take(2) {
+                Some(&[id, n]) => {
+                    if let Some(id) = stream(id) {
+                        s.consumed(id, usize::from(n) * 1024);
+                    }
+                    Ok(None)
+                }
+                _ => return,
+            },
             _ => match take(1).and_then(|b| stream(b[0])) {
                 Some(id) => {
                     let connected = [127, 0, 0, 1, 0, 0, 0, 60];
@@ -822,7 +842,10 @@ pub fn fuzz_streams(data: &[u8]) {
             assert!(st.package_window <= STREAM_WINDOW_START);
             assert!(st.deliver_window <= STREAM_WINDOW_START);
             assert!(s.buffered(*id) <= SEND_BUFFER_MAX);
+            // Held SENDMEs let at most a window of cells more come past the hold mark.
+            assert!(st.unread <= HOLD_UNREAD + usize::from(CIRC_WINDOW_START) * s.data_max);
         }
+        assert!(s.package_window <= s.package_start);
         // A circuit-level violation destroys the circuit: nothing more happens on it.
         if let Err(StreamError::CircuitProtocol(_)) = result {
             return;
@@ -1495,6 +1518,20 @@ mod tests {
         assert_eq!(Streams::new(0, RelayCellFormat::V0).sendme_inc(), None);
         let s = Streams::with_cc(1, RelayCellFormat::V1, 0);
         assert_eq!((s.sendme_inc(), s.circ_windows()), (Some(1), (4, 1000)));
+    }
+
+    proptest::proptest! {
+        /// The fuzz entry point in congestion-control mode on random operations: its bounds
+        /// hold (it panics otherwise).
+        #[test]
+        fn fuzz_streams_with_cc_keeps_its_bounds(
+            first in 0u8..64,
+            ops in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let mut data = vec![(first << 2) | 2 | (first & 1)];
+            data.extend(ops);
+            fuzz_streams(&data);
+        }
     }
 
     #[test]
