@@ -55,19 +55,60 @@ const TOTAL: usize = 640 * 1024;
 /// the other waits (the windows alone would allow 1000 cells, about 500 KB).
 const IN_FLIGHT: usize = 128 * 1024;
 
+/// The byte at `i` of what [`exit_xoff_is_obeyed`] sends after [`HOLD`].
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A connection that starts with these bytes is not read until the test says so (a message on
+/// the release channel), then read to EOF and checked against [`pattern`], not echoed.
+const HOLD: &[u8; 4] = b"HOLD";
+
 /// A TCP echo server on 127.0.0.1: every connection is echoed until EOF, then the number of
-/// bytes it echoed is sent on the channel.
-fn echo_server() -> (u16, mpsc::Receiver<usize>) {
+/// bytes it echoed is sent on the channel. Except a [`HOLD`] connection: it sends the number
+/// of bytes that followed `HOLD` if all match [`pattern`], else `usize::MAX`.
+fn echo_server() -> (u16, mpsc::Receiver<usize>, mpsc::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             let tx = tx.clone();
+            let release = release_rx.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16 * 1024];
                 let mut echoed = 0;
+                let mut head = [0u8; 4];
+                if conn.read_exact(&mut head).is_err() {
+                    let _ = tx.send(0);
+                    return;
+                }
+                if &head == HOLD {
+                    let _ = release.lock().unwrap().recv();
+                    let mut good = true;
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                good &= buf[..n]
+                                    .iter()
+                                    .enumerate()
+                                    .all(|(i, b)| *b == pattern(echoed + i));
+                                echoed += n;
+                            }
+                        }
+                    }
+                    let _ = tx.send(if good { echoed } else { usize::MAX });
+                    return;
+                }
+                if conn.write_all(&head).is_err() {
+                    let _ = tx.send(0);
+                    return;
+                }
+                echoed += head.len();
                 loop {
                     match conn.read(&mut buf) {
                         Ok(0) | Err(_) => break,
@@ -83,7 +124,7 @@ fn echo_server() -> (u16, mpsc::Receiver<usize>) {
             });
         }
     });
-    (port, rx)
+    (port, rx, release_tx)
 }
 
 /// Sends every cell the streams have ready.
@@ -288,6 +329,101 @@ fn tampered_sendme_closes(
     }
 }
 
+/// Most bytes [`exit_xoff_is_obeyed`] pushes waiting for the exit's XOFF.
+const XOFF_PUSH_MAX: usize = 16 * 1024 * 1024;
+
+/// With congestion control at the exit: a stream to a server that does not read until
+/// released. The exit's buffer towards it fills until it sends XOFF; from then on we send no
+/// DATA on the stream however much is buffered. Once the server reads, the exit sends XON and
+/// the rest goes through; the server checks every byte.
+fn exit_xoff_is_obeyed(
+    chan: &mut Chan,
+    mut circ: OriginCircuit,
+    port: u16,
+    closed: &mpsc::Receiver<usize>,
+    release: &mpsc::Sender<()>,
+) {
+    let circ = &mut circ;
+    let hop = circ.hops() - 1;
+    let mut streams = Streams::for_hop(circ, hop).unwrap();
+    assert!(streams.sendme_inc().is_some());
+    let s = &mut streams;
+    let id = connect(chan, circ, s, port);
+    assert_eq!(s.write(id, HOLD).unwrap(), HOLD.len());
+    let mut n = CcCounts::default();
+    let mut written = 0;
+    // Fills the stream's send buffer.
+    let write_pattern = |s: &mut Streams, written: &mut usize| loop {
+        let chunk: Vec<u8> = (*written..*written + 8192).map(pattern).collect();
+        match s.write(id, &chunk).unwrap() {
+            0 => break,
+            k => *written += k,
+        }
+    };
+    loop {
+        assert!(
+            written < XOFF_PUSH_MAX,
+            "no XOFF from the exit after {written} bytes: {n:?}"
+        );
+        write_pattern(s, &mut written);
+        flush_counted(chan, circ, s, &mut n);
+        match next(chan, circ, s) {
+            StreamEvent::Xoff { stream } => {
+                assert_eq!(stream, id);
+                n.xoff_in += 1;
+                break;
+            }
+            StreamEvent::Sendme { stream: None } => n.sendmes_in += 1,
+            other => panic!("unexpected {other:?} after {n:?}"),
+        }
+    }
+    // XOFF'd: bytes wait, no DATA goes on this stream (and nothing else is queued).
+    write_pattern(s, &mut written);
+    assert!(s.buffered(id) > 0);
+    assert_eq!(s.poll_msg(), None);
+    let sent_at_xoff = n.data_out;
+    // The server reads: the exit's buffer drains and it sends XON; until then we send nothing.
+    release.send(()).unwrap();
+    loop {
+        flush_counted(chan, circ, s, &mut n);
+        match next(chan, circ, s) {
+            StreamEvent::Xon { stream } => {
+                assert_eq!(stream, id);
+                n.xon_in += 1;
+                break;
+            }
+            StreamEvent::Sendme { stream: None } => n.sendmes_in += 1,
+            other => panic!("unexpected {other:?} after {n:?}"),
+        }
+    }
+    assert_eq!(n.data_out, sent_at_xoff, "DATA sent while XOFF'd");
+    // Another MiB goes through (the exit may say XOFF and XON again on the way).
+    let total = written + 1024 * 1024;
+    loop {
+        if written < total {
+            write_pattern(s, &mut written);
+        }
+        flush_counted(chan, circ, s, &mut n);
+        if written >= total && s.buffered(id) == 0 {
+            break;
+        }
+        match next(chan, circ, s) {
+            StreamEvent::Sendme { stream: None } => n.sendmes_in += 1,
+            StreamEvent::Xoff { .. } => n.xoff_in += 1,
+            StreamEvent::Xon { .. } => n.xon_in += 1,
+            other => panic!("unexpected {other:?} after {n:?}"),
+        }
+    }
+    eprintln!("exit XOFF after {sent_at_xoff} DATA cells, then XON: {n:?}, {written} bytes");
+    s.end(id, EndReason::DONE).unwrap();
+    flush_counted(chan, circ, s, &mut n);
+    let got = closed
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never saw the stream close");
+    assert_eq!(got, written, "bytes lost or changed");
+    chan.send(&circ.destroy());
+}
+
 /// Streams at once in the congestion-control test.
 const CC_STREAMS: usize = 3;
 /// Bytes echoed each way over all streams in the congestion-control test (1.125 MiB).
@@ -431,7 +567,7 @@ fn echo_cc(chan: &mut Chan, mut circ: OriginCircuit, port: u16, closed: &mpsc::R
 
 #[test]
 fn streams_with_congestion_control_through_c_tor() {
-    let (port, closed) = echo_server();
+    let (port, closed, release) = echo_server();
     let ctors = std::thread::scope(|s| {
         let allow = ["--ExtendAllowPrivateAddresses", "1"];
         let e = s.spawn(move || CTorRelay::start_exit("ccExit", port, &allow));
@@ -456,6 +592,13 @@ fn streams_with_congestion_control_through_c_tor() {
     let circ = chan.build(2, &[&guard, &mid, &exit], &[NtorV3, Ntor, NtorV3Cc]);
     assert_eq!(circ.hop_format(2), Some(RelayCellFormat::V0));
     echo_cc(&mut chan, circ, port, &closed);
+    // The exit's XOFF and XON are obeyed.
+    let circ = chan.build(
+        4,
+        &[&guard, &mid, &exit],
+        &[NtorV3Cgo, NtorV3Cgo, NtorV3CgoCc],
+    );
+    exit_xoff_is_obeyed(&mut chan, circ, port, &closed, &release);
     // The channel still works.
     let mut circ = chan.build(3, &[&guard], &[NtorV3]);
     chan.send(&circ.destroy());
@@ -467,7 +610,7 @@ fn streams_with_congestion_control_through_c_tor() {
 
 #[test]
 fn streams_through_c_tor_exit() {
-    let (port, closed) = echo_server();
+    let (port, closed, _release) = echo_server();
     let (chives, ctors) = std::thread::scope(|s| {
         let c1 = s.spawn(|| Chive::start("chiveX1", "poll"));
         let c2 = s.spawn(|| Chive::start("chiveX2", "io_uring"));
