@@ -17,7 +17,10 @@
 //! on every hop and CC on the exit (then tor1 everywhere, CC on the exit), and echoes
 //! [`CC_TOTAL`] bytes each way over [`CC_STREAMS`] streams at once, every byte checked: circuit
 //! SENDMEs every `sendme_inc` cells both ways, our fixed congestion window, no stream SENDMEs,
-//! XON/XOFF (one stream is read lazily, so we send XOFF and XON; the exit's are obeyed).
+//! XON/XOFF (one stream is read lazily, so we send XOFF and XON). Then a stream to a server that
+//! does not read until released: the exit's buffer fills until it sends XOFF, after which no
+//! DATA goes out on the stream until its XON, then 1 MiB more gets through, checked by the
+//! server.
 //!
 //! A C tor relay with no consensus accepts BEGIN only with `RefuseUnknownExits 0` (else the
 //! previous hop is an unknown relay: END MISC) and once it has built its own descriptor
@@ -500,7 +503,7 @@ fn echo_cc(chan: &mut Chan, mut circ: OriginCircuit, port: u16, closed: &mpsc::R
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut data);
     let chunk = |i: usize| &data[i * per..(i + 1) * per];
     let mut written = [0usize; CC_STREAMS];
-    let mut received: Vec<Vec<u8>> = vec![Vec::with_capacity(per); CC_STREAMS];
+    let mut received: Vec<Vec<u8>> = (0..CC_STREAMS).map(|_| Vec::with_capacity(per)).collect();
     let mut lazy_wait = 0;
     let mut n = CcCounts::default();
     while received.iter().any(|r| r.len() < per) {

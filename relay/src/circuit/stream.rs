@@ -1,7 +1,8 @@
 //! Streams as a circuit's origin sees them, with fixed-window flow control (tor-spec §6
 //! "Stream management", <https://spec.torproject.org/tor-spec/opening-streams.html>, §7
 //! "Flow control", <https://spec.torproject.org/tor-spec/flow-control.html>, and proposal 289
-//! "Authenticating SENDME cells").
+//! "Authenticating SENDME cells") or congestion control (proposal 324 "RTT-based Congestion
+//! Control for Tor", with proposal 344's XON/XOFF stream flow control).
 //!
 //! [`Streams`] holds the streams of one circuit to one hop (the exit): RELAY_BEGIN (§6.2),
 //! CONNECTED, DATA cut to the most the hop's relay cell format carries, END with its reason
@@ -42,6 +43,9 @@
 //!   ignores our XOFF: while some stream has more than [`HOLD_UNREAD`] bytes unread, our circuit
 //!   SENDMEs are held back, so the hop may send at most [`CIRC_WINDOW_START`] more DATA cells
 //!   (the whole circuit waits for the caller to read).
+//!
+//! C tor 0.4.9 exits answer CC_REQUEST with `sendme_inc` 31, with CGO or tor1, and send XOFF
+//! when their buffer towards the stream's server passes about 250 kB (`relay/tests/ctor_exit.rs`).
 //!
 //! The core is sans-io and crypto-free: [`Streams::poll_msg`] gives the next message to seal
 //! ([`Streams::sent_tag`] takes the tag of the cell it became), [`Streams::handle_msg`] takes
