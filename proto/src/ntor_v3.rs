@@ -472,15 +472,31 @@ impl SubprotocolCap {
     };
 }
 
-/// What a relay enabled on a circuit from the client's ntor v3 extensions.
+/// What a client asks for in its ntor v3 message ([`client_message`]), or what a relay enabled
+/// on a circuit from it ([`negotiate_server`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Negotiated {
     /// `Relay=6` was requested and accepted: the hop uses CGO and the v1 relay cell format.
     pub cgo: bool,
+    /// Congestion control (proposal 324 §10.3, CC_REQUEST). A relay that does it answers with
+    /// CC_RESPONSE ([`client_server_message`]); chive relays do not, so [`negotiate_server`]
+    /// never sets it.
+    pub cc: bool,
 }
 
-/// Why a relay refuses a client's ntor v3 message (the CREATE2 is answered with DESTROY).
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// The `cc_sendme_inc` consensus default (proposal 324 §6.5.1): DATA cells per circuit SENDME
+/// on a circuit with congestion control.
+pub const CC_SENDME_INC_DEFAULT: u8 = 31;
+/// Smallest `sendme_inc` a client accepts in CC_RESPONSE: half the default, as C tor (an exit
+/// outside a factor of two of the consensus value is not used).
+pub const CC_SENDME_INC_MIN: u8 = CC_SENDME_INC_DEFAULT / 2;
+/// Largest `sendme_inc` a client accepts in CC_RESPONSE: twice the default.
+pub const CC_SENDME_INC_MAX: u8 = CC_SENDME_INC_DEFAULT * 2;
+
+/// Why a relay refuses a client's ntor v3 message (the CREATE2 is answered with DESTROY), or a
+/// client the relay's answer (the circuit is destroyed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum NegotiationError {
     /// The extension list is malformed.
     #[error("malformed ntor v3 extensions: {0}")]
@@ -488,6 +504,12 @@ pub enum NegotiationError {
     /// The client asked for a subprotocol capability this relay does not enable per circuit.
     #[error("unsupported subprotocol capability {}={}", .0.protocol, .0.version)]
     Unsupported(SubprotocolCap),
+    /// The relay answered CC_RESPONSE to a client that sent no CC_REQUEST.
+    #[error("congestion control answered but not requested")]
+    UnrequestedCc,
+    /// The relay's `sendme_inc` is outside [`CC_SENDME_INC_MIN`]..=[`CC_SENDME_INC_MAX`].
+    #[error("congestion control sendme_inc {0} out of range")]
+    BadSendmeInc(u8),
 }
 
 /// Relay side of the subprotocol request (proposal 346; tor-spec "Subprotocol request"): reads
@@ -519,16 +541,43 @@ pub fn negotiate_server(
 /// Client side: the client message asking for what `want` says (an empty list, one zero
 /// byte, when it asks for nothing; C tor refuses an empty message).
 pub fn client_message(want: Negotiated) -> Vec<u8> {
-    let mut exts = Vec::with_capacity(1);
+    let mut exts = Vec::with_capacity(2);
+    if want.cc {
+        exts.push(NtorV3Extension::CcRequest);
+    }
     if want.cgo {
         exts.push(NtorV3Extension::SubprotocolRequest(vec![
             SubprotocolCap::RELAY_CGO,
         ]));
     }
-    let mut out = Vec::with_capacity(5);
-    // One extension of two bytes always encodes.
+    let mut out = Vec::with_capacity(7);
+    // At most two short extensions: they always encode.
     let _ = encode_extensions(&exts, &mut out);
     out
+}
+
+/// Client side: reads the relay's server message (decrypted by [`client2`]) for a client
+/// message that asked for `asked`: the negotiated `sendme_inc` if the relay accepted congestion
+/// control (its first CC_RESPONSE counts), `None` if it did not answer it. A CC_RESPONSE the
+/// client did not ask for, or a `sendme_inc` outside [`CC_SENDME_INC_MIN`]..=
+/// [`CC_SENDME_INC_MAX`] (0 included), refuses the handshake; unknown extensions are ignored.
+pub fn client_server_message(
+    asked: Negotiated,
+    server_msg: &[u8],
+) -> Result<Option<u8>, NegotiationError> {
+    let exts = decode_extensions(server_msg)?;
+    let first = exts.iter().find_map(|e| match e {
+        NtorV3Extension::CcResponse { sendme_inc } => Some(*sendme_inc),
+        _ => None,
+    });
+    match first {
+        None => Ok(None),
+        Some(_) if !asked.cc => Err(NegotiationError::UnrequestedCc),
+        Some(inc) if !(CC_SENDME_INC_MIN..=CC_SENDME_INC_MAX).contains(&inc) => {
+            Err(NegotiationError::BadSendmeInc(inc))
+        }
+        Some(inc) => Ok(Some(inc)),
+    }
 }
 
 /// One extension in an ntor v3 client or server message.
@@ -667,13 +716,110 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn congestion_control_negotiation() {
+        let cc = Negotiated {
+            cgo: false,
+            cc: true,
+        };
+        let both = Negotiated {
+            cgo: true,
+            cc: true,
+        };
+        // CC_REQUEST is type 1, empty; beside Relay=6 it comes first.
+        assert_eq!(client_message(cc), [1, 1, 0]);
+        assert_eq!(client_message(both), [2, 1, 0, 3, 2, 2, 6]);
+        // A chive relay does not do congestion control: the request is ignored (not refused).
+        let caps = [SubprotocolCap::RELAY_CGO];
+        assert_eq!(
+            negotiate_server(&client_message(both), &caps),
+            Ok(Negotiated {
+                cgo: true,
+                cc: false
+            })
+        );
+        let response = |inc: u8| {
+            let mut sm = Vec::new();
+            encode_extensions(&[NtorV3Extension::CcResponse { sendme_inc: inc }], &mut sm).unwrap();
+            sm
+        };
+        assert_eq!(response(31), [1, 2, 1, 31]);
+        for asked in [cc, both] {
+            assert_eq!(client_server_message(asked, &response(31)), Ok(Some(31)));
+            assert_eq!(
+                client_server_message(asked, &response(CC_SENDME_INC_MIN)),
+                Ok(Some(15))
+            );
+            assert_eq!(
+                client_server_message(asked, &response(CC_SENDME_INC_MAX)),
+                Ok(Some(62))
+            );
+            // No answer: the relay does not do congestion control.
+            assert_eq!(client_server_message(asked, &[0]), Ok(None));
+            assert_eq!(client_server_message(asked, &[]), Ok(None));
+            for bad in [0, 14, 63, 255] {
+                assert_eq!(
+                    client_server_message(asked, &response(bad)),
+                    Err(NegotiationError::BadSendmeInc(bad))
+                );
+            }
+            // The first CC_RESPONSE counts; unknown extensions are ignored.
+            let mut two = Vec::new();
+            encode_extensions(
+                &[
+                    NtorV3Extension::Unrecognized {
+                        ext_type: NtorV3ExtType(9),
+                        body: vec![1, 2],
+                    },
+                    NtorV3Extension::CcResponse { sendme_inc: 20 },
+                    NtorV3Extension::CcResponse { sendme_inc: 0 },
+                ],
+                &mut two,
+            )
+            .unwrap();
+            assert_eq!(client_server_message(asked, &two), Ok(Some(20)));
+            // Malformed: an empty CC_RESPONSE, trailing bytes.
+            assert!(matches!(
+                client_server_message(asked, &[1, 2, 0]),
+                Err(NegotiationError::Codec(_))
+            ));
+            assert!(matches!(
+                client_server_message(asked, &[1, 2, 1, 31, 0]),
+                Err(NegotiationError::Codec(_))
+            ));
+        }
+        // A CC_RESPONSE to a client that did not ask.
+        for asked in [
+            Negotiated::default(),
+            Negotiated {
+                cgo: true,
+                cc: false,
+            },
+        ] {
+            assert_eq!(
+                client_server_message(asked, &response(31)),
+                Err(NegotiationError::UnrequestedCc)
+            );
+            assert_eq!(client_server_message(asked, &[0]), Ok(None));
+        }
+    }
+
+    #[test]
     fn subprotocol_negotiation() {
         // The client's request for Relay=6 is type 3 with body [02 06].
-        let cm = client_message(Negotiated { cgo: true });
+        let cm = client_message(Negotiated {
+            cgo: true,
+            cc: false,
+        });
         assert_eq!(cm, [1, 3, 2, 2, 6]);
         assert_eq!(client_message(Negotiated::default()), [0]);
         let cgo = [SubprotocolCap::RELAY_CGO];
-        assert_eq!(negotiate_server(&cm, &cgo), Ok(Negotiated { cgo: true }));
+        assert_eq!(
+            negotiate_server(&cm, &cgo),
+            Ok(Negotiated {
+                cgo: true,
+                cc: false
+            })
+        );
         // A relay that does not enable CGO refuses the request instead of ignoring it.
         assert_eq!(
             negotiate_server(&cm, &[]),
@@ -692,7 +838,13 @@ mod tests {
         );
         // Only the first request counts; CC_REQUEST beside it is fine.
         let two = [3, 1, 0, 3, 2, 2, 6, 3, 2, 2, 7];
-        assert_eq!(negotiate_server(&two, &cgo), Ok(Negotiated { cgo: true }));
+        assert_eq!(
+            negotiate_server(&two, &cgo),
+            Ok(Negotiated {
+                cgo: true,
+                cc: false
+            })
+        );
         // Odd-length or unsorted bodies are malformed.
         for bad in [&[1u8, 3, 1, 2][..], &[1, 3, 4, 2, 6, 2, 5], &[1, 3, 2, 2]] {
             assert!(matches!(

@@ -14,7 +14,10 @@
 //!   load generator drive relays with it.
 //! - [`Streams`] (in `stream.rs`): the client's streams on an [`OriginCircuit`] to its exit
 //!   hop: BEGIN, CONNECTED, DATA, END, with stream and circuit windows and authenticated
-//!   (proposal 289) SENDMEs, so that a client can move data through any exit (tor-spec §6, §7).
+//!   (proposal 289) SENDMEs, so that a client can move data through any exit (tor-spec §6, §7);
+//!   or, when the exit negotiated congestion control (proposal 324,
+//!   [`HandshakeKind::NtorV3Cc`]), with `sendme_inc` circuit SENDMEs, a fixed congestion
+//!   window and XON/XOFF, which also works through a CGO exit.
 //! - [`cgo`]: Counter Galois Onion relay crypto (proposal 359) per hop, for both. A hop uses
 //!   CGO and the v1 relay cell format ([`proto::relay_cell_v1`]) when its client asked for
 //!   `Relay=6` in the ntor v3 subprotocol request ([`HandshakeKind::NtorV3Cgo`]) and the relay
@@ -48,8 +51,9 @@ pub use relay_core::{
     RequestId, Stats,
 };
 pub use stream::{
-    fuzz_streams, Fault, OutMsg, StreamError, StreamEvent, Streams, CIRC_WINDOW_INCREMENT,
-    CIRC_WINDOW_START, SEND_BUFFER_MAX, STREAMS_MAX, STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START,
+    fuzz_streams, Fault, OutMsg, StreamError, StreamEvent, Streams, CC_CWND_SENDMES,
+    CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START, HOLD_UNREAD, SEND_BUFFER_MAX, STREAMS_MAX,
+    STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START, XOFF_UNREAD, XON_UNREAD,
 };
 
 use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};

@@ -25,7 +25,9 @@ use proto::kdf::{HandshakeError, KeyGenerator};
 use proto::keys::RelayKeys;
 use proto::link_spec::LinkSpec;
 use proto::ntor::{NtorClientState, NtorPublicKey};
-use proto::ntor_v3::{Negotiated, NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION};
+use proto::ntor_v3::{
+    Negotiated, NegotiationError, NtorV3ClientState, NtorV3PublicKey, CIRCUIT_EXTEND_VERIFICATION,
+};
 use proto::relay_cell::RelayCmd;
 use proto::relay_cell_v1::{RelayCellFormat, RelayFormatError};
 use proto::relay_msg::{Extend2, Extended2, RelayMsg, Truncated};
@@ -50,6 +52,14 @@ pub enum HandshakeKind {
     /// ntor v3 asking for `Relay=6` (proposal 359): the hop uses CGO relay crypto and the v1
     /// relay cell format. A relay that does not enable it refuses the CREATE2 / EXTEND2.
     NtorV3Cgo,
+    /// ntor v3 asking for congestion control (proposal 324 §10.3, CC_REQUEST): if the relay
+    /// accepts, [`OriginCircuit::hop_sendme_inc`] gives its `sendme_inc` and streams to the hop
+    /// use congestion control ([`super::Streams::for_hop`]). A relay that does not do it
+    /// ignores the request.
+    NtorV3Cc,
+    /// [`HandshakeKind::NtorV3Cgo`] and [`HandshakeKind::NtorV3Cc`] at once: what streams to a
+    /// CGO exit need.
+    NtorV3CgoCc,
     /// CREATE_FAST (tor-spec §5.1.5); first hop only.
     CreateFast,
 }
@@ -147,6 +157,10 @@ pub enum ClientError {
     /// A handshake reply did not verify.
     #[error("handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
+    /// An ntor v3 reply verified, but its extensions are malformed or answer what was not
+    /// asked (a CC_RESPONSE without CC_REQUEST, a `sendme_inc` out of range).
+    #[error("handshake reply refused: {0}")]
+    Negotiation(#[from] NegotiationError),
     /// A cell came that the circuit did not expect in its state.
     #[error("unexpected {0} cell")]
     UnexpectedCell(ChanCmd),
@@ -186,10 +200,10 @@ pub enum ClientError {
 enum Pending {
     None,
     Ntor(NtorClientState),
-    /// ntor v3; `cgo` if the client message asked for `Relay=6`.
+    /// ntor v3 with what its client message asked for.
     NtorV3 {
         state: NtorV3ClientState,
-        cgo: bool,
+        want: Negotiated,
     },
     Fast(CreateFastClientState),
 }
@@ -239,6 +253,8 @@ pub struct OriginCircuit {
     engine: Engine,
     circ_id: CircId,
     hops: Vec<Hop>,
+    /// Per hop, the `sendme_inc` of its congestion control, if negotiated.
+    hop_cc: Vec<Option<u8>>,
     pending: Pending,
     relay_early_sent: u8,
     /// The SENDME v1 tag of the last cell sealed and of the last cell recognized.
@@ -287,6 +303,7 @@ impl OriginCircuit {
             engine,
             circ_id,
             hops: Vec::with_capacity(HOPS_MAX),
+            hop_cc: Vec::with_capacity(HOPS_MAX),
             pending,
             relay_early_sent: 0,
             last_sent: SendmeTag::None,
@@ -322,6 +339,12 @@ impl OriginCircuit {
     /// hop.
     pub fn hop_format(&self, hop: usize) -> Option<RelayCellFormat> {
         self.hops.get(hop).map(Hop::format)
+    }
+
+    /// The `sendme_inc` hop `hop` answered to our CC_REQUEST (proposal 324 §10.3): `None` if
+    /// there is no such hop or it does not use congestion control.
+    pub fn hop_sendme_inc(&self, hop: usize) -> Option<u8> {
+        self.hop_cc.get(hop).copied().flatten()
     }
 
     /// Whether the circuit was destroyed (by either side).
@@ -431,7 +454,8 @@ impl OriginCircuit {
                         let mut reply = [0u8; 40];
                         reply[..20].copy_from_slice(&c.y);
                         reply[20..].copy_from_slice(&c.kh);
-                        (proto::create_fast::client2(state, &reply)?, false)
+                        let kg = proto::create_fast::client2(state, &reply)?;
+                        (kg, Negotiated::default(), None)
                     }
                     (p @ (Pending::Ntor(_) | Pending::NtorV3 { .. }), ChanCmd::CREATED2) => {
                         let c = Created2::decode(&cell.body).map_err(HandshakeError::from)?;
@@ -439,7 +463,7 @@ impl OriginCircuit {
                     }
                     _ => return Err(ClientError::UnexpectedCell(cell.cmd)),
                 };
-                self.add_hop(&kg.0, kg.1)
+                self.add_hop(&kg.0, kg.1, kg.2)
             }
             ChanCmd::DESTROY => {
                 self.closed = true;
@@ -486,12 +510,13 @@ impl OriginCircuit {
                     return Err(ClientError::UnexpectedMsg(RelayCmd::EXTENDED2));
                 }
                 let e = Extended2::decode(view.data).map_err(ClientError::BadMsg)?;
-                let (kg, cgo) = finish(pending, &e.hdata)?;
-                self.add_hop(&kg, cgo)
+                let (kg, got, cc) = finish(pending, &e.hdata)?;
+                self.add_hop(&kg, got, cc)
             }
             RelayCmd::TRUNCATED => {
                 let t = Truncated::decode(view.data).map_err(ClientError::BadMsg)?;
                 self.hops.truncate(hop + 1);
+                self.hop_cc.truncate(hop + 1);
                 self.pending = Pending::None;
                 Ok(ClientEvent::Truncated {
                     hop,
@@ -519,14 +544,20 @@ impl OriginCircuit {
         }
     }
 
-    fn add_hop(&mut self, kg: &KeyGenerator, cgo: bool) -> Result<ClientEvent, ClientError> {
-        let hop = if cgo {
+    fn add_hop(
+        &mut self,
+        kg: &KeyGenerator,
+        got: Negotiated,
+        cc: Option<u8>,
+    ) -> Result<ClientEvent, ClientError> {
+        let hop = if got.cgo {
             let keys = kg.cgo_keys()?;
             Hop::Cgo(CgoClientHop::new(&keys).ok_or(ClientError::BadHandshakeKind)?)
         } else {
             Hop::Tor1(hop_from(kg).ok_or(HandshakeError::KdfTooLong)?)
         };
         self.hops.push(hop);
+        self.hop_cc.push(cc);
         Ok(ClientEvent::HopAdded {
             hops: self.hops.len(),
         })
@@ -601,17 +632,22 @@ fn onionskin(
             );
             Ok((Pending::Ntor(state), HandshakeType::NTOR, msg.to_vec()))
         }
-        HandshakeKind::NtorV3 | HandshakeKind::NtorV3Cgo => {
+        HandshakeKind::NtorV3
+        | HandshakeKind::NtorV3Cgo
+        | HandshakeKind::NtorV3Cc
+        | HandshakeKind::NtorV3CgoCc => {
             let id = relay.ed_id.ok_or(ClientError::BadHandshakeKind)?;
-            let cgo = kind == HandshakeKind::NtorV3Cgo;
-            if cgo && !super::cgo::available() {
+            let want = Negotiated {
+                cgo: matches!(kind, HandshakeKind::NtorV3Cgo | HandshakeKind::NtorV3CgoCc),
+                cc: matches!(kind, HandshakeKind::NtorV3Cc | HandshakeKind::NtorV3CgoCc),
+            };
+            if want.cgo && !super::cgo::available() {
                 return Err(ClientError::BadHandshakeKind);
             }
             let mut msg = Vec::new();
-            // Congestion control is not negotiated yet; with CGO the message asks for Relay=6,
-            // otherwise it is an empty extension list (one zero byte: C tor refuses an empty
-            // message).
-            let client_msg = proto::ntor_v3::client_message(Negotiated { cgo });
+            // CC_REQUEST and Relay=6 as asked; asking for nothing is an empty extension list
+            // (one zero byte: C tor refuses an empty message).
+            let client_msg = proto::ntor_v3::client_message(want);
             let state = proto::ntor_v3::client1(
                 rng,
                 &NtorV3PublicKey { id, pk },
@@ -619,19 +655,34 @@ fn onionskin(
                 &client_msg,
                 &mut msg,
             )?;
-            Ok((Pending::NtorV3 { state, cgo }, HandshakeType::NTOR_V3, msg))
+            Ok((Pending::NtorV3 { state, want }, HandshakeType::NTOR_V3, msg))
         }
         HandshakeKind::CreateFast => Err(ClientError::BadHandshakeKind),
     }
 }
 
-/// Client step 2 of a CREATE2-style handshake: the keys, and whether the hop uses CGO (the
-/// relay accepting the handshake accepts the subprotocol request; its reply carries no
-/// extension for it).
-fn finish(pending: Pending, reply: &[u8]) -> Result<(KeyGenerator, bool), ClientError> {
+/// Client step 2 of a CREATE2-style handshake: the keys, what the hop uses (CGO: the relay
+/// accepting the handshake accepts the subprotocol request, its reply carries no extension
+/// for it), and its congestion control's `sendme_inc` if it answered our CC_REQUEST.
+fn finish(
+    pending: Pending,
+    reply: &[u8],
+) -> Result<(KeyGenerator, Negotiated, Option<u8>), ClientError> {
     match pending {
-        Pending::Ntor(state) => Ok((proto::ntor::client2(state, reply)?, false)),
-        Pending::NtorV3 { state, cgo } => Ok((proto::ntor_v3::client2(state, reply)?.1, cgo)),
+        Pending::Ntor(state) => Ok((
+            proto::ntor::client2(state, reply)?,
+            Negotiated::default(),
+            None,
+        )),
+        Pending::NtorV3 { state, want } => {
+            let (server_msg, kg) = proto::ntor_v3::client2(state, reply)?;
+            let cc = proto::ntor_v3::client_server_message(want, &server_msg)?;
+            let got = Negotiated {
+                cgo: want.cgo,
+                cc: cc.is_some(),
+            };
+            Ok((kg, got, cc))
+        }
         Pending::Fast(_) | Pending::None => Err(ClientError::UnexpectedCell(ChanCmd::CREATED2)),
     }
 }
@@ -931,6 +982,80 @@ mod tests {
             .unwrap();
         assert!(matches!(ev, ClientEvent::Msg { data, .. } if data == b"u"));
         assert_eq!(circ.last_recv_tag(), SendmeTag::Cgo(t.0));
+    }
+
+    /// A first hop by ntor v3 of `kind`, answered with server message `sm`: the circuit and
+    /// the client message the relay saw, or the error.
+    fn v3_hop(
+        rng: &mut StdRng,
+        kind: HandshakeKind,
+        sm: &[u8],
+    ) -> (Result<(OriginCircuit, ClientEvent), ClientError>, Vec<u8>) {
+        let v3 = proto::ntor_v3::NtorV3ServerKeys {
+            id: Ed25519Identity::from_bytes([6; 32]),
+            current: NtorOnionKeypair::from_secret_bytes([3; 32]),
+            previous: None,
+        };
+        let (_, mut info) = relay();
+        info.ed_id = Some(v3.id);
+        let (mut circ, cell) =
+            OriginCircuit::create_first_hop(rng, engine(), id(), kind, &info).unwrap();
+        let c2 = Create2::decode(&cell.body).unwrap();
+        let mut reply = Vec::new();
+        let (_, cm) = proto::ntor_v3::server(
+            rng,
+            &v3,
+            CIRCUIT_EXTEND_VERIFICATION,
+            &c2.hdata,
+            |_| Some(sm.to_vec()),
+            &mut reply,
+        )
+        .unwrap();
+        let mut body = Vec::new();
+        Created2 { hdata: reply }.encode(&mut body).unwrap();
+        let r = circ.handle_cell(&CircCell::new(id(), ChanCmd::CREATED2, &body));
+        (r.map(|ev| (circ, ev)), cm.to_vec())
+    }
+
+    #[test]
+    fn congestion_control_is_negotiated_per_hop() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let response = [1, 2, 1, 31];
+        // Asked and answered: the hop's sendme_inc.
+        let (r, cm) = v3_hop(&mut rng, HandshakeKind::NtorV3Cc, &response);
+        let (circ, ev) = r.unwrap();
+        assert_eq!(cm, [1, 1, 0], "CC_REQUEST alone");
+        assert_eq!(ev, ClientEvent::HopAdded { hops: 1 });
+        assert_eq!(circ.hop_sendme_inc(0), Some(31));
+        assert_eq!(circ.hop_format(0), Some(RelayCellFormat::V0));
+        assert_eq!(circ.hop_sendme_inc(1), None);
+        if super::super::cgo::available() {
+            let (r, cm) = v3_hop(&mut rng, HandshakeKind::NtorV3CgoCc, &[1, 2, 1, 20]);
+            let (circ, _) = r.unwrap();
+            assert_eq!(cm, [2, 1, 0, 3, 2, 2, 6], "CC_REQUEST and Relay=6");
+            assert_eq!(circ.hop_sendme_inc(0), Some(20));
+            assert_eq!(circ.hop_format(0), Some(RelayCellFormat::V1));
+        }
+        // Asked, not answered: fixed windows.
+        let (r, _) = v3_hop(&mut rng, HandshakeKind::NtorV3Cc, &[0]);
+        assert_eq!(r.unwrap().0.hop_sendme_inc(0), None);
+        // Not asked: no CC_REQUEST, and an answer anyway is refused.
+        let (r, cm) = v3_hop(&mut rng, HandshakeKind::NtorV3, &[0]);
+        assert_eq!(cm, [0]);
+        assert_eq!(r.unwrap().0.hop_sendme_inc(0), None);
+        let (r, _) = v3_hop(&mut rng, HandshakeKind::NtorV3, &response);
+        assert_eq!(
+            r.unwrap_err(),
+            ClientError::Negotiation(NegotiationError::UnrequestedCc)
+        );
+        // A sendme_inc of 0 (or out of C tor's range) is refused.
+        for inc in [0, 100] {
+            let (r, _) = v3_hop(&mut rng, HandshakeKind::NtorV3Cc, &[1, 2, 1, inc]);
+            assert_eq!(
+                r.unwrap_err(),
+                ClientError::Negotiation(NegotiationError::BadSendmeInc(inc))
+            );
+        }
     }
 
     #[test]

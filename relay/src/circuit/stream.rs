@@ -1,7 +1,8 @@
 //! Streams as a circuit's origin sees them, with fixed-window flow control (tor-spec §6
 //! "Stream management", <https://spec.torproject.org/tor-spec/opening-streams.html>, §7
 //! "Flow control", <https://spec.torproject.org/tor-spec/flow-control.html>, and proposal 289
-//! "Authenticating SENDME cells").
+//! "Authenticating SENDME cells") or congestion control (proposal 324 "RTT-based Congestion
+//! Control for Tor", with proposal 344's XON/XOFF stream flow control).
 //!
 //! [`Streams`] holds the streams of one circuit to one hop (the exit): RELAY_BEGIN (§6.2),
 //! CONNECTED, DATA cut to the most the hop's relay cell format carries, END with its reason
@@ -14,11 +15,37 @@
 //!   since the last SENDME); the hop's SENDMEs must carry the tags of our 100th, 200th, ...
 //!   DATA cells, or the circuit is broken.
 //!
-//! Congestion control (proposal 324) is never requested (the ntor v3 client message has no
-//! CC_REQUEST), so the hop uses these fixed windows. That rules out streams to a CGO hop: the
-//! v1 relay cell format (proposal 359) gives SENDME no stream id, so stream SENDMEs cannot be
-//! sent either way (sealing ours fails with [`ClientError::MessageTooLong`]; C tor 0.4.9 closes
-//! the circuit when its own would be due). A tor1 exit behind CGO hops is fine.
+//! # Congestion control
+//!
+//! A hop whose ntor v3 handshake negotiated congestion control (proposal 324 §10.3:
+//! [`HandshakeKind::NtorV3Cc`](super::HandshakeKind::NtorV3Cc), the hop's CC_RESPONSE gives
+//! `sendme_inc`; [`Streams::for_hop`] picks this mode) uses other rules, and only these work
+//! with a CGO exit: the v1 relay cell format (proposal 359) gives SENDME no stream id, so
+//! stream SENDMEs cannot be sent either way (sealing one fails with
+//! [`ClientError::MessageTooLong`]; C tor 0.4.9 closes the circuit when its own would be due).
+//!
+//! - No stream windows and no stream SENDMEs either way (one from the hop breaks its stream).
+//! - Circuit SENDMEs, still version 1 with the tag of the acknowledged cell, every
+//!   `sendme_inc` DATA cells each way (DATA is all that counts, as in C tor); the hop may still
+//!   have at most [`CIRC_WINDOW_START`] DATA cells unacknowledged by our SENDMEs (C tor's
+//!   deliver window, kept in this mode). A SENDME with a wrong tag, or for cells never sent,
+//!   breaks the circuit as above.
+//! - We send with a fixed congestion window ([`CC_CWND_SENDMES`] × `sendme_inc` cells, C tor's
+//!   `cc_cwnd_init` default of 124 for the default `sendme_inc` of 31): at most that many DATA
+//!   cells unacknowledged. The window never grows (proposal 324 lets a client keep it fixed);
+//!   its SENDMEs are not timed.
+//! - Stream flow control is XON/XOFF (proposal 344; relay commands XOFF = 43, body: version 0;
+//!   XON = 44, body: version 0 and a u32 drain rate in kB/s, 0 for no advice): an XOFF from the
+//!   hop stops our DATA on that stream until its XON (whose rate is advisory and ignored). A
+//!   malformed one breaks its stream. The caller reports the bytes it has read out of
+//!   [`StreamEvent::Data`] with [`Streams::consumed`]; past [`XOFF_UNREAD`] bytes unread on a
+//!   stream we send XOFF, at [`XON_UNREAD`] or less XON. Memory stays bounded even if the hop
+//!   ignores our XOFF: while some stream has more than [`HOLD_UNREAD`] bytes unread, our circuit
+//!   SENDMEs are held back, so the hop may send at most [`CIRC_WINDOW_START`] more DATA cells
+//!   (the whole circuit waits for the caller to read).
+//!
+//! C tor 0.4.9 exits answer CC_REQUEST with `sendme_inc` 31, with CGO or tor1, and send XOFF
+//! when their buffer towards the stream's server passes about 250 kB (`relay/tests/ctor_exit.rs`).
 //!
 //! The core is sans-io and crypto-free: [`Streams::poll_msg`] gives the next message to seal
 //! ([`Streams::sent_tag`] takes the tag of the cell it became), [`Streams::handle_msg`] takes
@@ -53,6 +80,17 @@ pub const STREAM_WINDOW_INCREMENT: u16 = 50;
 pub const STREAMS_MAX: usize = 512;
 /// Most bytes [`Streams::write`] buffers per stream.
 pub const SEND_BUFFER_MAX: usize = 64 * 1024;
+/// With congestion control, our fixed congestion window in circuit SENDMEs: `cwnd` is this
+/// times `sendme_inc` (C tor's `cc_cwnd_init` default is 4 × 31 = 124 cells).
+pub const CC_CWND_SENDMES: u16 = 4;
+/// With congestion control, bytes unread on a stream past which we send XOFF (C tor's
+/// `cc_xoff_client` default is 500 cells, about 250 kB).
+pub const XOFF_UNREAD: usize = 256 * 1024;
+/// With congestion control, after our XOFF, bytes unread on the stream at or below which we
+/// send XON.
+pub const XON_UNREAD: usize = XOFF_UNREAD / 2;
+/// With congestion control, bytes unread on some stream past which our circuit SENDMEs wait.
+pub const HOLD_UNREAD: usize = 2 * XOFF_UNREAD;
 
 /// How the hop broke the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -73,6 +111,9 @@ pub enum Fault {
     /// A CONNECTED body that does not parse.
     #[error("malformed CONNECTED")]
     BadConnected,
+    /// An XON or XOFF body that does not parse, or of an unknown version.
+    #[error("malformed XON or XOFF")]
+    BadFlowControl,
 }
 
 /// Why a [`Streams`] call failed.
@@ -131,6 +172,17 @@ pub enum StreamEvent {
         /// The stream, or `None` for the circuit.
         stream: Option<StreamId>,
     },
+    /// With congestion control: the hop sent XOFF, nothing more is sent on the stream until
+    /// its XON.
+    Xoff {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// With congestion control: the hop sent XON, the stream may send again.
+    Xon {
+        /// The stream.
+        stream: StreamId,
+    },
     /// A stream message for a stream that is gone (it may cross our END): dropped, after its
     /// circuit-level accounting.
     Ignored,
@@ -167,6 +219,12 @@ struct Stream {
     end: Option<EndReason>,
     /// Stream SENDMEs queued, not yet sent.
     sendmes_queued: u16,
+    /// Congestion control: the hop sent XOFF (and no XON since).
+    xoff_recv: bool,
+    /// Congestion control: we queued XOFF (and no XON since).
+    xoff_sent: bool,
+    /// Congestion control: bytes delivered, not yet [`Streams::consumed`].
+    unread: usize,
 }
 
 /// The streams of one circuit to one hop, with the circuit's windows.
@@ -174,6 +232,14 @@ struct Stream {
 pub struct Streams {
     hop: usize,
     data_max: usize,
+    /// The hop's congestion control `sendme_inc`, or `None` for fixed windows.
+    sendme_inc: Option<u8>,
+    /// The package window's start and SENDME increment: [`CIRC_WINDOW_START`] and
+    /// [`CIRC_WINDOW_INCREMENT`], or with congestion control the fixed cwnd and `sendme_inc`.
+    package_start: u16,
+    package_inc: u16,
+    /// DATA cells per circuit SENDME we send.
+    deliver_inc: u16,
     next_id: u16,
     streams: BTreeMap<StreamId, Stream>,
     /// BEGIN, SENDME and protocol-violation END messages, sent before any DATA. Bounded: one
@@ -188,18 +254,23 @@ pub struct Streams {
     data_sent: u64,
     /// The last polled message was a 100th DATA cell: its tag is owed.
     tag_owed: bool,
-    /// Tags of our 100th, 200th, ... DATA cells not yet acknowledged (at most 10).
+    /// Tags of our 100th, 200th, ... (with congestion control `sendme_inc`th, ...) DATA cells
+    /// not yet acknowledged (at most 10).
     awaiting: VecDeque<SendmeTag>,
     /// Round-robin position among streams with data.
     cursor: u16,
 }
 
 impl Streams {
-    /// No streams yet, to hop `hop` whose cells have `format`.
+    /// No streams yet, to hop `hop` whose cells have `format`, with fixed windows.
     pub fn new(hop: usize, format: RelayCellFormat) -> Self {
         Streams {
             hop,
             data_max: format.data_max(RelayCmd::DATA),
+            sendme_inc: None,
+            package_start: CIRC_WINDOW_START,
+            package_inc: CIRC_WINDOW_INCREMENT,
+            deliver_inc: CIRC_WINDOW_INCREMENT,
             next_id: 1,
             streams: BTreeMap::new(),
             control: VecDeque::new(),
@@ -213,17 +284,49 @@ impl Streams {
         }
     }
 
+    /// No streams yet, to hop `hop` whose cells have `format`, with congestion control of
+    /// `sendme_inc` (the hop's CC_RESPONSE; 0 is taken as 1).
+    pub fn with_cc(hop: usize, format: RelayCellFormat, sendme_inc: u8) -> Self {
+        let inc = u16::from(sendme_inc.max(1));
+        let cwnd = (CC_CWND_SENDMES * inc).min(CIRC_WINDOW_START);
+        Streams {
+            sendme_inc: Some(sendme_inc.max(1)),
+            package_start: cwnd,
+            package_inc: inc,
+            deliver_inc: inc,
+            package_window: cwnd,
+            ..Self::new(hop, format)
+        }
+    }
+
+    /// No streams yet, to hop `hop` of `circ`: its relay cell format, and congestion control
+    /// if its handshake negotiated it.
+    pub fn for_hop(circ: &OriginCircuit, hop: usize) -> Result<Self, ClientError> {
+        let format = circ.hop_format(hop).ok_or(ClientError::NoSuchHop(hop))?;
+        Ok(match circ.hop_sendme_inc(hop) {
+            Some(inc) => Self::with_cc(hop, format, inc),
+            None => Self::new(hop, format),
+        })
+    }
+
+    /// The congestion control `sendme_inc`, or `None` with fixed windows.
+    pub fn sendme_inc(&self) -> Option<u8> {
+        self.sendme_inc
+    }
+
     /// The streams' hop.
     pub fn hop(&self) -> usize {
         self.hop
     }
 
-    /// The circuit's package and deliver windows.
+    /// The circuit's package and deliver windows (with congestion control, the package window
+    /// is the congestion window less the DATA cells in flight).
     pub fn circ_windows(&self) -> (u16, u16) {
         (self.package_window, self.deliver_window)
     }
 
-    /// A stream's package and deliver windows.
+    /// A stream's package and deliver windows (with congestion control, which has none, they
+    /// stay at their start), or `None` if the stream is gone.
     pub fn stream_windows(&self, stream: StreamId) -> Option<(u16, u16)> {
         self.streams
             .get(&stream)
@@ -233,6 +336,34 @@ impl Streams {
     /// Bytes [`Streams::write`] took for `stream` that are not sent yet.
     pub fn buffered(&self, stream: StreamId) -> usize {
         self.streams.get(&stream).map_or(0, |s| s.out.len())
+    }
+
+    /// Bytes delivered on `stream` that the caller has not reported [`Streams::consumed`]
+    /// (counted with congestion control only).
+    pub fn unread(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.unread)
+    }
+
+    /// Reports that the caller has read `n` more bytes of `stream`'s delivered data: with
+    /// congestion control, may queue XON (see the module doc). Unknown streams are ignored
+    /// (data read after the stream ended).
+    pub fn consumed(&mut self, stream: StreamId, n: usize) {
+        if self.sendme_inc.is_none() {
+            return;
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        s.unread = s.unread.saturating_sub(n);
+        if s.xoff_sent && s.unread <= XON_UNREAD {
+            s.xoff_sent = false;
+            // Version 0, no drain-rate advice.
+            self.control.push_back(OutMsg {
+                stream: Some(stream),
+                cmd: RelayCmd::XON,
+                data: vec![0; 5],
+            });
+        }
     }
 
     /// Opens a stream: queues its BEGIN.
@@ -261,6 +392,9 @@ impl Streams {
                 out: VecDeque::new(),
                 end: None,
                 sendmes_queued: 0,
+                xoff_recv: false,
+                xoff_sent: false,
+                unread: 0,
             },
         );
         self.control.push_back(OutMsg {
@@ -298,11 +432,19 @@ impl Streams {
     /// closing streams. After sealing it, give its cell's tag to [`Streams::sent_tag`].
     pub fn poll_msg(&mut self) -> Option<OutMsg> {
         self.tag_owed = false;
-        if let Some(m) = self.control.pop_front() {
+        let is_circ_sendme = |m: &OutMsg| m.cmd == RelayCmd::SENDME && m.stream.is_none();
+        let next = match self.control.front() {
+            Some(m) if is_circ_sendme(m) && self.holding() => {
+                self.control.iter().position(|m| !is_circ_sendme(m))
+            }
+            Some(_) => Some(0),
+            None => None,
+        };
+        if let Some(m) = next.and_then(|i| self.control.remove(i)) {
             if m.cmd == RelayCmd::SENDME {
                 match m.stream {
                     None if self.sendmes_queued > 0 => {
-                        self.deliver_window += CIRC_WINDOW_INCREMENT;
+                        self.deliver_window += self.deliver_inc;
                         self.sendmes_queued -= 1;
                     }
                     Some(id) => {
@@ -319,22 +461,32 @@ impl Streams {
         }
         if self.package_window > 0 {
             let start = self.cursor;
+            let cc = self.sendme_inc.is_some();
+            // With congestion control a stream may send unless the hop said XOFF; else while
+            // its window is open.
+            let may_send = |s: &Stream| {
+                if cc {
+                    !s.xoff_recv
+                } else {
+                    s.package_window > 0
+                }
+            };
             let pick = self
                 .streams
                 .range(StreamId::new(start.saturating_add(1))?..)
                 .chain(self.streams.iter())
-                .find(|(_, s)| s.state == State::Open && s.package_window > 0 && !s.out.is_empty())
+                .find(|(_, s)| s.state == State::Open && may_send(s) && !s.out.is_empty())
                 .map(|(id, _)| *id);
             if let Some(id) = pick {
                 let s = self.streams.get_mut(&id)?;
                 let n = s.out.len().min(self.data_max);
                 let data: Vec<u8> = s.out.drain(..n).collect();
-                s.package_window -= 1;
+                if !cc {
+                    s.package_window -= 1;
+                }
                 self.package_window -= 1;
                 self.data_sent += 1;
-                self.tag_owed = self
-                    .data_sent
-                    .is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT));
+                self.tag_owed = self.data_sent.is_multiple_of(u64::from(self.package_inc));
                 self.cursor = id.get();
                 return Some(OutMsg {
                     stream: Some(id),
@@ -350,6 +502,12 @@ impl Streams {
             .map(|(id, _)| *id)?;
         let s = self.remove(done)?;
         Some(end_msg(done, s.end.unwrap_or(EndReason::DONE)))
+    }
+
+    /// With congestion control, whether some stream has so much unread that our circuit
+    /// SENDMEs wait.
+    fn holding(&self) -> bool {
+        self.sendme_inc.is_some() && self.streams.values().any(|s| s.unread > HOLD_UNREAD)
     }
 
     /// The tag of the cell the last [`Streams::poll_msg`] message became.
@@ -381,8 +539,8 @@ impl Streams {
                 .deliver_window
                 .checked_sub(1)
                 .ok_or(StreamError::CircuitProtocol(Fault::WindowExceeded))?;
-            if self.deliver_window + self.sendmes_queued * CIRC_WINDOW_INCREMENT
-                <= CIRC_WINDOW_START - CIRC_WINDOW_INCREMENT
+            if self.deliver_window + self.sendmes_queued * self.deliver_inc
+                <= CIRC_WINDOW_START - self.deliver_inc
             {
                 self.sendmes_queued += 1;
                 let mut body = vec![1];
@@ -399,6 +557,7 @@ impl Streams {
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(Some(StreamEvent::Ignored));
         };
+        let cc = self.sendme_inc.is_some();
         let r = match (cmd, s.state) {
             (RelayCmd::END, _) => {
                 self.remove(id);
@@ -414,6 +573,37 @@ impl Streams {
                     })
                 }
                 Err(_) => Err(Fault::BadConnected),
+            },
+            (RelayCmd::DATA, State::Open) if cc => {
+                s.unread = s.unread.saturating_add(data.len());
+                if !s.xoff_sent && s.unread > XOFF_UNREAD {
+                    s.xoff_sent = true;
+                    self.control.push_back(OutMsg {
+                        stream: Some(id),
+                        cmd: RelayCmd::XOFF,
+                        data: vec![0],
+                    });
+                }
+                Ok(StreamEvent::Data {
+                    stream: id,
+                    data: data.to_vec(),
+                })
+            }
+            // XOFF: version 0. A second XOFF is no error (C tor only notes it).
+            (RelayCmd::XOFF, _) if cc => match data.first() {
+                Some(0) => {
+                    s.xoff_recv = true;
+                    Ok(StreamEvent::Xoff { stream: id })
+                }
+                _ => Err(Fault::BadFlowControl),
+            },
+            // XON: version 0, then the advisory drain rate (ignored). May come without XOFF.
+            (RelayCmd::XON, _) if cc => match data {
+                [0, _, _, _, _, ..] => {
+                    s.xoff_recv = false;
+                    Ok(StreamEvent::Xon { stream: id })
+                }
+                _ => Err(Fault::BadFlowControl),
             },
             (RelayCmd::DATA, State::Open) => match s.deliver_window.checked_sub(1) {
                 Some(w) => {
@@ -435,7 +625,7 @@ impl Streams {
                 }
                 None => Err(Fault::WindowExceeded),
             },
-            (RelayCmd::SENDME, State::Open) => {
+            (RelayCmd::SENDME, State::Open) if !cc => {
                 match s.package_window.checked_add(STREAM_WINDOW_INCREMENT) {
                     Some(w) if w <= STREAM_WINDOW_START => {
                         s.package_window = w;
@@ -453,10 +643,12 @@ impl Streams {
         })
     }
 
-    /// Forgets a stream and the SENDMEs queued for it.
+    /// Forgets a stream and the SENDMEs, XONs and XOFFs queued for it.
     fn remove(&mut self, id: StreamId) -> Option<Stream> {
-        self.control
-            .retain(|m| !(m.cmd == RelayCmd::SENDME && m.stream == Some(id)));
+        self.control.retain(|m| {
+            !(m.stream == Some(id)
+                && matches!(m.cmd, RelayCmd::SENDME | RelayCmd::XON | RelayCmd::XOFF))
+        });
         self.streams.remove(&id)
     }
 
@@ -477,8 +669,8 @@ impl Streams {
         if version != 1 || t.is_empty() || body.get(..t.len()) != Some(t) {
             return Err(bad);
         }
-        // At most 10 tags are owed, so the window never passes its start here.
-        self.package_window = (self.package_window + CIRC_WINDOW_INCREMENT).min(CIRC_WINDOW_START);
+        // A tag is owed only for a cell sent, so the window never passes its start here.
+        self.package_window = (self.package_window + self.package_inc).min(self.package_start);
         Ok(StreamEvent::Sendme { stream: None })
     }
 
@@ -531,23 +723,34 @@ fn end_msg(stream: StreamId, reason: EndReason) -> OutMsg {
 }
 
 /// Fuzz entry point: drives a [`Streams`] with operations read from `data` (open, write, end,
-/// poll and seal, and messages from the hop: arbitrary ones, DATA, and circuit SENDMEs with
-/// the right tag), checking after each that the windows and buffers stay within their bounds.
-/// The first byte's low bit picks the v0 or v1 relay cell format. Panics only on a bug.
+/// poll and seal, read, and messages from the hop: arbitrary ones, DATA, and circuit SENDMEs
+/// with the right tag), checking after each that the windows and buffers stay within their
+/// bounds. The first byte's low bit picks the v0 or v1 relay cell format; if its second bit is
+/// set the streams use congestion control, with `sendme_inc` the byte's upper six bits. Panics
+/// only on a bug.
 pub fn fuzz_streams(data: &[u8]) {
-    let (format, mut rest) = match data.split_first() {
-        Some((&b, rest)) if b & 1 == 1 => (RelayCellFormat::V1, rest),
-        Some((_, rest)) => (RelayCellFormat::V0, rest),
+    let (&first, mut rest) = match data.split_first() {
+        Some(x) => x,
         None => return,
+    };
+    let format = if first & 1 == 1 {
+        RelayCellFormat::V1
+    } else {
+        RelayCellFormat::V0
     };
     let mut take = |n: usize| -> Option<&[u8]> {
         let (a, b) = rest.split_at_checked(n)?;
         rest = b;
         Some(a)
     };
-    let mut s = Streams::new(2, format);
+    let mut s = if first & 2 == 2 {
+        Streams::with_cc(2, format, first >> 2)
+    } else {
+        Streams::new(2, format)
+    };
     // Tags given to sealed cells are their sequence numbers; `owed` are those of our 100th,
-    // 200th, ... DATA cells, which a well-behaved hop acknowledges in order.
+    // 200th, ... (`sendme_inc`th, ...) DATA cells, which a well-behaved hop acknowledges in
+    // order.
     let (mut sealed, mut data_cells) = (0u64, 0u64);
     let mut owed: VecDeque<SendmeTag> = VecDeque::new();
     let tag_of = |n: u64| {
@@ -563,7 +766,7 @@ pub fn fuzz_streams(data: &[u8]) {
     let big = [0x61u8; SEND_BUFFER_MAX];
     while let Some(&[op]) = take(1) {
         let stream = |b: u8| StreamId::new(u16::from(b % 8));
-        let result = match op % 8 {
+        let result = match op % 9 {
             0 => s.begin(&begin).map(|_| None),
             1 => match take(2) {
                 Some(&[id, n]) => match stream(id) {
@@ -582,7 +785,7 @@ pub fn fuzz_streams(data: &[u8]) {
                     if m.cmd == RelayCmd::DATA {
                         assert!(m.data.len() <= format.data_max(RelayCmd::DATA));
                         data_cells += 1;
-                        if data_cells.is_multiple_of(u64::from(CIRC_WINDOW_INCREMENT)) {
+                        if data_cells.is_multiple_of(u64::from(s.package_inc)) {
                             owed.push_back(tag_of(sealed));
                         }
                     }
@@ -618,6 +821,15 @@ pub fn fuzz_streams(data: &[u8]) {
                 }
                 None => Ok(None),
             },
+            8 => match take(2) {
+                Some(&[id, n]) => {
+                    if let Some(id) = stream(id) {
+                        s.consumed(id, usize::from(n) * 1024);
+                    }
+                    Ok(None)
+                }
+                _ => return,
+            },
             _ => match take(1).and_then(|b| stream(b[0])) {
                 Some(id) => {
                     let connected = [127, 0, 0, 1, 0, 0, 0, 60];
@@ -634,7 +846,10 @@ pub fn fuzz_streams(data: &[u8]) {
             assert!(st.package_window <= STREAM_WINDOW_START);
             assert!(st.deliver_window <= STREAM_WINDOW_START);
             assert!(s.buffered(*id) <= SEND_BUFFER_MAX);
+            // Held SENDMEs let at most a window of cells more come past the hold mark.
+            assert!(st.unread <= HOLD_UNREAD + usize::from(CIRC_WINDOW_START) * s.data_max);
         }
+        assert!(s.package_window <= s.package_start);
         // A circuit-level violation destroys the circuit: nothing more happens on it.
         if let Err(StreamError::CircuitProtocol(_)) = result {
             return;
@@ -1053,6 +1268,274 @@ mod tests {
                 fault: Fault::UnexpectedMsg(RelayCmd::CONNECTED)
             })
         );
+    }
+
+    /// Streams with congestion control of `sendme_inc` 31 and `n` connected streams.
+    fn connected_cc(format: RelayCellFormat, n: usize) -> (Streams, Vec<StreamId>) {
+        let mut s = Streams::with_cc(2, format, 31);
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let id = s.begin(&begin()).unwrap();
+            assert_eq!(s.poll_msg().unwrap().cmd, RelayCmd::BEGIN);
+            s.handle_msg(Some(id), RelayCmd::CONNECTED, &[], SendmeTag::None)
+                .unwrap();
+            ids.push(id);
+        }
+        (s, ids)
+    }
+
+    #[test]
+    fn cc_circuit_sendmes_every_sendme_inc_cells_and_no_stream_sendmes() {
+        for format in [RelayCellFormat::V0, RelayCellFormat::V1] {
+            let (mut s, ids) = connected_cc(format, 2);
+            assert_eq!(s.sendme_inc(), Some(31));
+            let mut sendmes = Vec::new();
+            for n in 1..=200u64 {
+                let id = ids[n as usize % 2];
+                let ev = s
+                    .handle_msg(Some(id), RelayCmd::DATA, b"ab", tag(n))
+                    .unwrap();
+                assert!(matches!(ev, Some(StreamEvent::Data { stream, .. }) if stream == id));
+                while let Some(m) = s.poll_msg() {
+                    assert_eq!((m.stream, m.cmd), (None, RelayCmd::SENDME), "{m:?}");
+                    sendmes.push((n, m.data));
+                }
+            }
+            // The 31st, 62nd, ... DATA cells, v1 with that cell's tag; no stream SENDME
+            // although each stream got 100 cells.
+            let want: Vec<_> = (1..=6u64)
+                .map(|k| (31 * k, sendme_v1(tag(31 * k))))
+                .collect();
+            assert_eq!(sendmes, want);
+            assert_eq!(s.circ_windows().1, 1000 - 200 + 6 * 31);
+            // A stream SENDME from the hop breaks its stream.
+            assert_eq!(
+                s.handle_msg(Some(ids[0]), RelayCmd::SENDME, &[], SendmeTag::None),
+                Err(StreamError::StreamProtocol {
+                    stream: ids[0],
+                    fault: Fault::UnexpectedMsg(RelayCmd::SENDME)
+                })
+            );
+        }
+        // The hop may not have more than 1000 DATA cells unacknowledged (our SENDMEs unsent).
+        let (mut s, ids) = connected_cc(RelayCellFormat::V1, 1);
+        for _ in 0..1000 {
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, b"x", SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, b"x", SendmeTag::None),
+            Err(StreamError::CircuitProtocol(Fault::WindowExceeded))
+        );
+    }
+
+    #[test]
+    fn cc_congestion_window_limits_what_is_in_flight() {
+        let (mut s, ids) = connected_cc(RelayCellFormat::V1, 3);
+        let cwnd = CC_CWND_SENDMES * 31;
+        assert_eq!(s.circ_windows(), (cwnd, 1000));
+        let mut sent = 0;
+        // Three streams with no stream windows: the congestion window stops them.
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), usize::from(cwnd));
+        assert_eq!(s.circ_windows().0, 0);
+        assert_eq!(
+            s.stream_windows(ids[0]),
+            Some((500, 500)),
+            "no stream windows"
+        );
+        // Each SENDME acknowledges 31 cells and carries the tag of the 31st, 62nd, ...
+        assert_eq!(
+            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(31)), SendmeTag::None),
+            Ok(Some(StreamEvent::Sendme { stream: None }))
+        );
+        assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 31);
+        for n in [62, 93, 124, 155] {
+            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(n)), SendmeTag::None)
+                .unwrap();
+        }
+        assert_eq!(s.circ_windows().0, cwnd);
+        // Nothing more was sent: one SENDME more is for cells never sent.
+        assert_eq!(
+            s.handle_msg(
+                None,
+                RelayCmd::SENDME,
+                &sendme_v1(tag(186)),
+                SendmeTag::None
+            ),
+            Err(StreamError::CircuitProtocol(Fault::SendmeOverflow))
+        );
+        // A wrong tag (the 30th cell's, not the 31st's) breaks the circuit.
+        let (mut s, ids) = connected_cc(RelayCellFormat::V0, 1);
+        let mut sent = 0;
+        fill_and_send(&mut s, &ids, &mut sent);
+        assert_eq!(
+            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(30)), SendmeTag::None),
+            Err(StreamError::CircuitProtocol(Fault::BadSendmeTag))
+        );
+    }
+
+    #[test]
+    fn cc_xoff_stops_a_stream_until_xon() {
+        let (mut s, ids) = connected_cc(RelayCellFormat::V1, 2);
+        let ev = s
+            .handle_msg(Some(ids[0]), RelayCmd::XOFF, &[0], SendmeTag::None)
+            .unwrap();
+        assert_eq!(ev, Some(StreamEvent::Xoff { stream: ids[0] }));
+        // A second XOFF is no error.
+        s.handle_msg(Some(ids[0]), RelayCmd::XOFF, &[0], SendmeTag::None)
+            .unwrap();
+        for &id in &ids {
+            s.write(id, &[1; 2000]).unwrap();
+        }
+        let mut sent = 0;
+        let (data, _) = drain(&mut s, &mut sent);
+        assert!(
+            data.iter().all(|(id, _)| *id == ids[1]),
+            "only the other stream"
+        );
+        assert_eq!(data.len(), 5);
+        assert_eq!(s.buffered(ids[0]), 2000);
+        // XON (version 0, rate 1000 kB/s) resumes it.
+        let ev = s
+            .handle_msg(
+                Some(ids[0]),
+                RelayCmd::XON,
+                &[0, 0, 0, 3, 0xe8],
+                SendmeTag::None,
+            )
+            .unwrap();
+        assert_eq!(ev, Some(StreamEvent::Xon { stream: ids[0] }));
+        let (data, _) = drain(&mut s, &mut sent);
+        assert_eq!(data.len(), 5);
+        assert!(data.iter().all(|(id, _)| *id == ids[0]));
+        // Malformed ones break their stream only.
+        for (cmd, body) in [
+            (RelayCmd::XOFF, &[][..]),
+            (RelayCmd::XOFF, &[1][..]),
+            (RelayCmd::XON, &[0, 0, 0, 0][..]),
+            (RelayCmd::XON, &[1, 0, 0, 0, 0][..]),
+        ] {
+            let (mut s, ids) = connected_cc(RelayCellFormat::V0, 2);
+            assert_eq!(
+                s.handle_msg(Some(ids[0]), cmd, body, SendmeTag::None),
+                Err(StreamError::StreamProtocol {
+                    stream: ids[0],
+                    fault: Fault::BadFlowControl
+                })
+            );
+            assert_eq!(s.stream_windows(ids[0]), None);
+            assert!(s.stream_windows(ids[1]).is_some());
+        }
+        // Without congestion control XON and XOFF are unexpected.
+        let (mut s, ids) = connected(RelayCellFormat::V0, 1);
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::XOFF, &[0], SendmeTag::None),
+            Err(StreamError::StreamProtocol {
+                stream: ids[0],
+                fault: Fault::UnexpectedMsg(RelayCmd::XOFF)
+            })
+        );
+    }
+
+    #[test]
+    fn cc_our_xoff_xon_and_held_sendmes_bound_unread_data() {
+        type Polled = Vec<(Option<StreamId>, RelayCmd, Vec<u8>)>;
+        let cell = [7u8; 498];
+        let polled = |s: &mut Streams| -> Polled {
+            std::iter::from_fn(|| s.poll_msg())
+                .map(|m| (m.stream, m.cmd, m.data))
+                .collect()
+        };
+        // Delivers `n` full cells on `id`, polling after each: what was polled.
+        let deliver = |s: &mut Streams, id: StreamId, n: usize| -> Polled {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                s.handle_msg(Some(id), RelayCmd::DATA, &cell, SendmeTag::None)
+                    .unwrap();
+                out.extend(polled(s));
+            }
+            out
+        };
+        let cmds = |p: &Polled, cmd: RelayCmd| p.iter().filter(|m| m.1 == cmd).count();
+        let (mut s, ids) = connected_cc(RelayCellFormat::V0, 2);
+        // Up to XOFF_UNREAD bytes unread: no XOFF.
+        let at_bound = XOFF_UNREAD / 498;
+        let p = deliver(&mut s, ids[0], at_bound);
+        assert_eq!(s.unread(ids[0]), at_bound * 498);
+        assert_eq!(cmds(&p, RelayCmd::SENDME), p.len());
+        // One cell more: one XOFF (version 0), however much more comes.
+        let p = deliver(&mut s, ids[0], 100);
+        let xoffs: Vec<_> = p.iter().filter(|m| m.1 == RelayCmd::XOFF).collect();
+        assert_eq!(xoffs, [&(Some(ids[0]), RelayCmd::XOFF, vec![0])]);
+        // Reading down to XON_UNREAD sends XON (version 0, no rate); not before.
+        let unread = s.unread(ids[0]);
+        s.consumed(ids[0], unread - XON_UNREAD - 1);
+        assert_eq!(polled(&mut s), []);
+        s.consumed(ids[0], 1);
+        assert_eq!(s.unread(ids[0]), XON_UNREAD);
+        assert_eq!(polled(&mut s), [(Some(ids[0]), RelayCmd::XON, vec![0; 5])]);
+        // Fixed windows count nothing.
+        let (mut f, fids) = connected(RelayCellFormat::V0, 1);
+        f.handle_msg(Some(fids[0]), RelayCmd::DATA, &cell, SendmeTag::None)
+            .unwrap();
+        assert_eq!(f.unread(fids[0]), 0);
+
+        // Past HOLD_UNREAD on a stream our circuit SENDMEs wait (other messages go on), until
+        // the caller reads: the hop can send at most 1000 more cells.
+        let (mut s, ids) = connected_cc(RelayCellFormat::V0, 2);
+        let over = HOLD_UNREAD / 498 + 1;
+        let p = deliver(&mut s, ids[0], over);
+        assert_eq!(cmds(&p, RelayCmd::SENDME), (over - 1) / 31);
+        assert_eq!(cmds(&p, RelayCmd::XOFF), 1);
+        let deliver_before = s.circ_windows().1;
+        let mut p = deliver(&mut s, ids[1], 62);
+        s.end(ids[1], EndReason::DONE).unwrap();
+        p.extend(polled(&mut s));
+        assert_eq!(
+            p.iter().map(|m| m.1).collect::<Vec<_>>(),
+            [RelayCmd::END],
+            "SENDMEs held"
+        );
+        assert_eq!(s.circ_windows().1, deliver_before - 62);
+        let rest = usize::from(s.circ_windows().1);
+        assert_eq!(deliver(&mut s, ids[0], rest), []);
+        assert_eq!(
+            s.handle_msg(Some(ids[0]), RelayCmd::DATA, &cell, SendmeTag::None),
+            Err(StreamError::CircuitProtocol(Fault::WindowExceeded))
+        );
+        // Reading releases them.
+        let (mut s, ids) = connected_cc(RelayCellFormat::V0, 1);
+        let p = deliver(&mut s, ids[0], over + 62);
+        assert_eq!(cmds(&p, RelayCmd::SENDME), (over - 1) / 31);
+        s.consumed(ids[0], usize::MAX);
+        let p = polled(&mut s);
+        assert_eq!(
+            cmds(&p, RelayCmd::SENDME),
+            (over + 62) / 31 - (over - 1) / 31
+        );
+        assert_eq!(cmds(&p, RelayCmd::XON), 1);
+        assert_eq!(s.circ_windows().1, 1000 - ((over + 62) % 31) as u16);
+    }
+
+    #[test]
+    fn for_hop_picks_the_mode() {
+        assert_eq!(Streams::new(0, RelayCellFormat::V0).sendme_inc(), None);
+        let s = Streams::with_cc(1, RelayCellFormat::V1, 0);
+        assert_eq!((s.sendme_inc(), s.circ_windows()), (Some(1), (4, 1000)));
+    }
+
+    proptest::proptest! {
+        /// The fuzz entry point in congestion-control mode on random operations: its bounds
+        /// hold (it panics otherwise).
+        #[test]
+        fn fuzz_streams_with_cc_keeps_its_bounds(
+            first in 0u8..64,
+            ops in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let mut data = vec![(first << 2) | 2 | (first & 1)];
+            data.extend(ops);
+            fuzz_streams(&data);
+        }
     }
 
     #[test]
