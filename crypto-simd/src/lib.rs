@@ -1506,6 +1506,11 @@ mod tests {
     /// this CPU runs.
     #[test]
     fn self_test_passes_for_every_supported_backend() {
+        // Read by scripts/avx512-emu.sh, which checks that an AVX-512 guest ranks vaes512 first.
+        eprintln!(
+            "supported backends: {:?}",
+            Backend::supported().collect::<Vec<_>>()
+        );
         for b in Backend::ALL {
             assert_eq!(b.self_test_passed(), b.is_supported(), "{b}");
             assert_eq!(Engine::new(b).is_ok(), b.is_supported(), "{b}");
