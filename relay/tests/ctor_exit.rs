@@ -47,7 +47,8 @@ use proto::relay_cell::RelayCmd;
 use proto::relay_cell_v1::RelayCellFormat;
 use proto::relay_msg::{Begin, EndReason, Host};
 use relay::circuit::{
-    ClientEvent, HandshakeKind, OriginCircuit, StreamEvent, Streams, CIRC_WINDOW_START, XOFF_UNREAD,
+    ClientEvent, HandshakeKind, OriginCircuit, OutMsg, StreamEvent, Streams, CIRC_WINDOW_START,
+    XOFF_UNREAD,
 };
 
 use HandshakeKind::{CreateFast, Ntor, NtorV3, NtorV3Cc, NtorV3Cgo, NtorV3CgoCc};
@@ -141,13 +142,26 @@ fn flush(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) {
 /// how many SENDMEs were tampered with.
 fn flush_tampered(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) -> usize {
     let mut tampered = 0;
-    while let Some(mut m) = streams.poll_msg() {
+    flush_each(chan, circ, streams, |m| {
         if m.cmd == RelayCmd::SENDME && m.stream.is_none() {
             // Version 1, then the digest's length, then the digest.
             assert_eq!(m.data[0], 1, "a v1 SENDME");
             m.data[3] ^= 0x01;
             tampered += 1;
         }
+    });
+    tampered
+}
+
+/// [`flush`], with `each` seeing (and free to change) every message before it is sealed.
+fn flush_each(
+    chan: &mut Chan,
+    circ: &mut OriginCircuit,
+    streams: &mut Streams,
+    mut each: impl FnMut(&mut OutMsg),
+) {
+    while let Some(mut m) = streams.poll_msg() {
+        each(&mut m);
         let cell = circ
             .send_raw(
                 &mut rand::rngs::OsRng,
@@ -160,7 +174,6 @@ fn flush_tampered(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Strea
         streams.sent_tag(circ.last_sent_tag());
         chan.send(&cell);
     }
-    tampered
 }
 
 /// The next stream-layer event.
@@ -452,32 +465,19 @@ fn flush_counted(
     streams: &mut Streams,
     n: &mut CcCounts,
 ) {
-    while let Some(m) = streams.poll_msg() {
-        match m.cmd {
-            RelayCmd::DATA => n.data_out += 1,
-            RelayCmd::SENDME => {
-                assert!(
-                    m.stream.is_none(),
-                    "no stream SENDMEs with congestion control"
-                );
-                n.sendmes_out += 1;
-            }
-            RelayCmd::XOFF => n.xoff_out += 1,
-            RelayCmd::XON => n.xon_out += 1,
-            _ => {}
+    flush_each(chan, circ, streams, |m| match m.cmd {
+        RelayCmd::DATA => n.data_out += 1,
+        RelayCmd::SENDME => {
+            assert!(
+                m.stream.is_none(),
+                "no stream SENDMEs with congestion control"
+            );
+            n.sendmes_out += 1;
         }
-        let cell = circ
-            .send_raw(
-                &mut rand::rngs::OsRng,
-                streams.hop(),
-                m.cmd,
-                m.stream,
-                &m.data,
-            )
-            .unwrap();
-        streams.sent_tag(circ.last_sent_tag());
-        chan.send(&cell);
-    }
+        RelayCmd::XOFF => n.xoff_out += 1,
+        RelayCmd::XON => n.xon_out += 1,
+        _ => {}
+    });
 }
 
 /// Opens [`CC_STREAMS`] streams to the echo server at `port` through the last hop, which
