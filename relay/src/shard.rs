@@ -2303,12 +2303,17 @@ mod tests {
                     continue;
                 }
                 busy = true;
-                self.shards[s].handle_sent(conn, data.len());
-                if let Some(to) = self.peer(End_::Shard(s, conn)) {
-                    self.deliver(to, &data);
-                }
+                self.sent_and_delivered(s, conn, &data);
             }
             busy
+        }
+
+        /// `data`, taken from `conn` of shard `s`, reported written and handed to the peer.
+        fn sent_and_delivered(&mut self, s: usize, conn: ConnId, data: &[u8]) {
+            self.shards[s].handle_sent(conn, data.len());
+            if let Some(to) = self.peer(End_::Shard(s, conn)) {
+                self.deliver(to, data);
+            }
         }
 
         /// The writable connections of shard `s`, bytes lent. Whether any moved.
@@ -2320,10 +2325,7 @@ mod tests {
                     continue;
                 }
                 busy = true;
-                self.shards[s].handle_sent(conn, data.len());
-                if let Some(to) = self.peer(End_::Shard(s, conn)) {
-                    self.deliver(to, &data);
-                }
+                self.sent_and_delivered(s, conn, &data);
             }
             busy
         }

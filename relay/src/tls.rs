@@ -1671,6 +1671,22 @@ mod tests {
         panic!("exchange did not settle");
     }
 
+    /// A handshaken pair with both ends told to move to `record` (the responder has; the
+    /// initiator does once it has read the responder's last handshake bytes).
+    fn both_on_records() -> Pair {
+        let mut p = pair_with(
+            shared_server(),
+            fallback_client(),
+            DEFAULT_PENDING_TLS_MAX_BYTES,
+        );
+        exchange(&mut p, &mut [Vec::new(), Vec::new()]);
+        assert!(p.client.plaintext_writer(514).is_none(), "rustls runs it");
+        p.client.enable_records();
+        p.server.enable_records();
+        assert!(p.server.records_active());
+        p
+    }
+
     /// A handshaken pair with `pending` bytes of sending room whose responder has moved to
     /// `record` (the initiator stays on rustls), and the plaintext each side got so far.
     fn server_on_records(pending: usize) -> (Pair, [Vec<u8>; 2]) {
@@ -1849,16 +1865,8 @@ mod tests {
     #[test]
     fn records_direct_writer_and_reader() {
         const CELL: usize = 514;
-        let mut p = pair_with(
-            shared_server(),
-            fallback_client(),
-            DEFAULT_PENDING_TLS_MAX_BYTES,
-        );
+        let mut p = both_on_records();
         let mut got = [Vec::new(), Vec::new()];
-        exchange(&mut p, &mut got);
-        assert!(p.client.plaintext_writer(CELL).is_none(), "rustls runs it");
-        p.client.enable_records();
-        p.server.enable_records();
         exchange(&mut p, &mut got);
         assert!(p.client.records_active() && p.server.records_active());
 
@@ -1955,19 +1963,7 @@ mod tests {
     /// Tampered, oversized and unexpected records end a `record` link with a typed error.
     #[test]
     fn records_reject_bad_input() {
-        let setup = || {
-            let mut p = pair_with(
-                shared_server(),
-                fallback_client(),
-                DEFAULT_PENDING_TLS_MAX_BYTES,
-            );
-            let mut got = [Vec::new(), Vec::new()];
-            exchange(&mut p, &mut got);
-            p.client.enable_records();
-            p.server.enable_records();
-            assert!(p.server.records_active());
-            p
-        };
+        let setup = both_on_records;
         // A flipped bit anywhere in a record.
         for at in [0usize, 3, 5, 100, 516] {
             let mut p = setup();
