@@ -124,6 +124,12 @@ fn measure(engine: Engine, path: Path, batch: usize, budget: Duration) -> Figure
     }
 }
 
+/// Best ns per cell of a middle relay's tor1 step (AES-128-CTR, `recognized` nonzero) on
+/// `engine`, 16 circuits per batch: the relay crypto every relayed tor1 cell costs.
+pub(crate) fn middle_ns(engine: Engine, budget: Duration) -> f64 {
+    measure(engine, Path::Middle, 16, budget).best
+}
+
 /// ns per cell over the samples of one configuration.
 #[derive(Clone, Copy, Debug)]
 struct Figure {

@@ -61,6 +61,11 @@ fn measure(engine: Engine, op: CgoOp, batch: usize, budget: Duration) -> (f64, f
     )
 }
 
+/// Best ns per cell of a middle relay's CGO forward step on `engine`, 16 circuits per batch.
+pub(crate) fn forward_ns(engine: Engine, budget: Duration) -> f64 {
+    measure(engine, CgoOp::RelayForward, 16, budget).0
+}
+
 /// Prints the CGO rows (table or JSON lines) for `backends` and `batches`.
 pub(crate) fn rows(
     json: bool,

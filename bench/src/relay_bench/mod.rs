@@ -461,12 +461,20 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
         (Some(a), Some(b)) => {
             let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
             let (pa, pb) = (percentiles_us(&a.latency), percentiles_us(&b.latency));
+            let floor = Floor::measure(engine, opts.cgo, a.tput.sys_sec_per_mcell());
             Some(serde_json::json!({
                 "ratio_cells_per_cpu_sec": div(a.tput.cells_per_cpu_sec(), b.tput.cells_per_cpu_sec()),
                 "ratio_cells_per_sec": div(a.tput.cells_per_sec(), b.tput.cells_per_sec()),
                 // The ratio chive would reach if its user-space time per cell were zero and its
                 // kernel time (sockets) stayed: a ceiling for any change to chive's own code.
                 "ratio_ceiling_kernel_only": div(b.tput.cpu_sec_per_mcell(), a.tput.sys_sec_per_mcell()),
+                // The same with the crypto no relay can skip added: each relayed cell's share
+                // of one TLS open and one TLS seal, and one relay-crypto step.
+                "floor_kernel_us": floor.kernel_us,
+                "floor_tls_us": floor.tls_us,
+                "floor_relay_crypto_us": floor.relay_crypto_us,
+                "floor_us": floor.total_us(),
+                "ratio_ceiling_floor": div(b.tput.cpu_sec_per_mcell(), floor.total_us()),
                 "ratio_p99_us": div(pa[1], pb[1]),
                 "ratio_peak_rss_mb": div(a.peak_rss_mb, b.peak_rss_mb),
                 "cpu_model": cpu,
@@ -548,9 +556,53 @@ fn run_inner(opts: &RelayBenchOptions) -> Result<(), String> {
              chive's kernel CPU per cell)",
             f("ratio_ceiling_kernel_only"),
         );
+        println!(
+            "floor: {:.3} µs per cell = kernel {:.3} + TLS open and seal {:.3} ({}) + relay crypto \
+             {:.3}; C tor's CPU per cell over it: {:.2}x at most with every other cost gone",
+            f("floor_us"),
+            f("floor_kernel_us"),
+            f("floor_tls_us"),
+            relay::tls::chosen_provider().name(),
+            f("floor_relay_crypto_us"),
+            f("ratio_ceiling_floor"),
+        );
     }
     println!("(latency: round trip client -> R -> S -> R -> client; kernel: R's CPU in the kernel, a share of its CPU; loadgen/sink: CPU use as a share of one core)");
     Ok(())
+}
+
+/// The CPU a chive relay cannot avoid per relayed cell on this machine, measured after the
+/// rounds: R's kernel time per cell from the run, and, timed here on one core, the cell's share
+/// of opening and sealing full TLS records with the provider R uses, and one relay-crypto step.
+struct Floor {
+    kernel_us: f64,
+    tls_us: f64,
+    relay_crypto_us: f64,
+}
+
+impl Floor {
+    fn measure(engine: Engine, cgo: bool, kernel_us: f64) -> Floor {
+        let budget = Duration::from_millis(300);
+        let cells_per_record = (relay::tls::AEAD_RECORD_LEN / proto::cell::CELL_LEN_V4) as f64;
+        let tls_us = relay::tls::aead_record_ns(relay::tls::chosen_provider(), 200)
+            .map_or(f64::NAN, |ns| {
+                (ns.seal + ns.open) as f64 / cells_per_record / 1e3
+            });
+        let relay_ns = if cgo {
+            crate::crypto_cgo::forward_ns(engine, budget)
+        } else {
+            crate::crypto::middle_ns(engine, budget)
+        };
+        Floor {
+            kernel_us,
+            tls_us,
+            relay_crypto_us: relay_ns / 1e3,
+        }
+    }
+
+    fn total_us(&self) -> f64 {
+        self.kernel_us + self.tls_us + self.relay_crypto_us
+    }
 }
 
 /// `chive-bench relay-node`: a chive relay in the foreground until killed.
