@@ -99,24 +99,30 @@ fn measure(engine: Engine, path: Path, batch: usize, budget: Duration) -> Figure
         let r = engine.process_batch(hops, cells, &jobs, &mut out);
         debug_assert!(r.is_ok());
     };
+    let fig = sample(batch, budget, || run(&mut hops, &mut cells));
+    std::hint::black_box(&cells);
+    fig
+}
+
+/// Calls `run` (one batch of `batch` cells) for `budget`, after a warm-up, in many short
+/// samples: on a shared machine (other processes on the core, interrupts) noise only adds time,
+/// so the minimum is the figure and the median shows the spread.
+pub(crate) fn sample(batch: usize, budget: Duration, mut run: impl FnMut()) -> Figure {
     // Warm up caches and branch predictors.
     for _ in 0..16 {
-        run(&mut hops, &mut cells);
+        run();
     }
-    // Many short samples: on a shared machine (other processes on the core, interrupts) noise
-    // only adds time, so the minimum is the figure and the median shows the spread.
     let calls_per_sample = (256 / batch).max(1);
     let mut samples: Vec<f64> = Vec::new();
     let start = Instant::now();
     while start.elapsed() < budget || samples.len() < 16 {
         let t = Instant::now();
         for _ in 0..calls_per_sample {
-            run(&mut hops, &mut cells);
+            run();
         }
         let ns = t.elapsed().as_nanos() as f64;
         samples.push(ns / (calls_per_sample * batch) as f64);
     }
-    std::hint::black_box(&cells);
     samples.sort_by(f64::total_cmp);
     Figure {
         median: samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN),
@@ -132,9 +138,9 @@ pub(crate) fn middle_ns(engine: Engine, budget: Duration) -> f64 {
 
 /// ns per cell over the samples of one configuration.
 #[derive(Clone, Copy, Debug)]
-struct Figure {
-    median: f64,
-    best: f64,
+pub(crate) struct Figure {
+    pub(crate) median: f64,
+    pub(crate) best: f64,
 }
 
 pub fn run(

@@ -5,7 +5,7 @@
 //! Printed after the tor1 rows of the same run, with the same columns and JSON keys (no OpenSSL
 //! counterpart exists, so those fields are empty).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crypto_simd::cgo::{CgoHop, CgoJob, CgoOp, CgoOutcome, RelayState, CMD_RELAY, KDF_LEN};
 use crypto_simd::{Backend, CellBody, Engine};
@@ -40,25 +40,9 @@ fn measure(engine: Engine, op: CgoOp, batch: usize, budget: Duration) -> (f64, f
         let r = engine.process_batch_cgo(hops, cells, &jobs, &mut out);
         debug_assert!(r.is_ok());
     };
-    for _ in 0..16 {
-        run(&mut hops, &mut cells);
-    }
-    let calls_per_sample = (256 / batch).max(1);
-    let mut samples: Vec<f64> = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < budget || samples.len() < 16 {
-        let t = Instant::now();
-        for _ in 0..calls_per_sample {
-            run(&mut hops, &mut cells);
-        }
-        samples.push(t.elapsed().as_nanos() as f64 / (calls_per_sample * batch) as f64);
-    }
+    let fig = crate::crypto::sample(batch, budget, || run(&mut hops, &mut cells));
     std::hint::black_box(&cells);
-    samples.sort_by(f64::total_cmp);
-    (
-        samples.first().copied().unwrap_or(f64::NAN),
-        samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN),
-    )
+    (fig.best, fig.median)
 }
 
 /// Best ns per cell of a middle relay's CGO forward step on `engine`, 16 circuits per batch.

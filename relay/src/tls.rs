@@ -178,36 +178,37 @@ pub fn aead_record_ns(provider: Provider, rounds: usize) -> Option<AeadRecordNs>
         seal: u64::MAX,
         open: u64::MAX,
     };
-    let elapsed = |start: std::time::Instant| u64::try_from(start.elapsed().as_nanos()).ok();
+    // Runs `f` and gives its result with the nanoseconds it took.
+    fn timed<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        let start = std::time::Instant::now();
+        let r = f();
+        (
+            r,
+            u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        )
+    }
     macro_rules! run {
         ($aead:path) => {{
             use $aead as aead;
             let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_128_GCM, &key).ok()?);
+            let nonce = |i: usize| {
+                let mut n = [0u8; 12];
+                n[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                aead::Nonce::assume_unique_for_key(n)
+            };
             for i in 0..rounds.max(1) {
-                let mut nonce = [0u8; 12];
-                nonce[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 buf.truncate(AEAD_RECORD_LEN);
-                let start = std::time::Instant::now();
-                let tag = key
-                    .seal_in_place_separate_tag(
-                        aead::Nonce::assume_unique_for_key(nonce),
-                        aead::Aad::empty(),
-                        &mut buf,
-                    )
-                    .ok()?;
-                best.seal = best.seal.min(elapsed(start)?);
-                buf.extend_from_slice(tag.as_ref());
-                let start = std::time::Instant::now();
-                let plain = key
-                    .open_in_place(
-                        aead::Nonce::assume_unique_for_key(nonce),
-                        aead::Aad::empty(),
-                        &mut buf,
-                    )
-                    .ok()?
-                    .len();
-                best.open = best.open.min(elapsed(start)?);
-                if plain != AEAD_RECORD_LEN {
+                let (tag, ns) = timed(|| {
+                    key.seal_in_place_separate_tag(nonce(i), aead::Aad::empty(), &mut buf)
+                });
+                best.seal = best.seal.min(ns);
+                buf.extend_from_slice(tag.ok()?.as_ref());
+                let (plain, ns) = timed(|| {
+                    key.open_in_place(nonce(i), aead::Aad::empty(), &mut buf)
+                        .map(|p| p.len())
+                });
+                best.open = best.open.min(ns);
+                if plain.ok()? != AEAD_RECORD_LEN {
                     return None;
                 }
             }
