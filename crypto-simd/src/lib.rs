@@ -904,6 +904,30 @@ mod tests {
         }
     }
 
+    /// Runs `jobs` as one batch on `engine`, and one by one on the reference over a copy of
+    /// `cells`, and asserts that both give the same outcomes and the same cells.
+    fn check_batch(
+        engine: Engine,
+        hops: &mut [Tor1Hop],
+        refs: &mut [reference::Tor1Hop],
+        cells: &mut [CellBody],
+        jobs: &[Job],
+        what: &str,
+    ) {
+        let mut rcells = cells.to_vec();
+        let mut out = vec![Outcome::Done; jobs.len()];
+        engine.process_batch(hops, cells, jobs, &mut out).unwrap();
+        for (i, j) in jobs.iter().enumerate() {
+            let want = ref_op(
+                &mut refs[j.hop as usize],
+                &mut rcells[j.cell as usize],
+                j.op,
+            );
+            assert_eq!(out[i], want, "{what} job {i}");
+        }
+        assert_eq!(cells, &rcells[..], "{what}");
+    }
+
     fn random_cell(rng: &mut StdRng) -> CellBody {
         let mut c = [0u8; CELL_BODY_LEN];
         rng.fill(&mut c[..]);
@@ -1313,20 +1337,8 @@ mod tests {
                             }
                         })
                         .collect();
-                    let mut rcells = cells.clone();
-                    let mut out = vec![Outcome::Done; jobs.len()];
-                    engine
-                        .process_batch(&mut hops, &mut cells, &jobs, &mut out)
-                        .unwrap();
-                    for (i, j) in jobs.iter().enumerate() {
-                        let want = ref_op(
-                            &mut refs[j.hop as usize],
-                            &mut rcells[j.cell as usize],
-                            j.op,
-                        );
-                        assert_eq!(out[i], want, "{backend} round {round} shape {s} job {i}");
-                    }
-                    assert_eq!(cells, rcells, "{backend} round {round} shape {s}");
+                    let what = format!("{backend} round {round} shape {s}");
+                    check_batch(engine, &mut hops, &mut refs, &mut cells, &jobs, &what);
                 }
             }
         }
@@ -1352,8 +1364,6 @@ mod tests {
         }
     }
 
-    /// One batch holding consecutive cells of many hops interleaved (each hop's cells in
-    /// order), on both directions, against the reference.
     /// Origin-style layering inside one batch: a cell sealed for one hop (pending a digest) is
     /// then crypted by other hops, so keystream-only jobs must wait for the pending digest.
     #[test]
@@ -1396,24 +1406,14 @@ mod tests {
                         !matches!(j.op, Op::OriginSealForward | Op::RelaySendBackward)
                     });
                 }
-                let mut rcells = cells.clone();
-                let mut out = vec![Outcome::Done; jobs.len()];
-                engine
-                    .process_batch(&mut hops, &mut cells, &jobs, &mut out)
-                    .unwrap();
-                for (i, j) in jobs.iter().enumerate() {
-                    let want = ref_op(
-                        &mut refs[j.hop as usize],
-                        &mut rcells[j.cell as usize],
-                        j.op,
-                    );
-                    assert_eq!(out[i], want, "{backend} round {round} job {i}");
-                }
-                assert_eq!(cells, rcells, "{backend} round {round}");
+                let what = format!("{backend} round {round}");
+                check_batch(engine, &mut hops, &mut refs, &mut cells, &jobs, &what);
             }
         }
     }
 
+    /// One batch holding consecutive cells of many hops interleaved (each hop's cells in
+    /// order), on both directions, against the reference.
     #[test]
     fn batches_interleaving_many_hops() {
         let mut rng = StdRng::seed_from_u64(21);
@@ -1433,19 +1433,8 @@ mod tests {
                         },
                     })
                     .collect();
-                let mut rcells = cells.clone();
-                let mut out = vec![Outcome::Done; jobs.len()];
-                engine
-                    .process_batch(&mut hops, &mut cells, &jobs, &mut out)
-                    .unwrap();
-                for j in &jobs {
-                    ref_op(
-                        &mut refs[j.hop as usize],
-                        &mut rcells[j.cell as usize],
-                        j.op,
-                    );
-                }
-                assert_eq!(cells, rcells, "{backend} round {round}");
+                let what = format!("{backend} round {round}");
+                check_batch(engine, &mut hops, &mut refs, &mut cells, &jobs, &what);
             }
         }
     }
