@@ -2338,6 +2338,26 @@ mod tests {
             circ.handle_cell(&got[0]).unwrap()
         }
 
+        /// A one-hop CREATE_FAST circuit `0x8000_0000 | v` from client `k` to shard 0.
+        fn create_fast(&mut self, k: usize, v: u32) -> OriginCircuit {
+            let engine = Engine::from_env().unwrap();
+            let first = self.info(0);
+            let id = CircId::new(0x8000_0000 | v).unwrap();
+            let (mut circ, cell) = OriginCircuit::create_first_hop(
+                &mut self.rng,
+                engine,
+                id,
+                HandshakeKind::CreateFast,
+                &first,
+            )
+            .unwrap();
+            assert_eq!(
+                self.exchange(k, &mut circ, cell),
+                ClientEvent::HopAdded { hops: 1 }
+            );
+            circ
+        }
+
         /// A circuit from client `k` through shard `k` to shard 2 ([`Net::cross_shard`]).
         fn build(&mut self, k: usize, v: u32) -> OriginCircuit {
             let engine = Engine::from_env().unwrap();
@@ -2566,8 +2586,6 @@ mod tests {
     fn padding_negotiate_is_declined_and_close_sends_close_notify() {
         let mut net = Net::new();
         net.run();
-        let engine = Engine::from_env().unwrap();
-        let first = net.info(0);
         for cmd in [
             proto::chan_msg::PaddingNegotiateCmd::START,
             proto::chan_msg::PaddingNegotiateCmd::STOP,
@@ -2595,19 +2613,7 @@ mod tests {
         net.run();
         assert_eq!(net.shards[0].stats().padding_negotiate, 2);
         assert!(net.clients[0].cells().is_empty(), "no answer");
-        let id = CircId::new(0x8000_0001).unwrap();
-        let (mut circ, cell) = OriginCircuit::create_first_hop(
-            &mut net.rng,
-            engine,
-            id,
-            HandshakeKind::CreateFast,
-            &first,
-        )
-        .unwrap();
-        assert_eq!(
-            net.exchange(0, &mut circ, cell),
-            ClientEvent::HopAdded { hops: 1 }
-        );
+        net.create_fast(0, 1);
         assert_eq!(net.shards[0].channels(), 1);
         // Now the shard closes the channel: its last bytes carry close_notify.
         let End_::Shard(0, conn) = net.peer(End_::Client(0)).unwrap() else {
@@ -2737,23 +2743,9 @@ mod tests {
     fn extend_to_unreachable_fails_and_handshake_times_out() {
         let mut net = Net::new();
         net.run();
-        let engine = Engine::from_env().unwrap();
-        let first = net.info(0);
         let mut nowhere = net.info(1);
         nowhere.addrs = vec!["10.0.0.3:9001".parse().unwrap()];
-        let id = CircId::new(0x8000_0001).unwrap();
-        let (mut circ, cell) = OriginCircuit::create_first_hop(
-            &mut net.rng,
-            engine,
-            id,
-            HandshakeKind::CreateFast,
-            &first,
-        )
-        .unwrap();
-        assert_eq!(
-            net.exchange(0, &mut circ, cell),
-            ClientEvent::HopAdded { hops: 1 }
-        );
+        let mut circ = net.create_fast(0, 1);
         let cell = circ
             .extend(&mut net.rng, HandshakeKind::Ntor, &nowhere)
             .unwrap();
@@ -2807,21 +2799,7 @@ mod tests {
         let mut net = Net::new();
         net.run();
         net.shards[0].core_mut().set_echo_drop_for_tests(true);
-        let engine = Engine::from_env().unwrap();
-        let first = net.info(0);
-        let id = CircId::new(0x8000_0001).unwrap();
-        let (mut circ, cell) = OriginCircuit::create_first_hop(
-            &mut net.rng,
-            engine,
-            id,
-            HandshakeKind::CreateFast,
-            &first,
-        )
-        .unwrap();
-        assert_eq!(
-            net.exchange(0, &mut circ, cell),
-            ClientEvent::HopAdded { hops: 1 }
-        );
+        let mut circ = net.create_fast(0, 1);
         let End_::Shard(0, conn) = net.peer(End_::Client(0)).unwrap() else {
             panic!()
         };
@@ -2907,28 +2885,13 @@ mod tests {
         net.run();
         net.shards[0].core_mut().set_echo_drop_for_tests(true);
         net.shards[1].core_mut().set_echo_drop_for_tests(true);
-        let engine = Engine::from_env().unwrap();
-        let first = net.info(0);
         let mut nowhere = net.info(1);
         nowhere.rsa_id = RsaIdentity::from_bytes([0x55; 20]);
         nowhere.ed_id = None;
         nowhere.addrs = vec!["10.0.0.3:9001".parse().unwrap()];
         let mut circs = Vec::new();
         for v in 1..=3u32 {
-            let id = CircId::new(0x8000_0000 | v).unwrap();
-            let (mut circ, cell) = OriginCircuit::create_first_hop(
-                &mut net.rng,
-                engine,
-                id,
-                HandshakeKind::CreateFast,
-                &first,
-            )
-            .unwrap();
-            assert_eq!(
-                net.exchange(0, &mut circ, cell),
-                ClientEvent::HopAdded { hops: 1 }
-            );
-            circs.push(circ);
+            circs.push(net.create_fast(0, v));
         }
         // Circuits 2 and 3 extend to a relay whose connect never finishes; the cells their
         // client sends on meanwhile queue on shard 0.
