@@ -328,6 +328,49 @@ enum Flow {
     Finished,
 }
 
+/// What the initiator's and the responder's state machines share, so that one loop
+/// ([`drive`]) feeds either.
+trait SideState: Sized {
+    type Config;
+    /// The state after an error: it takes nothing more.
+    const FAILED: Self;
+    fn is_done(&self) -> bool;
+    fn handle(
+        self,
+        link: &mut Link,
+        config: &Self::Config,
+        cell: ChanCell,
+        now: u64,
+        tls: &dyn LinkTls,
+    ) -> Result<(Self, Flow), LinkHandshakeError>;
+}
+
+/// Feeds `input` to `link`, stepping `state` through each framed cell; after an error the state
+/// is [`SideState::FAILED`]. Returns how many bytes were used, as
+/// [`Initiator::handle_input`] tells.
+fn drive<S: SideState>(
+    link: &mut Link,
+    state: &mut S,
+    config: &S::Config,
+    input: &[u8],
+    now: u64,
+    tls: &dyn LinkTls,
+) -> Result<usize, LinkHandshakeError> {
+    if state.is_done() {
+        return Ok(0);
+    }
+    let r = link.feed(input, |link, cell| {
+        let old = std::mem::replace(state, S::FAILED);
+        let (new, flow) = old.handle(link, config, cell, now, tls)?;
+        *state = new;
+        Ok(flow)
+    });
+    if r.is_err() {
+        *state = S::FAILED;
+    }
+    r
+}
+
 impl Link {
     fn new() -> Self {
         Link {
@@ -629,21 +672,14 @@ impl Initiator {
         now: u64,
         tls: &dyn LinkTls,
     ) -> Result<usize, LinkHandshakeError> {
-        if let InitiatorState::Done(_) = self.state {
-            return Ok(0);
-        }
-        let config = &self.config;
-        let state = &mut self.state;
-        let r = self.link.feed(input, |link, cell| {
-            let old = std::mem::replace(state, InitiatorState::Failed);
-            let (new, flow) = old.handle(link, config, cell, now, tls)?;
-            *state = new;
-            Ok(flow)
-        });
-        if r.is_err() {
-            self.state = InitiatorState::Failed;
-        }
-        r
+        drive(
+            &mut self.link,
+            &mut self.state,
+            &self.config,
+            input,
+            now,
+            tls,
+        )
     }
 
     /// Appends the bytes to send, if any, to `out`.
@@ -669,7 +705,7 @@ impl Initiator {
 
     /// Whether the handshake is complete (send what [`Initiator::poll_transmit`] still gives).
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, InitiatorState::Done(_))
+        self.state.is_done()
     }
 
     /// The outcome, once finished.
@@ -691,7 +727,14 @@ impl fmt::Debug for Initiator {
     }
 }
 
-impl InitiatorState {
+impl SideState for InitiatorState {
+    type Config = InitiatorConfig;
+    const FAILED: Self = InitiatorState::Failed;
+
+    fn is_done(&self) -> bool {
+        matches!(self, InitiatorState::Done(_))
+    }
+
     fn handle(
         self,
         link: &mut Link,
@@ -928,21 +971,14 @@ impl Responder {
         now: u64,
         tls: &dyn LinkTls,
     ) -> Result<usize, LinkHandshakeError> {
-        if let ResponderState::Done(_) = self.state {
-            return Ok(0);
-        }
-        let config = &self.config;
-        let state = &mut self.state;
-        let r = self.link.feed(input, |link, cell| {
-            let old = std::mem::replace(state, ResponderState::Failed);
-            let (new, flow) = old.handle(link, config, cell, now, tls)?;
-            *state = new;
-            Ok(flow)
-        });
-        if r.is_err() {
-            self.state = ResponderState::Failed;
-        }
-        r
+        drive(
+            &mut self.link,
+            &mut self.state,
+            &self.config,
+            input,
+            now,
+            tls,
+        )
     }
 
     /// Appends the bytes to send, if any, to `out`.
@@ -952,13 +988,7 @@ impl Responder {
 
     /// What the handshake waits for.
     pub fn expecting(&self) -> Expecting {
-        match self.state {
-            ResponderState::ExpectVersions(_) => Expecting::Versions,
-            ResponderState::ExpectCertsOrNetinfo(_) => Expecting::CertsOrNetinfo,
-            ResponderState::ExpectAuthenticate(_) => Expecting::Authenticate,
-            ResponderState::ExpectNetinfo(_) => Expecting::Netinfo,
-            ResponderState::Done(_) | ResponderState::Failed => Expecting::Nothing,
-        }
+        self.state.expecting()
     }
 
     /// The error that stopped the handshake, if one did.
@@ -968,7 +998,7 @@ impl Responder {
 
     /// Whether the handshake is complete.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state, ResponderState::Done(_))
+        self.state.is_done()
     }
 
     /// The outcome, once finished.
@@ -989,15 +1019,12 @@ impl fmt::Debug for Responder {
     }
 }
 
-impl ResponderState {
-    fn expecting(&self) -> Expecting {
-        match self {
-            ResponderState::ExpectVersions(_) => Expecting::Versions,
-            ResponderState::ExpectCertsOrNetinfo(_) => Expecting::CertsOrNetinfo,
-            ResponderState::ExpectAuthenticate(_) => Expecting::Authenticate,
-            ResponderState::ExpectNetinfo(_) => Expecting::Netinfo,
-            ResponderState::Done(_) | ResponderState::Failed => Expecting::Nothing,
-        }
+impl SideState for ResponderState {
+    type Config = ResponderConfig;
+    const FAILED: Self = ResponderState::Failed;
+
+    fn is_done(&self) -> bool {
+        matches!(self, ResponderState::Done(_))
     }
 
     fn handle(
@@ -1046,6 +1073,18 @@ impl ResponderState {
             _ => return Err(unexpected(cmd, expecting)),
         };
         Ok((next, Flow::More))
+    }
+}
+
+impl ResponderState {
+    fn expecting(&self) -> Expecting {
+        match self {
+            ResponderState::ExpectVersions(_) => Expecting::Versions,
+            ResponderState::ExpectCertsOrNetinfo(_) => Expecting::CertsOrNetinfo,
+            ResponderState::ExpectAuthenticate(_) => Expecting::Authenticate,
+            ResponderState::ExpectNetinfo(_) => Expecting::Netinfo,
+            ResponderState::Done(_) | ResponderState::Failed => Expecting::Nothing,
+        }
     }
 }
 
