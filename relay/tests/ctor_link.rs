@@ -452,8 +452,7 @@ fn ctor_accepts_our_relay_authentication() {
 fn ctor_client_accepts_our_responder() {
     use std::net::TcpListener;
 
-    use proto::link_handshake::Responder;
-    use relay::tls::{self, LinkCert, LinkKeyAlg};
+    use relay::tls::{LinkCert, LinkKeyAlg};
 
     let mut rng = rand::rngs::OsRng;
     let now = unix_now();
@@ -462,60 +461,17 @@ fn ctor_client_accepts_our_responder() {
     let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, &mut rng).unwrap();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
-    let mut tor = ctor::CTor::client_via_bridge("bridge-client", listener.local_addr().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (stream, peer) = loop {
-        match listener.accept() {
-            Ok(accepted) => break accepted,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(tor.exited().is_none(), "tor exited:\n{}", tor.log());
-                assert!(Instant::now() < deadline, "tor never connected");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
-    let link = tls::TlsLink::server(
-        tls::server_config(&cert).unwrap(),
-        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
-    )
-    .unwrap();
-    let mut tls = BlockingTls::new(stream, link);
-    tls.handshake();
-    let mut conn = Conn {
-        tls,
-        wire: Vec::new(),
-        buf: Vec::new(),
-    };
-    let creds = RelayCredentials {
-        keys: &keys,
-        identity_certs: &identity_certs,
-    };
-    let addrs = NetinfoAddrs {
-        peer: peer.ip(),
-        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-    };
-    let mut hs = Responder::new(creds, cert.digest(), addrs, now, &mut rng).unwrap();
+    let tor = ctor::CTor::client_via_bridge("bridge-client", listener.local_addr().unwrap());
+    let (mut conn, info) = respond(
+        &listener,
+        &keys,
+        &identity_certs,
+        &cert,
+        now,
+        &mut rng,
+        || tor.log(),
+    );
     let mut chunk = [0u8; 4096];
-    let mut out = Vec::new();
-    let mut leftover = Vec::new();
-    while !hs.is_finished() {
-        let n = conn.recv(&mut chunk);
-        assert!(n > 0, "C tor closed the connection:\n{}", tor.log());
-        let view = Tls {
-            link: &conn.tls.link,
-            exporter_xor: 0,
-        };
-        let used = hs
-            .handle_input(&chunk[..n], unix_now(), &view)
-            .unwrap_or_else(|e| panic!("handshake with C tor failed: {e}"));
-        leftover = chunk[used..n].to_vec();
-        hs.poll_transmit(&mut out);
-        assert!(conn.send(&out));
-        out.clear();
-    }
-    let info = hs.finish().unwrap();
     assert_eq!(info.link_version, 5);
     assert!(!info.we_initiated);
     // A client does not authenticate, and (tor-spec §4.5) sends no time.
@@ -524,7 +480,6 @@ fn ctor_client_accepts_our_responder() {
     assert_eq!(info.our_addr_seen_by_peer, Some(Ipv4Addr::LOCALHOST.into()));
 
     // C tor then uses the channel: it opens a circuit to fetch our descriptor.
-    conn.buf = leftover;
     // C tor 0.4.9 sends CREATE_FAST here (a one-hop directory circuit).
     let create = loop {
         if let Some((raw, used)) = RawCell::decode(&conn.buf, CircIdLen::Four) {
@@ -540,6 +495,63 @@ fn ctor_client_accepts_our_responder() {
         conn.buf.extend_from_slice(&chunk[..n]);
     };
     assert!(create == ChanCmd::CREATE_FAST || create == ChanCmd::CREATE2);
+}
+
+/// Accepts C tor's connection on `listener` and runs our responder's link handshake on it as
+/// the relay `keys`, with link certificate `cert`: the connection (with what followed the
+/// handshake in `buf`) and the handshake's outcome. `log` is C tor's log, for failures.
+fn respond(
+    listener: &std::net::TcpListener,
+    keys: &RelayKeys,
+    identity_certs: &proto::certs_cell::IdentityCerts,
+    cert: &relay::tls::LinkCert,
+    now: u64,
+    rng: &mut rand::rngs::OsRng,
+    log: impl Fn() -> String,
+) -> (Conn, LinkInfo) {
+    use proto::link_handshake::Responder;
+    use relay::tls;
+
+    let (stream, peer) = accept(listener, &log);
+    let link = tls::TlsLink::server(
+        tls::server_config(cert).unwrap(),
+        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
+    )
+    .unwrap();
+    let mut tls = BlockingTls::new(stream, link);
+    tls.handshake();
+    let mut conn = Conn {
+        tls,
+        wire: Vec::new(),
+        buf: Vec::new(),
+    };
+    let creds = RelayCredentials {
+        keys,
+        identity_certs,
+    };
+    let addrs = NetinfoAddrs {
+        peer: peer.ip(),
+        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    };
+    let mut hs = Responder::new(creds, cert.digest(), addrs, now, rng).unwrap();
+    let mut chunk = [0u8; 4096];
+    let mut out = Vec::new();
+    while !hs.is_finished() {
+        let n = conn.recv(&mut chunk);
+        assert!(n > 0, "C tor closed the connection:\n{}", log());
+        let view = Tls {
+            link: &conn.tls.link,
+            exporter_xor: 0,
+        };
+        let used = hs
+            .handle_input(&chunk[..n], unix_now(), &view)
+            .unwrap_or_else(|e| panic!("handshake with C tor failed: {e}\n{}", log()));
+        conn.buf = chunk[used..n].to_vec();
+        hs.poll_transmit(&mut out);
+        assert!(conn.send(&out));
+        out.clear();
+    }
+    (conn, hs.finish().unwrap())
 }
 
 /// Accepts one connection on `listener` (non-blocking) within a minute, failing with `log()`
@@ -573,10 +585,9 @@ fn accept(
 #[test]
 fn ctor_relay_authenticates_to_our_responder() {
     use proto::chan_msg::{Created2, RelayEarly};
-    use proto::link_handshake::Responder;
     use proto::link_spec::LinkSpec;
     use proto::relay_msg::{Extend2, Extended2};
-    use relay::tls::{self, LinkCert, LinkKeyAlg};
+    use relay::tls::{LinkCert, LinkKeyAlg};
 
     const CIRC: u32 = 0x8000_0001;
     let relay = CTorRelay::start("chivelinkx", &["--ExtendAllowPrivateAddresses", "1"]);
@@ -620,46 +631,15 @@ fn ctor_relay_authenticates_to_our_responder() {
     assert!(client.send_cell(CIRC, ChanMsg::RelayEarly(RelayEarly { body })));
 
     // C tor connects to us.
-    let (stream, peer) = accept(&listener, || relay.log());
-    let link = tls::TlsLink::server(
-        tls::server_config(&cert).unwrap(),
-        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
-    )
-    .unwrap();
-    let mut tls = BlockingTls::new(stream, link);
-    tls.handshake();
-    let mut server = Conn {
-        tls,
-        wire: Vec::new(),
-        buf: Vec::new(),
-    };
-    let creds = RelayCredentials {
-        keys: &keys,
-        identity_certs: &identity_certs,
-    };
-    let addrs = NetinfoAddrs {
-        peer: peer.ip(),
-        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-    };
-    let mut hs = Responder::new(creds, cert.digest(), addrs, now, &mut rng).unwrap();
-    let mut chunk = [0u8; 4096];
-    let mut out = Vec::new();
-    while !hs.is_finished() {
-        let n = server.recv(&mut chunk);
-        assert!(n > 0, "C tor closed the connection:\n{}", relay.log());
-        let view = Tls {
-            link: &server.tls.link,
-            exporter_xor: 0,
-        };
-        let used = hs
-            .handle_input(&chunk[..n], unix_now(), &view)
-            .unwrap_or_else(|e| panic!("C tor's handshake rejected: {e}\n{}", relay.log()));
-        server.buf = chunk[used..n].to_vec();
-        hs.poll_transmit(&mut out);
-        assert!(server.send(&out));
-        out.clear();
-    }
-    let info = hs.finish().unwrap();
+    let (mut server, info) = respond(
+        &listener,
+        &keys,
+        &identity_certs,
+        &cert,
+        now,
+        &mut rng,
+        || relay.log(),
+    );
     assert!(!info.we_initiated);
     let peer = info.peer.as_ref().expect("C tor authenticated");
     let want = expected(&relay);
