@@ -452,25 +452,13 @@ fn ctor_accepts_our_relay_authentication() {
 fn ctor_client_accepts_our_responder() {
     use std::net::TcpListener;
 
-    use relay::tls::{LinkCert, LinkKeyAlg};
-
     let mut rng = rand::rngs::OsRng;
     let now = unix_now();
-    let keys = RelayKeys::generate(now, &mut rng).unwrap();
-    let identity_certs = keys.identity_certs(now, &mut rng).unwrap();
-    let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, &mut rng).unwrap();
+    let us = Us::generate(now, &mut rng);
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let tor = ctor::CTor::client_via_bridge("bridge-client", listener.local_addr().unwrap());
-    let (mut conn, info) = respond(
-        &listener,
-        &keys,
-        &identity_certs,
-        &cert,
-        now,
-        &mut rng,
-        || tor.log(),
-    );
+    let (mut conn, info) = us.respond(&listener, now, &mut rng, || tor.log());
     let mut chunk = [0u8; 4096];
     assert_eq!(info.link_version, 5);
     assert!(!info.we_initiated);
@@ -497,61 +485,80 @@ fn ctor_client_accepts_our_responder() {
     assert!(create == ChanCmd::CREATE_FAST || create == ChanCmd::CREATE2);
 }
 
-/// Accepts C tor's connection on `listener` and runs our responder's link handshake on it as
-/// the relay `keys`, with link certificate `cert`: the connection (with what followed the
-/// handshake in `buf`) and the handshake's outcome. `log` is C tor's log, for failures.
-fn respond(
-    listener: &std::net::TcpListener,
-    keys: &RelayKeys,
-    identity_certs: &proto::certs_cell::IdentityCerts,
-    cert: &relay::tls::LinkCert,
-    now: u64,
-    rng: &mut rand::rngs::OsRng,
-    log: impl Fn() -> String,
-) -> (Conn, LinkInfo) {
-    use proto::link_handshake::Responder;
-    use relay::tls;
+/// A chive relay's keys and link certificate, for our responder.
+struct Us {
+    keys: RelayKeys,
+    identity_certs: proto::certs_cell::IdentityCerts,
+    cert: relay::tls::LinkCert,
+}
 
-    let (stream, peer) = accept(listener, &log);
-    let link = tls::TlsLink::server(
-        tls::server_config(cert).unwrap(),
-        tls::DEFAULT_PENDING_TLS_MAX_BYTES,
-    )
-    .unwrap();
-    let mut tls = BlockingTls::new(stream, link);
-    tls.handshake();
-    let mut conn = Conn {
-        tls,
-        wire: Vec::new(),
-        buf: Vec::new(),
-    };
-    let creds = RelayCredentials {
-        keys,
-        identity_certs,
-    };
-    let addrs = NetinfoAddrs {
-        peer: peer.ip(),
-        ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-    };
-    let mut hs = Responder::new(creds, cert.digest(), addrs, now, rng).unwrap();
-    let mut chunk = [0u8; 4096];
-    let mut out = Vec::new();
-    while !hs.is_finished() {
-        let n = conn.recv(&mut chunk);
-        assert!(n > 0, "C tor closed the connection:\n{}", log());
-        let view = Tls {
-            link: &conn.tls.link,
-            exporter_xor: 0,
-        };
-        let used = hs
-            .handle_input(&chunk[..n], unix_now(), &view)
-            .unwrap_or_else(|e| panic!("handshake with C tor failed: {e}\n{}", log()));
-        conn.buf = chunk[used..n].to_vec();
-        hs.poll_transmit(&mut out);
-        assert!(conn.send(&out));
-        out.clear();
+impl Us {
+    fn generate(now: u64, rng: &mut rand::rngs::OsRng) -> Us {
+        use relay::tls::{LinkCert, LinkKeyAlg};
+        let keys = RelayKeys::generate(now, rng).unwrap();
+        let identity_certs = keys.identity_certs(now, rng).unwrap();
+        let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, rng).unwrap();
+        Us {
+            keys,
+            identity_certs,
+            cert,
+        }
     }
-    (conn, hs.finish().unwrap())
+
+    /// Accepts C tor's connection on `listener` and runs our responder's link handshake on it:
+    /// the connection (with what followed the handshake in `buf`) and the handshake's outcome.
+    /// `log` is C tor's log, for failures.
+    fn respond(
+        &self,
+        listener: &std::net::TcpListener,
+        now: u64,
+        rng: &mut rand::rngs::OsRng,
+        log: impl Fn() -> String,
+    ) -> (Conn, LinkInfo) {
+        use proto::link_handshake::Responder;
+        use relay::tls;
+
+        let (stream, peer) = accept(listener, &log);
+        let link = tls::TlsLink::server(
+            tls::server_config(&self.cert).unwrap(),
+            tls::DEFAULT_PENDING_TLS_MAX_BYTES,
+        )
+        .unwrap();
+        let mut tls = BlockingTls::new(stream, link);
+        tls.handshake();
+        let mut conn = Conn {
+            tls,
+            wire: Vec::new(),
+            buf: Vec::new(),
+        };
+        let creds = RelayCredentials {
+            keys: &self.keys,
+            identity_certs: &self.identity_certs,
+        };
+        let addrs = NetinfoAddrs {
+            peer: peer.ip(),
+            ours: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        };
+        let mut hs = Responder::new(creds, self.cert.digest(), addrs, now, rng).unwrap();
+        let mut chunk = [0u8; 4096];
+        let mut out = Vec::new();
+        while !hs.is_finished() {
+            let n = conn.recv(&mut chunk);
+            assert!(n > 0, "C tor closed the connection:\n{}", log());
+            let view = Tls {
+                link: &conn.tls.link,
+                exporter_xor: 0,
+            };
+            let used = hs
+                .handle_input(&chunk[..n], unix_now(), &view)
+                .unwrap_or_else(|e| panic!("handshake with C tor failed: {e}\n{}", log()));
+            conn.buf = chunk[used..n].to_vec();
+            hs.poll_transmit(&mut out);
+            assert!(conn.send(&out));
+            out.clear();
+        }
+        (conn, hs.finish().unwrap())
+    }
 }
 
 /// Accepts one connection on `listener` (non-blocking) within a minute, failing with `log()`
@@ -587,16 +594,13 @@ fn ctor_relay_authenticates_to_our_responder() {
     use proto::chan_msg::{Created2, RelayEarly};
     use proto::link_spec::LinkSpec;
     use proto::relay_msg::{Extend2, Extended2};
-    use relay::tls::{LinkCert, LinkKeyAlg};
 
     const CIRC: u32 = 0x8000_0001;
     let relay = CTorRelay::start("chivelinkx", &["--ExtendAllowPrivateAddresses", "1"]);
     let mut rng = rand::rngs::OsRng;
     let now = unix_now();
     // Us: the relay C tor extends to.
-    let keys = RelayKeys::generate(now, &mut rng).unwrap();
-    let identity_certs = keys.identity_certs(now, &mut rng).unwrap();
-    let cert = LinkCert::generate(LinkKeyAlg::EcdsaP256, now, 86_400, &mut rng).unwrap();
+    let us = Us::generate(now, &mut rng);
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -611,16 +615,16 @@ fn ctor_relay_authenticates_to_our_responder() {
     let reply = [created.y, created.kh].concat();
     let mut hop = Hop::new(&proto::create_fast::client2(state, &reply).unwrap());
     let ours = proto::ntor::NtorPublicKey {
-        id: keys.fingerprint(),
-        pk: *keys.ntor_onion().public(),
+        id: us.keys.fingerprint(),
+        pk: *us.keys.ntor_onion().public(),
     };
     let (ntor_state, onionskin) = proto::ntor::client1(&mut rng, &ours);
     let mut extend = Vec::new();
     Extend2 {
         link_specs: vec![
             LinkSpec::Ipv4(Ipv4Addr::LOCALHOST, port),
-            LinkSpec::RsaId(keys.fingerprint()),
-            LinkSpec::Ed25519Id(keys.ed25519_identity()),
+            LinkSpec::RsaId(us.keys.fingerprint()),
+            LinkSpec::Ed25519Id(us.keys.ed25519_identity()),
         ],
         htype: HandshakeType::NTOR,
         hdata: onionskin.to_vec(),
@@ -631,15 +635,7 @@ fn ctor_relay_authenticates_to_our_responder() {
     assert!(client.send_cell(CIRC, ChanMsg::RelayEarly(RelayEarly { body })));
 
     // C tor connects to us.
-    let (mut server, info) = respond(
-        &listener,
-        &keys,
-        &identity_certs,
-        &cert,
-        now,
-        &mut rng,
-        || relay.log(),
-    );
+    let (mut server, info) = us.respond(&listener, now, &mut rng, || relay.log());
     assert!(!info.we_initiated);
     let peer = info.peer.as_ref().expect("C tor authenticated");
     let want = expected(&relay);
@@ -656,7 +652,7 @@ fn ctor_relay_authenticates_to_our_responder() {
         }
     };
     let (reply, server_keys) =
-        proto::ntor::server(&mut rng, &keys.ntor_server_keys(None), &hdata).unwrap();
+        proto::ntor::server(&mut rng, &us.keys.ntor_server_keys(None), &hdata).unwrap();
     assert!(server.send_cell(
         circ.get(),
         ChanMsg::Created2(Created2 {
