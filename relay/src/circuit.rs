@@ -42,6 +42,7 @@ pub mod cgo;
 mod client;
 mod relay_core;
 mod stream;
+mod vegas;
 
 pub use client::{
     fuzz_origin_cells, ClientError, ClientEvent, HandshakeKind, OriginCircuit, RelayInfo, SendmeTag,
@@ -55,6 +56,7 @@ pub use stream::{
     CIRC_WINDOW_INCREMENT, CIRC_WINDOW_START, HOLD_UNREAD, SEND_BUFFER_MAX, STREAMS_MAX,
     STREAM_WINDOW_INCREMENT, STREAM_WINDOW_START, XOFF_UNREAD, XON_UNREAD,
 };
+pub use vegas::{Vegas, VegasParams};
 
 use proto::cell::{CellBody, ChanCmd, CircIdLen, RawCell, BODY_LEN};
 use proto::codec::CodecError;

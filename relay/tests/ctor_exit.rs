@@ -16,7 +16,8 @@
 //! [`streams_with_congestion_control_through_c_tor`] builds circuits of three C tor relays, CGO
 //! on every hop and CC on the exit (then tor1 everywhere, CC on the exit), and echoes
 //! [`CC_TOTAL`] bytes each way over [`CC_STREAMS`] streams at once, every byte checked: circuit
-//! SENDMEs every `sendme_inc` cells both ways, our fixed congestion window, no stream SENDMEs,
+//! SENDMEs every `sendme_inc` cells both ways, our congestion window (Vegas, on the SENDMEs'
+//! round trips: it must grow past its start), no stream SENDMEs,
 //! XON/XOFF (one stream is read lazily, so we send XOFF and XON). Then a stream to a server that
 //! does not read until released: the exit's buffer fills until it sends XOFF, after which no
 //! DATA goes out on the stream until its XON, then 1 MiB more gets through, checked by the
@@ -38,7 +39,7 @@ mod ctor;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chive::{relay_info, Chan, Chive};
 use ctor::CTorRelay;
@@ -160,6 +161,7 @@ fn flush_each(
     streams: &mut Streams,
     mut each: impl FnMut(&mut OutMsg),
 ) {
+    streams.set_now(Instant::now());
     while let Some(mut m) = streams.poll_msg() {
         each(&mut m);
         let cell = circ
@@ -180,6 +182,7 @@ fn flush_each(
 fn next(chan: &mut Chan, circ: &mut OriginCircuit, streams: &mut Streams) -> StreamEvent {
     let cell = chan.recv(circ.circ_id());
     let ev = circ.handle_cell(&cell).unwrap();
+    streams.set_now(Instant::now());
     streams.handle_event(circ, ev).unwrap()
 }
 
@@ -506,6 +509,7 @@ fn echo_cc(chan: &mut Chan, mut circ: OriginCircuit, port: u16, closed: &mpsc::R
     let mut received: Vec<Vec<u8>> = (0..CC_STREAMS).map(|_| Vec::with_capacity(per)).collect();
     let mut lazy_wait = 0;
     let mut n = CcCounts::default();
+    let mut cwnd_peak = 0;
     while received.iter().any(|r| r.len() < per) {
         for i in 0..CC_STREAMS {
             let until = per.min(received[i].len() + IN_FLIGHT);
@@ -538,16 +542,31 @@ fn echo_cc(chan: &mut Chan, mut circ: OriginCircuit, port: u16, closed: &mpsc::R
             StreamEvent::Xon { .. } => n.xon_in += 1,
             other => panic!("unexpected {other:?} after {n:?}"),
         }
-        // Our congestion window: never more DATA cells unacknowledged than cwnd.
-        let cwnd = 4 * usize::from(inc);
-        assert!(n.data_out - n.sendmes_in * usize::from(inc) <= cwnd);
+        // Our congestion window: never more DATA cells unacknowledged than it held.
+        let v = s.vegas().unwrap();
+        cwnd_peak = cwnd_peak.max(v.cwnd());
+        let inflight = n.data_out - n.sendmes_in * usize::from(inc);
+        assert_eq!(inflight, v.inflight() as usize);
+        assert!(inflight <= cwnd_peak as usize);
     }
     for (i, r) in received.iter().enumerate() {
         assert!(*r == chunk(i), "stream {i}: echoed bytes differ");
     }
     // The SENDME for the last cells, if due.
     flush_counted(chan, circ, s, &mut n);
-    eprintln!("{CC_TOTAL} bytes each way over {CC_STREAMS} streams, sendme_inc {inc}: {n:?}");
+    let v = s.vegas().unwrap();
+    eprintln!(
+        "{CC_TOTAL} bytes each way over {CC_STREAMS} streams, sendme_inc {inc}: {n:?}; \
+         cwnd {} (peak {cwnd_peak}), RTT ewma/min {:?} µs, slow start {}",
+        v.cwnd(),
+        v.rtt_us(),
+        v.in_slow_start()
+    );
+    // The SENDMEs' round trips opened the congestion window past its start (Vegas).
+    assert!(
+        cwnd_peak > 4 * u32::from(inc),
+        "cwnd never grew: {cwnd_peak}"
+    );
     // SENDMEs every sendme_inc DATA cells each way (the last few may still be on the way).
     assert!(n.sendmes_out == n.data_in / usize::from(inc));
     assert!(n.sendmes_in + 4 >= n.data_out / usize::from(inc));

@@ -30,10 +30,11 @@
 //!   have at most [`CIRC_WINDOW_START`] DATA cells unacknowledged by our SENDMEs (C tor's
 //!   deliver window, kept in this mode). A SENDME with a wrong tag, or for cells never sent,
 //!   breaks the circuit as above.
-//! - We send with a fixed congestion window ([`CC_CWND_SENDMES`] × `sendme_inc` cells, C tor's
-//!   `cc_cwnd_init` default of 124 for the default `sendme_inc` of 31): at most that many DATA
-//!   cells unacknowledged. The window never grows (proposal 324 lets a client keep it fixed);
-//!   its SENDMEs are not timed.
+//! - We send at most a congestion window of DATA cells unacknowledged. It starts at
+//!   [`CC_CWND_SENDMES`] × `sendme_inc` cells (C tor's `cc_cwnd_init` default of 124 for the
+//!   default `sendme_inc` of 31) and follows TOR_VEGAS ([`Vegas`], proposal 324 §3.3) on the
+//!   round trip of each circuit SENDME, timed with the clock the caller gives
+//!   ([`Streams::set_now`]; without one the window stays at its start).
 //! - Stream flow control is XON/XOFF (proposal 344; relay commands XOFF = 43, body: version 0;
 //!   XON = 44, body: version 0 and a u32 drain rate in kB/s, 0 for no advice): an XOFF from the
 //!   hop stops our DATA on that stream until its XON (whose rate is advisory and ignored). A
@@ -57,6 +58,7 @@
 //! SENDME authentication gives [`StreamError::CircuitProtocol`]: destroy the circuit.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use proto::ids::StreamId;
 use proto::relay_cell::RelayCmd;
@@ -66,6 +68,7 @@ use rand_core::CryptoRngCore;
 use thiserror::Error;
 
 use super::client::{ClientError, ClientEvent, OriginCircuit, SendmeTag};
+use super::vegas::{Vegas, VegasParams};
 use super::CircCell;
 
 /// DATA cells a circuit may send before a circuit SENDME (tor-spec §7.3).
@@ -80,8 +83,8 @@ pub const STREAM_WINDOW_INCREMENT: u16 = 50;
 pub const STREAMS_MAX: usize = 512;
 /// Most bytes [`Streams::write`] buffers per stream.
 pub const SEND_BUFFER_MAX: usize = 64 * 1024;
-/// With congestion control, our fixed congestion window in circuit SENDMEs: `cwnd` is this
-/// times `sendme_inc` (C tor's `cc_cwnd_init` default is 4 × 31 = 124 cells).
+/// With congestion control, our initial congestion window in circuit SENDMEs: `cwnd` starts
+/// at this times `sendme_inc` (C tor's `cc_cwnd_init` default is 4 × 31 = 124 cells).
 pub const CC_CWND_SENDMES: u16 = 4;
 /// With congestion control, bytes unread on a stream past which we send XOFF (C tor's
 /// `cc_xoff_client` default is 500 cells, about 250 kB).
@@ -235,7 +238,7 @@ pub struct Streams {
     /// The hop's congestion control `sendme_inc`, or `None` for fixed windows.
     sendme_inc: Option<u8>,
     /// The package window's start and SENDME increment: [`CIRC_WINDOW_START`] and
-    /// [`CIRC_WINDOW_INCREMENT`], or with congestion control the fixed cwnd and `sendme_inc`.
+    /// [`CIRC_WINDOW_INCREMENT`], or with congestion control the initial cwnd and `sendme_inc`.
     package_start: u16,
     package_inc: u16,
     /// DATA cells per circuit SENDME we send.
@@ -255,8 +258,13 @@ pub struct Streams {
     /// The last polled message was a 100th DATA cell: its tag is owed.
     tag_owed: bool,
     /// Tags of our 100th, 200th, ... (with congestion control `sendme_inc`th, ...) DATA cells
-    /// not yet acknowledged (at most 10).
-    awaiting: VecDeque<SendmeTag>,
+    /// not yet acknowledged, with when they were sent if the caller gave a time: at most 10,
+    /// or with congestion control the most the congestion window holds.
+    awaiting: VecDeque<(SendmeTag, Option<Instant>)>,
+    /// With congestion control, the congestion window.
+    vegas: Option<Vegas>,
+    /// The time of the calls being made ([`Streams::set_now`]).
+    now: Option<Instant>,
     /// Round-robin position among streams with data.
     cursor: u16,
 }
@@ -280,6 +288,8 @@ impl Streams {
             data_sent: 0,
             tag_owed: false,
             awaiting: VecDeque::new(),
+            vegas: None,
+            now: None,
             cursor: 0,
         }
     }
@@ -288,13 +298,15 @@ impl Streams {
     /// `sendme_inc` (the hop's CC_RESPONSE; 0 is taken as 1).
     pub fn with_cc(hop: usize, format: RelayCellFormat, sendme_inc: u8) -> Self {
         let inc = u16::from(sendme_inc.max(1));
-        let cwnd = (CC_CWND_SENDMES * inc).min(CIRC_WINDOW_START);
+        let vegas = Vegas::new(VegasParams::exit(sendme_inc));
+        let cwnd = u16::try_from(vegas.window()).unwrap_or(u16::MAX);
         Streams {
             sendme_inc: Some(sendme_inc.max(1)),
             package_start: cwnd,
             package_inc: inc,
             deliver_inc: inc,
             package_window: cwnd,
+            vegas: Some(vegas),
             ..Self::new(hop, format)
         }
     }
@@ -312,6 +324,18 @@ impl Streams {
     /// The congestion control `sendme_inc`, or `None` with fixed windows.
     pub fn sendme_inc(&self) -> Option<u8> {
         self.sendme_inc
+    }
+
+    /// Sets the time of the calls that follow. With congestion control, the round trip of each
+    /// circuit SENDME (from sending the DATA cell it acknowledges to its arrival) drives the
+    /// congestion window; a caller that never sets the time keeps the window at its start.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
+    }
+
+    /// With congestion control, the congestion window's state.
+    pub fn vegas(&self) -> Option<&Vegas> {
+        self.vegas.as_ref()
     }
 
     /// The streams' hop.
@@ -485,6 +509,9 @@ impl Streams {
                     s.package_window -= 1;
                 }
                 self.package_window -= 1;
+                if let Some(v) = &mut self.vegas {
+                    v.on_sent();
+                }
                 self.data_sent += 1;
                 self.tag_owed = self.data_sent.is_multiple_of(u64::from(self.package_inc));
                 self.cursor = id.get();
@@ -513,7 +540,7 @@ impl Streams {
     /// The tag of the cell the last [`Streams::poll_msg`] message became.
     pub fn sent_tag(&mut self, tag: SendmeTag) {
         if std::mem::take(&mut self.tag_owed) {
-            self.awaiting.push_back(tag);
+            self.awaiting.push_back((tag, self.now));
         }
     }
 
@@ -654,7 +681,7 @@ impl Streams {
 
     fn circ_sendme(&mut self, data: &[u8]) -> Result<StreamEvent, StreamError> {
         let bad = StreamError::CircuitProtocol(Fault::BadSendmeTag);
-        let want = self
+        let (want, sent_at) = self
             .awaiting
             .pop_front()
             .ok_or(StreamError::CircuitProtocol(Fault::SendmeOverflow))?;
@@ -669,8 +696,16 @@ impl Streams {
         if version != 1 || t.is_empty() || body.get(..t.len()) != Some(t) {
             return Err(bad);
         }
-        // A tag is owed only for a cell sent, so the window never passes its start here.
-        self.package_window = (self.package_window + self.package_inc).min(self.package_start);
+        if let Some(v) = &mut self.vegas {
+            let rtt = self.now.zip(sent_at).map(|(now, sent)| {
+                u64::try_from(now.saturating_duration_since(sent).as_micros()).unwrap_or(u64::MAX)
+            });
+            v.on_sendme(rtt);
+            self.package_window = u16::try_from(v.window()).unwrap_or(u16::MAX);
+        } else {
+            // A tag is owed only for a cell sent, so the window never passes its start here.
+            self.package_window = (self.package_window + self.package_inc).min(self.package_start);
+        }
         Ok(StreamEvent::Sendme { stream: None })
     }
 
@@ -764,6 +799,10 @@ pub fn fuzz_streams(data: &[u8]) {
         flags: Default::default(),
     };
     let big = [0x61u8; SEND_BUFFER_MAX];
+    // A clock that each SENDME moves on by an input byte of milliseconds, so that the
+    // congestion window sees round trips of every shape.
+    let start = Instant::now();
+    let mut clock_ms = 0u64;
     while let Some(&[op]) = take(1) {
         let stream = |b: u8| StreamId::new(u16::from(b % 8));
         let result = match op % 9 {
@@ -815,6 +854,8 @@ pub fn fuzz_streams(data: &[u8]) {
             },
             6 => match owed.pop_front() {
                 Some(t) => {
+                    clock_ms += u64::from(take(1).map_or(0, |b| b[0]));
+                    s.set_now(start + std::time::Duration::from_millis(clock_ms));
                     let mut body = vec![1, 0, t.as_bytes().len() as u8];
                     body.extend_from_slice(t.as_bytes());
                     s.handle_msg(None, RelayCmd::SENDME, &body, tag_of(0))
@@ -839,9 +880,20 @@ pub fn fuzz_streams(data: &[u8]) {
             },
         };
         let (package, deliver) = s.circ_windows();
-        assert!(package <= CIRC_WINDOW_START && deliver <= CIRC_WINDOW_START);
+        assert!(deliver <= CIRC_WINDOW_START);
         assert!(s.streams.len() <= STREAMS_MAX);
-        assert!(s.awaiting.len() <= usize::from(CIRC_WINDOW_START / CIRC_WINDOW_INCREMENT));
+        match &s.vegas {
+            Some(v) => {
+                let p = VegasParams::exit(first >> 2);
+                assert!(v.cwnd() >= p.cwnd_min && v.cwnd() <= p.cwnd_max);
+                assert_eq!(u32::from(package), v.window());
+                assert!(s.awaiting.len() <= (p.cwnd_max / p.sendme_inc) as usize + 1);
+            }
+            None => {
+                assert!(package <= s.package_start);
+                assert!(s.awaiting.len() <= usize::from(CIRC_WINDOW_START / CIRC_WINDOW_INCREMENT));
+            }
+        }
         for (id, st) in &s.streams {
             assert!(st.package_window <= STREAM_WINDOW_START);
             assert!(st.deliver_window <= STREAM_WINDOW_START);
@@ -849,7 +901,6 @@ pub fn fuzz_streams(data: &[u8]) {
             // Held SENDMEs let at most a window of cells more come past the hold mark.
             assert!(st.unread <= HOLD_UNREAD + usize::from(CIRC_WINDOW_START) * s.data_max);
         }
-        assert!(s.package_window <= s.package_start);
         // A circuit-level violation destroys the circuit: nothing more happens on it.
         if let Err(StreamError::CircuitProtocol(_)) = result {
             return;
@@ -1327,6 +1378,53 @@ mod tests {
             s.handle_msg(Some(ids[0]), RelayCmd::DATA, b"x", SendmeTag::None),
             Err(StreamError::CircuitProtocol(Fault::WindowExceeded))
         );
+    }
+
+    /// With a clock, SENDMEs that come back at a steady round trip open the congestion window
+    /// past its start (Vegas slow start), and the extra room is sent at once; a round trip
+    /// that keeps growing shrinks it again. Without a clock (above) it stays at its start.
+    #[test]
+    fn cc_congestion_window_follows_the_round_trip() {
+        let (mut s, ids) = connected_cc(RelayCellFormat::V1, 2);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        s.set_now(at(0));
+        let mut sent = 0u64;
+        let mut acked = 0u64;
+        let mut ms = 0;
+        let mut peak = 0;
+        for round in 0..60u64 {
+            // Everything the window allows goes out now; 50 ms later (60 ms more each round
+            // from round 30: queueing) the SENDMEs for all of it come back.
+            s.set_now(at(ms));
+            fill_and_send(&mut s, &ids, &mut sent);
+            ms += if round < 30 {
+                50
+            } else {
+                50 + 60 * (round - 29)
+            };
+            s.set_now(at(ms));
+            while acked + 31 <= sent {
+                acked += 31;
+                s.handle_msg(
+                    None,
+                    RelayCmd::SENDME,
+                    &sendme_v1(tag(acked)),
+                    SendmeTag::None,
+                )
+                .unwrap();
+            }
+            let v = s.vegas().unwrap();
+            assert_eq!(u32::from(s.circ_windows().0), v.window());
+            if round == 29 {
+                peak = v.cwnd();
+                assert!(peak > 2 * 124, "slow start opened the window: {peak}");
+            }
+        }
+        let v = s.vegas().unwrap();
+        assert!(!v.in_slow_start());
+        assert!(v.cwnd() < peak / 2, "{} from {peak}", v.cwnd());
+        assert!(v.cwnd() >= 124);
     }
 
     #[test]
