@@ -206,7 +206,8 @@ impl Vegas {
         self.ewma_rtt_us = if self.ewma_rtt_us == 0 {
             rtt
         } else {
-            (2 * rtt + (n - 1) * self.ewma_rtt_us) / (n + 1)
+            let sum = 2 * u128::from(rtt) + u128::from(n - 1) * u128::from(self.ewma_rtt_us);
+            u64::try_from(sum / u128::from(n + 1)).unwrap_or(u64::MAX)
         };
         if self.min_rtt_us == 0 || self.ewma_rtt_us < self.min_rtt_us {
             self.min_rtt_us = self.ewma_rtt_us;
@@ -242,7 +243,8 @@ impl Vegas {
 
     /// The §3.3 update, with a fresh RTT sample.
     fn update(&mut self) {
-        let bdp = u64::from(self.cwnd) * self.min_rtt_us / self.ewma_rtt_us.max(1);
+        let bdp = u128::from(self.cwnd) * u128::from(self.min_rtt_us)
+            / u128::from(self.ewma_rtt_us.max(1));
         let bdp = u32::try_from(bdp).unwrap_or(u32::MAX);
         let queue_use = self.cwnd.saturating_sub(bdp);
         let gap = self.p.full_gap.saturating_mul(self.p.sendme_inc);
@@ -293,8 +295,9 @@ impl Vegas {
                 self.min_rtt_us.min(self.ewma_rtt_us),
                 self.min_rtt_us.max(self.ewma_rtt_us),
             );
-            let pct = u64::from(self.p.rtt_reset_pct.min(100));
-            self.min_rtt_us = pct * hi / 100 + (100 - pct) * lo / 100;
+            let pct = u128::from(self.p.rtt_reset_pct.min(100));
+            let mix = (u128::from(hi) * pct + u128::from(lo) * (100 - pct)) / 100;
+            self.min_rtt_us = u64::try_from(mix).unwrap_or(hi);
         }
         if self.next_cc_event == 0 {
             self.next_cc_event = self.update_rate();
@@ -472,6 +475,15 @@ mod tests {
         let (ewma, _) = v.rtt_us();
         round(&mut v, Some(ewma * CLOCK_JUMP_RATIO * 2));
         assert_eq!(v.rtt_us().0, ewma, "a jump is not folded in");
+    }
+
+    #[test]
+    fn huge_round_trips_do_not_overflow() {
+        let mut v = vegas();
+        for rtt in [u64::MAX, 1, u64::MAX / 2, u64::MAX, 3] {
+            round(&mut v, Some(rtt));
+            assert!(v.cwnd() >= 124 && v.cwnd() <= 10_000);
+        }
     }
 
     #[test]
