@@ -672,14 +672,8 @@ impl Initiator {
         now: u64,
         tls: &dyn LinkTls,
     ) -> Result<usize, LinkHandshakeError> {
-        drive(
-            &mut self.link,
-            &mut self.state,
-            &self.config,
-            input,
-            now,
-            tls,
-        )
+        let (link, state, config) = (&mut self.link, &mut self.state, &self.config);
+        drive(link, state, config, input, now, tls)
     }
 
     /// Appends the bytes to send, if any, to `out`.
@@ -971,14 +965,8 @@ impl Responder {
         now: u64,
         tls: &dyn LinkTls,
     ) -> Result<usize, LinkHandshakeError> {
-        drive(
-            &mut self.link,
-            &mut self.state,
-            &self.config,
-            input,
-            now,
-            tls,
-        )
+        let (link, state, config) = (&mut self.link, &mut self.state, &self.config);
+        drive(link, state, config, input, now, tls)
     }
 
     /// Appends the bytes to send, if any, to `out`.
