@@ -882,27 +882,10 @@ impl Tor1Hop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selftest::ref_op;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-
-    /// Applies one job to the reference state, as the engine should.
-    fn ref_op(hop: &mut reference::Tor1Hop, cell: &mut CellBody, op: Op) -> Outcome {
-        match op {
-            Op::RelayRecvForward => open_outcome(hop.relay_recv_forward(cell)),
-            Op::RelayPassBackward => {
-                hop.relay_forward_backward(cell);
-                Outcome::Done
-            }
-            Op::RelaySendBackward => Outcome::Sealed(hop.relay_send_backward(cell)),
-            Op::OriginSealForward => Outcome::Sealed(hop.origin_seal_forward(cell)),
-            Op::OriginCryptForward => {
-                hop.crypt_forward(cell);
-                Outcome::Done
-            }
-            Op::OriginRecvBackward => open_outcome(hop.origin_recv_backward(cell)),
-        }
-    }
 
     /// Runs `jobs` as one batch on `engine`, and one by one on the reference over a copy of
     /// `cells`, and asserts that both give the same outcomes and the same cells; returns the

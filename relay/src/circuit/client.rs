@@ -928,13 +928,7 @@ mod tests {
         assert_eq!(circ.last_recv_tag().as_bytes(), &d[..]);
 
         // CGO, with the relay side from crypto_simd directly.
-        let v3 = proto::ntor_v3::NtorV3ServerKeys {
-            id: Ed25519Identity::from_bytes([6; 32]),
-            current: NtorOnionKeypair::from_secret_bytes([3; 32]),
-            previous: None,
-        };
-        let (_, mut info) = relay();
-        info.ed_id = Some(v3.id);
+        let (v3, info) = v3_relay();
         let (mut circ, cell) = OriginCircuit::create_first_hop(
             &mut rng,
             engine(),
@@ -984,13 +978,8 @@ mod tests {
         assert_eq!(circ.last_recv_tag(), SendmeTag::Cgo(t.0));
     }
 
-    /// A first hop by ntor v3 of `kind`, answered with server message `sm`: the circuit and
-    /// the client message the relay saw, or the error.
-    fn v3_hop(
-        rng: &mut StdRng,
-        kind: HandshakeKind,
-        sm: &[u8],
-    ) -> (Result<(OriginCircuit, ClientEvent), ClientError>, Vec<u8>) {
+    /// [`relay`] with ntor v3 keys: its v3 server keys and its info with the Ed25519 identity.
+    fn v3_relay() -> (proto::ntor_v3::NtorV3ServerKeys, RelayInfo) {
         let v3 = proto::ntor_v3::NtorV3ServerKeys {
             id: Ed25519Identity::from_bytes([6; 32]),
             current: NtorOnionKeypair::from_secret_bytes([3; 32]),
@@ -998,6 +987,17 @@ mod tests {
         };
         let (_, mut info) = relay();
         info.ed_id = Some(v3.id);
+        (v3, info)
+    }
+
+    /// A first hop by ntor v3 of `kind`, answered with server message `sm`: the circuit and
+    /// the client message the relay saw, or the error.
+    fn v3_hop(
+        rng: &mut StdRng,
+        kind: HandshakeKind,
+        sm: &[u8],
+    ) -> (Result<(OriginCircuit, ClientEvent), ClientError>, Vec<u8>) {
+        let (v3, info) = v3_relay();
         let (mut circ, cell) =
             OriginCircuit::create_first_hop(rng, engine(), id(), kind, &info).unwrap();
         let c2 = Create2::decode(&cell.body).unwrap();
