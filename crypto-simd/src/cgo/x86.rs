@@ -1217,60 +1217,28 @@ pub(crate) fn run_one(
     }
 }
 
+/// [`super::run_batch_with`] on `p`, compiled for the narrow features.
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn batch_narrow(
+fn batch_narrow<P: super::Prims>(
+    p: P,
     hops: &mut [super::CgoHop],
     cells: &mut [CellBody],
     jobs: &[CgoJob],
     out: &mut [CgoOutcome],
 ) {
-    super::run_batch_with(Kern::<false>(()), hops, cells, jobs, out)
+    super::run_batch_with(p, hops, cells, jobs, out)
 }
 
+/// [`super::run_batch_with`] on `p`, compiled for the wide features.
 #[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn batch_wide(
+fn batch_wide<P: super::Prims>(
+    p: P,
     hops: &mut [super::CgoHop],
     cells: &mut [CellBody],
     jobs: &[CgoJob],
     out: &mut [CgoOutcome],
 ) {
-    super::run_batch_with(Kern::<true>(()), hops, cells, jobs, out)
-}
-
-#[cfg(test)]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq")]
-fn batch_narrow_faulty(
-    fault: super::Fault,
-    hops: &mut [super::CgoHop],
-    cells: &mut [CellBody],
-    jobs: &[CgoJob],
-    out: &mut [CgoOutcome],
-) {
-    super::run_batch_with(
-        super::Faulty(Kern::<false>(()), fault),
-        hops,
-        cells,
-        jobs,
-        out,
-    )
-}
-
-#[cfg(test)]
-#[target_feature(enable = "sse2,ssse3,sse4.1,aes,pclmulqdq,avx,avx2,vaes,vpclmulqdq")]
-fn batch_wide_faulty(
-    fault: super::Fault,
-    hops: &mut [super::CgoHop],
-    cells: &mut [CellBody],
-    jobs: &[CgoJob],
-    out: &mut [CgoOutcome],
-) {
-    super::run_batch_with(
-        super::Faulty(Kern::<true>(()), fault),
-        hops,
-        cells,
-        jobs,
-        out,
-    )
+    super::run_batch_with(p, hops, cells, jobs, out)
 }
 
 /// [`run_batch`] with one primitive made wrong (tests of the self-test).
@@ -1283,12 +1251,13 @@ pub(crate) fn run_batch_faulty(
     jobs: &[CgoJob],
     out: &mut [CgoOutcome],
 ) {
+    use super::Faulty;
     if t.wide {
         // SAFETY: as in `run_batch`.
-        unsafe { batch_wide_faulty(fault, hops, cells, jobs, out) }
+        unsafe { batch_wide(Faulty(Kern::<true>(()), fault), hops, cells, jobs, out) }
     } else {
         // SAFETY: as in `run_batch`.
-        unsafe { batch_narrow_faulty(fault, hops, cells, jobs, out) }
+        unsafe { batch_narrow(Faulty(Kern::<false>(()), fault), hops, cells, jobs, out) }
     }
 }
 
@@ -1302,10 +1271,10 @@ pub(crate) fn run_batch(
 ) {
     if t.wide {
         // SAFETY: `t.wide` is set only by `Token::vaes256` after detecting the wide features.
-        unsafe { batch_wide(hops, cells, jobs, out) }
+        unsafe { batch_wide(Kern::<true>(()), hops, cells, jobs, out) }
     } else {
         // SAFETY: every `Token` comes from detection of at least the narrow features.
-        unsafe { batch_narrow(hops, cells, jobs, out) }
+        unsafe { batch_narrow(Kern::<false>(()), hops, cells, jobs, out) }
     }
 }
 
