@@ -935,6 +935,11 @@ mod tests {
         b
     }
 
+    /// The hop's circuit SENDME (v1) acknowledging our `n`th sealed cell.
+    fn ack(s: &mut Streams, n: u64) -> Result<Option<StreamEvent>, StreamError> {
+        s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(n)), SendmeTag::None)
+    }
+
     /// Streams with `n` connected streams; the BEGINs polled.
     fn connected(format: RelayCellFormat, n: usize) -> (Streams, Vec<StreamId>) {
         let mut s = Streams::new(2, format);
@@ -1063,18 +1068,12 @@ mod tests {
         assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 0);
         // The first circuit SENDME must carry the tag of our 100th DATA cell.
         assert_eq!(
-            s.handle_msg(
-                None,
-                RelayCmd::SENDME,
-                &sendme_v1(tag(100)),
-                SendmeTag::None
-            ),
+            ack(&mut s, 100),
             Ok(Some(StreamEvent::Sendme { stream: None }))
         );
         assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 100);
         for n in [200, 300] {
-            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(n)), SendmeTag::None)
-                .unwrap();
+            ack(&mut s, n).unwrap();
         }
         assert_eq!(s.circ_windows().0, 200);
 
@@ -1090,23 +1089,13 @@ mod tests {
             );
         }
         assert_eq!(
-            s.handle_msg(
-                None,
-                RelayCmd::SENDME,
-                &sendme_v1(tag(399)),
-                SendmeTag::None
-            ),
+            ack(&mut s, 399),
             Err(StreamError::CircuitProtocol(Fault::BadSendmeTag))
         );
         // A SENDME for cells never sent.
         let (mut s3, _) = connected(RelayCellFormat::V0, 1);
         assert_eq!(
-            s3.handle_msg(
-                None,
-                RelayCmd::SENDME,
-                &sendme_v1(tag(100)),
-                SendmeTag::None
-            ),
+            ack(&mut s3, 100),
             Err(StreamError::CircuitProtocol(Fault::SendmeOverflow))
         );
         // Other circuit-level messages are not the stream layer's.
@@ -1406,13 +1395,7 @@ mod tests {
             s.set_now(at(ms));
             while acked + 31 <= sent {
                 acked += 31;
-                s.handle_msg(
-                    None,
-                    RelayCmd::SENDME,
-                    &sendme_v1(tag(acked)),
-                    SendmeTag::None,
-                )
-                .unwrap();
+                ack(&mut s, acked).unwrap();
             }
             let v = s.vegas().unwrap();
             assert_eq!(u32::from(s.circ_windows().0), v.window());
@@ -1443,23 +1426,17 @@ mod tests {
         );
         // Each SENDME acknowledges 31 cells and carries the tag of the 31st, 62nd, ...
         assert_eq!(
-            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(31)), SendmeTag::None),
+            ack(&mut s, 31),
             Ok(Some(StreamEvent::Sendme { stream: None }))
         );
         assert_eq!(fill_and_send(&mut s, &ids, &mut sent), 31);
         for n in [62, 93, 124, 155] {
-            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(n)), SendmeTag::None)
-                .unwrap();
+            ack(&mut s, n).unwrap();
         }
         assert_eq!(s.circ_windows().0, cwnd);
         // Nothing more was sent: one SENDME more is for cells never sent.
         assert_eq!(
-            s.handle_msg(
-                None,
-                RelayCmd::SENDME,
-                &sendme_v1(tag(186)),
-                SendmeTag::None
-            ),
+            ack(&mut s, 186),
             Err(StreamError::CircuitProtocol(Fault::SendmeOverflow))
         );
         // A wrong tag (the 30th cell's, not the 31st's) breaks the circuit.
@@ -1467,7 +1444,7 @@ mod tests {
         let mut sent = 0;
         fill_and_send(&mut s, &ids, &mut sent);
         assert_eq!(
-            s.handle_msg(None, RelayCmd::SENDME, &sendme_v1(tag(30)), SendmeTag::None),
+            ack(&mut s, 30),
             Err(StreamError::CircuitProtocol(Fault::BadSendmeTag))
         );
     }
